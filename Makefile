@@ -1,0 +1,35 @@
+# llava.c: `make` builds ./llava; `make test` checks it against transformers' goldens; `make bench` times it.
+CC ?= gcc
+CFLAGS ?= -O3 -march=native
+CFLAGS += -Wall -Wextra
+LDLIBS = -lm -pthread
+SRC = llava.c tokenizer.c video.c matmul.c
+PYTHON ?= python3
+
+llava: $(SRC)
+	$(CC) $(CFLAGS) -o $@ llava.c $(LDLIBS)
+
+build/%: test/%.c $(SRC) | build
+	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+build:
+	mkdir -p build
+
+TESTS = build/test_tokenizer build/test_video build/test_matmul build/test_blocks build/test_model
+
+test: llava $(TESTS)
+	PYTHON=$(PYTHON) sh test/run_tests.sh
+
+bench: build/bench
+	./build/bench
+
+build/bench: bench/bench.c $(SRC) | build
+	$(CC) $(CFLAGS) -o $@ bench/bench.c $(LDLIBS)
+
+bench-torch:
+	$(PYTHON) bench/bench_torch.py
+
+clean:
+	rm -rf llava build
+
+.PHONY: test bench bench-torch clean

@@ -1,0 +1,299 @@
+// bench.c -- speed of matmul.c against this machine's own peaks, measured in the same run.
+// Build: gcc -O3 -march=native -pthread -o bench/bench bench/bench.c -lm
+// Run:   ./bench/bench [--threads N] [--reps N] [--quick]
+// Prints a table and never fails on speed (exit 0 unless it cannot run at all).
+//
+// Peaks: f32 FMA, bf16 dot (vdpbf16ps) and int8 VNNI (vpdpbusd) register-only loops on all threads;
+// DRAM read bandwidth of two streaming loops over a 1 GiB buffer (a plain add-of-loads loop and a
+// bf16-widen-and-FMA loop, which on this VM streams better; the better of the two is the reference).
+// GEMM rows: GFLOP/s (q8: GOP/s, activation quantization included) as % of the matching peak.
+// GEMV rows (T=1): GB/s of weight bytes streamed, as % of the read-bandwidth reference, measured
+// interleaved with the GEMVs (the VM's bandwidth drifts 24-50 GB/s from minute to minute), with
+// several copies of each matrix so the working set is far larger than L3. All figures are medians.
+
+#include "../matmul.c"
+#include <unistd.h>
+
+static double now_sec(void) { return mm_now_sec(); }
+
+static int cmp_double(const void* a, const void* b) {
+    double x = *(const double*)a, y = *(const double*)b;
+    return x < y ? -1 : x > y;
+}
+static double median(double* v, int n) {
+    qsort(v, (size_t)n, sizeof(double), cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static uint64_t rng = 88172645463325252ull;
+static float frand(void) {
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return (float)((rng >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+}
+
+// ----------------------------------------------------------------------------
+// Peak loops (each pool task runs `iters` iterations of 12 independent dot/FMA instructions)
+
+static volatile float sink_f;
+static volatile int sink_i;
+static long peak_iters = 20000000;
+
+#if MM_X86
+MM_TGT_512 static void peak_fma_task(void* c, int t) {
+    (void)c;
+    __m512 a[12], b = _mm512_set1_ps(1.0f), d = _mm512_set1_ps(1e-9f);
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; j++) a[j] = _mm512_set1_ps((float)(j + t));
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = _mm512_fmadd_ps(a[j], b, d);
+    }
+    __m512 s = a[0];
+    for (int j = 1; j < 12; j++) s = _mm512_add_ps(s, a[j]);
+    sink_f = _mm512_reduce_add_ps(s);
+}
+MM_TGT_VNNI static void peak_vnni_task(void* c, int t) {
+    (void)c;
+    __m512i a[12], x = _mm512_set1_epi32(0x01010101), y = _mm512_set1_epi32(0x01ff01ff);
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; j++) a[j] = _mm512_set1_epi32(j + t);
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = _mm512_dpbusd_epi32(a[j], x, y);
+    }
+    __m512i s = a[0];
+    for (int j = 1; j < 12; j++) s = _mm512_add_epi32(s, a[j]);
+    sink_i = _mm512_reduce_add_epi32(s);
+}
+MM_TGT_BF16 static void peak_bf16_task(void* c, int t) {
+    (void)c;
+    __m512 a[12];
+    __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), y = (__m512bh)_mm512_set1_epi32(0x2f802f80);
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; j++) a[j] = _mm512_set1_ps((float)(j + t));
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = _mm512_dpbf16_ps(a[j], x, y);
+    }
+    __m512 s = a[0];
+    for (int j = 1; j < 12; j++) s = _mm512_add_ps(s, a[j]);
+    sink_f = _mm512_reduce_add_ps(s);
+}
+#endif
+
+// ops per iteration per thread: 12 instructions x 16 lanes x (2 | 4 | 8) ops
+static double run_peak(void (*fn)(void*, int), double ops_per_instr) {
+    double t0 = now_sec();
+    pool_for(pool_size(), fn, NULL);
+    double dt = now_sec() - t0;
+    return 12.0 * 16.0 * ops_per_instr * (double)peak_iters * pool_size() / dt * 1e-9;
+}
+
+// ----------------------------------------------------------------------------
+// Read-bandwidth loops (each task streams a contiguous share of the buffer)
+
+typedef struct { const float* buf; size_t n; } BwCtx;   // n floats
+
+#if MM_X86
+MM_TGT_512 static void bw_add_task(void* vc, int t) {
+    BwCtx* c = vc;
+    size_t per = c->n / (size_t)pool_size() / 128 * 128, i0 = per * (size_t)t;
+    __m512 a[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
+    for (size_t i = i0; i < i0 + per; i += 64) {
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) a[j] = _mm512_add_ps(a[j], _mm512_load_ps(c->buf + i + 16 * j));
+    }
+    sink_f = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+}
+// the bf16 GEMV's inner work without the weights-as-panel bookkeeping: widen both halves, FMA
+MM_TGT_512 static void bw_widen_task(void* vc, int t) {
+    BwCtx* c = vc;
+    size_t per = c->n / (size_t)pool_size() / 128 * 128, i0 = per * (size_t)t;
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    const __m512 xv = _mm512_set1_ps(0.5f);
+    __m512 a[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
+    for (size_t i = i0; i < i0 + per; i += 32) {
+        __m512i v0 = _mm512_load_si512((const void*)(c->buf + i)), v1 = _mm512_load_si512((const void*)(c->buf + i + 16));
+        a[0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v0, 16)), xv, a[0]);
+        a[1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(v1, 16)), xv, a[1]);
+        a[0] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v0, hi)), xv, a[0]);
+        a[1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, hi)), xv, a[1]);
+    }
+    sink_f = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+}
+#endif
+static void bw_plain_task(void* vc, int t) {       // portable fallback
+    BwCtx* c = vc;
+    size_t per = c->n / (size_t)pool_size(), i0 = per * (size_t)t;
+    float s[8] = { 0 };
+    for (size_t i = i0; i + 8 <= i0 + per; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += c->buf[i + j];
+    sink_f = s[0] + s[7];
+}
+
+static double run_bw(void (*fn)(void*, int), BwCtx* c) {
+    double t0 = now_sec();
+    pool_for(pool_size(), fn, c);
+    double dt = now_sec() - t0;
+    size_t per = c->n / (size_t)pool_size() / 128 * 128;
+    return (double)per * pool_size() * 4.0 / dt * 1e-9;
+}
+
+// ----------------------------------------------------------------------------
+// Matrices
+
+static Matrix make_matrix(DType type, int N, int K, int G) {
+    Matrix m = { type, N, K, NULL, NULL, G, NULL };
+    size_t n = (size_t)N * K;
+    if (type == DT_F32) {
+        float* d = mm_alloc(n * 4);
+        for (size_t i = 0; i < n; i++) d[i] = frand();
+        m.data = d;
+    } else if (type == DT_BF16) {
+        uint16_t* d = mm_alloc(n * 2);
+        for (size_t i = 0; i < n; i++) d[i] = mm_f32_to_bf16(frand());
+        m.data = d;
+    } else {
+        int8_t* d = mm_alloc(n);
+        for (size_t i = 0; i < n; i++) d[i] = (int8_t)(frand() * 127.0f);
+        float* s = mm_alloc((size_t)N * (K / G) * 4);
+        for (size_t i = 0; i < (size_t)N * (K / G); i++) s[i] = 0.01f;
+        m.data = d;
+        m.scales = s;
+    }
+    return m;
+}
+
+static void free_source(Matrix* m) {
+    free((void*)m->data);
+    free((void*)m->scales);
+    m->data = NULL;
+    m->scales = NULL;
+}
+
+// bytes of packed weights a GEMV streams
+static double weight_bytes(const Matrix* m) {
+    double n = (double)m->rows * m->cols;
+    return m->type == DT_F32 ? 4 * n : m->type == DT_BF16 ? 2 * n : n + 4.0 * n / m->group;
+}
+
+static const char* tname[] = { "f32", "bf16", "q8" };
+
+int main(int argc, char** argv) {
+    int nth = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, quick = 0;
+    if (nth < 1) nth = 1;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--threads") && i + 1 < argc) nth = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else { fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick]\n", argv[0]); return 1; }
+    }
+    if (reps < 1) reps = 1;
+    if (quick) { reps = 3; peak_iters = 5000000; }
+    pool_init(nth);
+    mm_detect_isa();
+    printf("matmul.c bench: %d threads, kernels %s\n", pool_size(), matmul_isa_name());
+
+    // --- peaks
+    double pk_f32 = 0, pk_bf16 = 0, pk_vnni = 0;
+#if MM_X86
+    if (mm_isa == MM_AVX512) {
+        double v[5];
+        for (int r = 0; r < 5; r++) v[r] = run_peak(peak_fma_task, 2);
+        pk_f32 = median(v, 5);
+        if (mm_has_bf16) { for (int r = 0; r < 5; r++) v[r] = run_peak(peak_bf16_task, 4); pk_bf16 = median(v, 5); }
+        if (mm_has_vnni) { for (int r = 0; r < 5; r++) v[r] = run_peak(peak_vnni_task, 8); pk_vnni = median(v, 5); }
+    }
+#endif
+    printf("peaks: f32 FMA %.1f GFLOP/s, bf16 dot %.1f GFLOP/s, int8 VNNI %.1f GOP/s (0 = not measured)\n",
+           pk_f32, pk_bf16, pk_vnni);
+
+    // --- GEMM
+    // T=4616 = 8 frames x 577 (vision tower, batched); T=1170 a long prompt (LLM prefill)
+    struct { int T, K, N; } gs[] = { { 4616, 1024, 4096 }, { 4616, 4096, 1024 },
+                                     { 1170, 4096, 4096 }, { 1170, 4096, 11008 }, { 1170, 11008, 4096 } };
+    int ngs = (int)(sizeof gs / sizeof gs[0]);
+    float* x = mm_alloc((size_t)4616 * 4096 * 4);         // the largest T*K and T*N of the shapes
+    for (size_t i = 0; i < (size_t)4616 * 4096; i++) x[i] = frand();
+    float* y = mm_alloc((size_t)4616 * 4096 * 4);
+    printf("\nGEMM (median of %d)     %9s %9s %9s | %-28s\n", reps, "ms", "G(FL)OP/s", "% peak", "");
+    for (int type = 0; type < 3; type++) {
+        double peak = type == DT_F32 ? pk_f32 : type == DT_BF16 ? pk_bf16 : pk_vnni;
+        for (int s = 0; s < ngs; s++) {
+            int T = gs[s].T, K = gs[s].K, N = gs[s].N;
+            Matrix m = make_matrix((DType)type, N, K, 64);
+            pack_matrix(&m);
+            matmul(y, x, &m, T);                                    // warm-up
+            double v[64];
+            int nr = reps > 64 ? 64 : reps;
+            for (int r = 0; r < nr; r++) {
+                double t0 = now_sec();
+                matmul(y, x, &m, T);
+                v[r] = now_sec() - t0;
+            }
+            double dt = median(v, nr), gf = 2.0 * T * K * N / dt * 1e-9;
+            printf("%-4s T=%-5d %5d->%-5d  %9.2f %9.1f %8.1f%%\n", tname[type], T, K, N, dt * 1e3, gf,
+                   peak > 0 ? 100.0 * gf / peak : 0.0);
+            fflush(stdout);
+            unpack_matrix(&m);
+            free_source(&m);
+        }
+    }
+
+    // --- GEMV (T=1), interleaved with the bandwidth loops
+    struct { int K, N; } vs[] = { { 4096, 4096 }, { 4096, 11008 }, { 11008, 4096 }, { 4096, 32064 } };
+    int nvs = (int)(sizeof vs / sizeof vs[0]);
+    enum { MAXC = 8 };
+    Matrix mats[3][4][MAXC];
+    int ncopy[3][4];
+    for (int type = 0; type < 3; type++)
+        for (int s = 0; s < nvs; s++) {
+            Matrix src = make_matrix((DType)type, vs[s].N, vs[s].K, 64);
+            // enough distinct copies that one pass over them is >= 128 MiB (4x L3)
+            int nc = (int)((128.0 * 1048576 + weight_bytes(&src) - 1) / weight_bytes(&src));
+            if (nc > MAXC) nc = MAXC;
+            if (quick && nc > 2) nc = 2;
+            ncopy[type][s] = nc;
+            for (int c = 0; c < nc; c++) { mats[type][s][c] = src; mats[type][s][c].packed = NULL; pack_matrix(&mats[type][s][c]); }
+            free_source(&src);
+            for (int c = 0; c < nc; c++) { mats[type][s][c].data = NULL; mats[type][s][c].scales = NULL; }
+        }
+    BwCtx bw = { NULL, (size_t)1 << 28 };               // 1 GiB of floats
+    float* bwbuf = mm_alloc(bw.n * 4);
+    for (size_t i = 0; i < bw.n; i++) bwbuf[i] = 1.0f;
+    bw.buf = bwbuf;
+    int vr = quick ? 5 : 15;
+    double *t_bw1 = calloc((size_t)vr, sizeof(double)), *t_bw2 = calloc((size_t)vr, sizeof(double));
+    double* t_gemv = calloc((size_t)3 * nvs * vr, sizeof(double));
+    float xv[11008], yv[32064];
+    for (int i = 0; i < 11008; i++) xv[i] = frand();
+    for (int r = 0; r < vr; r++) {
+#if MM_X86
+        if (mm_isa == MM_AVX512) { t_bw1[r] = run_bw(bw_add_task, &bw); t_bw2[r] = run_bw(bw_widen_task, &bw); }
+        else
+#endif
+        { t_bw1[r] = t_bw2[r] = run_bw(bw_plain_task, &bw); }
+        for (int type = 0; type < 3; type++)
+            for (int s = 0; s < nvs; s++) {
+                double t0 = now_sec();
+                for (int c = 0; c < ncopy[type][s]; c++) matmul(yv, xv, &mats[type][s][c], 1);
+                t_gemv[(type * nvs + s) * vr + r] =
+                    weight_bytes(&mats[type][s][0]) * ncopy[type][s] / (now_sec() - t0) * 1e-9;
+            }
+    }
+    double bw1 = median(t_bw1, vr), bw2 = median(t_bw2, vr), bwref = bw1 > bw2 ? bw1 : bw2;
+    printf("\nread bandwidth (1 GiB, median of %d, interleaved): add-loop %.1f GB/s, widen-FMA loop %.1f GB/s -> reference %.1f\n",
+           vr, bw1, bw2, bwref);
+    printf("GEMV T=1                  %9s %9s %9s\n", "ms", "GB/s", "% of ref");
+    for (int type = 0; type < 3; type++)
+        for (int s = 0; s < nvs; s++) {
+            double gbs = median(t_gemv + (type * nvs + s) * vr, vr);
+            printf("%-4s %5d->%-5d x%d copies  %9.3f %9.1f %8.1f%%\n", tname[type], vs[s].K, vs[s].N, ncopy[type][s],
+                   weight_bytes(&mats[type][s][0]) / gbs * 1e-6, gbs, 100.0 * gbs / bwref);
+        }
+    for (int type = 0; type < 3; type++)
+        for (int s = 0; s < nvs; s++)
+            for (int c = 0; c < ncopy[type][s]; c++) unpack_matrix(&mats[type][s][c]);
+    free(bwbuf); free(x); free(y); free(t_bw1); free(t_bw2); free(t_gemv);
+    return 0;
+}

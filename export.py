@@ -1,0 +1,645 @@
+"""
+export.py: turn a Hugging Face LLaVA-NeXT-Video checkpoint directory into one llava.c model file.
+
+    python3 export.py HF_DIR OUT.bin [--dtype f32|bf16|q8] [--group-size 64]
+    python3 export.py --tokenizer-only HF_DIR_or_tokenizer.model OUT.tok [--added-tokens "<video>,<image>"]
+
+HF_DIR is what `save_pretrained` writes or what the hub holds for llava-hf/LLaVA-NeXT-Video-7B-hf:
+config.json, model.safetensors (or model.safetensors.index.json + shards), tokenizer.model and/or
+tokenizer.json, added_tokens.json / tokenizer_config.json, preprocessor_config.json (optional).
+
+Needs numpy only. safetensors is read by hand (an 8-byte header length, a JSON header, raw data) and
+memory-mapped, and tensors are converted and written one at a time, so a 7B export runs in a few GB of
+RAM. Every checkpoint key must be used exactly once and every shape must match the config; anything
+else is an error, because a silently ignored tensor is how ports go wrong.
+
+The file layout (all little-endian; llava.c's `Config` struct mirrors HEADER_FIELDS):
+  1. a 1024-byte header: magic "LLVA", version, every hyperparameter the forward pass uses;
+  2. the tokenizer: per token f32 score, i32 type, u32 length, the piece's bytes;
+  3. the tensors, each 64-byte aligned, in the order of `tensor_plan` below. Matmul weights are
+     row-major (out, in) in the chosen dtype; q8 stores int8 values, then f32 scales (rows, cols/group)
+     with w ~= q * scale. Everything else (norms, biases, vision embeddings, image_newline) is f32.
+     Per-layer tensors are stacked over layers (llama2.c style): wq is (n_layers, n_heads*head_dim, dim).
+"""
+import argparse
+import json
+import math
+import os
+import struct
+import sys
+
+import numpy as np
+
+MAGIC = 0x41564C4C  # the bytes "LLVA"
+VERSION = 1
+HEADER_SIZE = 1024
+ALIGN = 64
+DTYPES = {"f32": 0, "bf16": 1, "q8": 2}
+MAX_PINPOINTS = 16
+
+# Header fields in file order: (name, struct format). llava.c reads the same order into `Config`.
+HEADER_FIELDS = [
+    ("magic", "I"), ("version", "i"), ("weight_type", "i"), ("group_size", "i"),
+    # language model (Llama)
+    ("dim", "i"), ("hidden_dim", "i"), ("n_layers", "i"), ("n_heads", "i"), ("n_kv_heads", "i"),
+    ("head_dim", "i"), ("vocab_size", "i"), ("max_pos", "i"),
+    ("rms_eps", "f"), ("rope_theta", "f"), ("rope_scale", "f"),
+    # vision tower (CLIP)
+    ("v_dim", "i"), ("v_hidden_dim", "i"), ("v_layers", "i"), ("v_heads", "i"),
+    ("image_size", "i"), ("patch_size", "i"), ("n_channels", "i"), ("v_eps", "f"),
+    ("v_act", "i"), ("feature_layer", "i"), ("select_strategy", "i"),
+    # pooling + projector
+    ("proj_act", "i"), ("pool_stride", "i"),
+    # special token ids
+    ("bos", "i"), ("eos", "i"), ("pad", "i"), ("unk", "i"), ("image_token", "i"), ("video_token", "i"),
+    # image preprocessing
+    ("image_mean", "3f"), ("image_std", "3f"),
+    # anyres grid pinpoints, (height, width) pairs
+    ("n_pinpoints", "i"), ("pinpoints", "%di" % (2 * MAX_PINPOINTS)),
+    # tokenizer blob that follows the header
+    ("n_tokens", "i"), ("tokenizer_bytes", "i"),
+]
+ACTS = {"quick_gelu": 0, "gelu": 1}  # gelu = exact erf form (torch.nn.functional.gelu)
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def die(msg):
+    print("export.py: error: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+# -----------------------------------------------------------------------------
+# Tokenizer: SentencePiece model (hand-parsed protobuf) or tokenizer.json
+
+SP_NORMAL, SP_UNKNOWN, SP_CONTROL, SP_USER_DEFINED, SP_UNUSED, SP_BYTE = 1, 2, 3, 4, 5, 6
+
+
+def _varint(buf, i):
+    shift = result = 0
+    while True:
+        if i >= len(buf):
+            raise ValueError("truncated varint")
+        b = buf[i]
+        i += 1
+        result |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            return result, i
+
+
+def _proto_fields(buf):
+    """Yield (field_number, wire_type, value) of one protobuf message (value: int or bytes)."""
+    i = 0
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _varint(buf, i)
+        elif wire == 1:
+            value, i = buf[i:i + 8], i + 8
+        elif wire == 2:
+            n, i = _varint(buf, i)
+            value, i = buf[i:i + n], i + n
+        elif wire == 5:
+            value, i = buf[i:i + 4], i + 4
+        else:
+            raise ValueError("unsupported protobuf wire type %d" % wire)
+        if i > len(buf):
+            raise ValueError("truncated protobuf field")
+        yield field, wire, value
+
+
+def read_sentencepiece(path):
+    """tokenizer.model (sentencepiece ModelProto): field 1 = repeated SentencePiece {1 piece, 2 score, 3 type}."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    tokens = []
+    try:
+        for field, wire, value in _proto_fields(buf):
+            if field != 1 or wire != 2:
+                continue
+            piece, score, typ = b"", 0.0, SP_NORMAL
+            for f2, w2, v2 in _proto_fields(value):
+                if f2 == 1 and w2 == 2:
+                    piece = bytes(v2)
+                elif f2 == 2 and w2 == 5:
+                    score = struct.unpack("<f", v2)[0]
+                elif f2 == 3 and w2 == 0:
+                    typ = v2
+            tokens.append([piece, score, typ])
+    except ValueError as e:
+        die("%s: not a sentencepiece model (%s)" % (path, e))
+    if not tokens:
+        die("%s: no pieces found; not a sentencepiece model" % path)
+    return tokens
+
+
+def read_tokenizer_json(path):
+    """Fast-tokenizer file: BPE vocab + merges. Merge rank stands in for the sentencepiece score
+    (a piece made by an earlier merge wins), which is how the Llama converter ordered them."""
+    with open(path, encoding="utf-8") as f:
+        tj = json.load(f)
+    model = tj.get("model", {})
+    if model.get("type") != "BPE" or "vocab" not in model:
+        die("%s: expected a BPE model with a vocab" % path)
+    vocab = model["vocab"]
+    n = max(vocab.values()) + 1
+    tokens = [None] * n
+    for piece, i in vocab.items():
+        typ = SP_BYTE if (len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">")) else SP_NORMAL
+        tokens[i] = [piece.encode("utf-8"), 0.0, typ]
+    if any(t is None for t in tokens):
+        die("%s: vocab ids are not contiguous" % path)
+    for rank, m in enumerate(model.get("merges", [])):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        i = vocab.get(a + b)
+        if i is not None and tokens[i][1] == 0.0:
+            tokens[i][1] = -float(rank + 1)
+    for at in tj.get("added_tokens", []):
+        if at["id"] < n:
+            content = at["content"]
+            tokens[at["id"]][2] = SP_UNKNOWN if content == "<unk>" else SP_CONTROL if at.get("special") else SP_USER_DEFINED
+    return tokens
+
+
+def added_tokens(hf_dir):
+    """{content: id} of tokens added on top of the base vocabulary (<video>, <image>)."""
+    out = {}
+    p = os.path.join(hf_dir, "added_tokens.json")
+    if os.path.exists(p):
+        with open(p, encoding="utf-8") as f:
+            out.update({k: int(v) for k, v in json.load(f).items()})
+    p = os.path.join(hf_dir, "tokenizer_config.json")
+    extra = []
+    if os.path.exists(p):
+        with open(p, encoding="utf-8") as f:
+            tc = json.load(f)
+        for i, t in tc.get("added_tokens_decoder", {}).items():
+            out[t["content"]] = int(i)
+        # transformers 5.x may list the added tokens without ids ("extra_special_tokens", a list or a
+        # {name: token} dict); they then take the next free ids in order after the base vocabulary.
+        for key in ("additional_special_tokens", "extra_special_tokens"):
+            v = tc.get(key) or []
+            extra += list(v.values()) if isinstance(v, dict) else list(v)
+        extra = [t["content"] if isinstance(t, dict) else t for t in extra]
+    p = os.path.join(hf_dir, "tokenizer.json")
+    if os.path.exists(p):
+        with open(p, encoding="utf-8") as f:
+            for t in json.load(f).get("added_tokens", []):
+                out[t["content"]] = int(t["id"])
+    return out, [t for t in dict.fromkeys(extra) if t not in out]
+
+
+def load_tokenizer(src):
+    """Returns the token list [piece bytes, score, type] for ids 0..n-1 from a tokenizer.model path or an HF dir."""
+    if os.path.isfile(src):
+        return read_sentencepiece(src)
+    sp, tj = os.path.join(src, "tokenizer.model"), os.path.join(src, "tokenizer.json")
+    if os.path.exists(sp):
+        tokens = read_sentencepiece(sp)
+    elif os.path.exists(tj):
+        tokens = read_tokenizer_json(tj)
+    else:
+        die("%s: no tokenizer.model or tokenizer.json" % src)
+    with_ids, without_ids = added_tokens(src)
+    for content, i in sorted(with_ids.items(), key=lambda kv: kv[1]):
+        if i < len(tokens):
+            continue  # <unk>, <s>, </s> are already sentencepiece pieces
+        if i != len(tokens):
+            die("%s: added token %r has id %d, expected %d (ids must be contiguous)" % (src, content, i, len(tokens)))
+        tokens.append([content.encode("utf-8"), 0.0, SP_USER_DEFINED])
+    known = {t[0] for t in tokens}
+    for content in without_ids:
+        if content.encode("utf-8") not in known:
+            tokens.append([content.encode("utf-8"), 0.0, SP_USER_DEFINED])
+    return tokens
+
+
+def tokenizer_blob(tokens):
+    parts = []
+    for piece, score, typ in tokens:
+        parts.append(struct.pack("<fiI", score, typ, len(piece)))
+        parts.append(piece)
+    return b"".join(parts)
+
+
+# -----------------------------------------------------------------------------
+# safetensors, read with numpy (memory-mapped)
+
+ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+
+
+def open_safetensors(hf_dir):
+    """Returns {key: (path, dtype, shape, offset)} over all shards."""
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.exists(os.path.join(hf_dir, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        die("%s: no model.safetensors or model.safetensors.index.json" % hf_dir)
+    entries = {}
+    for name in files:
+        path = os.path.join(hf_dir, name)
+        if not os.path.exists(path):
+            die("%s: shard listed in the index is missing" % path)
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                die("%s: truncated safetensors file" % path)
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                die("%s: header length %d exceeds the file size %d" % (path, n, size))
+            try:
+                header = json.loads(f.read(n))
+            except ValueError:
+                die("%s: safetensors header is not valid JSON" % path)
+        for key, t in header.items():
+            if key == "__metadata__":
+                continue
+            if t["dtype"] not in ST_DTYPES:
+                die("%s: tensor %s has unsupported dtype %s" % (path, key, t["dtype"]))
+            begin, end = t["data_offsets"]
+            count = int(np.prod(t["shape"])) if t["shape"] else 1
+            if end - begin != count * np.dtype(ST_DTYPES[t["dtype"]]).itemsize or 8 + n + end > size:
+                die("%s: tensor %s is truncated or has inconsistent offsets" % (path, key))
+            if key in entries:
+                die("%s: tensor %s appears in two shards" % (path, key))
+            entries[key] = (path, t["dtype"], tuple(t["shape"]), 8 + n + begin)
+    return entries
+
+
+def canonical_name(key):
+    """Map both the legacy (4.42-style, what save_pretrained writes) and the in-memory 4.52+/5.x names
+    (SPEC §10), and transformers 5.x's save format (no "vision_model." level), onto one spelling: vision.*, projector.*, image_newline, lm.*, lm_head."""
+    for prefix, new in [("model.vision_tower.vision_model.", "vision."), ("vision_tower.vision_model.", "vision."),
+                        ("model.vision_tower.", "vision."), ("vision_tower.", "vision."),  # 5.x drops vision_model.
+                        ("model.multi_modal_projector.", "projector."), ("multi_modal_projector.", "projector."),
+                        ("model.language_model.model.", "lm."), ("language_model.model.", "lm."),
+                        ("model.language_model.", "lm."), ("language_model.lm_head.", "lm_head."),
+                        ("lm_head.", "lm_head."), ("model.image_newline", "image_newline"),
+                        ("image_newline", "image_newline")]:
+        if key.startswith(prefix):
+            return new + key[len(prefix):]
+    return key
+
+
+class Checkpoint:
+    def __init__(self, hf_dir):
+        self.entries = {}
+        for key, e in open_safetensors(hf_dir).items():
+            name = canonical_name(key)
+            if name in self.entries:
+                die("%s: tensor %s is stored twice (as %s too)" % (hf_dir, name, key))
+            self.entries[name] = e + (key,)
+        self.used = set()
+
+    def has(self, name):
+        return name in self.entries
+
+    def get(self, name, shape):
+        """The tensor as float32, checked against the expected shape. Each key may be read once."""
+        if name not in self.entries:
+            die("checkpoint is missing tensor %s" % name)
+        if name in self.used:
+            die("tensor %s used twice" % name)
+        path, dtype, shp, offset, key = self.entries[name]
+        if tuple(shp) != tuple(shape):
+            die("%s: tensor %s has shape %s, expected %s from config.json" % (path, key, list(shp), list(shape)))
+        self.used.add(name)
+        a = np.memmap(path, dtype=ST_DTYPES[dtype], mode="r", offset=offset, shape=shp)
+        if dtype == "BF16":
+            return (a.astype(np.uint32) << 16).view(np.float32)
+        return a.astype(np.float32)
+
+    def skip(self, name):
+        """Mark a stored tensor as deliberately unused (e.g. CLIP position_ids buffers)."""
+        if name in self.entries:
+            self.used.add(name)
+
+    def check_all_used(self):
+        unused = sorted(self.entries[n][4] for n in self.entries if n not in self.used)
+        if unused:
+            die("checkpoint tensors not used by the export (unsupported variant?): %s" % ", ".join(unused[:10]))
+
+
+# -----------------------------------------------------------------------------
+# Config
+
+def read_config(hf_dir):
+    p = os.path.join(hf_dir, "config.json")
+    if not os.path.exists(p):
+        die("%s: no config.json" % hf_dir)
+    with open(p) as f:
+        try:
+            cfg = json.load(f)
+        except ValueError:
+            die("%s: not valid JSON" % p)
+    if cfg.get("model_type") not in ("llava_next_video", "llava_next", "llava"):
+        die("%s: model_type %r is not llava_next_video" % (p, cfg.get("model_type")))
+    tc, vc = cfg.get("text_config", {}), cfg.get("vision_config", {})
+    if tc.get("model_type", "llama") != "llama":
+        die("%s: text model %r is not supported (Llama only)" % (p, tc.get("model_type")))
+    if vc.get("model_type", "clip_vision_model") != "clip_vision_model":
+        die("%s: vision model %r is not supported (CLIP only)" % (p, vc.get("model_type")))
+    if tc.get("attention_bias") or tc.get("mlp_bias"):
+        die("%s: Llama with attention/mlp biases is not supported" % p)
+
+    # Missing keys take the transformers class defaults (LlamaConfig, CLIPVisionConfig), as the hub
+    # config of the 7B model leaves most of them out (SPEC §1.2-1.3).
+    h = {}
+    h["dim"] = tc.get("hidden_size", 4096)
+    h["hidden_dim"] = tc.get("intermediate_size", 11008)
+    h["n_layers"] = tc.get("num_hidden_layers", 32)
+    h["n_heads"] = tc.get("num_attention_heads", 32)
+    h["n_kv_heads"] = tc.get("num_key_value_heads") or h["n_heads"]
+    h["head_dim"] = tc.get("head_dim") or h["dim"] // h["n_heads"]
+    h["vocab_size"] = tc.get("vocab_size", 32000)
+    h["max_pos"] = tc.get("max_position_embeddings", 2048)
+    h["rms_eps"] = tc.get("rms_norm_eps", 1e-6)
+    if tc.get("hidden_act", "silu") != "silu":
+        die("%s: text hidden_act %r is not supported" % (p, tc.get("hidden_act")))
+    if h["n_heads"] % h["n_kv_heads"] or h["head_dim"] % 2:
+        die("%s: heads %d not a multiple of kv heads %d, or odd head_dim" % (p, h["n_heads"], h["n_kv_heads"]))
+
+    # RoPE: transformers 4.x spells it rope_theta + rope_scaling {type|rope_type, factor};
+    # 5.x spells it rope_parameters {rope_type, factor, rope_theta}.
+    rp = tc.get("rope_parameters") or {}
+    rs = tc.get("rope_scaling") or {}
+    h["rope_theta"] = rp.get("rope_theta", tc.get("rope_theta", 10000.0))
+    rope_type = rp.get("rope_type") or rs.get("rope_type") or rs.get("type") or "default"
+    factor = rp.get("factor", rs.get("factor", 1.0))
+    if rope_type == "default":
+        factor = 1.0
+    elif rope_type != "linear":
+        die("%s: rope type %r is not supported (default or linear only)" % (p, rope_type))
+    h["rope_scale"] = float(factor)
+
+    h["v_dim"] = vc.get("hidden_size", 768)
+    h["v_hidden_dim"] = vc.get("intermediate_size", 3072)
+    h["v_layers"] = vc.get("num_hidden_layers", 12)
+    h["v_heads"] = vc.get("num_attention_heads", 12)
+    h["image_size"] = vc.get("image_size", 224)
+    h["patch_size"] = vc.get("patch_size", 32)
+    h["n_channels"] = vc.get("num_channels", 3)
+    h["v_eps"] = vc.get("layer_norm_eps", 1e-5)
+    v_act = vc.get("hidden_act", "quick_gelu")
+    if v_act not in ACTS:
+        die("%s: vision hidden_act %r is not supported" % (p, v_act))
+    h["v_act"] = ACTS[v_act]
+    grid = h["image_size"] // h["patch_size"]
+    if h["image_size"] % h["patch_size"] or grid % 2:
+        die("%s: image_size/patch_size must be an even integer (SPEC §11)" % p)
+
+    fl = cfg.get("vision_feature_layer", -2)
+    if not isinstance(fl, int):
+        die("%s: vision_feature_layer %r: only a single layer is supported" % (p, fl))
+    if not -(h["v_layers"] + 1) <= fl <= h["v_layers"]:
+        die("%s: vision_feature_layer %d out of range for %d layers" % (p, fl, h["v_layers"]))
+    h["feature_layer"] = fl
+    strategies = {"default": 0, "full": 1}
+    s = cfg.get("vision_feature_select_strategy", "default")
+    if s not in strategies:
+        die("%s: vision_feature_select_strategy %r is not supported" % (p, s))
+    h["select_strategy"] = strategies[s]
+    pa = cfg.get("projector_hidden_act", "gelu")
+    if pa != "gelu":
+        die("%s: projector_hidden_act %r is not supported" % (p, pa))
+    h["proj_act"] = 0
+    if cfg.get("spatial_pool_mode", "average") != "average":
+        die("%s: spatial_pool_mode %r is not supported" % (p, cfg.get("spatial_pool_mode")))
+    h["pool_stride"] = cfg.get("spatial_pool_stride", 2)
+
+    h["bos"] = tc.get("bos_token_id", 1)
+    h["eos"] = tc.get("eos_token_id", 2)
+    if isinstance(h["eos"], list):
+        h["eos"] = h["eos"][0]
+    h["pad"] = tc.get("pad_token_id", cfg.get("pad_token_id", 0))
+    if h["pad"] is None:
+        h["pad"] = -1
+    h["unk"] = 0
+    h["image_token"] = cfg.get("image_token_index", cfg.get("image_token_id", 32001))
+    h["video_token"] = cfg.get("video_token_index", cfg.get("video_token_id", 32000))
+
+    mean, std = CLIP_MEAN, CLIP_STD
+    for name in ("video_preprocessor_config.json", "preprocessor_config.json"):
+        pp = os.path.join(hf_dir, name)
+        if os.path.exists(pp):
+            with open(pp) as f:
+                pc = json.load(f)
+            mean, std = pc.get("image_mean", mean), pc.get("image_std", std)
+            size = pc.get("size", {}).get("shortest_edge", h["image_size"])
+            if size != h["image_size"]:
+                die("%s: shortest_edge %d differs from the vision image_size %d" % (pp, size, h["image_size"]))
+            break
+    h["image_mean"], h["image_std"] = list(mean), list(std)
+
+    pins = cfg.get("image_grid_pinpoints") or [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+    if len(pins) > MAX_PINPOINTS:
+        die("%s: more than %d grid pinpoints" % (p, MAX_PINPOINTS))
+    h["n_pinpoints"] = len(pins)
+    h["pinpoints"] = [int(x) for hw in pins for x in hw] + [0] * (2 * (MAX_PINPOINTS - len(pins)))
+    h["tie_word_embeddings"] = cfg.get("tie_word_embeddings", tc.get("tie_word_embeddings", False))
+    h["projector_bias"] = cfg.get("multimodal_projector_bias", True)
+    return h
+
+
+def pack_header(h):
+    out = b""
+    for name, fmt in HEADER_FIELDS:
+        v = h[name]
+        out += struct.pack("<" + fmt, *(v if isinstance(v, (list, tuple)) else [v]))
+    assert len(out) <= HEADER_SIZE
+    return out + b"\0" * (HEADER_SIZE - len(out))
+
+
+# -----------------------------------------------------------------------------
+# Tensor writing
+
+class Writer:
+    def __init__(self, f, dtype, group):
+        self.f, self.dtype, self.group = f, dtype, group
+        self.worst = []  # (relative max error, name) per quantized tensor
+
+    def align(self):
+        pad = (-self.f.tell()) % ALIGN
+        self.f.write(b"\0" * pad)
+
+    def f32(self, arrays):
+        """Write one f32 tensor, given as a list of per-layer pieces (stacked in order)."""
+        self.align()
+        for a in arrays:
+            self.f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
+
+    def matrix(self, name, arrays):
+        """Write a stack of (rows, cols) matmul weights in the file's weight dtype."""
+        self.align()
+        if self.dtype == "f32":
+            for a in arrays:
+                self.f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
+        elif self.dtype == "bf16":
+            for a in arrays:
+                self.f.write(f32_to_bf16(a).tobytes())
+        else:
+            scales, worst = [], 0.0
+            for a in arrays:
+                q, s = quantize_q8(a, self.group, name)
+                err = np.abs(q.astype(np.float32).reshape(s.shape[0], s.shape[1], -1) * s[:, :, None]
+                             - a.reshape(s.shape[0], s.shape[1], -1)).max()
+                worst = max(worst, float(err / max(np.abs(a).max(), 1e-30)))
+                self.f.write(q.tobytes())
+                scales.append(s)
+            self.align()
+            for s in scales:
+                self.f.write(s.astype("<f4").tobytes())
+            self.worst.append((worst, name))
+
+
+def f32_to_bf16(a):
+    """Round to nearest even, as torch's .to(bfloat16) does (NaN kept as NaN)."""
+    b = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    rounded = ((b + 0x7FFF + ((b >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(a)
+    if nan.any():
+        rounded[nan] = 0x7FC0
+    return rounded
+
+
+def quantize_q8(a, group, name):
+    """Symmetric int8 with one scale per `group` consecutive inputs: q = round(w / s), s = max|w| / 127.
+    An all-zero group gets s = 0 and q = 0 (nothing is divided by zero)."""
+    rows, cols = a.shape
+    if cols % group:
+        die("%s: %d columns are not a multiple of the q8 group size %d (use --group-size)" % (name, cols, group))
+    g = a.reshape(rows, cols // group, group)
+    amax = np.abs(g).max(axis=2)
+    s = (amax / 127.0).astype(np.float32)
+    inv = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+    q = np.clip(np.rint(g * inv[:, :, None]), -127, 127).astype(np.int8)
+    return q.reshape(rows, cols), s
+
+
+def tensor_plan(ck, h, w):
+    """Write every tensor in the documented order. Mirrors `memory_map_weights` in llava.c."""
+    D, Dv, Dvh, Lv = h["dim"], h["v_dim"], h["v_hidden_dim"], h["v_layers"]
+    C, P = h["n_channels"], h["patch_size"]
+    npos = (h["image_size"] // P) ** 2 + 1
+
+    # vision tower (CLIP): embeddings, pre-LN, the encoder layers (stacked), post-LN (unused by LLaVA)
+    v = "vision."
+    w.f32([ck.get(v + "embeddings.class_embedding", [Dv])])
+    w.f32([ck.get(v + "embeddings.patch_embedding.weight", [Dv, C, P, P]).reshape(Dv, C * P * P)])
+    w.f32([ck.get(v + "embeddings.position_embedding.weight", [npos, Dv])])
+    ck.skip(v + "embeddings.position_ids")
+    w.f32([ck.get(v + "pre_layrnorm.weight", [Dv])])
+    w.f32([ck.get(v + "pre_layrnorm.bias", [Dv])])
+    lay = lambda i, s: v + "encoder.layers.%d.%s" % (i, s)
+    for part, shape, kind in [("layer_norm1.weight", [Dv], "f"), ("layer_norm1.bias", [Dv], "f"),
+                              ("self_attn.q_proj.weight", [Dv, Dv], "m"), ("self_attn.q_proj.bias", [Dv], "f"),
+                              ("self_attn.k_proj.weight", [Dv, Dv], "m"), ("self_attn.k_proj.bias", [Dv], "f"),
+                              ("self_attn.v_proj.weight", [Dv, Dv], "m"), ("self_attn.v_proj.bias", [Dv], "f"),
+                              ("self_attn.out_proj.weight", [Dv, Dv], "m"), ("self_attn.out_proj.bias", [Dv], "f"),
+                              ("layer_norm2.weight", [Dv], "f"), ("layer_norm2.bias", [Dv], "f"),
+                              ("mlp.fc1.weight", [Dvh, Dv], "m"), ("mlp.fc1.bias", [Dvh], "f"),
+                              ("mlp.fc2.weight", [Dv, Dvh], "m"), ("mlp.fc2.bias", [Dv], "f")]:
+        arrays = (ck.get(lay(i, part), shape) for i in range(Lv))
+        w.matrix("vision." + part, arrays) if kind == "m" else w.f32(arrays)
+    w.f32([ck.get(v + "post_layernorm.weight", [Dv])])
+    w.f32([ck.get(v + "post_layernorm.bias", [Dv])])
+
+    # multimodal projector: linear_1 -> gelu -> linear_2 (biases written as zeros if the config has none)
+    pb = h["projector_bias"]
+    w.matrix("projector.linear_1", [ck.get("projector.linear_1.weight", [D, Dv])])
+    w.f32([ck.get("projector.linear_1.bias", [D]) if pb else np.zeros(D, np.float32)])
+    w.matrix("projector.linear_2", [ck.get("projector.linear_2.weight", [D, D])])
+    w.f32([ck.get("projector.linear_2.bias", [D]) if pb else np.zeros(D, np.float32)])
+    w.f32([ck.get("image_newline", [D]) if ck.has("image_newline") else np.zeros(D, np.float32)])
+
+    # language model (Llama)
+    L, V, F = h["n_layers"], h["vocab_size"], h["hidden_dim"]
+    qd, kvd = h["n_heads"] * h["head_dim"], h["n_kv_heads"] * h["head_dim"]
+    w.matrix("embed_tokens", [ck.get("lm.embed_tokens.weight", [V, D])])
+    lay = lambda i, s: "lm.layers.%d.%s" % (i, s)
+    for part, shape, kind in [("input_layernorm.weight", [D], "f"),
+                              ("self_attn.q_proj.weight", [qd, D], "m"),
+                              ("self_attn.k_proj.weight", [kvd, D], "m"),
+                              ("self_attn.v_proj.weight", [kvd, D], "m"),
+                              ("self_attn.o_proj.weight", [D, qd], "m"),
+                              ("post_attention_layernorm.weight", [D], "f"),
+                              ("mlp.gate_proj.weight", [F, D], "m"),
+                              ("mlp.up_proj.weight", [F, D], "m"),
+                              ("mlp.down_proj.weight", [D, F], "m")]:
+        arrays = (ck.get(lay(i, part), shape) for i in range(L))
+        w.matrix(part, arrays) if kind == "m" else w.f32(arrays)
+        for i in range(L):
+            ck.skip(lay(i, "self_attn.rotary_emb.inv_freq"))
+    w.f32([ck.get("lm.norm.weight", [D])])
+    if ck.has("lm_head.weight"):
+        w.matrix("lm_head", [ck.get("lm_head.weight", [V, D])])
+    elif h["tie_word_embeddings"]:
+        ck.used.discard("lm.embed_tokens.weight")  # tied: the same tensor a second time, on purpose
+        w.matrix("lm_head", [ck.get("lm.embed_tokens.weight", [V, D])])
+    else:
+        die("checkpoint has no lm_head.weight and tie_word_embeddings is false")
+
+
+def export(hf_dir, out_path, dtype, group):
+    h = read_config(hf_dir)
+    tokens = load_tokenizer(hf_dir)
+    for name in ("bos", "eos", "image_token", "video_token"):
+        if not 0 <= h[name] < len(tokens):
+            die("%s: %s id %d is not in the tokenizer (%d tokens)" % (hf_dir, name, h[name], len(tokens)))
+    if len(tokens) > h["vocab_size"]:
+        die("%s: tokenizer has %d tokens but vocab_size is %d" % (hf_dir, len(tokens), h["vocab_size"]))
+    blob = tokenizer_blob(tokens)
+    ck = Checkpoint(hf_dir)
+    h.update(magic=MAGIC, version=VERSION, weight_type=DTYPES[dtype], group_size=group if dtype == "q8" else 0,
+             n_tokens=len(tokens), tokenizer_bytes=len(blob))
+    tmp = out_path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(pack_header(h))
+        f.write(blob)
+        w = Writer(f, dtype, group)
+        tensor_plan(ck, h, w)
+        w.align()
+        size = f.tell()
+    ck.check_all_used()
+    os.replace(tmp, out_path)
+    if w.worst:
+        worst = max(w.worst)
+        print("q8 group %d: worst relative quantization error %.3g%% of max|w| (%s)" % (group, 100 * worst[0], worst[1]))
+        for err, name in sorted(w.worst, reverse=True)[:5]:
+            print("  %-34s max |w - q*s| / max|w| = %.3g%%" % (name, 100 * err))
+    print("wrote %s: %.1f MB, %s, %d tokens" % (out_path, size / 1e6, dtype, len(tokens)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[1])
+    ap.add_argument("src", help="Hugging Face model directory (or tokenizer.model with --tokenizer-only)")
+    ap.add_argument("out", help="output file")
+    ap.add_argument("--dtype", choices=list(DTYPES), default="f32", help="weight type of the matmul weights")
+    ap.add_argument("--group-size", type=int, default=64, help="q8: inputs per scale (default 64)")
+    ap.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer blob")
+    ap.add_argument("--added-tokens", default="", help="with --tokenizer-only and a tokenizer.model: "
+                    "comma-separated tokens to append as special (e.g. '<video>,<image>')")
+    args = ap.parse_args()
+    if not os.path.exists(args.src):
+        die("%s: no such file or directory" % args.src)
+    if args.tokenizer_only:
+        tokens = load_tokenizer(args.src)
+        tokens += [[t.encode("utf-8"), 0.0, SP_USER_DEFINED] for t in args.added_tokens.split(",") if t]
+        with open(args.out, "wb") as f:
+            f.write(tokenizer_blob(tokens))
+        return
+    if not os.path.isdir(args.src):
+        die("%s: not a directory" % args.src)
+    if args.group_size <= 0 or args.group_size % 4:
+        die("--group-size must be a positive multiple of 4")
+    export(args.src, args.out, args.dtype, args.group_size)
+
+
+if __name__ == "__main__":
+    main()

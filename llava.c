@@ -1,0 +1,1263 @@
+/*
+ * llava.c: inference for LLaVA-NeXT-Video (llava-hf/LLaVA-NeXT-Video-7B-hf) in one file of C.
+ *
+ * A video (or an image) and a question go in; frames are sampled and preprocessed (video.c), run
+ * through the CLIP ViT vision tower, average-pooled 2x2, projected into the language model's space by
+ * a two-layer GELU MLP, spliced into the prompt in place of the <video> placeholders, and the Llama
+ * (Vicuna-7B) decoder streams the answer. Text-only prompts work too.
+ *
+ * It mirrors Hugging Face transformers' LlavaNextVideoForConditionalGeneration module by module and
+ * says which line of it each step follows where that is not obvious. The numbers are checked against
+ * transformers on tiny random-weight models in test/ (see README.md).
+ *
+ * What it is not: a server, a batched engine, or a trainer. One prompt, one answer, one process.
+ *
+ * Build:  make            (gcc -O3 -march=native; libc, libm and pthreads only)
+ * Run:    ./llava model.bin -v clip.y4m -p "What happens in this video?"
+ *
+ * File map (a unity build: the other chapters are #included here):
+ *   tokenizer.c  Llama SentencePiece BPE, as the HF tokenizer of this model behaves
+ *   video.c      Y4M / raw RGB reading, frame sampling, resize + crop + normalize
+ *   matmul.c     thread pool and the matmul kernels (scalar reference + SIMD)
+ *   llava.c      this file: checkpoint, blocks, vision tower, projector, Llama, sampler, CLI
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+// ----------------------------------------------------------------------------
+// Errors and checked allocation. Every failure is one line on stderr and exit(1).
+
+static void fatal(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("llava: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+static void* xmalloc(size_t n) {
+    void* p = malloc(n ? n : 1);
+    if (!p) fatal("out of memory allocating %zu bytes", n);
+    return p;
+}
+
+static void* xcalloc(size_t count, size_t size) {
+    void* p = calloc(count ? count : 1, size ? size : 1);
+    if (!p) fatal("out of memory allocating %zu x %zu bytes", count, size);
+    return p;
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+#include "matmul.c"
+#include "tokenizer.c"
+#include "video.c"
+
+// ----------------------------------------------------------------------------
+// Config: the 1024-byte file header, field for field as export.py's HEADER_FIELDS
+
+#define LLAVA_MAGIC 0x41564C4C  // "LLVA"
+#define LLAVA_VERSION 1
+#define HEADER_SIZE 1024
+#define MAX_PINPOINTS 16
+
+typedef struct {
+    uint32_t magic;
+    int32_t version;
+    int32_t weight_type;  // DType of the matmul weights: 0 f32, 1 bf16, 2 q8
+    int32_t group_size;   // q8: inputs per scale
+    // language model (Llama)
+    int32_t dim;          // hidden size, 4096
+    int32_t hidden_dim;   // MLP intermediate size, 11008
+    int32_t n_layers;     // 32
+    int32_t n_heads;      // query heads, 32
+    int32_t n_kv_heads;   // key/value heads (< n_heads means grouped-query attention)
+    int32_t head_dim;     // 128
+    int32_t vocab_size;   // rows of embed_tokens and lm_head, 32064 (padded; the tokenizer has 32002)
+    int32_t max_pos;      // max_position_embeddings, the default context length
+    float rms_eps;        // 1e-5
+    float rope_theta;     // 10000
+    float rope_scale;     // linear RoPE scaling factor (2.5 in today's hub config), 1 = none
+    // vision tower (CLIP ViT)
+    int32_t v_dim;        // 1024
+    int32_t v_hidden_dim; // 4096
+    int32_t v_layers;     // 24
+    int32_t v_heads;      // 16
+    int32_t image_size;   // 336
+    int32_t patch_size;   // 14
+    int32_t n_channels;   // 3
+    float v_eps;          // LayerNorm eps, 1e-5
+    int32_t v_act;        // 0 quick_gelu, 1 gelu
+    int32_t feature_layer;   // index into CLIP's hidden_states tuple, -2 = output of the second-to-last layer
+    int32_t select_strategy; // 0 "default": drop CLS, 1 "full": keep it
+    // pooling + projector
+    int32_t proj_act;     // 0 gelu (erf)
+    int32_t pool_stride;  // 2: 24x24 patches -> 12x12 tokens per frame
+    // special tokens
+    int32_t bos, eos, pad, unk, image_token, video_token;
+    // image preprocessing (OpenAI CLIP statistics)
+    float image_mean[3], image_std[3];
+    // anyres grid pinpoints, (height, width)
+    int32_t n_pinpoints;
+    int32_t pinpoints[MAX_PINPOINTS][2];
+    // the tokenizer blob right after the header
+    int32_t n_tokens;
+    int32_t tokenizer_bytes;
+} Config;
+
+// ----------------------------------------------------------------------------
+// Weights: pointers into the memory-mapped file. Per-layer tensors are stacked over layers.
+
+typedef struct {
+    float* class_embedding;     // (v_dim,)
+    Matrix patch_embedding;     // (v_dim, n_channels*patch*patch), f32: the conv as a matmul over patches
+    float* position_embedding;  // (n_patches + 1, v_dim)
+    float* pre_ln_w;            // (v_dim,)  "pre_layrnorm" in the checkpoint
+    float* pre_ln_b;            // (v_dim,)
+    float* ln1_w; float* ln1_b; // (v_layers, v_dim)
+    Matrix* wq; float* bq;      // (v_layers) x (v_dim, v_dim); (v_layers, v_dim)
+    Matrix* wk; float* bk;
+    Matrix* wv; float* bv;
+    Matrix* wo; float* bo;
+    float* ln2_w; float* ln2_b; // (v_layers, v_dim)
+    Matrix* fc1; float* fc1_b;  // (v_layers) x (v_hidden_dim, v_dim); (v_layers, v_hidden_dim)
+    Matrix* fc2; float* fc2_b;  // (v_layers) x (v_dim, v_hidden_dim); (v_layers, v_dim)
+    float* post_ln_w; float* post_ln_b; // (v_dim,) unused by LLaVA: it only touches the CLS pooler output
+} VisionWeights;
+
+typedef struct {
+    Matrix linear_1; float* b1; // (dim, v_dim); (dim,)
+    Matrix linear_2; float* b2; // (dim, dim); (dim,)
+    float* image_newline;       // (dim,) appended after every row of an anyres image grid
+} ProjectorWeights;
+
+typedef struct {
+    Matrix embed_tokens;        // (vocab_size, dim)
+    float* attn_norm;           // (n_layers, dim)  input_layernorm
+    Matrix* wq;                 // (n_layers) x (n_heads*head_dim, dim)
+    Matrix* wk;                 // (n_layers) x (n_kv_heads*head_dim, dim)
+    Matrix* wv;                 // (n_layers) x (n_kv_heads*head_dim, dim)
+    Matrix* wo;                 // (n_layers) x (dim, n_heads*head_dim)
+    float* ffn_norm;            // (n_layers, dim)  post_attention_layernorm
+    Matrix* w_gate;             // (n_layers) x (hidden_dim, dim)
+    Matrix* w_up;               // (n_layers) x (hidden_dim, dim)
+    Matrix* w_down;             // (n_layers) x (dim, hidden_dim)
+    float* final_norm;          // (dim,)
+    Matrix lm_head;             // (vocab_size, dim), untied
+} LlmWeights;
+
+// Scratch buffers of the language model for up to `max_rows` tokens at once, plus the KV cache.
+typedef struct {
+    int max_rows;     // tokens per forward call (prefill is chunked to this)
+    int ctx;          // positions in the KV cache
+    float* x;         // (max_rows, dim) the residual stream
+    float* xb;        // (max_rows, dim) normed input of a block
+    float* q;         // (max_rows, n_heads*head_dim)
+    float* k;         // (max_rows, n_kv_heads*head_dim)
+    float* v;         // (max_rows, n_kv_heads*head_dim)
+    float* att;       // (max_rows, n_heads*head_dim) attention output before o_proj
+    float* hb;        // (max_rows, hidden_dim)
+    float* hb2;       // (max_rows, hidden_dim)
+    float* logits;    // (vocab_size,) of the last row
+    float* key_cache;   // (n_layers, ctx, n_kv_heads*head_dim)
+    float* value_cache; // (n_layers, ctx, n_kv_heads*head_dim)
+    float* inv_freq;    // (head_dim/2,) RoPE frequencies, already divided by the linear scale
+} RunState;
+
+typedef struct {
+    Config config;
+    VisionWeights vision;
+    ProjectorWeights projector;
+    LlmWeights llm;
+    Tokenizer tokenizer;
+    RunState state;
+    const char* path;  // for error messages
+    void* data;        // the mmap
+    size_t file_size;
+} Model;
+
+// ----------------------------------------------------------------------------
+// Checkpoint: mmap the file, check the header, hand out tensors in export.py's order
+
+// A cursor over the mapped file that refuses to run past its end (a truncated file is an error,
+// never an out-of-bounds read).
+typedef struct {
+    const char* path;
+    char* base;
+    size_t size, offset;
+} Cursor;
+
+static void* cursor_take(Cursor* c, size_t bytes) {
+    c->offset = (c->offset + 63) & ~(size_t)63;  // every tensor starts 64-byte aligned
+    if (c->offset > c->size || bytes > c->size - c->offset)
+        fatal("%s: file is truncated (a tensor at byte %zu needs %zu bytes, the file has %zu)",
+              c->path, c->offset, bytes, c->size);
+    void* p = c->base + c->offset;
+    c->offset += bytes;
+    return p;
+}
+
+static float* take_f32(Cursor* c, size_t count) { return cursor_take(c, count * sizeof(float)); }
+
+// n_stack matrices of (rows, cols) in the file's weight type, stored back to back (q8: all int8 data,
+// then all scales). Returns an array of n_stack Matrix views, one per layer.
+static Matrix* take_matrices(Cursor* c, int n_stack, int rows, int cols, DType type, int group) {
+    Matrix* m = xcalloc(n_stack, sizeof(Matrix));
+    size_t per = (size_t)rows * cols;
+    size_t elem = type == DT_F32 ? 4 : type == DT_BF16 ? 2 : 1;
+    char* data = cursor_take(c, n_stack * per * elem);
+    float* scales = NULL;
+    if (type == DT_Q8) scales = take_f32(c, n_stack * per / group);
+    for (int l = 0; l < n_stack; l++) {
+        m[l].type = type;
+        m[l].rows = rows;
+        m[l].cols = cols;
+        m[l].data = data + l * per * elem;
+        m[l].scales = scales ? scales + l * per / group : NULL;
+        m[l].group = group;
+        m[l].packed = NULL;
+    }
+    return m;
+}
+
+static void check_config(const Config* p, const char* path) {
+    if (p->magic != LLAVA_MAGIC)
+        fatal("%s: not a llava.c model file (bad magic; convert a Hugging Face checkpoint with export.py)", path);
+    if (p->version != LLAVA_VERSION)
+        fatal("%s: file format version %d, this build reads version %d (re-export with this export.py)",
+              path, p->version, LLAVA_VERSION);
+    if (p->weight_type < 0 || p->weight_type > 2) fatal("%s: unknown weight type %d", path, p->weight_type);
+    if (p->weight_type == DT_Q8 && (p->group_size <= 0 || p->group_size % 4))
+        fatal("%s: bad q8 group size %d", path, p->group_size);
+    // Bounds that keep every size product far from overflow and every loop sane.
+    const struct { const char* name; int v, lo, hi; } r[] = {
+        {"dim", p->dim, 1, 65536}, {"hidden_dim", p->hidden_dim, 1, 262144}, {"n_layers", p->n_layers, 1, 1024},
+        {"n_heads", p->n_heads, 1, 1024}, {"n_kv_heads", p->n_kv_heads, 1, 1024}, {"head_dim", p->head_dim, 2, 4096},
+        {"vocab_size", p->vocab_size, 1, 1 << 22}, {"max_pos", p->max_pos, 1, 1 << 24},
+        {"v_dim", p->v_dim, 1, 65536}, {"v_hidden_dim", p->v_hidden_dim, 1, 262144},
+        {"v_layers", p->v_layers, 1, 1024}, {"v_heads", p->v_heads, 1, 1024},
+        {"image_size", p->image_size, 1, 8192}, {"patch_size", p->patch_size, 1, 1024},
+        {"n_channels", p->n_channels, 1, 4}, {"pool_stride", p->pool_stride, 1, 64},
+        {"n_tokens", p->n_tokens, 1, p->vocab_size}, {"tokenizer_bytes", p->tokenizer_bytes, 0, 1 << 30},
+        {"n_pinpoints", p->n_pinpoints, 0, MAX_PINPOINTS},
+    };
+    for (size_t i = 0; i < sizeof(r) / sizeof(r[0]); i++)
+        if (r[i].v < r[i].lo || r[i].v > r[i].hi)
+            fatal("%s: header field %s = %d is outside [%d, %d]", path, r[i].name, r[i].v, r[i].lo, r[i].hi);
+    if (p->n_heads % p->n_kv_heads || p->head_dim % 2)
+        fatal("%s: %d heads is not a multiple of %d kv heads, or head_dim %d is odd", path, p->n_heads,
+              p->n_kv_heads, p->head_dim);
+    if (p->v_dim % p->v_heads) fatal("%s: v_dim %d is not a multiple of v_heads %d", path, p->v_dim, p->v_heads);
+    int grid = p->image_size / p->patch_size;
+    if (p->image_size % p->patch_size || grid % p->pool_stride)
+        fatal("%s: image_size %d, patch_size %d and pool_stride %d do not tile", path, p->image_size,
+              p->patch_size, p->pool_stride);
+    if (p->feature_layer < -(p->v_layers + 1) || p->feature_layer > p->v_layers)
+        fatal("%s: feature_layer %d out of range for %d vision layers", path, p->feature_layer, p->v_layers);
+    const int ids[] = {p->bos, p->eos, p->image_token, p->video_token};
+    for (int i = 0; i < 4; i++)
+        if (ids[i] < 0 || ids[i] >= p->n_tokens) fatal("%s: special token id %d outside the tokenizer", path, ids[i]);
+    if (p->weight_type == DT_Q8) {
+        const int ks[] = {p->v_dim, p->v_hidden_dim, p->dim, p->n_heads * p->head_dim, p->hidden_dim};
+        for (int i = 0; i < 5; i++)
+            if (ks[i] % p->group_size) fatal("%s: dimension %d is not a multiple of the q8 group %d", path, ks[i],
+                                              p->group_size);
+    }
+}
+
+// Tensors in the order export.py's tensor_plan writes them.
+static void memory_map_weights(Model* m, Cursor* c) {
+    Config* p = &m->config;
+    DType wt = (DType)p->weight_type;
+    int G = p->group_size;
+    int Dv = p->v_dim, Dvh = p->v_hidden_dim, Lv = p->v_layers, P = p->patch_size;
+    int npos = (p->image_size / P) * (p->image_size / P) + 1;
+
+    VisionWeights* v = &m->vision;
+    v->class_embedding = take_f32(c, Dv);
+    Matrix* pe = take_matrices(c, 1, Dv, p->n_channels * P * P, DT_F32, 0);
+    v->patch_embedding = *pe;
+    free(pe);
+    v->position_embedding = take_f32(c, (size_t)npos * Dv);
+    v->pre_ln_w = take_f32(c, Dv);
+    v->pre_ln_b = take_f32(c, Dv);
+    v->ln1_w = take_f32(c, (size_t)Lv * Dv);
+    v->ln1_b = take_f32(c, (size_t)Lv * Dv);
+    v->wq = take_matrices(c, Lv, Dv, Dv, wt, G);  v->bq = take_f32(c, (size_t)Lv * Dv);
+    v->wk = take_matrices(c, Lv, Dv, Dv, wt, G);  v->bk = take_f32(c, (size_t)Lv * Dv);
+    v->wv = take_matrices(c, Lv, Dv, Dv, wt, G);  v->bv = take_f32(c, (size_t)Lv * Dv);
+    v->wo = take_matrices(c, Lv, Dv, Dv, wt, G);  v->bo = take_f32(c, (size_t)Lv * Dv);
+    v->ln2_w = take_f32(c, (size_t)Lv * Dv);
+    v->ln2_b = take_f32(c, (size_t)Lv * Dv);
+    v->fc1 = take_matrices(c, Lv, Dvh, Dv, wt, G); v->fc1_b = take_f32(c, (size_t)Lv * Dvh);
+    v->fc2 = take_matrices(c, Lv, Dv, Dvh, wt, G); v->fc2_b = take_f32(c, (size_t)Lv * Dv);
+    v->post_ln_w = take_f32(c, Dv);
+    v->post_ln_b = take_f32(c, Dv);
+
+    ProjectorWeights* pr = &m->projector;
+    Matrix* l1 = take_matrices(c, 1, p->dim, Dv, wt, G);
+    pr->linear_1 = *l1;
+    free(l1);
+    pr->b1 = take_f32(c, p->dim);
+    Matrix* l2 = take_matrices(c, 1, p->dim, p->dim, wt, G);
+    pr->linear_2 = *l2;
+    free(l2);
+    pr->b2 = take_f32(c, p->dim);
+    pr->image_newline = take_f32(c, p->dim);
+
+    LlmWeights* w = &m->llm;
+    int L = p->n_layers, D = p->dim, F = p->hidden_dim;
+    int qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
+    Matrix* emb = take_matrices(c, 1, p->vocab_size, D, wt, G);
+    w->embed_tokens = *emb;
+    free(emb);
+    w->attn_norm = take_f32(c, (size_t)L * D);
+    w->wq = take_matrices(c, L, qd, D, wt, G);
+    w->wk = take_matrices(c, L, kvd, D, wt, G);
+    w->wv = take_matrices(c, L, kvd, D, wt, G);
+    w->wo = take_matrices(c, L, D, qd, wt, G);
+    w->ffn_norm = take_f32(c, (size_t)L * D);
+    w->w_gate = take_matrices(c, L, F, D, wt, G);
+    w->w_up = take_matrices(c, L, F, D, wt, G);
+    w->w_down = take_matrices(c, L, D, F, wt, G);
+    w->final_norm = take_f32(c, D);
+    Matrix* head = take_matrices(c, 1, p->vocab_size, D, wt, G);
+    w->lm_head = *head;
+    free(head);
+    c->offset = (c->offset + 63) & ~(size_t)63;
+    if (c->offset != c->size)
+        fatal("%s: %zu bytes of unexpected data after the last tensor (file does not match its header)",
+              c->path, c->size - c->offset);
+}
+
+// Pack every matmul weight for the fast kernels (a no-op for kernels that read the file layout).
+static void pack_all(Model* m) {
+    Config* p = &m->config;
+    for (int l = 0; l < p->v_layers; l++) {
+        Matrix* ms[] = {&m->vision.wq[l], &m->vision.wk[l], &m->vision.wv[l], &m->vision.wo[l],
+                        &m->vision.fc1[l], &m->vision.fc2[l]};
+        for (int i = 0; i < 6; i++) pack_matrix(ms[i]);
+    }
+    pack_matrix(&m->vision.patch_embedding);
+    pack_matrix(&m->projector.linear_1);
+    pack_matrix(&m->projector.linear_2);
+    for (int l = 0; l < p->n_layers; l++) {
+        Matrix* ms[] = {&m->llm.wq[l], &m->llm.wk[l], &m->llm.wv[l], &m->llm.wo[l],
+                        &m->llm.w_gate[l], &m->llm.w_up[l], &m->llm.w_down[l]};
+        for (int i = 0; i < 7; i++) pack_matrix(ms[i]);
+    }
+    pack_matrix(&m->llm.lm_head);
+}
+
+static void build_model(Model* m, const char* path) {
+    memset(m, 0, sizeof(*m));
+    m->path = path;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) fatal("%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) fatal("%s: not a regular file", path);
+    m->file_size = (size_t)st.st_size;
+    if (m->file_size < HEADER_SIZE) fatal("%s: too small to be a llava.c model (%zu bytes)", path, m->file_size);
+    m->data = mmap(NULL, m->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (m->data == MAP_FAILED) fatal("%s: mmap failed: %s", path, strerror(errno));
+    memcpy(&m->config, m->data, sizeof(Config));
+    check_config(&m->config, path);
+
+    Cursor c = {path, m->data, m->file_size, HEADER_SIZE};
+    if ((size_t)m->config.tokenizer_bytes > m->file_size - HEADER_SIZE)
+        fatal("%s: file is truncated inside the tokenizer", path);
+    build_tokenizer(&m->tokenizer, (unsigned char*)m->data + HEADER_SIZE, m->config.tokenizer_bytes,
+                    m->config.n_tokens, path);
+    c.offset += m->config.tokenizer_bytes;
+    memory_map_weights(m, &c);
+    pack_all(m);
+}
+
+// ----------------------------------------------------------------------------
+// Neural-net blocks, each the plain formula of the PyTorch module it stands for
+
+// torch.nn.LayerNorm over the last dim: biased variance, in f32.
+static void layernorm(float* out, const float* x, const float* w, const float* b, int n, float eps) {
+    double mean = 0, var = 0;  // double: the sums over 1024-4096 values should not be the error term
+    for (int i = 0; i < n; i++) mean += x[i];
+    mean /= n;
+    for (int i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= n;
+    float r = (float)(1.0 / sqrt(var + eps));
+    for (int i = 0; i < n; i++) out[i] = ((float)(x[i] - mean) * r) * w[i] + b[i];
+}
+
+// LlamaRMSNorm: y = w * (x / sqrt(mean(x^2) + eps)).
+static void rmsnorm(float* out, const float* x, const float* w, int n, float eps) {
+    double ss = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float r = (float)(1.0 / sqrt(ss / n + eps));
+    for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * r);
+}
+
+static void softmax(float* x, int n) {
+    float max = x[0];
+    for (int i = 1; i < n; i++) if (x[i] > max) max = x[i];
+    double sum = 0;
+    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+// Exact GELU, torch.nn.functional.gelu: 0.5 x (1 + erf(x / sqrt 2)). Used by the projector.
+static float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+// CLIP's quick_gelu: x * sigmoid(1.702 x).
+static float quick_gelu(float x) { return x / (1.0f + expf(-1.702f * x)); }
+
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+// y += b for each of T rows.
+static void add_bias(float* y, const float* b, int T, int n) {
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
+}
+
+// RoPE in the HF "rotate_half" layout: dims (j, j + head_dim/2) rotate together by pos * inv_freq[j]
+// (modeling_llama.py apply_rotary_pos_emb). Meta's layout pairs (2j, 2j+1) instead; we keep HF's so
+// the weights are used exactly as stored.
+static void rope(float* x, int n_heads, int head_dim, int pos, const float* inv_freq) {
+    int half = head_dim / 2;
+    for (int j = 0; j < half; j++) {
+        float angle = (float)pos * inv_freq[j];  // f32, as HF's inv_freq @ position_ids
+        float c = cosf(angle), s = sinf(angle);
+        for (int h = 0; h < n_heads; h++) {
+            float* v = x + (size_t)h * head_dim;
+            float a = v[j], b = v[j + half];
+            v[j] = a * c - b * s;
+            v[j + half] = b * c + a * s;
+        }
+    }
+}
+
+// Row `row` of a weight matrix as f32 (the embedding lookup, whatever the weight type).
+static void dequantize_row(float* out, const Matrix* w, int row) {
+    size_t off = (size_t)row * w->cols;
+    if (w->type == DT_F32) {
+        memcpy(out, (const float*)w->data + off, w->cols * sizeof(float));
+    } else if (w->type == DT_BF16) {
+        const uint16_t* b = (const uint16_t*)w->data + off;
+        for (int i = 0; i < w->cols; i++) {
+            uint32_t u = (uint32_t)b[i] << 16;
+            memcpy(&out[i], &u, 4);
+        }
+    } else {
+        const int8_t* q = (const int8_t*)w->data + off;
+        const float* s = w->scales + off / w->group;
+        for (int i = 0; i < w->cols; i++) out[i] = q[i] * s[i / w->group];
+    }
+}
+
+// ----------------------------------------------------------------------------
+// Attention. Queries are processed one row at a time per (head, block of rows) task, so no T x T
+// score matrix is ever materialised: the scratch is one row of scores per task.
+
+typedef struct {
+    float* out;        // (T, n_heads*head_dim)
+    const float* q;    // (T, n_heads*head_dim), row stride q_stride
+    const float* k;    // (S, n_kv_heads*head_dim) keys for positions 0..S-1, row stride kv_stride
+    const float* v;    // (S, n_kv_heads*head_dim)
+    int T, n_heads, n_kv_heads, head_dim;
+    size_t q_stride, kv_stride, out_stride;
+    int causal_offset; // causal: query t sees keys 0..causal_offset+t; -1 = no mask (CLIP)
+    int n_keys;        // keys without a mask
+    float scale;
+    int rows_per_task;
+} AttnArgs;
+
+static void attention_task(void* ctx, int task) {
+    AttnArgs* a = ctx;
+    int blocks = (a->T + a->rows_per_task - 1) / a->rows_per_task;
+    int h = task / blocks, t0 = (task % blocks) * a->rows_per_task;
+    int t1 = t0 + a->rows_per_task < a->T ? t0 + a->rows_per_task : a->T;
+    int kvh = h / (a->n_heads / a->n_kv_heads);  // grouped-query: n_heads/n_kv_heads queries share a kv head
+    int hd = a->head_dim;
+    int max_keys = a->causal_offset >= 0 ? a->causal_offset + t1 : a->n_keys;
+    float* att = xmalloc((size_t)max_keys * sizeof(float));
+    for (int t = t0; t < t1; t++) {
+        const float* q = a->q + (size_t)t * a->q_stride + (size_t)h * hd;
+        int n = a->causal_offset >= 0 ? a->causal_offset + t + 1 : a->n_keys;
+        for (int s = 0; s < n; s++) {
+            const float* k = a->k + (size_t)s * a->kv_stride + (size_t)kvh * hd;
+            float dot = 0;
+            for (int i = 0; i < hd; i++) dot += q[i] * k[i];
+            att[s] = dot * a->scale;
+        }
+        softmax(att, n);
+        float* o = a->out + (size_t)t * a->out_stride + (size_t)h * hd;
+        memset(o, 0, hd * sizeof(float));
+        for (int s = 0; s < n; s++) {
+            const float* v = a->v + (size_t)s * a->kv_stride + (size_t)kvh * hd;
+            float p = att[s];
+            for (int i = 0; i < hd; i++) o[i] += p * v[i];
+        }
+    }
+    free(att);
+}
+
+static void attention(AttnArgs* a) {
+    a->rows_per_task = 32;
+    int blocks = (a->T + a->rows_per_task - 1) / a->rows_per_task;
+    pool_for(a->n_heads * blocks, attention_task, a);
+}
+
+// ----------------------------------------------------------------------------
+// Vision tower: CLIP ViT (modeling_clip.py CLIPVisionTransformer), all frames in one batch
+
+// Number of encoder layers to run: hidden_states[0] is the embeddings (after pre-LN), hidden_states[i]
+// the output of layer i, so feature_layer -2 of 24 layers means the output of layer 23 and the last
+// layer never needs to run (SPEC §5).
+static int vision_layers_needed(const Config* p) {
+    return p->feature_layer < 0 ? p->v_layers + 1 + p->feature_layer : p->feature_layer;
+}
+
+// pixels (B, C, S, S) -> features (B, n_out, v_dim), n_out = patches (CLS dropped) or patches + 1.
+static void vision_forward(Model* m, const float* pixels, int B, float* features) {
+    Config* p = &m->config;
+    VisionWeights* w = &m->vision;
+    int S = p->image_size, P = p->patch_size, C = p->n_channels, g = S / P;
+    int np = g * g, N = np + 1, D = p->v_dim, Dh = p->v_hidden_dim, hd = D / p->v_heads;
+    size_t rows = (size_t)B * N;
+    float* x = xmalloc(rows * D * sizeof(float));
+    float* xb = xmalloc(rows * D * sizeof(float));
+    float* q = xmalloc(rows * D * sizeof(float));
+    float* k = xmalloc(rows * D * sizeof(float));
+    float* v = xmalloc(rows * D * sizeof(float));
+    float* att = xmalloc(rows * D * sizeof(float));
+    float* hb = xmalloc(rows * Dh * sizeof(float));
+
+    // Patch embedding: the stride-P conv is a matmul of each flattened (C, P, P) patch with the
+    // (D, C*P*P) kernel. Patches are unrolled in (c, y, x) order to match the weight layout.
+    int K = C * P * P;
+    float* patches = xmalloc((size_t)B * np * K * sizeof(float));
+    for (int b = 0; b < B; b++)
+        for (int py = 0; py < g; py++)
+            for (int px = 0; px < g; px++) {
+                float* dst = patches + ((size_t)b * np + py * g + px) * K;
+                for (int c = 0; c < C; c++)
+                    for (int y = 0; y < P; y++)
+                        memcpy(dst + (c * P + y) * P,
+                               pixels + (((size_t)b * C + c) * S + py * P + y) * S + px * P, P * sizeof(float));
+            }
+    float* pe = xmalloc((size_t)B * np * D * sizeof(float));
+    matmul(pe, patches, &w->patch_embedding, B * np);
+    free(patches);
+    // [CLS, patches] + position embeddings, then pre_layrnorm (hidden_states[0] is after it).
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < N; t++) {
+            float* row = x + ((size_t)b * N + t) * D;
+            const float* src = t == 0 ? w->class_embedding : pe + ((size_t)b * np + t - 1) * D;
+            for (int i = 0; i < D; i++) row[i] = src[i] + w->position_embedding[(size_t)t * D + i];
+            layernorm(row, row, w->pre_ln_w, w->pre_ln_b, D, p->v_eps);
+        }
+    free(pe);
+
+    int layers = vision_layers_needed(p);
+    for (int l = 0; l < layers; l++) {
+        // h = h + out_proj(MHA(layer_norm1(h)))
+        for (size_t t = 0; t < rows; t++)
+            layernorm(xb + t * D, x + t * D, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, D, p->v_eps);
+        matmul(q, xb, &w->wq[l], rows); add_bias(q, w->bq + (size_t)l * D, rows, D);
+        matmul(k, xb, &w->wk[l], rows); add_bias(k, w->bk + (size_t)l * D, rows, D);
+        matmul(v, xb, &w->wv[l], rows); add_bias(v, w->bv + (size_t)l * D, rows, D);
+        for (int b = 0; b < B; b++) {  // each frame attends only to itself, no mask
+            size_t off = (size_t)b * N * D;
+            AttnArgs a = {att + off, q + off, k + off, v + off, N, p->v_heads, p->v_heads, hd,
+                          D, D, D, -1, N, 1.0f / sqrtf((float)hd), 0};
+            attention(&a);
+        }
+        matmul(xb, att, &w->wo[l], rows);
+        add_bias(xb, w->bo + (size_t)l * D, rows, D);
+        for (size_t i = 0; i < rows * D; i++) x[i] += xb[i];
+        // h = h + fc2(act(fc1(layer_norm2(h))))
+        for (size_t t = 0; t < rows; t++)
+            layernorm(xb + t * D, x + t * D, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, D, p->v_eps);
+        matmul(hb, xb, &w->fc1[l], rows);
+        add_bias(hb, w->fc1_b + (size_t)l * Dh, rows, Dh);
+        for (size_t i = 0; i < rows * Dh; i++) hb[i] = p->v_act == 0 ? quick_gelu(hb[i]) : gelu(hb[i]);
+        matmul(xb, hb, &w->fc2[l], rows);
+        add_bias(xb, w->fc2_b + (size_t)l * D, rows, D);
+        for (size_t i = 0; i < rows * D; i++) x[i] += xb[i];
+    }
+
+    // vision_feature_select_strategy "default" drops CLS (position 0); "full" keeps it.
+    int skip = p->select_strategy == 0 ? 1 : 0;
+    for (int b = 0; b < B; b++)
+        memcpy(features + (size_t)b * (N - skip) * D, x + ((size_t)b * N + skip) * D,
+               (size_t)(N - skip) * D * sizeof(float));
+    free(x); free(xb); free(q); free(k); free(v); free(att); free(hb);
+}
+
+// ----------------------------------------------------------------------------
+// Pooling and projector (LlavaNextVideoPooler, LlavaNextVideoMultiModalProjector)
+
+// Features per frame after pooling: (grid/stride)^2, 144 for the 7B model.
+static int video_tokens_per_frame(const Config* p) {
+    int g = p->image_size / p->patch_size / p->pool_stride;
+    return g * g;
+}
+
+// (F, g*g, v_dim) patch features (CLS already dropped) -> (F, (g/s)^2, v_dim): AvgPool2d(s, s) over the
+// patch grid. The pool comes BEFORE the projector in get_video_features.
+static void average_pool(float* out, const float* in, int F, int g, int s, int D) {
+    int go = g / s;
+    float inv = 1.0f / (s * s);
+    for (int f = 0; f < F; f++)
+        for (int i = 0; i < go; i++)
+            for (int j = 0; j < go; j++) {
+                float* o = out + (((size_t)f * go + i) * go + j) * D;
+                memset(o, 0, D * sizeof(float));
+                for (int dy = 0; dy < s; dy++)
+                    for (int dx = 0; dx < s; dx++) {
+                        const float* x = in + (((size_t)f * g + i * s + dy) * g + j * s + dx) * D;
+                        for (int d = 0; d < D; d++) o[d] += x[d];
+                    }
+                for (int d = 0; d < D; d++) o[d] *= inv;
+            }
+}
+
+// linear_1 -> GELU (erf) -> linear_2: (T, v_dim) -> (T, dim)
+static void project(Model* m, float* out, const float* in, int T) {
+    ProjectorWeights* w = &m->projector;
+    int D = m->config.dim;
+    float* h = xmalloc((size_t)T * D * sizeof(float));
+    matmul(h, in, &w->linear_1, T);
+    add_bias(h, w->b1, T, D);
+    for (size_t i = 0; i < (size_t)T * D; i++) h[i] = gelu(h[i]);
+    matmul(out, h, &w->linear_2, T);
+    add_bias(out, w->b2, T, D);
+    free(h);
+}
+
+// ----------------------------------------------------------------------------
+// Language model: Llama (modeling_llama.py), batched over the rows of a prompt chunk
+
+static void build_state(Model* m, int ctx, int max_rows) {
+    Config* p = &m->config;
+    RunState* s = &m->state;
+    int D = p->dim, qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
+    s->ctx = ctx;
+    s->max_rows = max_rows;
+    s->x = xcalloc((size_t)max_rows * D, sizeof(float));
+    s->xb = xcalloc((size_t)max_rows * D, sizeof(float));
+    s->q = xcalloc((size_t)max_rows * qd, sizeof(float));
+    s->k = xcalloc((size_t)max_rows * kvd, sizeof(float));
+    s->v = xcalloc((size_t)max_rows * kvd, sizeof(float));
+    s->att = xcalloc((size_t)max_rows * qd, sizeof(float));
+    s->hb = xcalloc((size_t)max_rows * p->hidden_dim, sizeof(float));
+    s->hb2 = xcalloc((size_t)max_rows * p->hidden_dim, sizeof(float));
+    s->logits = xcalloc(p->vocab_size, sizeof(float));
+    s->key_cache = xcalloc((size_t)p->n_layers * ctx * kvd, sizeof(float));
+    s->value_cache = xcalloc((size_t)p->n_layers * ctx * kvd, sizeof(float));
+    // inv_freq[j] = 1 / theta^(2j/head_dim), then / factor for linear scaling; f32 like
+    // LlamaRotaryEmbedding (modeling_rope_utils: _compute_linear_scaling_rope_parameters).
+    s->inv_freq = xcalloc(p->head_dim / 2, sizeof(float));
+    for (int j = 0; j < p->head_dim / 2; j++) {
+        float inv = 1.0f / powf(p->rope_theta, (float)(2 * j) / (float)p->head_dim);
+        s->inv_freq[j] = inv / p->rope_scale;
+    }
+}
+
+static void free_state(RunState* s) {
+    free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att);
+    free(s->hb); free(s->hb2); free(s->logits); free(s->key_cache); free(s->value_cache); free(s->inv_freq);
+}
+
+// Runs T rows of input embeddings (in s->x) at positions pos..pos+T-1 through the decoder, filling
+// the KV cache. On return s->x holds the final-normed hidden states of all T rows. T <= max_rows.
+static void llm_forward(Model* m, int T, int pos) {
+    Config* p = &m->config;
+    LlmWeights* w = &m->llm;
+    RunState* s = &m->state;
+    int D = p->dim, hd = p->head_dim, F = p->hidden_dim;
+    int qd = p->n_heads * hd, kvd = p->n_kv_heads * hd;
+
+    for (int l = 0; l < p->n_layers; l++) {
+        // a = RMSNorm_in(h); h = h + o_proj(Attn(a))
+        for (int t = 0; t < T; t++)
+            rmsnorm(s->xb + (size_t)t * D, s->x + (size_t)t * D, w->attn_norm + (size_t)l * D, D, p->rms_eps);
+        matmul(s->q, s->xb, &w->wq[l], T);
+        matmul(s->k, s->xb, &w->wk[l], T);
+        matmul(s->v, s->xb, &w->wv[l], T);
+        float* kc = s->key_cache + (size_t)l * s->ctx * kvd;
+        float* vc = s->value_cache + (size_t)l * s->ctx * kvd;
+        for (int t = 0; t < T; t++) {
+            rope(s->q + (size_t)t * qd, p->n_heads, hd, pos + t, s->inv_freq);
+            rope(s->k + (size_t)t * kvd, p->n_kv_heads, hd, pos + t, s->inv_freq);
+        }
+        memcpy(kc + (size_t)pos * kvd, s->k, (size_t)T * kvd * sizeof(float));
+        memcpy(vc + (size_t)pos * kvd, s->v, (size_t)T * kvd * sizeof(float));
+        AttnArgs a = {s->att, s->q, kc, vc, T, p->n_heads, p->n_kv_heads, hd, qd, kvd, qd,
+                      pos, 0, 1.0f / sqrtf((float)hd), 0};
+        attention(&a);
+        matmul(s->xb, s->att, &w->wo[l], T);
+        for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb[i];
+
+        // m = RMSNorm_post(h); h = h + down_proj(silu(gate_proj(m)) * up_proj(m))
+        for (int t = 0; t < T; t++)
+            rmsnorm(s->xb + (size_t)t * D, s->x + (size_t)t * D, w->ffn_norm + (size_t)l * D, D, p->rms_eps);
+        matmul(s->hb, s->xb, &w->w_gate[l], T);
+        matmul(s->hb2, s->xb, &w->w_up[l], T);
+        for (size_t i = 0; i < (size_t)T * F; i++) s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+        matmul(s->xb, s->hb, &w->w_down[l], T);
+        for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb[i];
+    }
+    for (int t = 0; t < T; t++)
+        rmsnorm(s->x + (size_t)t * D, s->x + (size_t)t * D, w->final_norm, D, p->rms_eps);
+}
+
+// Runs a whole prompt of embeddings (T, dim) in chunks of max_rows and leaves the logits of the last
+// position in s->logits. With all_logits != NULL it also writes (T, vocab) logits of every position.
+static void prefill(Model* m, const float* embeds, int T, float* all_logits) {
+    RunState* s = &m->state;
+    int D = m->config.dim, V = m->config.vocab_size;
+    for (int t0 = 0; t0 < T; t0 += s->max_rows) {
+        int n = T - t0 < s->max_rows ? T - t0 : s->max_rows;
+        memcpy(s->x, embeds + (size_t)t0 * D, (size_t)n * D * sizeof(float));
+        llm_forward(m, n, t0);
+        if (all_logits) matmul(all_logits + (size_t)t0 * V, s->x, &m->llm.lm_head, n);
+        if (t0 + n == T) matmul(s->logits, s->x + (size_t)(n - 1) * D, &m->llm.lm_head, 1);
+    }
+}
+
+// One generated token at position pos -> s->logits.
+static void decode_step(Model* m, int token, int pos) {
+    RunState* s = &m->state;
+    dequantize_row(s->x, &m->llm.embed_tokens, token);
+    llm_forward(m, 1, pos);
+    matmul(s->logits, s->x, &m->llm.lm_head, 1);
+}
+
+// ----------------------------------------------------------------------------
+// Sampler: greedy, temperature, top-p (nucleus), with a seeded xorshift RNG (as llama2.c)
+
+typedef struct {
+    float temperature;  // 0 = greedy (argmax), HF's default for this model
+    float topp;         // nucleus threshold in (0, 1]; 1 = off
+    uint64_t rng;
+    int* index;         // (vocab,) scratch for top-p sorting
+    int vocab;
+} Sampler;
+
+static uint32_t random_u32(uint64_t* state) {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (uint32_t)((*state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+static float random_f32(uint64_t* state) { return (random_u32(state) >> 8) / 16777216.0f; }
+
+static int argmax(const float* x, int n) {
+    int best = 0;  // first maximum on ties, like torch.argmax
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static const float* g_sort_probs;  // qsort has no context argument
+static int cmp_prob_desc(const void* a, const void* b) {
+    float pa = g_sort_probs[*(const int*)a], pb = g_sort_probs[*(const int*)b];
+    return pa > pb ? -1 : pa < pb ? 1 : *(const int*)a - *(const int*)b;
+}
+
+static int sample(Sampler* s, float* logits) {
+    if (s->temperature == 0.0f) return argmax(logits, s->vocab);
+    for (int i = 0; i < s->vocab; i++) logits[i] /= s->temperature;
+    softmax(logits, s->vocab);
+    float r = random_f32(&s->rng);
+    if (s->topp <= 0.0f || s->topp >= 1.0f) {  // plain multinomial sampling
+        float cdf = 0;
+        for (int i = 0; i < s->vocab; i++) {
+            cdf += logits[i];
+            if (r < cdf) return i;
+        }
+        return s->vocab - 1;
+    }
+    // top-p: keep the most probable tokens whose mass reaches topp, renormalise, sample among them.
+    // Tokens below (1 - topp) / (vocab - 1) can never be in the nucleus, so they are not sorted.
+    float cutoff = (1.0f - s->topp) / (s->vocab - 1);
+    int n = 0;
+    for (int i = 0; i < s->vocab; i++) if (logits[i] >= cutoff) s->index[n++] = i;
+    g_sort_probs = logits;
+    qsort(s->index, n, sizeof(int), cmp_prob_desc);
+    float mass = 0;
+    int last = n - 1;
+    for (int i = 0; i < n; i++) {
+        mass += logits[s->index[i]];
+        if (mass > s->topp) { last = i; break; }
+    }
+    float x = r * mass, cdf = 0;
+    for (int i = 0; i <= last; i++) {
+        cdf += logits[s->index[i]];
+        if (x < cdf) return s->index[i];
+    }
+    return s->index[last];
+}
+
+// ----------------------------------------------------------------------------
+// .npy files (numpy's format: a magic, a Python-dict header, raw little-endian data) for --dump
+// and for the test hooks that feed golden inputs.
+
+static void write_npy(const char* dir, const char* name, const char* descr, const void* data, size_t elem,
+                      int ndim, const int64_t* shape) {
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE* f = fopen(path, "wb");
+    if (!f) fatal("%s: cannot write: %s", path, strerror(errno));
+    char header[256], dims[160] = "";
+    size_t count = 1;
+    for (int i = 0; i < ndim; i++) {
+        char d[32];
+        snprintf(d, sizeof(d), "%lld%s", (long long)shape[i], ndim == 1 ? "," : i + 1 < ndim ? ", " : "");
+        strcat(dims, d);
+        count *= (size_t)shape[i];
+    }
+    int n = snprintf(header, sizeof(header), "{'descr': '%s', 'fortran_order': False, 'shape': (%s), }", descr, dims);
+    int total = 10 + n + 1, pad = (64 - total % 64) % 64;  // header padded so the data is 64-aligned
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)((n + pad + 1) & 0xff),
+                             (unsigned char)((n + pad + 1) >> 8)};
+    fwrite(pre, 1, 10, f);
+    fwrite(header, 1, n, f);
+    for (int i = 0; i < pad; i++) fputc(' ', f);
+    fputc('\n', f);
+    if (fwrite(data, elem, count, f) != count || fclose(f) != 0) fatal("%s: write failed", path);
+}
+
+// Reads a .npy of dtype float32 ('<f4'), uint8 ('|u1') or int32 ('<i4'). Returns the data (malloc'd),
+// its shape and element size.
+static void* read_npy(const char* path, char* descr_out, int* ndim, int64_t shape[8]) {
+    FILE* f = fopen(path, "rb");
+    if (!f) fatal("%s: cannot open: %s", path, strerror(errno));
+    unsigned char pre[10];
+    if (fread(pre, 1, 10, f) != 10 || memcmp(pre, "\x93NUMPY", 6) || pre[6] != 1)
+        fatal("%s: not a version-1 .npy file", path);
+    size_t hl = pre[8] | (size_t)pre[9] << 8;
+    char* h = xcalloc(hl + 1, 1);
+    if (fread(h, 1, hl, f) != hl) fatal("%s: truncated .npy header", path);
+    const char* d = strstr(h, "'descr': '");
+    const char* s = strstr(h, "'shape': (");
+    if (!d || !s || strstr(h, "'fortran_order': True")) fatal("%s: unsupported .npy header", path);
+    memcpy(descr_out, d + 10, 3);
+    descr_out[3] = 0;
+    size_t elem = !strcmp(descr_out, "<f4") || !strcmp(descr_out, "<i4") ? 4 : !strcmp(descr_out, "|u1") ? 1 : 0;
+    if (!elem) fatal("%s: unsupported dtype %s (need float32, int32 or uint8)", path, descr_out);
+    *ndim = 0;
+    size_t count = 1;
+    for (s += 10; *s && *s != ')' && *ndim < 8;) {
+        char* end;
+        long long v = strtoll(s, &end, 10);
+        if (end == s) break;
+        if (v < 0 || v > (1LL << 40)) fatal("%s: bad shape", path);
+        shape[(*ndim)++] = v;
+        count *= (size_t)v;
+        s = end;
+        while (*s == ',' || *s == ' ') s++;
+    }
+    free(h);
+    void* data = xmalloc(count * elem);
+    if (fread(data, elem, count, f) != count) fatal("%s: truncated .npy data", path);
+    fclose(f);
+    return data;
+}
+
+// ----------------------------------------------------------------------------
+// Prompt: chat template, placeholder expansion, merged input embeddings
+
+// The chat template of the checkpoint (SPEC §2.3): "USER: " then "<video>\n" per video, then the
+// text and one space, then "ASSISTANT:".
+static char* chat_prompt(const char* question, int n_videos) {
+    size_t n = strlen(question) + 64 + 9 * (size_t)n_videos;
+    char* s = xmalloc(n);
+    strcpy(s, "USER: ");
+    for (int i = 0; i < n_videos; i++) strcat(s, "<video>\n");
+    strcat(s, question);
+    strcat(s, " ASSISTANT:");
+    return s;
+}
+
+// Each <video> placeholder becomes `per_video` copies (LlavaNextVideoProcessor does this on the text;
+// doing it on the ids is the same, since <video> is always its own token). Returns the new length.
+static int expand_placeholders(int** ids, int n, int video_token, int per_video) {
+    int count = 0;
+    for (int i = 0; i < n; i++) count += (*ids)[i] == video_token;
+    if (count == 0 || per_video == 1) return n;
+    int* out = xmalloc(((size_t)n + (size_t)count * (per_video - 1)) * sizeof(int));
+    int j = 0;
+    for (int i = 0; i < n; i++) {
+        if ((*ids)[i] == video_token)
+            for (int r = 0; r < per_video; r++) out[j++] = video_token;
+        else
+            out[j++] = (*ids)[i];
+    }
+    free(*ids);
+    *ids = out;
+    return j;
+}
+
+// inputs_embeds: embed_tokens for text tokens; the rows of `video_features` (n_video_rows, dim) written
+// into the <video> positions in order (masked_scatter in get_placeholder_mask's order).
+static float* merge_embeddings(Model* m, const int* ids, int T, const float* video_features, int n_video_rows) {
+    Config* p = &m->config;
+    int D = p->dim, used = 0, count = 0;
+    for (int t = 0; t < T; t++) count += ids[t] == p->video_token;
+    if (count != n_video_rows)
+        fatal("video features and video tokens do not match: %d <video> tokens in the prompt, %d features%s",
+              count, n_video_rows, n_video_rows ? "" : " (no video given: pass one with -v)");
+    float* e = xmalloc((size_t)T * D * sizeof(float));
+    for (int t = 0; t < T; t++) {
+        if (ids[t] < 0 || ids[t] >= p->vocab_size) fatal("token id %d outside the vocabulary (%d)", ids[t], p->vocab_size);
+        if (ids[t] == p->video_token)
+            memcpy(e + (size_t)t * D, video_features + (size_t)used++ * D, D * sizeof(float));
+        else
+            dequantize_row(e + (size_t)t * D, &m->llm.embed_tokens, ids[t]);
+    }
+    return e;
+}
+
+// ----------------------------------------------------------------------------
+// Video features: frames -> CLIP -> pool -> projector
+
+typedef struct {
+    int F;                   // frames
+    float* pixel_values;     // (F, C, S, S)
+    float* vision_features;  // (F, n_vis, v_dim) selected layer, CLS dropped
+    float* video_features;   // (F * per_frame, dim) pooled and projected
+} VideoFeatures;
+
+static void video_features(Model* m, VideoFeatures* vf) {
+    Config* p = &m->config;
+    int g = p->image_size / p->patch_size, D = p->v_dim, F = vf->F;
+    int n_vis = g * g + (p->select_strategy == 0 ? 0 : 1);
+    if (p->select_strategy != 0) fatal("%s: the video path needs select strategy 'default'", m->path);
+    vf->vision_features = xmalloc((size_t)F * n_vis * D * sizeof(float));
+    vision_forward(m, vf->pixel_values, F, vf->vision_features);
+    int per = video_tokens_per_frame(p);
+    float* pooled = xmalloc((size_t)F * per * D * sizeof(float));
+    average_pool(pooled, vf->vision_features, F, g, p->pool_stride, D);
+    vf->video_features = xmalloc((size_t)F * per * p->dim * sizeof(float));
+    project(m, vf->video_features, pooled, F * per);
+    free(pooled);
+}
+
+// ----------------------------------------------------------------------------
+// Command line
+
+static void usage(int code) {
+    fprintf(code ? stderr : stdout,
+        "usage: llava MODEL.bin [options]\n"
+        "  -p TEXT        question; wrapped in the chat template \"USER: [<video>\\n]TEXT ASSISTANT:\"\n"
+        "  -v FILE        video: .y4m (or - for a Y4M stream on stdin) or raw RGB24 with -W/-H\n"
+        "  -f N           frames sampled uniformly from the video (default 8)\n"
+        "  -W N, -H N     width and height of a raw RGB24 video\n"
+        "  -n N           max new tokens (default 256; 0 = run the prompt only)\n"
+        "  -t FLOAT       temperature (default 0 = greedy)\n"
+        "  -k FLOAT       top-p (default 0.9; used when -t > 0)\n"
+        "  -s INT         random seed (default: time)\n"
+        "  -c N           context length in tokens (default: max_position_embeddings)\n"
+        "  -m MODE        generate (default) | encode (stdin text -> ids) | decode (stdin ids -> text)\n"
+        "  --raw          use -p as the prompt as is, without the chat template\n"
+        "  --ids \"1 2 ..\" the prompt as token ids (placeholders included), no tokenizer or template\n"
+        "  --pixels FILE  test hook: preprocessed frames as .npy, (F,C,S,S) float32 or uint8 levels\n"
+        "  --dump DIR     write the intermediate tensors of the run as .npy files into DIR\n"
+        "  --threads N    worker threads (default: all cores)\n");
+    exit(code);
+}
+
+typedef struct {
+    const char* model_path;
+    const char* prompt;
+    const char* video_path;
+    const char* ids;
+    const char* pixels_path;
+    const char* dump_dir;
+    const char* mode;
+    int raw, frames, raw_w, raw_h, steps, ctx, threads;
+    float temperature, topp;
+    uint64_t seed;
+} Args;
+
+static int parse_int(const char* flag, const char* s, int lo, int hi) {
+    char* end;
+    long v = strtol(s, &end, 10);
+    if (*s == 0 || *end != 0 || v < lo || v > hi) fatal("%s expects an integer in [%d, %d], got '%s'", flag, lo, hi, s);
+    return (int)v;
+}
+
+static float parse_float(const char* flag, const char* s, float lo, float hi) {
+    char* end;
+    float v = strtof(s, &end);
+    if (*s == 0 || *end != 0 || !(v >= lo && v <= hi)) fatal("%s expects a number in [%g, %g], got '%s'", flag, lo, hi, s);
+    return v;
+}
+
+static Args parse_args(int argc, char** argv) {
+    Args a = {0};
+    a.frames = 8;
+    a.steps = 256;
+    a.topp = 0.9f;
+    a.mode = "generate";
+    a.seed = (uint64_t)time(NULL);
+    if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) usage(0);
+    if (argc < 2 || argv[1][0] == '-') usage(1);
+    a.model_path = argv[1];
+    for (int i = 2; i < argc; i++) {
+        const char* f = argv[i];
+        if (!strcmp(f, "--raw")) { a.raw = 1; continue; }
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) usage(0);
+        if (i + 1 >= argc) fatal("%s needs a value (see ./llava -h)", f);
+        const char* v = argv[++i];
+        if (!strcmp(f, "-p")) a.prompt = v;
+        else if (!strcmp(f, "-v")) a.video_path = v;
+        else if (!strcmp(f, "-f")) a.frames = parse_int(f, v, 1, 1024);
+        else if (!strcmp(f, "-W")) a.raw_w = parse_int(f, v, 1, 1 << 16);
+        else if (!strcmp(f, "-H")) a.raw_h = parse_int(f, v, 1, 1 << 16);
+        else if (!strcmp(f, "-n")) a.steps = parse_int(f, v, 0, 1 << 24);
+        else if (!strcmp(f, "-t")) a.temperature = parse_float(f, v, 0.0f, 100.0f);
+        else if (!strcmp(f, "-k")) a.topp = parse_float(f, v, 0.0f, 1.0f);
+        else if (!strcmp(f, "-s")) a.seed = (uint64_t)strtoull(v, NULL, 10);
+        else if (!strcmp(f, "-c")) a.ctx = parse_int(f, v, 1, 1 << 24);
+        else if (!strcmp(f, "-m")) a.mode = v;
+        else if (!strcmp(f, "--ids")) a.ids = v;
+        else if (!strcmp(f, "--pixels")) a.pixels_path = v;
+        else if (!strcmp(f, "--dump")) a.dump_dir = v;
+        else if (!strcmp(f, "--threads")) a.threads = parse_int(f, v, 1, 1024);
+        else fatal("unknown option %s (see ./llava -h)", f);
+    }
+    if (strcmp(a.mode, "generate") && strcmp(a.mode, "encode") && strcmp(a.mode, "decode"))
+        fatal("-m must be generate, encode or decode, got '%s'", a.mode);
+    if (a.seed == 0) a.seed = 1;  // xorshift must not start at 0
+    return a;
+}
+
+static char* read_stream(FILE* f, size_t* len) {
+    size_t cap = 1 << 16, n = 0;
+    char* buf = xmalloc(cap);
+    size_t r;
+    while ((r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += r;
+        if (n + 1 == cap) buf = realloc(buf, cap *= 2);
+        if (!buf) fatal("out of memory reading stdin");
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+// Parses "1 3148 1001" (spaces, commas or newlines) into ids.
+static int* parse_ids(const char* s, int* n) {
+    size_t cap = 64;
+    int* ids = xmalloc(cap * sizeof(int));
+    *n = 0;
+    while (*s) {
+        while (*s && (isspace((unsigned char)*s) || *s == ',')) s++;
+        if (!*s) break;
+        char* end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 0 || v > INT32_MAX) fatal("--ids / decode input: '%.20s' is not a token id", s);
+        if ((size_t)*n == cap) ids = realloc(ids, (cap *= 2) * sizeof(int));
+        if (!ids) fatal("out of memory");
+        ids[(*n)++] = (int)v;
+        s = end;
+    }
+    return ids;
+}
+
+static void dump_tensor(const char* dir, const char* name, const float* x, int ndim, const int64_t* shape) {
+    write_npy(dir, name, "<f4", x, sizeof(float), ndim, shape);
+}
+
+static int run(Args* a) {
+    Model model;
+    build_model(&model, a->model_path);
+    Model* m = &model;
+    Config* p = &m->config;
+    Tokenizer* tok = &m->tokenizer;
+
+    if (!strcmp(a->mode, "encode")) {
+        size_t len;
+        char* text = read_stream(stdin, &len);
+        int cap = (int)(len + 16 < (size_t)1 << 30 ? len + 16 : (size_t)1 << 30);
+        int* ids = xmalloc((size_t)cap * sizeof(int));
+        int n = encode(tok, text, len, p->bos, ids, cap);
+        for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+        printf("\n");
+        free(ids);
+        free(text);
+        return 0;
+    }
+    if (!strcmp(a->mode, "decode")) {
+        size_t len;
+        char* text = read_stream(stdin, &len);
+        int n;
+        int* ids = parse_ids(text, &n);
+        size_t cap = (size_t)n * (tok->max_piece_len + 3) + 1;  // enough for any ids (tokenizer.c)
+        char* out = xmalloc(cap);
+        size_t len_out = decode_ids(tok, ids, n, out, cap);
+        fwrite(out, 1, len_out, stdout);  // may hold a NUL byte from <0x00>
+        printf("\n");
+        free(out); free(ids); free(text);
+        return 0;
+    }
+
+    // 1. The video: frames -> pixel values (or golden pixels from a test hook).
+    VideoFeatures vf = {0};
+    int S = p->image_size, C = p->n_channels;
+    double t_start = now_seconds();
+    if (a->pixels_path) {
+        char descr[4];
+        int ndim;
+        int64_t shape[8];
+        void* data = read_npy(a->pixels_path, descr, &ndim, shape);
+        if (ndim != 4 || shape[1] != C || shape[2] != S || shape[3] != S)
+            fatal("%s: expected pixels of shape (F, %d, %d, %d)", a->pixels_path, C, S, S);
+        vf.F = (int)shape[0];
+        size_t count = (size_t)vf.F * C * S * S;
+        if (!strcmp(descr, "|u1")) {  // uint8 levels: normalise exactly like the processor
+            vf.pixel_values = xmalloc(count * sizeof(float));
+            float table[3][256];
+            normalize_table(table, p->image_mean, p->image_std);
+            for (size_t i = 0; i < count; i++)
+                vf.pixel_values[i] = table[(i / ((size_t)S * S)) % C][((unsigned char*)data)[i]];
+            free(data);
+        } else if (!strcmp(descr, "<f4")) {
+            vf.pixel_values = data;
+        } else {
+            fatal("%s: pixels must be float32 or uint8", a->pixels_path);
+        }
+    } else if (a->video_path) {
+        Video video;
+        load_video(&video, a->video_path, a->raw_w, a->raw_h, a->frames, S, p->image_mean, p->image_std);
+        vf.F = video.n_frames;
+        vf.pixel_values = video.pixels;
+        video.pixels = NULL;
+        fprintf(stderr, "video: %dx%d, %d frames, sampled %d\n", video.width, video.height, video.total_frames,
+                video.n_frames);
+        free_video(&video);
+    }
+
+    // 2. The prompt ids: template -> tokenizer -> placeholder expansion (or --ids as given).
+    int T;
+    int* ids;
+    if (a->ids) {
+        ids = parse_ids(a->ids, &T);
+    } else {
+        if (!a->prompt) fatal("no prompt: give -p \"question\" (or --ids)");
+        int n_media = vf.F > 0 ? 1 : 0;
+        char* text = a->raw ? strdup(a->prompt) : chat_prompt(a->prompt, n_media);
+        size_t len = strlen(text);
+        int cap = (int)(len + 16 < (size_t)1 << 30 ? len + 16 : (size_t)1 << 30);
+        ids = xmalloc((size_t)cap * sizeof(int));
+        T = encode(tok, text, len, p->bos, ids, cap);
+        free(text);
+        if (vf.F > 0) T = expand_placeholders(&ids, T, p->video_token, vf.F * video_tokens_per_frame(p));
+    }
+    if (T == 0) fatal("empty prompt");
+    int ctx = a->ctx ? a->ctx : p->max_pos;
+    if (T > ctx) fatal("the prompt is %d tokens, longer than the context of %d (raise it with -c)", T, ctx);
+    int steps = a->steps;
+    if (T + steps > ctx) steps = ctx - T;
+
+    // 3. Vision tower, pooling, projector; then the merged input embeddings.
+    pool_init(a->threads > 0 ? a->threads : (int)sysconf(_SC_NPROCESSORS_ONLN));
+    int n_video_rows = 0;
+    double t_vision = now_seconds();
+    if (vf.F > 0) {
+        video_features(m, &vf);
+        n_video_rows = vf.F * video_tokens_per_frame(p);
+        t_vision = now_seconds() - t_vision;
+        fprintf(stderr, "vision: %d frames in %.2f s (%.0f ms/frame)\n", vf.F, t_vision, 1000 * t_vision / vf.F);
+    }
+    float* embeds = merge_embeddings(m, ids, T, vf.video_features, n_video_rows);
+
+    if (a->dump_dir) {
+        if (mkdir(a->dump_dir, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create: %s", a->dump_dir, strerror(errno));
+        int64_t sh[3] = {T};
+        write_npy(a->dump_dir, "input_ids.npy", "<i4", ids, 4, 1, sh);
+        if (vf.F > 0) {
+            int g = S / p->patch_size;
+            int64_t px[4] = {vf.F, C, S, S};
+            dump_tensor(a->dump_dir, "pixel_values.npy", vf.pixel_values, 4, px);
+            int64_t vs[3] = {vf.F, g * g, p->v_dim};
+            dump_tensor(a->dump_dir, "vision_features.npy", vf.vision_features, 3, vs);
+            int64_t vv[2] = {n_video_rows, p->dim};
+            dump_tensor(a->dump_dir, "video_features.npy", vf.video_features, 2, vv);
+        }
+        int64_t es[2] = {T, p->dim};
+        dump_tensor(a->dump_dir, "inputs_embeds.npy", embeds, 2, es);
+    }
+
+    // 4. Prefill the whole prompt, then generate token by token.
+    build_state(m, T + steps, T < 512 ? T : 512);  // the KV cache holds what this run can reach
+    float* all_logits = a->dump_dir ? xmalloc((size_t)T * p->vocab_size * sizeof(float)) : NULL;
+    double t0 = now_seconds();
+    prefill(m, embeds, T, all_logits);
+    double t_prefill = now_seconds() - t0;
+    if (all_logits) {
+        int64_t ls[2] = {T, p->vocab_size};
+        dump_tensor(a->dump_dir, "logits.npy", all_logits, 2, ls);
+        free(all_logits);
+    }
+    fprintf(stderr, "prompt: %d tokens in %.2f s (%.1f tokens/s)\n", T, t_prefill, T / t_prefill);
+
+    Sampler sampler = {a->temperature, a->topp, a->seed, xmalloc((size_t)p->vocab_size * sizeof(int)), p->vocab_size};
+    Detokenizer detok;  // streams UTF-8 safely: a character split over byte tokens is printed whole
+    build_detokenizer(&detok, tok);
+    int* generated = xmalloc(((size_t)steps + 1) * sizeof(int));
+    int n_gen = 0;
+    double t1 = now_seconds();
+    for (int pos = T; n_gen < steps; pos++) {
+        int next = sample(&sampler, m->state.logits);
+        generated[n_gen++] = next;
+        if (next == p->eos) break;
+        fputs(detokenize(tok, &detok, next), stdout);
+        fflush(stdout);
+        if (n_gen == steps) break;
+        decode_step(m, next, pos);
+    }
+    fputs(detokenize_flush(tok, &detok), stdout);
+    free_detokenizer(&detok);
+    if (n_gen > 0) printf("\n");
+    double t_gen = now_seconds() - t1;
+    if (n_gen > 0) fprintf(stderr, "generated: %d tokens in %.2f s (%.2f tokens/s)\n", n_gen, t_gen, n_gen / t_gen);
+    if (a->dump_dir) {
+        int64_t gs[1] = {n_gen};
+        write_npy(a->dump_dir, "generated.npy", "<i4", generated, 4, 1, gs);
+    }
+    (void)t_start;
+    free(generated); free(sampler.index); free(embeds); free(ids);
+    free(vf.pixel_values); free(vf.vision_features); free(vf.video_features);
+    free_state(&m->state);
+    free_tokenizer(tok);
+    return 0;
+}
+
+#ifndef TESTING
+int main(int argc, char** argv) {
+    Args a = parse_args(argc, argv);
+    return run(&a);
+}
+#endif

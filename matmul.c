@@ -1,0 +1,1075 @@
+// matmul.c -- the CPU speed layer of llava.c: a thread pool and y = x W^T.
+//
+// What it does
+//   y (T, N) = x (T, K) @ W^T for weights W (N, K) stored as f32, bf16 or int8 with one f32 scale per
+//   group of `group` consecutive inputs (q8). Three paths, chosen per call:
+//   * GEMM (T above a small threshold: prefill, vision batch, projector). Weights are packed once
+//     (pack_matrix) into 32-column panels; activations are packed per call into row tiles; an AVX-512
+//     microkernel runs over the full K depth, so each output tile is written once. Kernels:
+//       f32   14x32 tile, vfmadd231ps, activations in f32 (exact up to summation order);
+//       bf16  14x32 tile, vdpbf16ps, activations rounded to bf16 (round-to-nearest-even) -- the same
+//             thing PyTorch does for a bf16 model; relative error of a dot ~1e-3..1e-4 vs f32 activations;
+//       q8    6x32 tile, vpdpbusd (VNNI) on u8 weights (w+128) x s8 activations, activations quantized
+//             per row and per group to int8 with an f32 scale (absmax/127); exact integer dot per group,
+//             then scale_w * scale_x in f32. Relative error of a dot ~3e-3 of its typical size.
+//   * GEMV (T small: decode). Same packed panels, weights widened to f32 in registers (bf16 -> f32 is
+//     exact, int8 -> f32 is exact) and FMA'd with the f32 activations: the reference semantics
+//     (matmul_ref) with the reference summation order, limited by memory bandwidth.
+//   * Portable scalar code when the CPU has no AVX2 (or on non-x86): matmul_ref's loops, threaded.
+//   The instruction set is detected at run time (__builtin_cpu_supports / cpuid); kernels use
+//   function-level target attributes, so the file builds with plain -O3 as well as -march=native, and
+//   on non-x86 compilers the SIMD code compiles out. LLAVA_ISA=scalar|avx2|avx512 in the environment
+//   caps the instruction set (for testing fallbacks).
+//
+// Determinism: threads split N into contiguous ranges of whole 32-column panels and every output
+// element is computed by one kernel call over the full K in a fixed order, so results are
+// bit-identical for any thread count. They do depend on T (GEMV vs GEMM path) and on the CPU.
+//
+// What it does not do: attention (llava.c), fusing of QKV / gate+up (pass a concatenated Matrix),
+// quantizing weights (export.py). matmul() is not reentrant: call it from one thread at a time
+// (a matmul called from inside a pool task runs single-threaded with its own scratch).
+//
+// Build: included into llava.c (unity build); needs -pthread (and -lm for rintf).
+// Tests: test/test_matmul.c. Speed: bench/bench.c.
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define MM_X86 1
+#define mm_cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#define MM_X86 0
+#define mm_cpu_relax() __asm__ __volatile__("yield")
+#else
+#define MM_X86 0
+#define mm_cpu_relax() ((void)0)
+#endif
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+typedef enum { DT_F32 = 0, DT_BF16 = 1, DT_Q8 = 2 } DType;
+typedef struct {
+    DType type;
+    int rows, cols;         // out features (N), in features (K); y = x W^T
+    const void* data;       // (rows, cols) f32 | uint16 bf16 bits | int8
+    const float* scales;    // q8 only: (rows, cols/group)
+    int group;              // q8 group size along cols (cols % group == 0)
+    void* packed;           // private to matmul.c (packed panels etc.), NULL until pack_matrix
+} Matrix;
+
+// ----------------------------------------------------------------------------
+// Thread pool
+// n-1 persistent workers; the caller of pool_for does its share of the tasks. A job is published by
+// bumping a generation counter that idle workers spin on (~0.3 us per dispatch+join on the target
+// VM, against ~30-60 us for waking a sleeping thread), and after ~3 ms without work a worker
+// sleeps on a condvar so that an idle program does not burn a core. Tasks are claimed from an atomic
+// counter; callers that need determinism make each task's result independent of who runs it.
+
+typedef struct {
+    int n;                                  // threads including the caller
+    pthread_t* threads;                     // (n - 1) workers
+    _Alignas(64) atomic_uint gen;           // job generation, bumped once per pool_for
+    _Alignas(64) atomic_int next;           // next task index to claim
+    _Alignas(64) atomic_int done;           // workers that finished the current job
+    _Alignas(64) atomic_int sleepers;       // workers blocked (or about to block) on the condvar
+    atomic_int quit;
+    void (*fn)(void* ctx, int task);        // the current job
+    void* ctx;
+    int n_tasks;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} MMPool;
+
+static MMPool mm_pool = { .n = 1, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER };
+static _Thread_local int mm_in_pool;        // set inside tasks: a nested pool_for runs inline
+
+static double mm_now_sec(void) {
+    struct timespec ts;
+    timespec_get(&ts, TIME_UTC);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void mm_run_tasks(void) {
+    int t;
+    while ((t = atomic_fetch_add_explicit(&mm_pool.next, 1, memory_order_relaxed)) < mm_pool.n_tasks)
+        mm_pool.fn(mm_pool.ctx, t);
+}
+
+static void* mm_worker(void* arg) {
+    // the generation at creation time (a job may be published before this thread first runs)
+    unsigned seen = (unsigned)(uintptr_t)arg;
+    mm_in_pool = 1;
+    for (;;) {
+        double t0 = 0.0;
+        for (unsigned spins = 0;; spins++) {
+            if (atomic_load_explicit(&mm_pool.gen, memory_order_acquire) != seen) break;
+            mm_cpu_relax();
+            if ((spins & 1023) != 1023) continue;
+            double t = mm_now_sec();
+            if (t0 == 0.0) { t0 = t; continue; }
+            if (t - t0 < 3e-3) continue;
+            // Sleep. sleepers is raised before gen is re-checked and the publisher bumps gen before
+            // it reads sleepers (both seq_cst), so one of the two always sees the other: no lost wake-up.
+            pthread_mutex_lock(&mm_pool.mu);
+            atomic_fetch_add(&mm_pool.sleepers, 1);
+            while (atomic_load(&mm_pool.gen) == seen) pthread_cond_wait(&mm_pool.cv, &mm_pool.mu);
+            atomic_fetch_sub(&mm_pool.sleepers, 1);
+            pthread_mutex_unlock(&mm_pool.mu);
+            break;
+        }
+        seen = atomic_load_explicit(&mm_pool.gen, memory_order_acquire);
+        if (atomic_load(&mm_pool.quit)) return NULL;
+        mm_run_tasks();
+        atomic_fetch_add_explicit(&mm_pool.done, 1, memory_order_release);
+    }
+}
+
+static void mm_pool_publish(void) {
+    atomic_fetch_add(&mm_pool.gen, 1);      // seq_cst, pairs with the sleepers protocol above
+    if (atomic_load(&mm_pool.sleepers) > 0) {
+        pthread_mutex_lock(&mm_pool.mu);
+        pthread_cond_broadcast(&mm_pool.cv);
+        pthread_mutex_unlock(&mm_pool.mu);
+    }
+}
+
+static void mm_pool_shutdown(void) {
+    if (mm_pool.n <= 1) return;
+    atomic_store(&mm_pool.quit, 1);
+    mm_pool_publish();
+    for (int i = 0; i < mm_pool.n - 1; i++) pthread_join(mm_pool.threads[i], NULL);
+    free(mm_pool.threads);
+    mm_pool.threads = NULL;
+    mm_pool.n = 1;
+    atomic_store(&mm_pool.quit, 0);
+}
+
+// Start (or resize) the pool: n_threads counts the calling thread; 1 means everything runs inline.
+// Call from the main thread, not while a pool_for is running.
+void pool_init(int n_threads) {
+    if (n_threads < 1) n_threads = 1;
+    if (n_threads > 256) n_threads = 256;
+    if (n_threads == mm_pool.n) return;
+    mm_pool_shutdown();
+    if (n_threads == 1) return;
+    mm_pool.threads = malloc((size_t)(n_threads - 1) * sizeof(pthread_t));
+    if (!mm_pool.threads) { fprintf(stderr, "matmul.c: out of memory creating the thread pool\n"); exit(1); }
+    for (int i = 0; i < n_threads - 1; i++) {
+        void* gen0 = (void*)(uintptr_t)atomic_load(&mm_pool.gen);
+        if (pthread_create(&mm_pool.threads[i], NULL, mm_worker, gen0) != 0) {
+            fprintf(stderr, "matmul.c: pthread_create failed for worker %d\n", i);
+            exit(1);
+        }
+    }
+    mm_pool.n = n_threads;
+}
+
+int pool_size(void) { return mm_pool.n; }
+
+// Run fn(ctx, 0..n_tasks-1) on the pool; returns when all tasks are done.
+void pool_for(int n_tasks, void (*fn)(void* ctx, int task), void* ctx) {
+    if (n_tasks <= 0) return;
+    if (mm_pool.n <= 1 || n_tasks == 1 || mm_in_pool) {
+        for (int t = 0; t < n_tasks; t++) fn(ctx, t);
+        return;
+    }
+    mm_pool.fn = fn;
+    mm_pool.ctx = ctx;
+    mm_pool.n_tasks = n_tasks;
+    atomic_store_explicit(&mm_pool.next, 0, memory_order_relaxed);
+    atomic_store_explicit(&mm_pool.done, 0, memory_order_relaxed);
+    mm_pool_publish();
+    mm_in_pool = 1;
+    mm_run_tasks();
+    mm_in_pool = 0;
+    // the one barrier per job: spin, the workers finish within microseconds of us on balanced jobs
+    while (atomic_load_explicit(&mm_pool.done, memory_order_acquire) < mm_pool.n - 1) mm_cpu_relax();
+}
+
+// ----------------------------------------------------------------------------
+// CPU features, run-time dispatch
+
+enum { MM_SCALAR = 0, MM_AVX2 = 1, MM_AVX512 = 2 };
+static int mm_isa = -1;                     // MM_SCALAR / MM_AVX2 / MM_AVX512, -1 = not detected yet
+static int mm_has_vnni, mm_has_bf16;        // AVX512-VNNI, AVX512-BF16 (only with MM_AVX512)
+
+static void mm_detect_isa(void) {
+    if (mm_isa >= 0) return;
+    int isa = MM_SCALAR, vnni = 0, bf16 = 0;
+#if MM_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = MM_AVX2;
+    if (isa == MM_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+        isa = MM_AVX512;
+        vnni = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+        unsigned a, b, c, d;                // AVX512_BF16 is CPUID.(7,1):EAX bit 5
+        if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) bf16 = (a >> 5) & 1;
+    }
+#endif
+    const char* env = getenv("LLAVA_ISA");  // cap only, never raise
+    if (env && strcmp(env, "scalar") == 0) isa = MM_SCALAR;
+    if (env && strcmp(env, "avx2") == 0 && isa > MM_AVX2) isa = MM_AVX2;
+    if (isa < MM_AVX512) vnni = bf16 = 0;
+    mm_has_vnni = vnni;
+    mm_has_bf16 = bf16;
+    mm_isa = isa;
+}
+
+// For tests and benchmarks: cap the instruction set (level MM_*, vnni/bf16 0/1) at run time.
+// Matrices packed under any level work under any other (the packed layout is shared).
+void matmul_set_isa(int level, int vnni, int bf16) {
+    mm_isa = -1;
+    mm_detect_isa();
+    if (level < mm_isa) mm_isa = level;
+    mm_has_vnni = mm_isa == MM_AVX512 && vnni && mm_has_vnni;
+    mm_has_bf16 = mm_isa == MM_AVX512 && bf16 && mm_has_bf16;
+}
+
+const char* matmul_isa_name(void) {
+    mm_detect_isa();
+    if (mm_isa == MM_AVX512)
+        return mm_has_vnni && mm_has_bf16 ? "avx512+vnni+bf16" : mm_has_vnni ? "avx512+vnni"
+             : mm_has_bf16 ? "avx512+bf16" : "avx512";
+    return mm_isa == MM_AVX2 ? "avx2+fma" : "scalar";
+}
+
+#if MM_X86
+#define MM_TGT_AVX2 __attribute__((target("avx2,fma")))
+#define MM_TGT_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
+#define MM_TGT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512vnni")))
+#define MM_TGT_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512bf16")))
+#endif
+#define MM_INLINE static inline __attribute__((always_inline))
+
+// ----------------------------------------------------------------------------
+// Small helpers
+
+static inline float mm_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+// f32 -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN. Same as vcvtneps2bf16 and
+// torch's .to(torch.bfloat16) for normal numbers.
+static inline uint16_t mm_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+// Quantize one group of activations to int8: scale = absmax/127, q = rint(x*127/absmax), and
+// return sum(q) (for the VNNI offset compensation). An all-zero group (or one below 1e-30, where
+// 127/absmax would overflow) gets scale 0 and zeros (no division by zero); a group with inf/NaN gets zeros and an inf/NaN scale, so it poisons its
+// outputs (NaN) instead of producing garbage. This is THE definition; the SIMD quantizer matches it bit
+// for bit (rint = vcvtps2dq under the default rounding mode).
+int32_t mm_quantize_group(const float* x, int G, int8_t* q, float* scale) {
+    float amax = 0.0f;
+    int nan = 0;
+    for (int k = 0; k < G; k++) {
+        float a = fabsf(x[k]);
+        if (a != a) nan = 1;
+        else if (a > amax) amax = a;
+    }
+    if (nan || amax < 1e-30f || amax > 3.4028235e38f) {
+        memset(q, 0, (size_t)G);
+        *scale = nan ? NAN : amax < 1e-30f ? 0.0f : INFINITY;
+        return 0;
+    }
+    float iscale = 127.0f / amax;
+    int32_t sum = 0;
+    for (int k = 0; k < G; k++) {
+        float v = rintf(x[k] * iscale);
+        v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+        q[k] = (int8_t)v;
+        sum += q[k];
+    }
+    *scale = amax / 127.0f;
+    return sum;
+}
+
+static void* mm_alloc(size_t bytes) {
+    size_t align = bytes >= ((size_t)4 << 20) ? ((size_t)2 << 20) : 64;   // 2 MB for huge pages
+    size_t size = (bytes + align - 1) / align * align;
+    void* p = aligned_alloc(align, size ? size : align);
+    if (!p) { fprintf(stderr, "matmul.c: out of memory (%zu bytes)\n", bytes); exit(1); }
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (align > 64) madvise(p, size, MADV_HUGEPAGE);    // THP is madvise-only on the target VM
+#endif
+    return p;
+}
+
+static inline int mm_min(int a, int b) { return a < b ? a : b; }
+
+// ----------------------------------------------------------------------------
+// Reference matmul (plain scalar, the definition of every type)
+
+static void mm_check(const Matrix* w) {
+    if (w->type != DT_F32 && w->type != DT_BF16 && w->type != DT_Q8) {
+        fprintf(stderr, "matmul.c: unknown weight type %d\n", (int)w->type);
+        exit(1);
+    }
+    if (w->rows < 0 || w->cols < 0) {
+        fprintf(stderr, "matmul.c: bad matrix shape %d x %d\n", w->rows, w->cols);
+        exit(1);
+    }
+    if (w->type == DT_Q8 && (w->group <= 0 || w->cols % w->group != 0)) {
+        fprintf(stderr, "matmul.c: q8 group size %d does not divide cols %d\n", w->group, w->cols);
+        exit(1);
+    }
+}
+
+// y[t][n] for t in [0, T), n in [n0, n1): accumulation in k order; q8 sums each group in f32, then
+// adds scale * group sum (weights dequantized, activations f32).
+static void mm_ref_cols(float* y, const float* x, const Matrix* w, int T, int n0, int n1) {
+    int N = w->rows, K = w->cols;
+    for (int t = 0; t < T; t++) {
+        const float* xt = x + (size_t)t * K;
+        for (int n = n0; n < n1; n++) {
+            float sum = 0.0f;
+            if (w->type == DT_F32) {
+                const float* wn = (const float*)w->data + (size_t)n * K;
+                for (int k = 0; k < K; k++) sum += wn[k] * xt[k];
+            } else if (w->type == DT_BF16) {
+                const uint16_t* wn = (const uint16_t*)w->data + (size_t)n * K;
+                for (int k = 0; k < K; k++) sum += mm_bf16_to_f32(wn[k]) * xt[k];
+            } else {
+                int G = w->group, ng = K / G;
+                const int8_t* wn = (const int8_t*)w->data + (size_t)n * K;
+                const float* sn = w->scales + (size_t)n * ng;
+                for (int g = 0; g < ng; g++) {
+                    float gs = 0.0f;
+                    for (int k = g * G; k < (g + 1) * G; k++) gs += (float)wn[k] * xt[k];
+                    sum += sn[g] * gs;
+                }
+            }
+            y[(size_t)t * N + n] = sum;
+        }
+    }
+}
+
+void matmul_ref(float* y, const float* x, const Matrix* w, int T) {
+    mm_check(w);
+    mm_ref_cols(y, x, w, T, 0, w->rows);
+}
+
+// ----------------------------------------------------------------------------
+// Weight packing (once, at load)
+// Columns (output features) are grouped in panels of 32, zero-padded past N, each panel contiguous:
+//   f32   [np][K][32]        f32
+//   bf16  [np][K2/2][32]     uint32 = (bf16 of k even) | (bf16 of k odd) << 16, K2 = K rounded up to even
+//   q8    [np][K/4][32]      uint32 = 4 bytes u8 = w+128 for k..k+3 (the vpdpbusd lane), scales
+//                            [np][K/G][32] f32 (0 in padded columns)
+// One zmm load = 16 columns x (1, 2 or 4) consecutive k: lanes are output columns, so no kernel
+// ever needs a horizontal sum. GEMM and GEMV read the same panels.
+
+typedef struct {
+    int np;             // panels = ceil(N / 32)
+    int kw;             // 32-bit words per panel row: K (f32), K2/2 (bf16), K/4 (q8)
+    int ng, G;          // q8: groups per row, group size
+    void* w;            // (np, kw, 32) 32-bit words
+    float* s;           // q8: (np, ng, 32)
+} MMPacked;
+
+typedef struct { const Matrix* m; MMPacked* p; int n_tasks; } MMPackCtx;
+
+static void mm_pack_task(void* vctx, int task) {
+    MMPackCtx* c = vctx;
+    const Matrix* m = c->m;
+    MMPacked* p = c->p;
+    int N = m->rows, K = m->cols;
+    int pa = (int)((long long)p->np * task / c->n_tasks), pb = (int)((long long)p->np * (task + 1) / c->n_tasks);
+    for (int pi = pa; pi < pb; pi++) {
+        uint32_t* dst = (uint32_t*)p->w + (size_t)pi * p->kw * 32;
+        for (int c32 = 0; c32 < 32; c32++) {
+            int n = pi * 32 + c32;
+            if (m->type == DT_F32) {
+                const float* src = (const float*)m->data + (size_t)n * K;
+                float* d = (float*)dst;
+                for (int k = 0; k < K; k++) d[(size_t)k * 32 + c32] = n < N ? src[k] : 0.0f;
+            } else if (m->type == DT_BF16) {
+                const uint16_t* src = (const uint16_t*)m->data + (size_t)n * K;
+                for (int kk = 0; kk < p->kw; kk++) {
+                    uint32_t lo = n < N ? src[2 * kk] : 0;
+                    uint32_t hi = n < N && 2 * kk + 1 < K ? src[2 * kk + 1] : 0;
+                    dst[(size_t)kk * 32 + c32] = lo | hi << 16;
+                }
+            } else {
+                const int8_t* src = (const int8_t*)m->data + (size_t)n * K;
+                for (int kq = 0; kq < p->kw; kq++) {
+                    uint32_t word = 0;
+                    for (int j = 0; j < 4; j++)
+                        word |= (uint32_t)(uint8_t)((n < N ? src[4 * kq + j] : 0) + 128) << (8 * j);
+                    dst[(size_t)kq * 32 + c32] = word;
+                }
+                for (int g = 0; g < p->ng; g++)
+                    p->s[((size_t)pi * p->ng + g) * 32 + c32] = n < N ? m->scales[(size_t)n * p->ng + g] : 0.0f;
+            }
+        }
+    }
+}
+
+// Pack W for the SIMD kernels (keeps w->data; frees nothing). No-op without AVX2, for q8 groups that
+// are not a multiple of 4 (they use the portable path), or if already packed.
+void pack_matrix(Matrix* w) {
+    mm_check(w);
+    mm_detect_isa();
+    if (w->packed || mm_isa == MM_SCALAR || w->rows == 0 || w->cols == 0) return;
+    if (w->type == DT_Q8 && w->group % 4 != 0) return;
+    MMPacked* p = calloc(1, sizeof(MMPacked));
+    if (!p) { fprintf(stderr, "matmul.c: out of memory packing a matrix\n"); exit(1); }
+    p->np = (w->rows + 31) / 32;
+    p->kw = w->type == DT_F32 ? w->cols : w->type == DT_BF16 ? (w->cols + 1) / 2 : w->cols / 4;
+    p->G = w->type == DT_Q8 ? w->group : 0;
+    p->ng = w->type == DT_Q8 ? w->cols / w->group : 0;
+    p->w = mm_alloc((size_t)p->np * p->kw * 32 * 4);
+    if (w->type == DT_Q8) p->s = mm_alloc((size_t)p->np * p->ng * 32 * sizeof(float));
+    MMPackCtx c = { w, p, pool_size() * 4 };
+    pool_for(c.n_tasks, mm_pack_task, &c);
+    w->packed = p;
+}
+
+// Free what pack_matrix allocated (w->data is untouched).
+void unpack_matrix(Matrix* w) {
+    MMPacked* p = w->packed;
+    if (!p) return;
+    free(p->w);
+    free(p->s);
+    free(p);
+    w->packed = NULL;
+}
+
+// ----------------------------------------------------------------------------
+// Jobs shared by all paths
+
+#define MM_F32_MR 14    // GEMM tile rows, f32 and bf16 (28 zmm accumulators)
+#define MM_Q8_MR 6      // GEMM tile rows, q8 (12 int32 + 12 f32 accumulators)
+#define MM_F32_NCP 8    // panels per weight block (NC = 256 columns): the block streams from L2/L3
+#define MM_BF16_NCP 16  // NC = 512
+#define MM_Q8_NCP 20    // NC = 640
+#define MM_TBLK 32      // GEMV/widening paths: rows per block (x block stays in L2)
+
+// Largest T that uses the GEMV (widening) path on AVX-512 machines, per DType. Above it the packed
+// GEMM wins: for q8 the widening costs ~4 extra ops per 16 weights, for f32/bf16 GEMM tiles are
+// 14 rows so a few-row GEMM would waste most of each tile.
+static int mm_gemv_max_t[3] = { 7, 7, 3 };
+
+typedef struct {
+    float* y;               // (T, N)
+    const float* x;         // (T, K)
+    const Matrix* w;
+    const MMPacked* p;
+    int T, N, K;
+    int n_tasks;            // tasks per phase (= threads)
+    int ntiles;             // GEMM row tiles
+    void* a;                // GEMM packed activations (see mm_pack_act_*)
+    float* as;              // q8: activation scales (ntiles, ng, 6)
+    int32_t* ac;            // q8: compensation -128 * sum(q) (ntiles, ng, 6)
+} MMJob;
+
+// contiguous share [*a, *b) of n items for task `task` of n_tasks
+static inline void mm_split(int n, int task, int n_tasks, int* a, int* b) {
+    *a = (int)((long long)n * task / n_tasks);
+    *b = (int)((long long)n * (task + 1) / n_tasks);
+}
+
+// Portable path: the reference loops over a column range.
+static void mm_task_scalar(void* v, int task) {
+    MMJob* j = v;
+    int n0, n1;
+    mm_split(j->N, task, j->n_tasks, &n0, &n1);
+    if (n0 < n1) mm_ref_cols(j->y, j->x, j->w, j->T, n0, n1);
+}
+
+#if MM_X86
+// ----------------------------------------------------------------------------
+// AVX2 + FMA fallback: widening kernels for every T (weights widened to f32 in registers, f32
+// activations read straight from x). 16 columns (half a panel) x up to MR rows per call.
+
+MM_INLINE MM_TGT_AVX2 void mm_avx2_store16(float* y, __m256 lo, __m256 hi, int nc) {
+    if (nc >= 16) { _mm256_storeu_ps(y, lo); _mm256_storeu_ps(y + 8, hi); return; }
+    float tmp[16];
+    _mm256_storeu_ps(tmp, lo);
+    _mm256_storeu_ps(tmp + 8, hi);
+    for (int c = 0; c < nc; c++) y[c] = tmp[c];
+}
+
+// f32/bf16 panel half (16 columns), MR rows of x (row stride K).
+MM_INLINE MM_TGT_AVX2 void mm_avx2_fb(const MMJob* j, const float* x, const uint32_t* w, float* y,
+                                      int nc, int is_bf16, const int MR) {
+    int K = j->K;
+    __m256 acc[4][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    if (!is_bf16) {
+        const float* wf = (const float*)w;
+        for (int k = 0; k < K; k++) {
+            __m256 w0 = _mm256_loadu_ps(wf + (size_t)k * 32), w1 = _mm256_loadu_ps(wf + (size_t)k * 32 + 8);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                __m256 xv = _mm256_broadcast_ss(x + (size_t)i * K + k);
+                acc[i][0] = _mm256_fmadd_ps(w0, xv, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(w1, xv, acc[i][1]);
+            }
+        }
+    } else {
+        const __m256i hi16 = _mm256_set1_epi32((int)0xffff0000u);
+        int kh = K / 2;
+        for (int kk = 0; kk < (K + 1) / 2; kk++) {
+            __m256i v0 = _mm256_loadu_si256((const __m256i*)(w + (size_t)kk * 32));
+            __m256i v1 = _mm256_loadu_si256((const __m256i*)(w + (size_t)kk * 32 + 8));
+            __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16));
+            __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16));
+            __m256 o0 = _mm256_castsi256_ps(_mm256_and_si256(v0, hi16));
+            __m256 o1 = _mm256_castsi256_ps(_mm256_and_si256(v1, hi16));
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                __m256 xe = _mm256_broadcast_ss(x + (size_t)i * K + 2 * kk);
+                acc[i][0] = _mm256_fmadd_ps(e0, xe, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(e1, xe, acc[i][1]);
+                if (kk < kh) {              // odd K: the last pair has no odd element
+                    __m256 xo = _mm256_broadcast_ss(x + (size_t)i * K + 2 * kk + 1);
+                    acc[i][0] = _mm256_fmadd_ps(o0, xo, acc[i][0]);
+                    acc[i][1] = _mm256_fmadd_ps(o1, xo, acc[i][1]);
+                }
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++) mm_avx2_store16(y + (size_t)i * j->N, acc[i][0], acc[i][1], nc);
+}
+
+// q8 panel half: int8 -> f32 per 4-byte lane (xor 0x80 undoes the +128, shifts sign-extend byte jj),
+// f32 sums per group, then acc += scale * group sum (the reference order).
+MM_INLINE MM_TGT_AVX2 void mm_avx2_q8(const MMJob* j, const float* x, const uint32_t* w, const float* s,
+                                      float* y, int nc, const int MR) {
+    int K = j->K, G4 = j->p->G / 4, ng = j->p->ng;
+    const __m256i flip = _mm256_set1_epi32((int)0x80808080u);
+    __m256 acc[2][2];
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m256 ps[2][2];
+#pragma GCC unroll 2
+        for (int i = 0; i < MR; i++) ps[i][0] = ps[i][1] = _mm256_setzero_ps();
+        for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
+            __m256i v0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(w + (size_t)kq * 32)), flip);
+            __m256i v1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(w + (size_t)kq * 32 + 8)), flip);
+#pragma GCC unroll 4
+            for (int jj = 0; jj < 4; jj++) {
+                __m256 w0 = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v0, 24 - 8 * jj), 24));
+                __m256 w1 = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v1, 24 - 8 * jj), 24));
+#pragma GCC unroll 2
+                for (int i = 0; i < MR; i++) {
+                    __m256 xv = _mm256_broadcast_ss(x + (size_t)i * K + 4 * kq + jj);
+                    ps[i][0] = _mm256_fmadd_ps(w0, xv, ps[i][0]);
+                    ps[i][1] = _mm256_fmadd_ps(w1, xv, ps[i][1]);
+                }
+            }
+        }
+        __m256 s0 = _mm256_loadu_ps(s + (size_t)g * 32), s1 = _mm256_loadu_ps(s + (size_t)g * 32 + 8);
+#pragma GCC unroll 2
+        for (int i = 0; i < MR; i++) {
+            acc[i][0] = _mm256_fmadd_ps(s0, ps[i][0], acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(s1, ps[i][1], acc[i][1]);
+        }
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; i++) mm_avx2_store16(y + (size_t)i * j->N, acc[i][0], acc[i][1], nc);
+}
+
+MM_TGT_AVX2 static void mm_task_avx2(void* v, int task) {
+    MMJob* j = v;
+    const MMPacked* p = j->p;
+    int p0, p1;
+    mm_split(p->np, task, j->n_tasks, &p0, &p1);
+    int type = j->w->type, mrmax = type == DT_Q8 ? 2 : 4;
+    for (int tb = 0; tb < j->T; tb += MM_TBLK) {
+        int te = mm_min(j->T, tb + MM_TBLK);
+        for (int pi = p0; pi < p1; pi++) {
+            const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
+            for (int t = tb; t < te; t += mrmax) {
+                int mr = mm_min(mrmax, te - t);
+                for (int h = 0; h < 2; h++) {
+                    int n0 = pi * 32 + h * 16, nc = j->N - n0;
+                    if (nc <= 0) break;
+                    const float* x = j->x + (size_t)t * j->K;
+                    float* y = j->y + (size_t)t * j->N + n0;
+                    const uint32_t* wh = wp + h * 16;   // columns 16h.. of each panel row
+                    if (type == DT_Q8) {
+                        const float* s = p->s + (size_t)pi * p->ng * 32 + h * 16;
+                        if (mr == 2) mm_avx2_q8(j, x, wh, s, y, nc, 2);
+                        else mm_avx2_q8(j, x, wh, s, y, nc, 1);
+                    } else {
+                        switch (mr) {
+                        case 4: mm_avx2_fb(j, x, wh, y, nc, type == DT_BF16, 4); break;
+                        case 3: mm_avx2_fb(j, x, wh, y, nc, type == DT_BF16, 3); break;
+                        case 2: mm_avx2_fb(j, x, wh, y, nc, type == DT_BF16, 2); break;
+                        default: mm_avx2_fb(j, x, wh, y, nc, type == DT_BF16, 1); break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+#endif // MM_X86
+
+#if MM_X86
+// ----------------------------------------------------------------------------
+// AVX-512 GEMV (decode) and widening kernels: one 32-column panel x up to 4 rows per call.
+// Weights are widened to f32 in registers (exact), activations are the f32 rows of x broadcast
+// from L1, and each output lane accumulates in k order with FMAs -- the order of matmul_ref. The
+// panel streams from memory once per 4 rows (from L2 for the next 4), one sequential stream per
+// thread. Compute is ~7-15 % of the core's peak at DRAM speed, so the extra widening ops are free.
+
+MM_INLINE MM_TGT_512 __mmask16 mm_mask16(int n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
+
+MM_INLINE MM_TGT_512 void mm_gemv512_fb(const MMJob* j, const float* x, const uint32_t* w, float* y,
+                                        int nc, int is_bf16, const int MR) {
+    int K = j->K;
+    __m512 acc[4][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    if (!is_bf16) {
+        const float* wf = (const float*)w;
+        for (int k = 0; k < K; k++) {
+            __m512 w0 = _mm512_load_ps(wf + (size_t)k * 32), w1 = _mm512_load_ps(wf + (size_t)k * 32 + 16);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                __m512 xv = _mm512_set1_ps(x[(size_t)i * K + k]);
+                acc[i][0] = _mm512_fmadd_ps(w0, xv, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(w1, xv, acc[i][1]);
+            }
+        }
+    } else {
+        const __m512i hi16 = _mm512_set1_epi32((int)0xffff0000u);
+        int kh = K / 2;
+        for (int kk = 0; kk < (K + 1) / 2; kk++) {
+            __m512i v0 = _mm512_load_si512((const void*)(w + (size_t)kk * 32));
+            __m512i v1 = _mm512_load_si512((const void*)(w + (size_t)kk * 32 + 16));
+            __m512 e0 = _mm512_castsi512_ps(_mm512_slli_epi32(v0, 16));
+            __m512 e1 = _mm512_castsi512_ps(_mm512_slli_epi32(v1, 16));
+            __m512 o0 = _mm512_castsi512_ps(_mm512_and_si512(v0, hi16));
+            __m512 o1 = _mm512_castsi512_ps(_mm512_and_si512(v1, hi16));
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                __m512 xe = _mm512_set1_ps(x[(size_t)i * K + 2 * kk]);
+                acc[i][0] = _mm512_fmadd_ps(e0, xe, acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(e1, xe, acc[i][1]);
+                if (kk < kh) {              // odd K: the last pair has no odd element
+                    __m512 xo = _mm512_set1_ps(x[(size_t)i * K + 2 * kk + 1]);
+                    acc[i][0] = _mm512_fmadd_ps(o0, xo, acc[i][0]);
+                    acc[i][1] = _mm512_fmadd_ps(o1, xo, acc[i][1]);
+                }
+            }
+        }
+    }
+    __mmask16 m0 = mm_mask16(nc), m1 = mm_mask16(nc - 16);
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++) {
+        _mm512_mask_storeu_ps(y + (size_t)i * j->N, m0, acc[i][0]);
+        _mm512_mask_storeu_ps(y + (size_t)i * j->N + 16, m1, acc[i][1]);
+    }
+}
+
+// q8: per 4-byte lane, xor 0x80 turns u8 = w+128 back into s8 and shift left/arith-shift right
+// sign-extends byte jj; f32 sums per group, then acc += scale * group sum (the reference order).
+MM_INLINE MM_TGT_512 void mm_gemv512_q8(const MMJob* j, const float* x, const uint32_t* w, const float* s,
+                                        float* y, int nc, const int MR) {
+    int K = j->K, G4 = j->p->G / 4, ng = j->p->ng;
+    const __m512i flip = _mm512_set1_epi32((int)0x80808080u);
+    __m512 acc[4][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m512 ps[4][2];
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) ps[i][0] = ps[i][1] = _mm512_setzero_ps();
+        for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
+            __m512i v0 = _mm512_xor_si512(_mm512_load_si512((const void*)(w + (size_t)kq * 32)), flip);
+            __m512i v1 = _mm512_xor_si512(_mm512_load_si512((const void*)(w + (size_t)kq * 32 + 16)), flip);
+#pragma GCC unroll 4
+            for (int jj = 0; jj < 4; jj++) {
+                __m512 w0 = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v0, 24 - 8 * jj), 24));
+                __m512 w1 = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v1, 24 - 8 * jj), 24));
+#pragma GCC unroll 4
+                for (int i = 0; i < MR; i++) {
+                    __m512 xv = _mm512_set1_ps(x[(size_t)i * K + 4 * kq + jj]);
+                    ps[i][0] = _mm512_fmadd_ps(w0, xv, ps[i][0]);
+                    ps[i][1] = _mm512_fmadd_ps(w1, xv, ps[i][1]);
+                }
+            }
+        }
+        __m512 s0 = _mm512_load_ps(s + (size_t)g * 32), s1 = _mm512_load_ps(s + (size_t)g * 32 + 16);
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) {
+            acc[i][0] = _mm512_fmadd_ps(s0, ps[i][0], acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(s1, ps[i][1], acc[i][1]);
+        }
+    }
+    __mmask16 m0 = mm_mask16(nc), m1 = mm_mask16(nc - 16);
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++) {
+        _mm512_mask_storeu_ps(y + (size_t)i * j->N, m0, acc[i][0]);
+        _mm512_mask_storeu_ps(y + (size_t)i * j->N + 16, m1, acc[i][1]);
+    }
+}
+
+MM_TGT_512 static void mm_task_gemv512(void* v, int task) {
+    MMJob* j = v;
+    const MMPacked* p = j->p;
+    int p0, p1;
+    mm_split(p->np, task, j->n_tasks, &p0, &p1);
+    int type = j->w->type;
+    for (int tb = 0; tb < j->T; tb += MM_TBLK) {
+        int te = mm_min(j->T, tb + MM_TBLK);
+        for (int pi = p0; pi < p1; pi++) {
+            const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
+            int nc = j->N - pi * 32;
+            for (int t = tb; t < te; t += 4) {
+                int mr = mm_min(4, te - t);
+                const float* x = j->x + (size_t)t * j->K;
+                float* y = j->y + (size_t)t * j->N + pi * 32;
+                if (type == DT_Q8) {
+                    const float* s = p->s + (size_t)pi * p->ng * 32;
+                    switch (mr) {
+                    case 4: mm_gemv512_q8(j, x, wp, s, y, nc, 4); break;
+                    case 3: mm_gemv512_q8(j, x, wp, s, y, nc, 3); break;
+                    case 2: mm_gemv512_q8(j, x, wp, s, y, nc, 2); break;
+                    default: mm_gemv512_q8(j, x, wp, s, y, nc, 1); break;
+                    }
+                } else {
+                    int bf = type == DT_BF16;
+                    switch (mr) {
+                    case 4: mm_gemv512_fb(j, x, wp, y, nc, bf, 4); break;
+                    case 3: mm_gemv512_fb(j, x, wp, y, nc, bf, 3); break;
+                    case 2: mm_gemv512_fb(j, x, wp, y, nc, bf, 2); break;
+                    default: mm_gemv512_fb(j, x, wp, y, nc, bf, 1); break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// AVX-512 GEMM: activation packing (per call, both threads, tiles split between tasks)
+//   f32   a: (ntiles, K, 14) f32                  row i of tile it = x row 14*it+i, zero past T
+//   bf16  a: (ntiles, K2/2, 14) uint32 bf16 pairs (RNE), zero past T and past K
+//   q8    a: (ntiles, K/4, 6) uint32 = 4 x s8;  as: (ntiles, ng, 6) scales;  ac: (ntiles, ng, 6) -128*sum(q)
+
+MM_TGT_512 static void mm_task_pack_f32(void* v, int task) {
+    MMJob* j = v;
+    int K = j->K, ta, tb;
+    mm_split(j->ntiles, task, j->n_tasks, &ta, &tb);
+    for (int it = ta; it < tb; it++) {
+        float* a = (float*)j->a + (size_t)it * K * MM_F32_MR;
+        for (int i = 0; i < MM_F32_MR; i++) {
+            int t = it * MM_F32_MR + i;
+            if (t >= j->T) { for (int k = 0; k < K; k++) a[(size_t)k * MM_F32_MR + i] = 0.0f; continue; }
+            const float* xt = j->x + (size_t)t * K;
+            for (int k = 0; k < K; k++) a[(size_t)k * MM_F32_MR + i] = xt[k];
+        }
+    }
+}
+
+// 16 f32 -> 8 bf16 pairs (uint32), round to nearest even, NaN kept quiet: mm_f32_to_bf16 in SIMD.
+MM_INLINE MM_TGT_512 __m256i mm512_bf16_pairs(__m512 f) {
+    __m512i u = _mm512_castps_si512(f);
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                 _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    __mmask16 nan = _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q);
+    r = _mm512_mask_mov_epi32(r, nan, _mm512_or_si512(u, _mm512_set1_epi32(0x400000)));
+    // keep the high half of each 32-bit lane: 16-bit elements 1, 3, 5, ... -> the low 256 bits
+    const __m512i odd = _mm512_set_epi16(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1,
+                                         31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_castsi512_si256(_mm512_permutexvar_epi16(odd, r));
+}
+
+MM_TGT_512 static void mm_task_pack_bf16(void* v, int task) {
+    MMJob* j = v;
+    int K = j->K, kw = (K + 1) / 2, ta, tb;
+    mm_split(j->ntiles, task, j->n_tasks, &ta, &tb);
+    uint32_t tmp[8];
+    for (int it = ta; it < tb; it++) {
+        uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MM_F32_MR;
+        for (int i = 0; i < MM_F32_MR; i++) {
+            int t = it * MM_F32_MR + i;
+            if (t >= j->T) { for (int kk = 0; kk < kw; kk++) a[(size_t)kk * MM_F32_MR + i] = 0; continue; }
+            const float* xt = j->x + (size_t)t * K;
+            int k = 0;
+            for (; k + 16 <= K; k += 16) {
+                _mm256_storeu_si256((__m256i*)tmp, mm512_bf16_pairs(_mm512_loadu_ps(xt + k)));
+                for (int q = 0; q < 8; q++) a[(size_t)(k / 2 + q) * MM_F32_MR + i] = tmp[q];
+            }
+            for (; k < K; k += 2) {
+                uint32_t lo = mm_f32_to_bf16(xt[k]), hi = k + 1 < K ? mm_f32_to_bf16(xt[k + 1]) : 0;
+                a[(size_t)(k / 2) * MM_F32_MR + i] = lo | hi << 16;
+            }
+        }
+    }
+}
+
+MM_TGT_512 static void mm_task_pack_q8(void* v, int task) {
+    MMJob* j = v;
+    int K = j->K, G = j->p->G, ng = j->p->ng, kw = K / 4, ta, tb;
+    mm_split(j->ntiles, task, j->n_tasks, &ta, &tb);
+    int8_t qbuf[16];
+    for (int it = ta; it < tb; it++) {
+        uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MM_Q8_MR;
+        float* as = j->as + (size_t)it * ng * MM_Q8_MR;
+        int32_t* ac = j->ac + (size_t)it * ng * MM_Q8_MR;
+        for (int i = 0; i < MM_Q8_MR; i++) {
+            int t = it * MM_Q8_MR + i;
+            if (t >= j->T) {
+                for (int kq = 0; kq < kw; kq++) a[(size_t)kq * MM_Q8_MR + i] = 0;
+                for (int g = 0; g < ng; g++) { as[g * MM_Q8_MR + i] = 0.0f; ac[g * MM_Q8_MR + i] = 0; }
+                continue;
+            }
+            const float* xt = j->x + (size_t)t * K;
+            for (int g = 0; g < ng; g++) {
+                const float* xg = xt + (size_t)g * G;
+                // absmax over the group (exact, so the scale matches mm_quantize_group bit for bit)
+                __m512 mx = _mm512_setzero_ps();
+                __mmask16 nan = 0;
+                for (int k = 0; k < G; k += 16) {
+                    __mmask16 m = mm_mask16(G - k);
+                    __m512 xv = _mm512_maskz_loadu_ps(m, xg + k);
+                    nan |= _mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q);
+                    mx = _mm512_max_ps(_mm512_abs_ps(xv), mx);
+                }
+                float amax = _mm512_reduce_max_ps(mx);
+                if (nan || amax < 1e-30f || amax > 3.4028235e38f) {
+                    // zero, inf or NaN group: zeros and the special scale of mm_quantize_group
+                    for (int kq = g * G / 4; kq < (g + 1) * G / 4; kq++) a[(size_t)kq * MM_Q8_MR + i] = 0;
+                    as[g * MM_Q8_MR + i] = nan ? NAN : amax < 1e-30f ? 0.0f : INFINITY;
+                    ac[g * MM_Q8_MR + i] = 0;
+                    continue;
+                }
+                float iscale = 127.0f / amax;
+                __m512 vis = _mm512_set1_ps(iscale);
+                __m512i sum = _mm512_setzero_si512();
+                for (int k = 0; k < G; k += 16) {
+                    __mmask16 m = mm_mask16(G - k);
+                    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xg + k), vis));
+                    q = _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+                    sum = _mm512_add_epi32(sum, q);
+                    _mm_storeu_si128((__m128i*)qbuf, _mm512_cvtepi32_epi8(q));
+                    int nq = mm_min(16, G - k) / 4;
+                    for (int q4 = 0; q4 < nq; q4++) {
+                        uint32_t word;
+                        memcpy(&word, qbuf + 4 * q4, 4);
+                        a[(size_t)((g * G + k) / 4 + q4) * MM_Q8_MR + i] = word;
+                    }
+                }
+                as[g * MM_Q8_MR + i] = amax / 127.0f;
+                ac[g * MM_Q8_MR + i] = -128 * _mm512_reduce_add_epi32(sum);
+            }
+        }
+    }
+}
+#endif // MM_X86
+
+#if MM_X86
+// ----------------------------------------------------------------------------
+// AVX-512 GEMM microkernels: one row tile x one 32-column panel over the full K (each output tile
+// written once, no C reads). Weights are the vector operand (16 columns per zmm), activations the
+// broadcast operand (vbroadcast/{1to16} from the packed tile). Loops fully unrolled over the tile
+// so the accumulators stay in registers (GCC keeps a partially unrolled acc array in memory).
+// Tail tiles (rows past T, columns past N) compute zero-padded lanes and mask the stores.
+
+MM_TGT_512 static void mm_kernel_f32(const float* a, const float* w, int K, float* y, int ldy, int mr, int nc) {
+    __m512 acc[MM_F32_MR][2];
+#pragma GCC unroll 14
+    for (int i = 0; i < MM_F32_MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        __m512 w0 = _mm512_load_ps(w + (size_t)k * 32), w1 = _mm512_load_ps(w + (size_t)k * 32 + 16);
+        const float* ak = a + (size_t)k * MM_F32_MR;
+#pragma GCC unroll 14
+        for (int i = 0; i < MM_F32_MR; i++) {
+            __m512 av = _mm512_set1_ps(ak[i]);
+            acc[i][0] = _mm512_fmadd_ps(av, w0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(av, w1, acc[i][1]);
+        }
+    }
+    __mmask16 m0 = mm_mask16(nc), m1 = mm_mask16(nc - 16);
+#pragma GCC unroll 14
+    for (int i = 0; i < MM_F32_MR; i++) {
+        if (i < mr) {
+            _mm512_mask_storeu_ps(y + (size_t)i * ldy, m0, acc[i][0]);
+            _mm512_mask_storeu_ps(y + (size_t)i * ldy + 16, m1, acc[i][1]);
+        }
+    }
+}
+
+// vdpbf16ps: lane c += a.lo*w.lo + a.hi*w.hi with the (k even, k odd) pair of row i broadcast.
+// Latency 6 cycles: 28 independent accumulators are plenty.
+MM_TGT_BF16 static void mm_kernel_bf16(const uint32_t* a, const uint32_t* w, int kw, float* y, int ldy, int mr, int nc) {
+    __m512 acc[MM_F32_MR][2];
+#pragma GCC unroll 14
+    for (int i = 0; i < MM_F32_MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+    for (int kk = 0; kk < kw; kk++) {
+        __m512bh w0 = (__m512bh)_mm512_load_si512((const void*)(w + (size_t)kk * 32));
+        __m512bh w1 = (__m512bh)_mm512_load_si512((const void*)(w + (size_t)kk * 32 + 16));
+        const uint32_t* ak = a + (size_t)kk * MM_F32_MR;
+#pragma GCC unroll 14
+        for (int i = 0; i < MM_F32_MR; i++) {
+            __m512bh av = (__m512bh)_mm512_set1_epi32((int)ak[i]);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], av, w0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], av, w1);
+        }
+    }
+    __mmask16 m0 = mm_mask16(nc), m1 = mm_mask16(nc - 16);
+#pragma GCC unroll 14
+    for (int i = 0; i < MM_F32_MR; i++) {
+        if (i < mr) {
+            _mm512_mask_storeu_ps(y + (size_t)i * ldy, m0, acc[i][0]);
+            _mm512_mask_storeu_ps(y + (size_t)i * ldy + 16, m1, acc[i][1]);
+        }
+    }
+}
+
+// q8: per group, int32 accumulators start at the compensation -128*sum(q_x) (a broadcast load), take
+// G/4 vpdpbusd steps of u8 weights x s8 activations (exact: sum (w+128)*q - 128*sum(q) = sum w*q),
+// then f += float(acc) * (scale_w * scale_x). (G/4)/(G/4+2) of the VNNI peak in core: 89 % at G=64.
+MM_TGT_VNNI static void mm_kernel_q8(const uint32_t* a, const float* as, const int32_t* ac, const uint32_t* w,
+                                     const float* ws, int ng, int G4, float* y, int ldy, int mr, int nc) {
+    __m512 f[MM_Q8_MR][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_Q8_MR; i++) f[i][0] = f[i][1] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m512i acc[MM_Q8_MR][2];
+#pragma GCC unroll 6
+        for (int i = 0; i < MM_Q8_MR; i++) acc[i][0] = acc[i][1] = _mm512_set1_epi32(ac[g * MM_Q8_MR + i]);
+        const uint32_t* wg = w + (size_t)g * G4 * 32;
+        const uint32_t* ag = a + (size_t)g * G4 * MM_Q8_MR;
+        for (int q = 0; q < G4; q++) {
+            __m512i w0 = _mm512_load_si512((const void*)(wg + (size_t)q * 32));
+            __m512i w1 = _mm512_load_si512((const void*)(wg + (size_t)q * 32 + 16));
+#pragma GCC unroll 6
+            for (int i = 0; i < MM_Q8_MR; i++) {
+                __m512i av = _mm512_set1_epi32((int)ag[q * MM_Q8_MR + i]);
+                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], w0, av);
+                acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], w1, av);
+            }
+        }
+        __m512 s0 = _mm512_load_ps(ws + (size_t)g * 32), s1 = _mm512_load_ps(ws + (size_t)g * 32 + 16);
+#pragma GCC unroll 6
+        for (int i = 0; i < MM_Q8_MR; i++) {
+            __m512 sx = _mm512_set1_ps(as[g * MM_Q8_MR + i]);
+            f[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][0]), _mm512_mul_ps(s0, sx), f[i][0]);
+            f[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][1]), _mm512_mul_ps(s1, sx), f[i][1]);
+        }
+    }
+    __mmask16 m0 = mm_mask16(nc), m1 = mm_mask16(nc - 16);
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_Q8_MR; i++) {
+        if (i < mr) {
+            _mm512_mask_storeu_ps(y + (size_t)i * ldy, m0, f[i][0]);
+            _mm512_mask_storeu_ps(y + (size_t)i * ldy + 16, m1, f[i][1]);
+        }
+    }
+}
+
+// GEMM loop nest per task (a contiguous range of panels): weight block of NCP panels -> row tiles ->
+// panels -> kernel(full K). The tile's activation sliver (MR x K) stays in L1/L2 and is reused for
+// every panel of the block; the block (NCP x 32 x K) streams from L2/L3.
+static void mm_task_gemm(void* v, int task) {
+    MMJob* j = v;
+    const MMPacked* p = j->p;
+    int type = j->w->type, N = j->N;
+    int mrt = type == DT_Q8 ? MM_Q8_MR : MM_F32_MR;
+    int ncp = type == DT_F32 ? MM_F32_NCP : type == DT_BF16 ? MM_BF16_NCP : MM_Q8_NCP;
+    int p0, p1;
+    mm_split(p->np, task, j->n_tasks, &p0, &p1);
+    for (int jc = p0; jc < p1; jc += ncp) {
+        int je = mm_min(p1, jc + ncp);
+        for (int it = 0; it < j->ntiles; it++) {
+            int t0 = it * mrt, mr = mm_min(mrt, j->T - t0);
+            for (int pi = jc; pi < je; pi++) {
+                const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
+                float* y = j->y + (size_t)t0 * N + pi * 32;
+                int nc = N - pi * 32;
+                if (type == DT_F32)
+                    mm_kernel_f32((const float*)j->a + (size_t)it * p->kw * MM_F32_MR, (const float*)wp,
+                                  p->kw, y, N, mr, nc);
+                else if (type == DT_BF16)
+                    mm_kernel_bf16((const uint32_t*)j->a + (size_t)it * p->kw * MM_F32_MR, wp, p->kw, y, N, mr, nc);
+                else
+                    mm_kernel_q8((const uint32_t*)j->a + (size_t)it * p->kw * MM_Q8_MR,
+                                 j->as + (size_t)it * p->ng * MM_Q8_MR, j->ac + (size_t)it * p->ng * MM_Q8_MR,
+                                 wp, p->s + (size_t)pi * p->ng * 32, p->ng, p->G / 4, y, N, mr, nc);
+            }
+        }
+    }
+}
+#endif // MM_X86
+
+// ----------------------------------------------------------------------------
+// matmul: pick the path, pack activations, run the tasks
+
+static void* mm_scratch;            // GEMM packed activations, grown on demand, reused across calls
+static size_t mm_scratch_bytes;
+
+void matmul(float* y, const float* x, const Matrix* w, int T) {
+    mm_check(w);
+    mm_detect_isa();
+    if (T <= 0 || w->rows == 0) return;
+    MMJob j = { .y = y, .x = x, .w = w, .p = w->packed, .T = T, .N = w->rows, .K = w->cols,
+                .n_tasks = pool_size() };
+    if (j.n_tasks > (w->rows + 31) / 32) j.n_tasks = (w->rows + 31) / 32;   // at least a panel each
+    if (j.n_tasks < 1) j.n_tasks = 1;
+    if (!j.p || mm_isa == MM_SCALAR || w->cols == 0) {
+        if (w->cols == 0) { memset(y, 0, (size_t)T * w->rows * sizeof(float)); return; }
+        pool_for(j.n_tasks, mm_task_scalar, &j);
+        return;
+    }
+#if MM_X86
+    if (mm_isa == MM_AVX2) { pool_for(j.n_tasks, mm_task_avx2, &j); return; }
+    int type = w->type;
+    int gemm = T > mm_gemv_max_t[type] &&
+               (type == DT_F32 || (type == DT_BF16 && mm_has_bf16) || (type == DT_Q8 && mm_has_vnni));
+    if (!gemm) { pool_for(j.n_tasks, mm_task_gemv512, &j); return; }
+    // pack (or quantize) the activations into row tiles, then the GEMM proper
+    const MMPacked* p = j.p;
+    int mrt = type == DT_Q8 ? MM_Q8_MR : MM_F32_MR;
+    j.ntiles = (T + mrt - 1) / mrt;
+    size_t abytes = (size_t)j.ntiles * mrt * p->kw * 4;
+    size_t sbytes = type == DT_Q8 ? (size_t)j.ntiles * mrt * p->ng * 4 : 0;
+    size_t need = abytes + 2 * sbytes + 64;
+    void* buf = mm_scratch;
+    int own = mm_in_pool;           // nested call: private scratch, single thread
+    if (own) buf = mm_alloc(need);
+    else if (need > mm_scratch_bytes) {
+        free(mm_scratch);
+        mm_scratch_bytes = need + need / 4;
+        mm_scratch = buf = mm_alloc(mm_scratch_bytes);
+    }
+    j.a = buf;
+    j.as = (float*)((char*)buf + abytes);
+    j.ac = (int32_t*)((char*)buf + abytes + sbytes);
+    int pack_tasks = mm_min(pool_size(), j.ntiles);
+    int nt = j.n_tasks;
+    j.n_tasks = pack_tasks;
+    pool_for(pack_tasks, type == DT_F32 ? mm_task_pack_f32 : type == DT_BF16 ? mm_task_pack_bf16 : mm_task_pack_q8, &j);
+    j.n_tasks = nt;
+    pool_for(j.n_tasks, mm_task_gemm, &j);
+    if (own) free(buf);
+#endif
+}

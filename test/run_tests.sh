@@ -1,0 +1,65 @@
+#!/bin/sh
+# make test: exports the tiny models with export.py, runs every test program, sums their
+# "N passed, N failed" lines and exits non-zero if anything failed.
+set -u
+PYTHON=${PYTHON:-python3}
+mkdir -p build/models
+total_pass=0
+total_fail=0
+
+# run NAME CMD...: runs a test program, echoes its output, adds up its last "N passed, N failed" line.
+run() {
+    name=$1
+    shift
+    out=$("$@" 2>&1)
+    rc=$?
+    printf '%s\n' "$out"
+    line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
+    if [ -z "$line" ]; then
+        echo "== $name: no summary line (exit $rc): counted as 1 failure"
+        total_fail=$((total_fail + 1))
+        return
+    fi
+    p=$(echo "$line" | cut -d' ' -f1)
+    f=$(echo "$line" | cut -d' ' -f3)
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    total_pass=$((total_pass + p))
+    total_fail=$((total_fail + f))
+    echo "== $name: $p passed, $f failed"
+}
+
+export_model() {  # export_model NAME DTYPE [extra args]
+    name=$1 dtype=$2
+    shift 2
+    $PYTHON export.py test/models/$name build/models/${name}_$dtype.bin --dtype $dtype "$@" >/dev/null ||
+        { echo "== export of $name ($dtype) failed"; total_fail=$((total_fail + 1)); }
+}
+
+for m in tiny_a tiny_b; do
+    export_model $m f32
+    export_model $m bf16
+    export_model $m q8 --group-size 8
+done
+
+run tokenizer build/test_tokenizer
+run video build/test_video
+run matmul build/test_matmul
+run blocks build/test_blocks
+
+# Every golden case against the f32 export: 1e-4 of the logit scale, identical greedy tokens.
+for dir in test/goldens/tiny_*; do
+    case=$(basename "$dir")
+    model=$(echo "$case" | cut -d_ -f1-2)
+    run "$case f32" build/test_model build/models/${model}_f32.bin "$dir"
+done
+# bf16 and q8 weights: how far they move from the f32 goldens (bounded, reported; tokens may differ).
+for dir in test/goldens/tiny_a_text test/goldens/tiny_b_text; do
+    model=$(basename "$dir" | cut -d_ -f1-2)
+    run "$(basename $dir) bf16" build/test_model build/models/${model}_bf16.bin "$dir" --loose --tol 1e-1
+    run "$(basename $dir) q8" build/test_model build/models/${model}_q8.bin "$dir" --loose --tol 1e-1
+done
+
+run cli $PYTHON test/test_cli.py
+
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]

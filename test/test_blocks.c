@@ -1,0 +1,221 @@
+/*
+ * test_blocks.c: each neural-net block of llava.c against its textbook formula, computed naively in
+ * double. Exits non-zero on any mismatch; the last line is "N passed, N failed".
+ */
+#define TESTING
+#include "../llava.c"
+
+static int g_pass, g_fail;
+
+static void check(int ok, const char* what, double err) {
+    printf("  %-4s %-44s max err %.3g\n", ok ? "ok" : "FAIL", what, err);
+    if (ok) g_pass++; else g_fail++;
+}
+
+static uint64_t g_rng = 42;
+static float rnd(void) { return random_f32(&g_rng) * 2.0f - 1.0f; }
+static void fill(float* x, size_t n, float scale) { for (size_t i = 0; i < n; i++) x[i] = rnd() * scale; }
+
+static void test_norms(void) {
+    int n = 4096;
+    float *x = xmalloc(n * 4), *w = xmalloc(n * 4), *b = xmalloc(n * 4), *y = xmalloc(n * 4);
+    fill(x, n, 3.0f); fill(w, n, 1.0f); fill(b, n, 1.0f);
+    rmsnorm(y, x, w, n, 1e-5f);
+    double ss = 0, err = 0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    for (int i = 0; i < n; i++) {
+        double ref = w[i] * x[i] / sqrt(ss / n + 1e-5);
+        if (fabs(y[i] - ref) > err) err = fabs(y[i] - ref);
+    }
+    check(err < 1e-5, "rmsnorm vs w*x/sqrt(mean(x^2)+eps)", err);
+
+    layernorm(y, x, w, b, n, 1e-5f);
+    double mean = 0, var = 0;
+    for (int i = 0; i < n; i++) mean += x[i];
+    mean /= n;
+    for (int i = 0; i < n; i++) var += (x[i] - mean) * (x[i] - mean);
+    var /= n;
+    err = 0;
+    for (int i = 0; i < n; i++) {
+        double ref = (x[i] - mean) / sqrt(var + 1e-5) * w[i] + b[i];
+        if (fabs(y[i] - ref) > err) err = fabs(y[i] - ref);
+    }
+    check(err < 1e-5, "layernorm vs (x-mean)/sqrt(var+eps)*w+b", err);
+    free(x); free(w); free(b); free(y);
+}
+
+static void test_activations(void) {
+    double e1 = 0, e2 = 0, e3 = 0, e4 = 0;
+    for (int i = -2000; i <= 2000; i++) {
+        double x = i / 100.0;
+        e1 = fmax(e1, fabs(gelu((float)x) - 0.5 * x * (1 + erf(x / sqrt(2.0)))));
+        e2 = fmax(e2, fabs(quick_gelu((float)x) - x / (1 + exp(-1.702 * x))));
+        e3 = fmax(e3, fabs(silu((float)x) - x / (1 + exp(-x))));
+    }
+    check(e1 < 1e-5, "gelu vs 0.5x(1+erf(x/sqrt2))", e1);
+    check(e2 < 1e-5, "quick_gelu vs x*sigmoid(1.702x)", e2);
+    check(e3 < 1e-5, "silu vs x*sigmoid(x)", e3);
+    float x[100];
+    fill(x, 100, 20.0f);
+    double mx = -1e30, sum = 0, ref[100];
+    for (int i = 0; i < 100; i++) mx = fmax(mx, x[i]);
+    for (int i = 0; i < 100; i++) sum += ref[i] = exp(x[i] - mx);
+    softmax(x, 100);
+    for (int i = 0; i < 100; i++) e4 = fmax(e4, fabs(x[i] - ref[i] / sum));
+    check(e4 < 1e-6, "softmax vs exp(x-max)/sum", e4);
+}
+
+// RoPE as the rotation of complex numbers (x[j] + i x[j+half]) * e^(i pos inv_freq[j]).
+static void test_rope(void) {
+    int heads = 3, hd = 16, half = 8;
+    float inv_freq[8], x[48], y[48];
+    for (int j = 0; j < half; j++) inv_freq[j] = 1.0f / powf(10000.0f, 2.0f * j / hd) / 2.5f;
+    fill(x, 48, 1.0f);
+    memcpy(y, x, sizeof(x));
+    rope(y, heads, hd, 37, inv_freq);
+    double err = 0;
+    for (int h = 0; h < heads; h++)
+        for (int j = 0; j < half; j++) {
+            double th = 37.0 * inv_freq[j];
+            double re = x[h * hd + j] * cos(th) - x[h * hd + j + half] * sin(th);
+            double im = x[h * hd + j] * sin(th) + x[h * hd + j + half] * cos(th);
+            err = fmax(err, fmax(fabs(y[h * hd + j] - re), fabs(y[h * hd + j + half] - im)));
+        }
+    check(err < 1e-5, "rope vs complex rotation (rotate_half pairs)", err);
+    // q(p).k(p') depends only on p - p'
+    float q[16], k[16], q1[16], k1[16], q2[16], k2[16];
+    fill(q, 16, 1.0f); fill(k, 16, 1.0f);
+    memcpy(q1, q, 64); memcpy(k1, k, 64); memcpy(q2, q, 64); memcpy(k2, k, 64);
+    rope(q1, 1, 16, 10, inv_freq); rope(k1, 1, 16, 3, inv_freq);
+    rope(q2, 1, 16, 107, inv_freq); rope(k2, 1, 16, 100, inv_freq);
+    double d1 = 0, d2 = 0;
+    for (int i = 0; i < 16; i++) { d1 += q1[i] * k1[i]; d2 += q2[i] * k2[i]; }
+    check(fabs(d1 - d2) < 1e-4, "rope: q.k depends only on relative position", fabs(d1 - d2));
+}
+
+// Blocked attention vs a naive T x T softmax(QK^T/sqrt(d) + mask) V with grouped-query heads.
+static void test_attention(void) {
+    int T = 70, past = 5, S = past + T, H = 4, KV = 2, hd = 8;
+    size_t qd = (size_t)H * hd, kvd = (size_t)KV * hd;
+    float *q = xmalloc(T * qd * 4), *k = xmalloc(S * kvd * 4), *v = xmalloc(S * kvd * 4);
+    float *out = xmalloc(T * qd * 4);
+    fill(q, T * qd, 2.0f); fill(k, S * kvd, 2.0f); fill(v, S * kvd, 1.0f);
+    AttnArgs a = {out, q, k, v, T, H, KV, hd, qd, kvd, qd, past, 0, 1.0f / sqrtf(hd), 0};
+    attention(&a);
+    double err = 0;
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < H; h++) {
+            int kh = h / (H / KV), n = past + t + 1;
+            double sc[80], mx = -1e30, sum = 0;
+            for (int s = 0; s < n; s++) {
+                double d = 0;
+                for (int i = 0; i < hd; i++) d += (double)q[t * qd + h * hd + i] * k[s * kvd + kh * hd + i];
+                sc[s] = d / sqrt(hd);
+                mx = fmax(mx, sc[s]);
+            }
+            for (int s = 0; s < n; s++) sum += sc[s] = exp(sc[s] - mx);
+            for (int i = 0; i < hd; i++) {
+                double o = 0;
+                for (int s = 0; s < n; s++) o += sc[s] / sum * v[s * kvd + kh * hd + i];
+                err = fmax(err, fabs(o - out[t * qd + h * hd + i]));
+            }
+        }
+    check(err < 1e-5, "causal GQA attention vs naive softmax(QK^T)V", err);
+    free(q); free(k); free(v); free(out);
+}
+
+static void test_pool(void) {
+    int F = 2, g = 6, s = 2, D = 5, go = 3;
+    float in[2 * 36 * 5], out[2 * 9 * 5];
+    fill(in, sizeof(in) / 4, 1.0f);
+    average_pool(out, in, F, g, s, D);
+    double err = 0;
+    for (int f = 0; f < F; f++)
+        for (int i = 0; i < go; i++)
+            for (int j = 0; j < go; j++)
+                for (int d = 0; d < D; d++) {
+                    double r = 0;
+                    for (int dy = 0; dy < 2; dy++)
+                        for (int dx = 0; dx < 2; dx++) r += in[((f * g + 2 * i + dy) * g + 2 * j + dx) * D + d];
+                    err = fmax(err, fabs(r / 4 - out[((f * go + i) * go + j) * D + d]));
+                }
+    check(err < 1e-6, "average_pool vs mean of each 2x2 block", err);
+}
+
+static void test_dequantize(void) {
+    float f[8] = {1, -2, 3, -4, 5, -6, 7, -8};
+    uint16_t b[8];
+    for (int i = 0; i < 8; i++) { uint32_t u; memcpy(&u, &f[i], 4); b[i] = u >> 16; }
+    int8_t q[8] = {1, -2, 3, -4, 5, -6, 7, -8};
+    float sc[2] = {0.5f, 2.0f}, out[8];
+    Matrix mb = {DT_BF16, 1, 8, b, NULL, 0, NULL}, mq = {DT_Q8, 1, 8, q, sc, 4, NULL};
+    dequantize_row(out, &mb, 0);
+    double e = 0;
+    for (int i = 0; i < 8; i++) e = fmax(e, fabs(out[i] - f[i]));
+    dequantize_row(out, &mq, 0);
+    for (int i = 0; i < 8; i++) e = fmax(e, fabs(out[i] - q[i] * sc[i / 4]));
+    check(e == 0, "dequantize_row bf16 and q8 (group scales)", e);
+}
+
+static void test_prompt(void) {
+    char* s = chat_prompt("Why is this video funny?", 1);
+    check(!strcmp(s, "USER: <video>\nWhy is this video funny? ASSISTANT:"), "chat template with one video", 0);
+    free(s);
+    s = chat_prompt("Hi", 0);
+    check(!strcmp(s, "USER: Hi ASSISTANT:"), "chat template, text only", 0);
+    free(s);
+    int* ids = xmalloc(4 * sizeof(int));
+    ids[0] = 1; ids[1] = 32000; ids[2] = 13; ids[3] = 32000;
+    int n = expand_placeholders(&ids, 4, 32000, 3);
+    int want[] = {1, 32000, 32000, 32000, 13, 32000, 32000, 32000};
+    check(n == 8 && !memcmp(ids, want, sizeof(want)), "placeholder expansion", 0);
+    free(ids);
+}
+
+static void test_sampler(void) {
+    float logits[6] = {0.1f, 3.0f, 3.0f, -1.0f, 2.9f, 0.0f};
+    Sampler s = {0.0f, 0.9f, 7, xmalloc(6 * sizeof(int)), 6};
+    check(sample(&s, logits) == 1, "greedy picks the first maximum (torch.argmax)", 0);
+    int counts[6] = {0}, counts2[6] = {0};
+    Sampler a = {1.0f, 0.5f, 123, xmalloc(6 * sizeof(int)), 6}, b = a;
+    b.index = xmalloc(6 * sizeof(int));
+    for (int i = 0; i < 2000; i++) {
+        float l1[6], l2[6];
+        memcpy(l1, logits, sizeof(l1));
+        memcpy(l2, logits, sizeof(l2));
+        counts[sample(&a, l1)]++;
+        counts2[sample(&b, l2)]++;
+    }
+    // top-p 0.5: tokens 1 and 2 each hold ~0.37 of the mass, so the nucleus is {1, 2}
+    check(!memcmp(counts, counts2, sizeof(counts)) && counts[0] + counts[3] + counts[4] + counts[5] == 0 &&
+          counts[1] > 800 && counts[2] > 800, "top-p: seeded, nucleus only", 0);
+    free(s.index); free(a.index); free(b.index);
+}
+
+static void test_npy(void) {
+    float x[6] = {1, 2, 3, 4, 5, 6};
+    int64_t shape[2] = {2, 3};
+    write_npy("/tmp", "llava_test_blocks.npy", "<f4", x, 4, 2, shape);
+    char descr[4];
+    int nd;
+    int64_t sh[8];
+    float* y = read_npy("/tmp/llava_test_blocks.npy", descr, &nd, sh);
+    check(nd == 2 && sh[0] == 2 && sh[1] == 3 && !memcmp(x, y, sizeof(x)) && !strcmp(descr, "<f4"),
+          ".npy write/read round trip", 0);
+    free(y);
+}
+
+int main(void) {
+    pool_init(2);
+    test_norms();
+    test_activations();
+    test_rope();
+    test_attention();
+    test_pool();
+    test_dequantize();
+    test_prompt();
+    test_sampler();
+    test_npy();
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}

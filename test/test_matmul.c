@@ -1,0 +1,318 @@
+// test_matmul.c -- matmul.c's fast paths against matmul_ref, thread-count determinism, pool, edge cases.
+// Build: gcc -O3 -march=native -Wall -Wextra -pthread -o /tmp/test_matmul test/test_matmul.c -lm
+//        (also -O0 -fsanitize=address,undefined). Prints "N passed, N failed"; exits 1 on any failure.
+//
+// Tolerances (per output element, S = sum_k |w_k * x_k|, the natural scale of summation errors):
+// * f32 paths and every GEMV/widening path (f32 activations): |y - ref| <= 1e-5 * S (summation order).
+// * bf16 GEMM (vdpbf16ps): activations are rounded to bf16 first, so the kernel itself is checked
+//   against matmul_ref run on bf16-rounded activations (1e-5 * S), and against the f32 reference with
+//   the rigorous bound |sum w (x_bf16 - x)| <= 2^-8 * S (RNE to 8 significant bits).
+// * q8 GEMM (VNNI): checked exactly against a reference that quantizes the activations with the
+//   same mm_quantize_group (integer dot per group, then scales; 1e-5 relative for the f32 epilogue),
+//   and against the f32 reference with the rigorous bound sum_g scale_x[g]/2 * sum_k |w_k| (rounding
+//   each activation to the nearest multiple of its group scale).
+
+#include "../matmul.c"
+
+static int n_pass, n_fail;
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static uint32_t rng_u32(void) {
+    rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 32);
+}
+static float rng_uniform(void) { return (rng_u32() >> 8) * (1.0f / 16777216.0f) * 2.0f - 1.0f; }   // [-1, 1)
+
+static void check(int ok, const char* what) {
+    if (ok) n_pass++;
+    else { n_fail++; fprintf(stderr, "FAIL: %s\n", what); }
+}
+
+// A test matrix with its own storage.
+typedef struct { Matrix m; void* data; float* scales; } TestMat;
+
+static TestMat make_mat(DType type, int N, int K, int G) {
+    TestMat t = { { type, N, K, NULL, NULL, G, NULL }, NULL, NULL };
+    size_t n = (size_t)N * K;
+    if (type == DT_F32) {
+        float* d = malloc(n * 4);
+        for (size_t i = 0; i < n; i++) d[i] = rng_uniform();
+        t.data = d;
+    } else if (type == DT_BF16) {
+        uint16_t* d = malloc(n * 2);
+        for (size_t i = 0; i < n; i++) d[i] = mm_f32_to_bf16(rng_uniform());
+        t.data = d;
+    } else {
+        int8_t* d = malloc(n);
+        for (size_t i = 0; i < n; i++) d[i] = (int8_t)((int)(rng_u32() % 255) - 127);
+        t.scales = malloc((size_t)N * (K / G) * 4);
+        for (size_t i = 0; i < (size_t)N * (K / G); i++) t.scales[i] = 0.001f + 0.01f * (rng_uniform() + 1.0f);
+        if (N > 2 && K / G > 1) {       // one all-zero weight group with scale 0 (as export writes them)
+            memset(d + (size_t)1 * K, 0, (size_t)G);
+            t.scales[(size_t)1 * (K / G)] = 0.0f;
+        }
+        t.data = d;
+    }
+    t.m.data = t.data;
+    t.m.scales = t.scales;
+    return t;
+}
+
+static void free_mat(TestMat* t) { unpack_matrix(&t->m); free(t->data); free(t->scales); }
+
+static float* make_x(int T, int K) {
+    float* x = malloc((size_t)T * K * 4 + 4);
+    for (size_t i = 0; i < (size_t)T * K; i++) {
+        float v = rng_uniform();
+        if (rng_u32() % 64 == 0) v *= 20.0f;    // a few outliers, as in real activations
+        x[i] = v;
+    }
+    return x;
+}
+
+static float w_at(const Matrix* m, int n, int k) {
+    size_t i = (size_t)n * m->cols + k;
+    if (m->type == DT_F32) return ((const float*)m->data)[i];
+    if (m->type == DT_BF16) return mm_bf16_to_f32(((const uint16_t*)m->data)[i]);
+    return (float)((const int8_t*)m->data)[i];       // q8: the scale is applied per group by callers
+}
+
+// S[t][n] = sum_k |w x| (with dequantized weights)
+static double* abs_scale(const Matrix* m, const float* x, int T) {
+    int N = m->rows, K = m->cols;
+    double* s = malloc((size_t)T * N * sizeof(double));
+    for (int t = 0; t < T; t++)
+        for (int n = 0; n < N; n++) {
+            double acc = 0.0;
+            for (int k = 0; k < K; k++) {
+                double wv = w_at(m, n, k);
+                if (m->type == DT_Q8) wv *= m->scales[(size_t)n * (K / m->group) + k / m->group];
+                acc += fabs(wv * x[(size_t)t * K + k]);
+            }
+            s[(size_t)t * N + n] = acc;
+        }
+    return s;
+}
+
+// |y - ref| <= rel * S + bound (bound may be NULL); prints the worst element on failure
+static int close_enough(const float* y, const float* ref, const double* S, const double* bound,
+                        double rel, size_t n, const char* what) {
+    double worst = 0.0;
+    size_t wi = 0;
+    int bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        double lim = rel * S[i] + (bound ? bound[i] : 0.0) + 1e-30;
+        double d = fabs((double)y[i] - (double)ref[i]);
+        if (!(d <= lim)) bad++;
+        double r = d / lim;
+        if (!(r <= worst)) { worst = r; wi = i; }
+    }
+    if (bad)
+        fprintf(stderr, "  %s: %d/%zu elements out of tolerance; worst at %zu: got %.9g want %.9g (err/limit %.3g)\n",
+                what, bad, n, wi, y[wi], ref[wi], worst);
+    return bad == 0;
+}
+
+// q8 reference with quantized activations (what the VNNI kernel computes), and the rigorous bound
+// of the activation rounding: sum_g s_x[g]/2 * sum_k |w dequantized|.
+static void ref_q8_quantized(float* y, double* bound, const float* x, const Matrix* m, int T) {
+    int N = m->rows, K = m->cols, G = m->group, ng = K / G;
+    int8_t* q = malloc((size_t)K);
+    float* sx = malloc((size_t)ng * 4);
+    for (int t = 0; t < T; t++) {
+        for (int g = 0; g < ng; g++) (void)mm_quantize_group(x + (size_t)t * K + (size_t)g * G, G, q + (size_t)g * G, &sx[g]);
+        for (int n = 0; n < N; n++) {
+            double acc = 0.0, b = 0.0;
+            const int8_t* wn = (const int8_t*)m->data + (size_t)n * K;
+            for (int g = 0; g < ng; g++) {
+                long long isum = 0;
+                double wabs = 0.0;
+                for (int k = g * G; k < (g + 1) * G; k++) { isum += (long long)wn[k] * q[k]; wabs += abs(wn[k]); }
+                double sw = m->scales[(size_t)n * ng + g];
+                acc += sw * (double)sx[g] * (double)isum;
+                b += sx[g] * 0.5 * sw * wabs;
+            }
+            y[(size_t)t * N + n] = (float)acc;
+            bound[(size_t)t * N + n] = b * 1.0001;
+        }
+    }
+    free(q);
+    free(sx);
+}
+
+static const char* type_name[] = { "f32", "bf16", "q8" };
+
+// Which path will matmul take (mirrors matmul()'s choice, for naming and tolerances)?
+static int uses_lowprec_gemm(const Matrix* m, int T) {
+    if (!m->packed || mm_isa != MM_AVX512 || T <= mm_gemv_max_t[m->type]) return 0;
+    return (m->type == DT_BF16 && mm_has_bf16) || (m->type == DT_Q8 && mm_has_vnni);
+}
+
+static void test_case(DType type, int T, int N, int K, int G, int pack) {
+    char what[200];
+    snprintf(what, sizeof what, "%s isa=%s T=%d N=%d K=%d G=%d%s", type_name[type], matmul_isa_name(), T, N, K, G,
+             pack ? "" : " (unpacked)");
+    TestMat tm = make_mat(type, N, K, G);
+    Matrix* m = &tm.m;
+    if (pack) pack_matrix(m);
+    float* x = make_x(T, K);
+    size_t ny = (size_t)T * N;
+    float* ref = malloc(ny * 4);
+    float* y1 = malloc(ny * 4);
+    float* y2 = malloc(ny * 4);
+    float* y3 = malloc(ny * 4);
+    matmul_ref(ref, x, m, T);
+    double* S = abs_scale(m, x, T);
+    pool_init(1);
+    matmul(y1, x, m, T);
+    pool_init(2);
+    matmul(y2, x, m, T);
+    pool_init(3);
+    matmul(y3, x, m, T);
+    pool_init(2);
+    char msg[300];
+    snprintf(msg, sizeof msg, "%s: 1/2/3 threads bit-identical", what);
+    check(memcmp(y1, y2, ny * 4) == 0 && memcmp(y1, y3, ny * 4) == 0, msg);
+
+    if (!uses_lowprec_gemm(m, T)) {
+        snprintf(msg, sizeof msg, "%s: vs matmul_ref (1e-5 S)", what);
+        check(close_enough(y2, ref, S, NULL, 1e-5, ny, msg), msg);
+    } else if (type == DT_BF16) {
+        // kernel exactness: reference on bf16-rounded activations
+        float* xr = malloc((size_t)T * K * 4);
+        for (size_t i = 0; i < (size_t)T * K; i++) xr[i] = mm_bf16_to_f32(mm_f32_to_bf16(x[i]));
+        float* refr = malloc(ny * 4);
+        matmul_ref(refr, xr, m, T);
+        double* Sr = abs_scale(m, xr, T);
+        snprintf(msg, sizeof msg, "%s: bf16 GEMM vs ref on bf16-rounded x (1e-5 S)", what);
+        check(close_enough(y2, refr, Sr, NULL, 1e-5, ny, msg), msg);
+        snprintf(msg, sizeof msg, "%s: bf16 GEMM vs f32 ref (2^-8 S + 1e-5 S)", what);
+        check(close_enough(y2, ref, S, NULL, 1.0 / 256 + 1e-5, ny, msg), msg);
+        free(xr); free(refr); free(Sr);
+    } else {
+        float* refq = malloc(ny * 4);
+        double* bound = malloc(ny * sizeof(double));
+        ref_q8_quantized(refq, bound, x, m, T);
+        snprintf(msg, sizeof msg, "%s: q8 GEMM vs quantized-activation ref (1e-5 S)", what);
+        check(close_enough(y2, refq, S, NULL, 1e-5, ny, msg), msg);
+        snprintf(msg, sizeof msg, "%s: q8 GEMM vs f32 ref (activation rounding bound)", what);
+        check(close_enough(y2, ref, S, bound, 1e-5, ny, msg), msg);
+        free(refq); free(bound);
+    }
+    free(x); free(ref); free(y1); free(y2); free(y3); free(S);
+    free_mat(&tm);
+}
+
+// NaN in one activation row poisons exactly that row; zero / tiny rows give exact zeros (q8: scale 0).
+static void test_special(DType type, int T, int N, int K, int G) {
+    char msg[200];
+    TestMat tm = make_mat(type, N, K, G);
+    pack_matrix(&tm.m);
+    float* x = make_x(T, K);
+    for (int k = 0; k < K; k++) x[(size_t)1 * K + k] = 0.0f;        // row 1: zeros
+    for (int k = 0; k < K; k++) x[(size_t)2 * K + k] = 1e-38f * (k % 3 - 1); // row 2: tiny (denormal-ish)
+    x[(size_t)0 * K + K / 2] = NAN;                                 // row 0: one NaN
+    float* y = malloc((size_t)T * N * 4);
+    matmul(y, x, &tm.m, T);
+    int nan_ok = 1, zero_ok = 1, tiny_ok = 1, rest_ok = 1;
+    for (int n = 0; n < N; n++) {
+        if (y[n] == y[n]) nan_ok = 0;
+        if (y[(size_t)1 * N + n] != 0.0f) zero_ok = 0;
+        if (!(fabsf(y[(size_t)2 * N + n]) < 1e-30f)) tiny_ok = 0;
+        for (int t = 3; t < T; t++) if (y[(size_t)t * N + n] != y[(size_t)t * N + n]) rest_ok = 0;
+    }
+    snprintf(msg, sizeof msg, "%s isa=%s T=%d special rows: NaN row is NaN", type_name[type], matmul_isa_name(), T);
+    check(nan_ok, msg);
+    snprintf(msg, sizeof msg, "%s isa=%s T=%d special rows: zero row is 0", type_name[type], matmul_isa_name(), T);
+    check(zero_ok, msg);
+    snprintf(msg, sizeof msg, "%s isa=%s T=%d special rows: tiny row ~0", type_name[type], matmul_isa_name(), T);
+    check(tiny_ok, msg);
+    snprintf(msg, sizeof msg, "%s isa=%s T=%d special rows: other rows finite", type_name[type], matmul_isa_name(), T);
+    check(rest_ok, msg);
+    free(x); free(y);
+    free_mat(&tm);
+}
+
+// pool: every task runs exactly once; nested pool_for and a matmul inside a task run inline.
+static atomic_int task_hits[1000];
+static void count_task(void* ctx, int t) { (void)ctx; atomic_fetch_add(&task_hits[t], 1); }
+typedef struct { Matrix* m; const float* x; float* y; int T; } NestCtx;
+static void nested_task(void* vctx, int t) {
+    NestCtx* c = vctx;
+    pool_for(10, count_task, NULL);
+    matmul(c->y + (size_t)t * c->T * c->m->rows, c->x, c->m, c->T);
+}
+
+static void test_pool(void) {
+    for (int nth = 1; nth <= 3; nth++) {
+        pool_init(nth);
+        for (int rep = 0; rep < 200; rep++) {
+            for (int i = 0; i < 1000; i++) atomic_store(&task_hits[i], 0);
+            int nt = 1 + rep * 5;
+            pool_for(nt, count_task, NULL);
+            int ok = 1;
+            for (int i = 0; i < nt; i++) ok &= atomic_load(&task_hits[i]) == 1;
+            if (!ok) { check(0, "pool_for runs every task exactly once"); return; }
+        }
+        check(pool_size() == nth, "pool_size");
+        check(1, "pool_for runs every task exactly once");
+    }
+    pool_init(2);
+    TestMat tm = make_mat(DT_F32, 40, 64, 0);
+    pack_matrix(&tm.m);
+    int T = 20;
+    float* x = make_x(T, 64);
+    float* y = malloc((size_t)4 * T * 40 * 4);
+    float* ref = malloc((size_t)T * 40 * 4);
+    for (int i = 0; i < 1000; i++) atomic_store(&task_hits[i], 0);
+    NestCtx c = { &tm.m, x, y, T };
+    pool_for(4, nested_task, &c);
+    matmul(ref, x, &tm.m, T);
+    int ok = 1;
+    for (int t = 0; t < 4; t++) ok &= memcmp(y + (size_t)t * T * 40, ref, (size_t)T * 40 * 4) == 0;
+    for (int i = 0; i < 10; i++) ok &= atomic_load(&task_hits[i]) == 4;
+    check(ok, "nested pool_for / matmul inside a task");
+    free(x); free(y); free(ref);
+    free_mat(&tm);
+}
+
+int main(int argc, char** argv) {
+    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    test_pool();
+    mm_detect_isa();
+    int max_isa = mm_isa, vnni = mm_has_vnni, bf16 = mm_has_bf16;
+    printf("cpu: %s\n", matmul_isa_name());
+    // ISA configurations: best, AVX-512 without VNNI/BF16 (widening kernels), AVX2, scalar
+    int cfg[4][3] = { { MM_AVX512, 1, 1 }, { MM_AVX512, 0, 0 }, { MM_AVX2, 0, 0 }, { MM_SCALAR, 0, 0 } };
+    int Ts[] = { 1, 2, 5, 13, 14, 15, 577 };
+    for (int c = 0; c < 4; c++) {
+        if (cfg[c][0] > max_isa) continue;
+        if (c == 1 && !vnni && !bf16) continue;     // same as config 0
+        matmul_set_isa(cfg[c][0], cfg[c][1], cfg[c][2]);
+        for (int ti = 0; ti < (int)(sizeof Ts / sizeof Ts[0]); ti++) {
+            int T = Ts[ti];
+            if (T == 577 && (quick || c >= 2)) continue;
+            int N1 = T == 577 ? 70 : 100;
+            test_case(DT_F32, T, N1, 96, 0, 1);
+            test_case(DT_F32, T, 33, 37, 0, 1);         // odd K, N = 32 + 1
+            test_case(DT_BF16, T, N1, 96, 0, 1);
+            test_case(DT_BF16, T, 31, 37, 0, 1);        // odd K: zero-padded pair
+            test_case(DT_Q8, T, N1, 128, 64, 1);
+            test_case(DT_Q8, T, 45, 96, 32, 1);
+            test_case(DT_Q8, T, 17, 40, 4, 1);          // tiny groups
+        }
+        test_case(DT_Q8, 9, 20, 60, 6, 1);              // group % 4 != 0: portable path
+        test_case(DT_F32, 16, 64, 64, 0, 0);            // never packed: portable path
+        for (int type = 0; type < 3; type++) {
+            test_special((DType)type, 4, 50, 128, 64);
+            test_special((DType)type, 20, 50, 128, 64);
+        }
+    }
+    matmul_set_isa(max_isa, vnni, bf16);
+    test_case(DT_F32, 300, 1, 1, 0, 1);                 // degenerate shapes
+    test_case(DT_Q8, 30, 64, 2048, 64, 1);              // long K
+    test_case(DT_BF16, 30, 64, 2048, 0, 1);
+    test_case(DT_F32, 30, 64, 2048, 0, 1);
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}

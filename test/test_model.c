@@ -1,0 +1,221 @@
+/*
+ * test_model.c: runs one golden case written by test/make_goldens.py (transformers on a tiny
+ * random-weight model) through llava.c and compares every stage.
+ *
+ *   test_model MODEL.bin CASE_DIR [--tol REL] [--loose]
+ *
+ * Text cases (logits.npy): the logits of every prompt position, then the greedy tokens.
+ * Video cases (pixel_values_u8.npy): the golden pixels go in through the test hook (so model error is
+ * measured apart from preprocessing error): vision features, pooled+projected video features, merged
+ * input embeddings, the logits of the last prompt positions, the greedy tokens. Then the real clip is
+ * read from test/data with video.c and its pixels are compared with the processor's.
+ *
+ * Errors are relative to the scale of the golden tensor: max|ours - golden| / max|golden|.
+ * --tol sets the limit (default 1e-4, for f32 weights). --loose (bf16/q8 weights) reports the errors
+ * and whether greedy tokens changed, but fails only on a relative error above --tol.
+ * Exits non-zero on any failure; the last line is "N passed, N failed".
+ */
+#define TESTING
+#include "../llava.c"
+
+static int g_pass, g_fail;
+
+static void check(int ok, const char* what, const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("  %-4s %-22s ", ok ? "ok" : "FAIL", what);
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    if (ok) g_pass++; else g_fail++;
+}
+
+// max |a - b| / max |b| over n values; prints where the worst mismatch is.
+static double rel_error(const float* a, const float* b, size_t n, size_t* worst) {
+    double scale = 0, err = 0;
+    *worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (fabs(b[i]) > scale) scale = fabs(b[i]);
+        double d = fabs((double)a[i] - b[i]);
+        if (d > err || d != d) { err = d; *worst = i; }
+    }
+    return scale > 0 ? err / scale : err;
+}
+
+static void check_tensor(const char* name, const float* ours, const float* gold, size_t n, double tol) {
+    size_t worst;
+    double e = rel_error(ours, gold, n, &worst);
+    check(e <= tol, name, "max rel err %.3g (tol %.0e; worst at %zu: %.6g vs %.6g)", e, tol, worst,
+          ours[worst], gold[worst]);
+}
+
+static void* load_golden(const char* dir, const char* name, const char* want, int* ndim, int64_t* shape) {
+    char path[4096], descr[4];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    void* d = read_npy(path, descr, ndim, shape);
+    if (strcmp(descr, want)) fatal("%s: dtype %s, expected %s", path, descr, want);
+    return d;
+}
+
+static int file_exists(const char* dir, const char* name) {
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    return access(path, R_OK) == 0;
+}
+
+// Finds `"key": value` in meta.json; copies a string value (without quotes) or a number.
+static int meta_field(const char* dir, const char* key, char* out, size_t cap) {
+    char path[4096];
+    snprintf(path, sizeof(path), "%s/meta.json", dir);
+    FILE* f = fopen(path, "rb");
+    if (!f) return 0;
+    size_t len;
+    char* s = read_stream(f, &len);
+    fclose(f);
+    char pat[128];
+    snprintf(pat, sizeof(pat), "\"%s\": ", key);
+    char* p = strstr(s, pat);
+    int found = 0;
+    if (p) {
+        p += strlen(pat);
+        size_t n = 0;
+        if (*p == '"') { p++; while (p[n] && p[n] != '"' && n + 1 < cap) n++; }
+        else while (p[n] && p[n] != ',' && p[n] != '\n' && p[n] != '}' && n + 1 < cap) n++;
+        memcpy(out, p, n);
+        out[n] = 0;
+        found = 1;
+    }
+    free(s);
+    return found;
+}
+
+// Greedy generation from the current logits; compares with generated.npy.
+static void check_greedy(Model* m, const char* dir, int T, int loose) {
+    int nd;
+    int64_t sh[8];
+    int* gold = load_golden(dir, "generated.npy", "<i4", &nd, sh);
+    int n = (int)sh[0], same = 0, first_diff = -1;
+    int* ours = xmalloc((size_t)(n + 1) * sizeof(int));
+    for (int i = 0; i < n; i++) {
+        ours[i] = argmax(m->state.logits, m->config.vocab_size);
+        if (ours[i] == gold[i]) same++; else if (first_diff < 0) first_diff = i;
+        if (i + 1 < n) decode_step(m, ours[i], T + i);
+    }
+    if (loose)
+        printf("  info greedy tokens          %d/%d equal to the f32 golden%s\n", same, n,
+               first_diff >= 0 ? " (they diverge)" : "");
+    else
+        check(same == n, "greedy tokens", "%d/%d equal (first difference at %d)", same, n, first_diff);
+    free(ours);
+    free(gold);
+}
+
+int main(int argc, char** argv) {
+    if (argc < 3) { fprintf(stderr, "usage: test_model MODEL.bin CASE_DIR [--tol REL] [--loose]\n"); return 2; }
+    const char* dir = argv[2];
+    double tol = 1e-4;
+    int loose = 0;
+    for (int i = 3; i < argc; i++) {
+        if (!strcmp(argv[i], "--tol") && i + 1 < argc) tol = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--loose")) loose = 1;
+    }
+    pool_init((int)sysconf(_SC_NPROCESSORS_ONLN));
+    Model model;
+    build_model(&model, argv[1]);
+    Model* m = &model;
+    Config* p = &m->config;
+    printf("%s on %s\n", dir, argv[1]);
+
+    int nd;
+    int64_t sh[8];
+    int* ids = load_golden(dir, "input_ids.npy", "<i4", &nd, sh);
+    int T = (int)sh[0];
+    int V = p->vocab_size, D = p->dim;
+
+    VideoFeatures vf = {0};
+    int n_video_rows = 0;
+    int is_video = file_exists(dir, "pixel_values_u8.npy");
+    uint8_t* gold_u8 = NULL;
+    int S = p->image_size, C = p->n_channels;
+    if (is_video) {
+        gold_u8 = load_golden(dir, "pixel_values_u8.npy", "|u1", &nd, sh);
+        if (nd != 4 || sh[1] != C || sh[2] != S || sh[3] != S) fatal("%s: pixel golden shape mismatch", dir);
+        vf.F = (int)sh[0];
+        size_t count = (size_t)vf.F * C * S * S;
+        float table[3][256];
+        normalize_table(table, p->image_mean, p->image_std);
+        vf.pixel_values = xmalloc(count * sizeof(float));
+        for (size_t i = 0; i < count; i++) vf.pixel_values[i] = table[(i / ((size_t)S * S)) % C][gold_u8[i]];
+        video_features(m, &vf);
+        n_video_rows = vf.F * video_tokens_per_frame(p);
+        float* g = load_golden(dir, "vision_features.npy", "<f4", &nd, sh);
+        check_tensor("vision features", vf.vision_features, g, (size_t)sh[0] * sh[1] * sh[2], tol);
+        free(g);
+        g = load_golden(dir, "video_features.npy", "<f4", &nd, sh);
+        check(sh[0] == n_video_rows && sh[1] == D, "video features shape", "(%lld, %lld)", (long long)sh[0],
+              (long long)sh[1]);
+        check_tensor("video features", vf.video_features, g, (size_t)n_video_rows * D, tol);
+        free(g);
+    }
+    float* embeds = merge_embeddings(m, ids, T, vf.video_features, n_video_rows);
+    if (file_exists(dir, "inputs_embeds.npy")) {
+        float* g = load_golden(dir, "inputs_embeds.npy", "<f4", &nd, sh);
+        check_tensor("inputs_embeds", embeds, g, (size_t)T * D, tol);
+        free(g);
+    }
+
+    build_state(m, T + 64, T < 512 ? T : 512);
+    float* logits = xmalloc((size_t)T * V * sizeof(float));
+    prefill(m, embeds, T, logits);
+    if (file_exists(dir, "logits.npy")) {
+        float* g = load_golden(dir, "logits.npy", "<f4", &nd, sh);
+        check(sh[0] == T && sh[1] == V, "logits shape", "(%lld, %lld)", (long long)sh[0], (long long)sh[1]);
+        check_tensor("logits (all positions)", logits, g, (size_t)T * V, tol);
+        free(g);
+    } else {
+        float* g = load_golden(dir, "logits_last.npy", "<f4", &nd, sh);
+        int n = (int)sh[0];
+        check_tensor("logits (last positions)", logits + (size_t)(T - n) * V, g, (size_t)n * V, tol);
+        free(g);
+    }
+    check_greedy(m, dir, T, loose);
+
+    // The real clip through video.c: pixels against the processor's (±1 level is the target).
+    char clip[256], frames[32];
+    if (is_video && meta_field(dir, "clip", clip, sizeof(clip)) && meta_field(dir, "num_frames", frames, sizeof(frames))) {
+        char path[512];
+        snprintf(path, sizeof(path), "test/data/%s.y4m", clip);
+        if (access(path, R_OK) == 0) {
+            Video video;
+            load_video(&video, path, 0, 0, atoi(frames), S, p->image_mean, p->image_std);
+            size_t count = (size_t)vf.F * C * S * S, exact = 0;
+            int max_level = 0;
+            float table[3][256];
+            normalize_table(table, p->image_mean, p->image_std);
+            double max_diff = 0;
+            for (size_t i = 0; i < count && video.n_frames == vf.F; i++) {
+                float gold = table[(i / ((size_t)S * S)) % C][gold_u8[i]];
+                double d = fabs(video.pixels[i] - gold);
+                if (d > max_diff) max_diff = d;
+                if (d == 0) exact++;
+                else {
+                    // the level difference: find the u8 level our value came from
+                    for (int l = 0; l < 256; l++)
+                        if (table[(i / ((size_t)S * S)) % C][l] == video.pixels[i]) {
+                            int dl = abs(l - gold_u8[i]);
+                            if (dl > max_level) max_level = dl;
+                            break;
+                        }
+                }
+            }
+            check(video.n_frames == vf.F, "sampled frames", "%d (golden %d)", video.n_frames, vf.F);
+            double frac = count ? (double)exact / count : 0;
+            check(max_level <= 1 && frac >= 0.99, "pixels from the clip", "%.4f%% exact, max %d level (%.4f)",
+                  100 * frac, max_level, max_diff);
+            free_video(&video);
+        }
+    }
+
+    printf("%d passed, %d failed\n", g_pass, g_fail);
+    return g_fail ? 1 : 0;
+}
