@@ -586,7 +586,9 @@ def tensor_plan(ck, h, w):
         die("checkpoint has no lm_head.weight and tie_word_embeddings is false")
 
 
-def export(hf_dir, out_path, dtype, group):
+def export(hf_dir, out_path, dtype, group, source=None):
+    """source: where the tensors come from; the checkpoint in hf_dir unless given (bench/make_random_model.py
+    passes random weights with the same names and shapes)."""
     h = read_config(hf_dir)
     tokens = load_tokenizer(hf_dir)
     for name in ("bos", "eos", "image_token", "video_token"):
@@ -595,7 +597,7 @@ def export(hf_dir, out_path, dtype, group):
     if len(tokens) > h["vocab_size"]:
         die("%s: tokenizer has %d tokens but vocab_size is %d" % (hf_dir, len(tokens), h["vocab_size"]))
     blob = tokenizer_blob(tokens)
-    ck = Checkpoint(hf_dir)
+    ck = source or Checkpoint(hf_dir)
     h.update(magic=MAGIC, version=VERSION, weight_type=DTYPES[dtype], group_size=group if dtype == "q8" else 0,
              n_tokens=len(tokens), tokenizer_bytes=len(blob))
     tmp = out_path + ".tmp"
@@ -606,7 +608,8 @@ def export(hf_dir, out_path, dtype, group):
         tensor_plan(ck, h, w)
         w.align()
         size = f.tell()
-    ck.check_all_used()
+    if source is None:
+        ck.check_all_used()
     os.replace(tmp, out_path)
     if w.worst:
         worst = max(w.worst)

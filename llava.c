@@ -473,56 +473,235 @@ static void dequantize_row(float* out, const Matrix* w, int row) {
 }
 
 // ----------------------------------------------------------------------------
-// Attention. Queries are processed one row at a time per (head, block of rows) task, so no T x T
-// score matrix is ever materialised: the scratch is one row of scores per task.
+// Attention: softmax(q k^T * scale + causal mask) v per head, for the vision tower (no mask) and the
+// language model (causal, grouped-query, keys from the KV cache).
+//
+// Work is split into (head, block of 32 query rows) tasks. Within a task the 32 queries are the 32 lanes
+// of a vector (GCC/clang vector extensions: one zmm pair with AVX-512, four ymm with AVX2, plain
+// scalars elsewhere), so the score block is kept transposed, S^T (keys x 32 queries), and the softmax
+// is lane-wise: max, exp and sum run down the key rows with no horizontal reductions. A task's scratch
+// is keys x 32 floats (640 KB at 5,000 keys), never the T x T matrix. One-token decode steps use
+// a row-at-a-time path vectorised over head_dim instead, as 31 of the 32 lanes would be idle.
+
+// The native vector of the build target: 16 floats with AVX-512, 8 with AVX, 4 otherwise (SSE, NEON,
+// or plain scalars the compiler lowers it to). A block of queries is two of them.
+#if defined(__AVX512F__)
+#define VL 16
+#elif defined(__AVX__)
+#define VL 8
+#else
+#define VL 4
+#endif
+#define ATTN_LANES (2 * VL)
+#define ATTN_CHUNK 128  // keys per copied chunk of the K or V cache
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+
+// where(m, a, b) lane-wise: m is -1 (all bits set) where true, as vector comparisons return.
+static vf vselect(vi m, vf a, vf b) {
+    return (vf)(((vi)a & m) | ((vi)b & ~m));  // same-size vector casts keep the bits
+}
+
+// exp(x) for x <= 0, lane-wise, to ~1 ulp (Cephes expf: x = n ln2 + r, |r| <= ln2/2, a degree-6
+// polynomial for e^r, then 2^n through the exponent bits). Below -87 it returns 0.
+static vf vexp_neg(vf x) {
+    const vi underflow = x < -87.0f;
+    x = vselect(underflow, (vf){0} - 87.0f, x);
+    vf fx = x * 1.44269504088896341f + 0.5f;
+    vi n = __builtin_convertvector(fx, vi);
+    n += __builtin_convertvector(n, vf) > fx;  // truncation -> floor (a true comparison is -1)
+    vf nf = __builtin_convertvector(n, vf);
+    vf r = x - nf * 0.693359375f - nf * -2.12194440e-4f;
+    vf p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    p = p * (vf)((n + 127) << 23);  // 2^n: n + 127 in the exponent field
+    return vselect(underflow, (vf){0}, p);
+}
 
 typedef struct {
-    float* out;        // (T, n_heads*head_dim)
+    float* out;        // (T, n_heads*head_dim), row stride out_stride
     const float* q;    // (T, n_heads*head_dim), row stride q_stride
     const float* k;    // (S, n_kv_heads*head_dim) keys for positions 0..S-1, row stride kv_stride
     const float* v;    // (S, n_kv_heads*head_dim)
     int T, n_heads, n_kv_heads, head_dim;
     size_t q_stride, kv_stride, out_stride;
     int causal_offset; // causal: query t sees keys 0..causal_offset+t; -1 = no mask (CLIP)
-    int n_keys;        // keys without a mask
-    float scale;
-    int rows_per_task;
+    int n_keys;        // keys when there is no mask
+    float scale;       // 1/sqrt(head_dim)
 } AttnArgs;
 
-static void attention_task(void* ctx, int task) {
-    AttnArgs* a = ctx;
-    int blocks = (a->T + a->rows_per_task - 1) / a->rows_per_task;
-    int h = task / blocks, t0 = (task % blocks) * a->rows_per_task;
-    int t1 = t0 + a->rows_per_task < a->T ? t0 + a->rows_per_task : a->T;
-    int kvh = h / (a->n_heads / a->n_kv_heads);  // grouped-query: n_heads/n_kv_heads queries share a kv head
-    int hd = a->head_dim;
-    int max_keys = a->causal_offset >= 0 ? a->causal_offset + t1 : a->n_keys;
-    float* att = xmalloc((size_t)max_keys * sizeof(float));
-    for (int t = t0; t < t1; t++) {
-        const float* q = a->q + (size_t)t * a->q_stride + (size_t)h * hd;
-        int n = a->causal_offset >= 0 ? a->causal_offset + t + 1 : a->n_keys;
-        for (int s = 0; s < n; s++) {
-            const float* k = a->k + (size_t)s * a->kv_stride + (size_t)kvh * hd;
-            float dot = 0;
-            for (int i = 0; i < hd; i++) dot += q[i] * k[i];
-            att[s] = dot * a->scale;
+// Per-thread scratch that grows as needed and is kept for the next call (a malloc per task would page-
+// fault its way through hundreds of KB every time).
+static float* attn_scratch(size_t floats) {
+    static _Thread_local float* buf;
+    static _Thread_local size_t cap;
+    if (floats > cap) {
+        free(buf);
+        cap = floats + floats / 4;
+        buf = aligned_alloc(64, (cap * sizeof(float) + 63) & ~(size_t)63);
+        if (!buf) fatal("out of memory for attention scratch (%zu floats)", cap);
+    }
+    return buf;
+}
+
+static int attn_blocks(const AttnArgs* a) { return (a->T + ATTN_LANES - 1) / ATTN_LANES; }
+
+static void attention_block_task(void* ctx, int task) {
+    const AttnArgs* a = ctx;
+    int blocks = attn_blocks(a);
+    int b = blocks - 1 - task / a->n_heads;  // the longest causal blocks first, heads sharing K/V together
+    int h = task % a->n_heads;
+    int t0 = b * ATTN_LANES, nq = a->T - t0 < ATTN_LANES ? a->T - t0 : ATTN_LANES;
+    int hd = a->head_dim, kvh = h / (a->n_heads / a->n_kv_heads);  // GQA: n_heads/n_kv_heads share a kv head
+    int n = a->causal_offset >= 0 ? a->causal_offset + t0 + nq : a->n_keys;  // keys any lane can see
+    size_t ks = a->kv_stride;
+    const float* kbase = a->k + (size_t)kvh * hd;
+    const float* vbase = a->v + (size_t)kvh * hd;
+
+    // Scratch: Q^T (hd rows of two vectors), S^T (n rows), O^T (hd rows), and a chunk of K or V rows
+    // copied out of the strided cache (its rows are a page apart: reading them in place thrashes the TLB).
+    vf* qt = (vf*)attn_scratch((size_t)(2 * hd + n) * ATTN_LANES + (size_t)ATTN_CHUNK * hd);
+    vf* st = qt + 2 * hd;
+    vf* ot = st + 2 * (size_t)n;
+    float* kv = (float*)(ot + 2 * hd);  // (ATTN_CHUNK, hd)
+    // Q^T; lanes past the last query are zero (their results are never written).
+    for (int i = 0; i < hd; i++) {
+        float* row = (float*)&qt[2 * i];
+        for (int j = 0; j < ATTN_LANES; j++)
+            row[j] = j < nq ? a->q[(size_t)(t0 + j) * a->q_stride + (size_t)h * hd + i] : 0.0f;
+    }
+    // S^T = K Q^T * scale: four key rows at a time share each Q^T load (8 accumulators).
+    for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
+        int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK;
+        for (int r = 0; r < cn; r++) memcpy(kv + (size_t)r * hd, kbase + (size_t)(c0 + r) * ks, hd * sizeof(float));
+        int r = 0;
+        for (; r + 4 <= cn; r += 4) {
+            const float* k0 = kv + (size_t)r * hd;
+            vf c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+            for (int i = 0; i < hd; i++) {
+                vf q0 = qt[2 * i], q1 = qt[2 * i + 1];
+                float x0 = k0[i], x1 = k0[hd + i], x2 = k0[2 * hd + i], x3 = k0[3 * hd + i];
+                c00 += x0 * q0; c01 += x0 * q1;
+                c10 += x1 * q0; c11 += x1 * q1;
+                c20 += x2 * q0; c21 += x2 * q1;
+                c30 += x3 * q0; c31 += x3 * q1;
+            }
+            vf* o = st + 2 * (size_t)(c0 + r);
+            o[0] = c00 * a->scale; o[1] = c01 * a->scale; o[2] = c10 * a->scale; o[3] = c11 * a->scale;
+            o[4] = c20 * a->scale; o[5] = c21 * a->scale; o[6] = c30 * a->scale; o[7] = c31 * a->scale;
         }
-        softmax(att, n);
-        float* o = a->out + (size_t)t * a->out_stride + (size_t)h * hd;
-        memset(o, 0, hd * sizeof(float));
-        for (int s = 0; s < n; s++) {
-            const float* v = a->v + (size_t)s * a->kv_stride + (size_t)kvh * hd;
-            float p = att[s];
-            for (int i = 0; i < hd; i++) o[i] += p * v[i];
+        for (; r < cn; r++) {
+            const float* k0 = kv + (size_t)r * hd;
+            vf c0v = {0}, c1v = {0};
+            for (int i = 0; i < hd; i++) { c0v += k0[i] * qt[2 * i]; c1v += k0[i] * qt[2 * i + 1]; }
+            st[2 * (size_t)(c0 + r)] = c0v * a->scale;
+            st[2 * (size_t)(c0 + r) + 1] = c1v * a->scale;
         }
     }
-    free(att);
+    // Causal mask: query lane j (position causal_offset + t0 + j) sees keys up to its own position.
+    if (a->causal_offset >= 0)
+        for (int j = 0; j < nq; j++)
+            for (int k = a->causal_offset + t0 + j + 1; k < n; k++) ((float*)&st[2 * k])[j] = -INFINITY;
+    // Lane-wise softmax numerator and sum (the division by the sum is applied to O at the end).
+    vf m0 = st[0], m1 = st[1], sum0 = {0}, sum1 = {0};
+    for (int k = 1; k < n; k++) {
+        m0 = vselect(st[2 * k] > m0, st[2 * k], m0);
+        m1 = vselect(st[2 * k + 1] > m1, st[2 * k + 1], m1);
+    }
+    for (int k = 0; k < n; k++) {
+        st[2 * k] = vexp_neg(st[2 * k] - m0);
+        st[2 * k + 1] = vexp_neg(st[2 * k + 1] - m1);
+        sum0 += st[2 * k];
+        sum1 += st[2 * k + 1];
+    }
+    // O^T = V^T P^T: four head_dim rows at a time share each P row load (8 accumulators).
+    for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
+    for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
+        int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK;
+        for (int r = 0; r < cn; r++) memcpy(kv + (size_t)r * hd, vbase + (size_t)(c0 + r) * ks, hd * sizeof(float));
+        const vf* p = st + 2 * (size_t)c0;
+        int i = 0;
+        for (; i + 4 <= hd; i += 4) {
+            vf c00 = ot[2 * i], c01 = ot[2 * i + 1], c10 = ot[2 * i + 2], c11 = ot[2 * i + 3];
+            vf c20 = ot[2 * i + 4], c21 = ot[2 * i + 5], c30 = ot[2 * i + 6], c31 = ot[2 * i + 7];
+            for (int k = 0; k < cn; k++) {
+                const float* vk = kv + (size_t)k * hd + i;
+                vf p0 = p[2 * k], p1 = p[2 * k + 1];
+                c00 += vk[0] * p0; c01 += vk[0] * p1;
+                c10 += vk[1] * p0; c11 += vk[1] * p1;
+                c20 += vk[2] * p0; c21 += vk[2] * p1;
+                c30 += vk[3] * p0; c31 += vk[3] * p1;
+            }
+            ot[2 * i] = c00; ot[2 * i + 1] = c01; ot[2 * i + 2] = c10; ot[2 * i + 3] = c11;
+            ot[2 * i + 4] = c20; ot[2 * i + 5] = c21; ot[2 * i + 6] = c30; ot[2 * i + 7] = c31;
+        }
+        for (; i < hd; i++)
+            for (int k = 0; k < cn; k++) {
+                ot[2 * i] += kv[(size_t)k * hd + i] * p[2 * k];
+                ot[2 * i + 1] += kv[(size_t)k * hd + i] * p[2 * k + 1];
+            }
+    }
+    for (int i = 0; i < hd; i++) {
+        ot[2 * i] /= sum0;
+        ot[2 * i + 1] /= sum1;
+    }
+    for (int j = 0; j < nq; j++) {
+        float* o = a->out + (size_t)(t0 + j) * a->out_stride + (size_t)h * hd;
+        for (int d = 0; d < hd; d++) o[d] = ((const float*)&ot[2 * d])[j];
+    }
+}
+
+// Dot product and y += a*x over n floats, VL at a time (unaligned loads through memcpy), scalar tail.
+static float dot_f32(const float* a, const float* b, int n) {
+    vf acc = {0};
+    int i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf x, y;
+        memcpy(&x, a + i, sizeof(x));
+        memcpy(&y, b + i, sizeof(y));
+        acc += x * y;
+    }
+    float sum = 0;
+    for (int j = 0; j < VL; j++) sum += acc[j];
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+static void axpy_f32(float* y, float a, const float* x, int n) {
+    int i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf xv, yv;
+        memcpy(&xv, x + i, sizeof(xv));
+        memcpy(&yv, y + i, sizeof(yv));
+        yv += a * xv;
+        memcpy(y + i, &yv, sizeof(yv));
+    }
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+// One query row (decode): scores over the keys, then a weighted sum of the values. Memory-bound on
+// the KV cache; the keys of a long prompt are read once per head.
+static void attention_row_task(void* ctx, int task) {
+    const AttnArgs* a = ctx;
+    int h = task % a->n_heads, t = task / a->n_heads;
+    int hd = a->head_dim, kvh = h / (a->n_heads / a->n_kv_heads);
+    int n = a->causal_offset >= 0 ? a->causal_offset + t + 1 : a->n_keys;
+    float* att = attn_scratch((size_t)n + 16);
+    const float* q = a->q + (size_t)t * a->q_stride + (size_t)h * hd;
+    for (int s = 0; s < n; s++) att[s] = dot_f32(q, a->k + (size_t)s * a->kv_stride + (size_t)kvh * hd, hd) * a->scale;
+    softmax(att, n);
+    float* o = a->out + (size_t)t * a->out_stride + (size_t)h * hd;
+    memset(o, 0, hd * sizeof(float));
+    for (int s = 0; s < n; s++) axpy_f32(o, att[s], a->v + (size_t)s * a->kv_stride + (size_t)kvh * hd, hd);
 }
 
 static void attention(AttnArgs* a) {
-    a->rows_per_task = 32;
-    int blocks = (a->T + a->rows_per_task - 1) / a->rows_per_task;
-    pool_for(a->n_heads * blocks, attention_task, a);
+    if (a->T < 8) pool_for(a->T * a->n_heads, attention_row_task, a);
+    else pool_for(attn_blocks(a) * a->n_heads, attention_block_task, a);
 }
 
 // ----------------------------------------------------------------------------
@@ -587,7 +766,7 @@ static void vision_forward(Model* m, const float* pixels, int B, float* features
         for (int b = 0; b < B; b++) {  // each frame attends only to itself, no mask
             size_t off = (size_t)b * N * D;
             AttnArgs a = {att + off, q + off, k + off, v + off, N, p->v_heads, p->v_heads, hd,
-                          D, D, D, -1, N, 1.0f / sqrtf((float)hd), 0};
+                          D, D, D, -1, N, 1.0f / sqrtf((float)hd)};
             attention(&a);
         }
         matmul(xb, att, &w->wo[l], rows);
@@ -712,7 +891,7 @@ static void llm_forward(Model* m, int T, int pos) {
         memcpy(kc + (size_t)pos * kvd, s->k, (size_t)T * kvd * sizeof(float));
         memcpy(vc + (size_t)pos * kvd, s->v, (size_t)T * kvd * sizeof(float));
         AttnArgs a = {s->att, s->q, kc, vc, T, p->n_heads, p->n_kv_heads, hd, qd, kvd, qd,
-                      pos, 0, 1.0f / sqrtf((float)hd), 0};
+                      pos, 0, 1.0f / sqrtf((float)hd)};
         attention(&a);
         matmul(s->xb, s->att, &w->wo[l], T);
         for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb[i];

@@ -475,7 +475,10 @@ typedef struct {
     const Matrix* w;
     const MMPacked* p;
     int T, N, K;
-    int n_tasks;            // tasks per phase (= threads)
+    int n_tasks;            // tasks of the current phase
+    int chunk;              // panels per task (tasks are claimed dynamically: a thread that the OS
+                            // deschedules does not hold up the others; results do not depend on who
+                            // runs a task)
     int ntiles;             // GEMM row tiles
     void* a;                // GEMM packed activations (see mm_pack_act_*)
     float* as;              // q8: activation scales (ntiles, ng, 6)
@@ -486,6 +489,12 @@ typedef struct {
 static inline void mm_split(int n, int task, int n_tasks, int* a, int* b) {
     *a = (int)((long long)n * task / n_tasks);
     *b = (int)((long long)n * (task + 1) / n_tasks);
+}
+
+// panels [*p0, *p1) of a task
+static inline void mm_task_panels(const MMJob* j, int task, int* p0, int* p1) {
+    *p0 = task * j->chunk;
+    *p1 = mm_min(j->p->np, *p0 + j->chunk);
 }
 
 // Portable path: the reference loops over a column range.
@@ -597,7 +606,7 @@ MM_TGT_AVX2 static void mm_task_avx2(void* v, int task) {
     MMJob* j = v;
     const MMPacked* p = j->p;
     int p0, p1;
-    mm_split(p->np, task, j->n_tasks, &p0, &p1);
+    mm_task_panels(j, task, &p0, &p1);
     int type = j->w->type, mrmax = type == DT_Q8 ? 2 : 4;
     for (int tb = 0; tb < j->T; tb += MM_TBLK) {
         int te = mm_min(j->T, tb + MM_TBLK);
@@ -735,7 +744,7 @@ MM_TGT_512 static void mm_task_gemv512(void* v, int task) {
     MMJob* j = v;
     const MMPacked* p = j->p;
     int p0, p1;
-    mm_split(p->np, task, j->n_tasks, &p0, &p1);
+    mm_task_panels(j, task, &p0, &p1);
     int type = j->w->type;
     for (int tb = 0; tb < j->T; tb += MM_TBLK) {
         int te = mm_min(j->T, tb + MM_TBLK);
@@ -959,6 +968,38 @@ MM_TGT_VNNI static void mm_kernel_q8(const uint32_t* a, const float* as, const i
         for (int i = 0; i < MM_Q8_MR; i++) acc[i][0] = acc[i][1] = _mm512_set1_epi32(ac[g * MM_Q8_MR + i]);
         const uint32_t* wg = w + (size_t)g * G4 * 32;
         const uint32_t* ag = a + (size_t)g * G4 * MM_Q8_MR;
+#if defined(__GNUC__) && !defined(__clang__)
+        // GCC wraps every _mm512_dpbusd_epi32 of an unrolled tile in two register copies (measured:
+        // -7 points), so the group loop is written out: 2 weight loads, 12 vpdpbusd with the
+        // activation word broadcast from memory ({1to16}), per k4 step (weights in zmm30/31).
+        const uint32_t* wend = wg + (size_t)G4 * 32;
+        __asm__(
+            "1:\n\t"
+            "vmovdqa64 (%[w]), %%zmm30\n\t"
+            "vmovdqa64 64(%[w]), %%zmm31\n\t"
+            "vpdpbusd (%[a])%{1to16%}, %%zmm30, %[c00]\n\t"
+            "vpdpbusd (%[a])%{1to16%}, %%zmm31, %[c01]\n\t"
+            "vpdpbusd 4(%[a])%{1to16%}, %%zmm30, %[c10]\n\t"
+            "vpdpbusd 4(%[a])%{1to16%}, %%zmm31, %[c11]\n\t"
+            "vpdpbusd 8(%[a])%{1to16%}, %%zmm30, %[c20]\n\t"
+            "vpdpbusd 8(%[a])%{1to16%}, %%zmm31, %[c21]\n\t"
+            "vpdpbusd 12(%[a])%{1to16%}, %%zmm30, %[c30]\n\t"
+            "vpdpbusd 12(%[a])%{1to16%}, %%zmm31, %[c31]\n\t"
+            "vpdpbusd 16(%[a])%{1to16%}, %%zmm30, %[c40]\n\t"
+            "vpdpbusd 16(%[a])%{1to16%}, %%zmm31, %[c41]\n\t"
+            "vpdpbusd 20(%[a])%{1to16%}, %%zmm30, %[c50]\n\t"
+            "vpdpbusd 20(%[a])%{1to16%}, %%zmm31, %[c51]\n\t"
+            "subq $-128, %[w]\n\t"
+            "addq $24, %[a]\n\t"
+            "cmpq %[wend], %[w]\n\t"
+            "jne 1b\n\t"
+            : [c00] "+v"(acc[0][0]), [c01] "+v"(acc[0][1]), [c10] "+v"(acc[1][0]), [c11] "+v"(acc[1][1]),
+              [c20] "+v"(acc[2][0]), [c21] "+v"(acc[2][1]), [c30] "+v"(acc[3][0]), [c31] "+v"(acc[3][1]),
+              [c40] "+v"(acc[4][0]), [c41] "+v"(acc[4][1]), [c50] "+v"(acc[5][0]), [c51] "+v"(acc[5][1]),
+              [w] "+r"(wg), [a] "+r"(ag)
+            : [wend] "r"(wend)
+            : "cc", "memory", "xmm30", "xmm31");
+#else
         for (int q = 0; q < G4; q++) {
             __m512i w0 = _mm512_load_si512((const void*)(wg + (size_t)q * 32));
             __m512i w1 = _mm512_load_si512((const void*)(wg + (size_t)q * 32 + 16));
@@ -969,6 +1010,7 @@ MM_TGT_VNNI static void mm_kernel_q8(const uint32_t* a, const float* as, const i
                 acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], w1, av);
             }
         }
+#endif
         __m512 s0 = _mm512_load_ps(ws + (size_t)g * 32), s1 = _mm512_load_ps(ws + (size_t)g * 32 + 16);
 #pragma GCC unroll 6
         for (int i = 0; i < MM_Q8_MR; i++) {
@@ -987,35 +1029,30 @@ MM_TGT_VNNI static void mm_kernel_q8(const uint32_t* a, const float* as, const i
     }
 }
 
-// GEMM loop nest per task (a contiguous range of panels): weight block of NCP panels -> row tiles ->
-// panels -> kernel(full K). The tile's activation sliver (MR x K) stays in L1/L2 and is reused for
+// GEMM loop nest per task (one weight block of <= NCP panels): row tiles -> panels -> kernel(full K). The tile's activation sliver (MR x K) stays in L1/L2 and is reused for
 // every panel of the block; the block (NCP x 32 x K) streams from L2/L3.
 static void mm_task_gemm(void* v, int task) {
     MMJob* j = v;
     const MMPacked* p = j->p;
     int type = j->w->type, N = j->N;
     int mrt = type == DT_Q8 ? MM_Q8_MR : MM_F32_MR;
-    int ncp = type == DT_F32 ? MM_F32_NCP : type == DT_BF16 ? MM_BF16_NCP : MM_Q8_NCP;
     int p0, p1;
-    mm_split(p->np, task, j->n_tasks, &p0, &p1);
-    for (int jc = p0; jc < p1; jc += ncp) {
-        int je = mm_min(p1, jc + ncp);
-        for (int it = 0; it < j->ntiles; it++) {
-            int t0 = it * mrt, mr = mm_min(mrt, j->T - t0);
-            for (int pi = jc; pi < je; pi++) {
-                const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
-                float* y = j->y + (size_t)t0 * N + pi * 32;
-                int nc = N - pi * 32;
-                if (type == DT_F32)
-                    mm_kernel_f32((const float*)j->a + (size_t)it * p->kw * MM_F32_MR, (const float*)wp,
-                                  p->kw, y, N, mr, nc);
-                else if (type == DT_BF16)
-                    mm_kernel_bf16((const uint32_t*)j->a + (size_t)it * p->kw * MM_F32_MR, wp, p->kw, y, N, mr, nc);
-                else
-                    mm_kernel_q8((const uint32_t*)j->a + (size_t)it * p->kw * MM_Q8_MR,
-                                 j->as + (size_t)it * p->ng * MM_Q8_MR, j->ac + (size_t)it * p->ng * MM_Q8_MR,
-                                 wp, p->s + (size_t)pi * p->ng * 32, p->ng, p->G / 4, y, N, mr, nc);
-            }
+    mm_task_panels(j, task, &p0, &p1);      // one weight block
+    for (int it = 0; it < j->ntiles; it++) {
+        int t0 = it * mrt, mr = mm_min(mrt, j->T - t0);
+        for (int pi = p0; pi < p1; pi++) {
+            const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
+            float* y = j->y + (size_t)t0 * N + pi * 32;
+            int nc = N - pi * 32;
+            if (type == DT_F32)
+                mm_kernel_f32((const float*)j->a + (size_t)it * p->kw * MM_F32_MR, (const float*)wp,
+                              p->kw, y, N, mr, nc);
+            else if (type == DT_BF16)
+                mm_kernel_bf16((const uint32_t*)j->a + (size_t)it * p->kw * MM_F32_MR, wp, p->kw, y, N, mr, nc);
+            else
+                mm_kernel_q8((const uint32_t*)j->a + (size_t)it * p->kw * MM_Q8_MR,
+                             j->as + (size_t)it * p->ng * MM_Q8_MR, j->ac + (size_t)it * p->ng * MM_Q8_MR,
+                             wp, p->s + (size_t)pi * p->ng * 32, p->ng, p->G / 4, y, N, mr, nc);
         }
     }
 }
@@ -1033,19 +1070,30 @@ void matmul(float* y, const float* x, const Matrix* w, int T) {
     if (T <= 0 || w->rows == 0) return;
     MMJob j = { .y = y, .x = x, .w = w, .p = w->packed, .T = T, .N = w->rows, .K = w->cols,
                 .n_tasks = pool_size() };
-    if (j.n_tasks > (w->rows + 31) / 32) j.n_tasks = (w->rows + 31) / 32;   // at least a panel each
-    if (j.n_tasks < 1) j.n_tasks = 1;
+    int nth = pool_size();
     if (!j.p || mm_isa == MM_SCALAR || w->cols == 0) {
         if (w->cols == 0) { memset(y, 0, (size_t)T * w->rows * sizeof(float)); return; }
         pool_for(j.n_tasks, mm_task_scalar, &j);
         return;
     }
 #if MM_X86
-    if (mm_isa == MM_AVX2) { pool_for(j.n_tasks, mm_task_avx2, &j); return; }
+    int np = j.p->np;
+    if (mm_isa == MM_AVX2) {
+        j.chunk = (np + 8 * nth - 1) / (8 * nth);
+        j.n_tasks = (np + j.chunk - 1) / j.chunk;
+        pool_for(j.n_tasks, mm_task_avx2, &j);
+        return;
+    }
     int type = w->type;
     int gemm = T > mm_gemv_max_t[type] &&
                (type == DT_F32 || (type == DT_BF16 && mm_has_bf16) || (type == DT_Q8 && mm_has_vnni));
-    if (!gemm) { pool_for(j.n_tasks, mm_task_gemv512, &j); return; }
+    if (!gemm) {
+        // ~8 chunks per thread, each a long sequential stream of whole panels
+        j.chunk = (np + 8 * nth - 1) / (8 * nth);
+        j.n_tasks = (np + j.chunk - 1) / j.chunk;
+        pool_for(j.n_tasks, mm_task_gemv512, &j);
+        return;
+    }
     // pack (or quantize) the activations into row tiles, then the GEMM proper
     const MMPacked* p = j.p;
     int mrt = type == DT_Q8 ? MM_Q8_MR : MM_F32_MR;
@@ -1064,11 +1112,12 @@ void matmul(float* y, const float* x, const Matrix* w, int T) {
     j.a = buf;
     j.as = (float*)((char*)buf + abytes);
     j.ac = (int32_t*)((char*)buf + abytes + sbytes);
-    int pack_tasks = mm_min(pool_size(), j.ntiles);
-    int nt = j.n_tasks;
-    j.n_tasks = pack_tasks;
-    pool_for(pack_tasks, type == DT_F32 ? mm_task_pack_f32 : type == DT_BF16 ? mm_task_pack_bf16 : mm_task_pack_q8, &j);
-    j.n_tasks = nt;
+    j.n_tasks = mm_min(nth, j.ntiles);
+    pool_for(j.n_tasks, type == DT_F32 ? mm_task_pack_f32 : type == DT_BF16 ? mm_task_pack_bf16 : mm_task_pack_q8, &j);
+    // one task = one weight block (NCP panels), fewer if that leaves a thread idle
+    int ncp = type == DT_F32 ? MM_F32_NCP : type == DT_BF16 ? MM_BF16_NCP : MM_Q8_NCP;
+    j.chunk = mm_min(ncp, (np + nth - 1) / nth);
+    j.n_tasks = (np + j.chunk - 1) / j.chunk;
     pool_for(j.n_tasks, mm_task_gemm, &j);
     if (own) free(buf);
 #endif

@@ -63,6 +63,17 @@ static void test_activations(void) {
     softmax(x, 100);
     for (int i = 0; i < 100; i++) e4 = fmax(e4, fabs(x[i] - ref[i] / sum));
     check(e4 < 1e-6, "softmax vs exp(x-max)/sum", e4);
+    double e5 = 0;  // the lane-wise exp of the attention softmax, in ulps-ish relative error
+    for (int i = 0; i <= 87000; i += 32) {
+        vf x;
+        for (int j = 0; j < VL; j++) x[j] = -(i + j) / 1000.0f - j * 1e-5f;
+        vf y = vexp_neg(x);
+        for (int j = 0; j < VL; j++) {
+            double ref = exp((double)x[j]);
+            if (ref > 1e-37) e5 = fmax(e5, fabs(y[j] - ref) / ref);
+        }
+    }
+    check(e5 < 3e-7, "vexp_neg vs exp over [-87, 0] (relative)", e5);
 }
 
 // RoPE as the rotation of complex numbers (x[j] + i x[j+half]) * e^(i pos inv_freq[j]).
@@ -94,19 +105,19 @@ static void test_rope(void) {
 }
 
 // Blocked attention vs a naive T x T softmax(QK^T/sqrt(d) + mask) V with grouped-query heads.
-static void test_attention(void) {
-    int T = 70, past = 5, S = past + T, H = 4, KV = 2, hd = 8;
+static void test_attention_case(int T, int past, int H, int KV, int hd, int causal) {
+    int S = past + T;
     size_t qd = (size_t)H * hd, kvd = (size_t)KV * hd;
     float *q = xmalloc(T * qd * 4), *k = xmalloc(S * kvd * 4), *v = xmalloc(S * kvd * 4);
     float *out = xmalloc(T * qd * 4);
     fill(q, T * qd, 2.0f); fill(k, S * kvd, 2.0f); fill(v, S * kvd, 1.0f);
-    AttnArgs a = {out, q, k, v, T, H, KV, hd, qd, kvd, qd, past, 0, 1.0f / sqrtf(hd), 0};
+    AttnArgs a = {out, q, k, v, T, H, KV, hd, qd, kvd, qd, causal ? past : -1, S, 1.0f / sqrtf(hd)};
     attention(&a);
     double err = 0;
     for (int t = 0; t < T; t++)
         for (int h = 0; h < H; h++) {
-            int kh = h / (H / KV), n = past + t + 1;
-            double sc[80], mx = -1e30, sum = 0;
+            int kh = h / (H / KV), n = causal ? past + t + 1 : S;
+            double sc[200], mx = -1e30, sum = 0;
             for (int s = 0; s < n; s++) {
                 double d = 0;
                 for (int i = 0; i < hd; i++) d += (double)q[t * qd + h * hd + i] * k[s * kvd + kh * hd + i];
@@ -120,8 +131,21 @@ static void test_attention(void) {
                 err = fmax(err, fabs(o - out[t * qd + h * hd + i]));
             }
         }
-    check(err < 1e-5, "causal GQA attention vs naive softmax(QK^T)V", err);
+    char what[96];
+    snprintf(what, sizeof(what), "attention T=%d past=%d H=%d KV=%d hd=%d %s", T, past, H, KV, hd,
+             causal ? "causal" : "full");
+    check(err < 1e-5, what, err);
     free(q); free(k); free(v); free(out);
+}
+
+// The row path (T < 8), the lane-block path with tails, GQA, head_dim not a multiple of 8, no mask.
+static void test_attention(void) {
+    test_attention_case(1, 37, 4, 2, 8, 1);
+    test_attention_case(3, 0, 2, 1, 12, 1);
+    test_attention_case(70, 5, 4, 2, 8, 1);
+    test_attention_case(64, 0, 2, 2, 128, 1);
+    test_attention_case(45, 100, 4, 1, 20, 1);
+    test_attention_case(77, 0, 2, 2, 64, 0);
 }
 
 static void test_pool(void) {
