@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
@@ -180,6 +181,8 @@ typedef struct {
     float* key_cache;   // (n_layers, ctx, n_kv_heads*head_dim)
     float* value_cache; // (n_layers, ctx, n_kv_heads*head_dim)
     float* inv_freq;    // (head_dim/2,) RoPE frequencies, already divided by the linear scale
+    float* rope_cos;    // (max_rows, head_dim/2) cos of the angles of the rows in flight
+    float* rope_sin;    // (max_rows, head_dim/2)
 } RunState;
 
 typedef struct {
@@ -348,23 +351,41 @@ static void memory_map_weights(Model* m, Cursor* c) {
               c->path, c->size - c->offset);
 }
 
+// Tells the kernel it may drop the mapped file pages of [p, p + bytes) (whole pages inside the range only).
+// They fault back in from the page cache if anything reads them again.
+static void release_pages(const void* p, size_t bytes) {
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + page - 1) & ~(page - 1), hi = ((uintptr_t)p + bytes) & ~(page - 1);
+    if (hi > lo) madvise((void*)lo, hi - lo, MADV_DONTNEED);
+}
+
+// Packs one weight for the fast kernels and, when the kernel keeps its own copy, releases the file
+// pages it came from, so a 7B model is never held twice in RAM.
+static void pack_and_release(Matrix* w) {
+    pack_matrix(w);
+    if (w->packed) {
+        size_t elem = w->type == DT_F32 ? 4 : w->type == DT_BF16 ? 2 : 1;
+        release_pages(w->data, (size_t)w->rows * w->cols * elem);
+    }
+}
+
 // Pack every matmul weight for the fast kernels (a no-op for kernels that read the file layout).
 static void pack_all(Model* m) {
     Config* p = &m->config;
     for (int l = 0; l < p->v_layers; l++) {
         Matrix* ms[] = {&m->vision.wq[l], &m->vision.wk[l], &m->vision.wv[l], &m->vision.wo[l],
                         &m->vision.fc1[l], &m->vision.fc2[l]};
-        for (int i = 0; i < 6; i++) pack_matrix(ms[i]);
+        for (int i = 0; i < 6; i++) pack_and_release(ms[i]);
     }
-    pack_matrix(&m->vision.patch_embedding);
-    pack_matrix(&m->projector.linear_1);
-    pack_matrix(&m->projector.linear_2);
+    pack_and_release(&m->vision.patch_embedding);
+    pack_and_release(&m->projector.linear_1);
+    pack_and_release(&m->projector.linear_2);
     for (int l = 0; l < p->n_layers; l++) {
         Matrix* ms[] = {&m->llm.wq[l], &m->llm.wk[l], &m->llm.wv[l], &m->llm.wo[l],
                         &m->llm.w_gate[l], &m->llm.w_up[l], &m->llm.w_down[l]};
-        for (int i = 0; i < 7; i++) pack_matrix(ms[i]);
+        for (int i = 0; i < 7; i++) pack_and_release(ms[i]);
     }
-    pack_matrix(&m->llm.lm_head);
+    pack_and_release(&m->llm.lm_head);
 }
 
 static void build_model(Model* m, const char* path) {
@@ -431,6 +452,83 @@ static float quick_gelu(float x) { return x / (1.0f + expf(-1.702f * x)); }
 
 static float silu(float x) { return x / (1.0f + expf(-x)); }
 
+// The native vector of the build target: 16 floats with AVX-512, 8 with AVX, 4 otherwise (SSE, NEON,
+// or plain scalars the compiler lowers it to). A block of queries is two of them.
+#if defined(__AVX512F__)
+#define VL 16
+#elif defined(__AVX__)
+#define VL 8
+#else
+#define VL 4
+#endif
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+
+// where(m, a, b) lane-wise: m is -1 (all bits set) where true, as vector comparisons return.
+static vf vselect(vi m, vf a, vf b) {
+    return (vf)(((vi)a & m) | ((vi)b & ~m));  // same-size vector casts keep the bits
+}
+
+// exp(x) for x <= 0, lane-wise, to ~1 ulp (Cephes expf: x = n ln2 + r, |r| <= ln2/2, a degree-6
+// polynomial for e^r, then 2^n through the exponent bits). Below -87 it returns 0.
+static vf vexp_neg(vf x) {
+    const vi underflow = x < -87.0f;
+    x = vselect(underflow, (vf){0} - 87.0f, x);
+    vf fx = x * 1.44269504088896341f + 0.5f;
+    vi n = __builtin_convertvector(fx, vi);
+    n += __builtin_convertvector(n, vf) > fx;  // truncation -> floor (a true comparison is -1)
+    vf nf = __builtin_convertvector(n, vf);
+    vf r = x - nf * 0.693359375f - nf * -2.12194440e-4f;
+    vf p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    p = p * (vf)((n + 127) << 23);  // 2^n: n + 127 in the exponent field
+    return vselect(underflow, (vf){0}, p);
+}
+
+// Element-wise activations over big buffers, VL lanes at a time and split over the thread pool (the
+// vision MLP alone applies quick_gelu to 4616 x 4096 values per layer). sigmoid(z) uses exp(-|z|) <= 1,
+// so vexp_neg serves both signs: z >= 0 -> 1/(1+e), z < 0 -> e/(1+e).
+static vf vsigmoid(vf z) {
+    vf e = vexp_neg(vselect(z < 0.0f, z, -z));
+    return vselect(z < 0.0f, e, (vf){0} + 1.0f) / (1.0f + e);
+}
+
+enum { ACT_QUICK_GELU, ACT_GELU, ACT_SILU_MUL };
+typedef struct { float* x; const float* y; size_t n; int act; } ActArgs;
+#define ACT_CHUNK 16384
+
+static void activation_task(void* ctx, int task) {
+    const ActArgs* a = ctx;
+    size_t i0 = (size_t)task * ACT_CHUNK, i1 = i0 + ACT_CHUNK < a->n ? i0 + ACT_CHUNK : a->n, i = i0;
+    if (a->act != ACT_GELU)  // erf has no vector form here; the projector's GELU runs the scalar loop
+        for (; i + VL <= i1; i += VL) {
+            vf x;
+            memcpy(&x, a->x + i, sizeof(x));
+            if (a->act == ACT_QUICK_GELU) {
+                x = x * vsigmoid(1.702f * x);
+            } else {  // silu(gate) * up
+                vf y;
+                memcpy(&y, a->y + i, sizeof(y));
+                x = x * vsigmoid(x) * y;
+            }
+            memcpy(a->x + i, &x, sizeof(x));
+        }
+    for (; i < i1; i++)
+        a->x[i] = a->act == ACT_QUICK_GELU ? quick_gelu(a->x[i])
+                : a->act == ACT_GELU     ? gelu(a->x[i])
+                                         : silu(a->x[i]) * a->y[i];
+}
+
+// x = act(x), or x = silu(x) * y.
+static void activation(float* x, const float* y, size_t n, int act) {
+    ActArgs a = {x, y, n, act};
+    pool_for((int)((n + ACT_CHUNK - 1) / ACT_CHUNK), activation_task, &a);
+}
+
 // y += b for each of T rows.
 static void add_bias(float* y, const float* b, int T, int n) {
     for (int t = 0; t < T; t++)
@@ -439,18 +537,26 @@ static void add_bias(float* y, const float* b, int T, int n) {
 
 // RoPE in the HF "rotate_half" layout: dims (j, j + head_dim/2) rotate together by pos * inv_freq[j]
 // (modeling_llama.py apply_rotary_pos_emb). Meta's layout pairs (2j, 2j+1) instead; we keep HF's so
-// the weights are used exactly as stored.
-static void rope(float* x, int n_heads, int head_dim, int pos, const float* inv_freq) {
+// the weights are used exactly as stored. cos/sin (head_dim/2,) are those of this row's position.
+static void rope(float* x, int n_heads, int head_dim, const float* cos_t, const float* sin_t) {
     int half = head_dim / 2;
-    for (int j = 0; j < half; j++) {
-        float angle = (float)pos * inv_freq[j];  // f32, as HF's inv_freq @ position_ids
-        float c = cosf(angle), s = sinf(angle);
-        for (int h = 0; h < n_heads; h++) {
-            float* v = x + (size_t)h * head_dim;
+    for (int h = 0; h < n_heads; h++) {
+        float* v = x + (size_t)h * head_dim;
+        for (int j = 0; j < half; j++) {
             float a = v[j], b = v[j + half];
-            v[j] = a * c - b * s;
-            v[j + half] = b * c + a * s;
+            v[j] = a * cos_t[j] - b * sin_t[j];
+            v[j + half] = b * cos_t[j] + a * sin_t[j];
         }
+    }
+}
+
+// cos and sin of pos * inv_freq[j] for one position; the angle is rounded to f32 first, as HF's
+// inv_freq @ position_ids is computed in f32.
+static void rope_angles(float* cos_t, float* sin_t, int pos, const float* inv_freq, int half) {
+    for (int j = 0; j < half; j++) {
+        float angle = (float)pos * inv_freq[j];
+        cos_t[j] = cosf(angle);
+        sin_t[j] = sinf(angle);
     }
 }
 
@@ -483,44 +589,8 @@ static void dequantize_row(float* out, const Matrix* w, int row) {
 // is keys x 32 floats (640 KB at 5,000 keys), never the T x T matrix. One-token decode steps use
 // a row-at-a-time path vectorised over head_dim instead, as 31 of the 32 lanes would be idle.
 
-// The native vector of the build target: 16 floats with AVX-512, 8 with AVX, 4 otherwise (SSE, NEON,
-// or plain scalars the compiler lowers it to). A block of queries is two of them.
-#if defined(__AVX512F__)
-#define VL 16
-#elif defined(__AVX__)
-#define VL 8
-#else
-#define VL 4
-#endif
-#define ATTN_LANES (2 * VL)
-#define ATTN_CHUNK 128  // keys per copied chunk of the K or V cache
-typedef float vf __attribute__((vector_size(VL * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
-
-// where(m, a, b) lane-wise: m is -1 (all bits set) where true, as vector comparisons return.
-static vf vselect(vi m, vf a, vf b) {
-    return (vf)(((vi)a & m) | ((vi)b & ~m));  // same-size vector casts keep the bits
-}
-
-// exp(x) for x <= 0, lane-wise, to ~1 ulp (Cephes expf: x = n ln2 + r, |r| <= ln2/2, a degree-6
-// polynomial for e^r, then 2^n through the exponent bits). Below -87 it returns 0.
-static vf vexp_neg(vf x) {
-    const vi underflow = x < -87.0f;
-    x = vselect(underflow, (vf){0} - 87.0f, x);
-    vf fx = x * 1.44269504088896341f + 0.5f;
-    vi n = __builtin_convertvector(fx, vi);
-    n += __builtin_convertvector(n, vf) > fx;  // truncation -> floor (a true comparison is -1)
-    vf nf = __builtin_convertvector(n, vf);
-    vf r = x - nf * 0.693359375f - nf * -2.12194440e-4f;
-    vf p = 1.9875691500e-4f * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    p = p * (vf)((n + 127) << 23);  // 2^n: n + 127 in the exponent field
-    return vselect(underflow, (vf){0}, p);
-}
+#define ATTN_LANES (2 * VL)  // queries per block: two vectors
+#define ATTN_CHUNK 128       // keys per copied chunk of the K or V cache
 
 typedef struct {
     float* out;        // (T, n_heads*head_dim), row stride out_stride
@@ -777,7 +847,7 @@ static void vision_forward(Model* m, const float* pixels, int B, float* features
             layernorm(xb + t * D, x + t * D, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, D, p->v_eps);
         matmul(hb, xb, &w->fc1[l], rows);
         add_bias(hb, w->fc1_b + (size_t)l * Dh, rows, Dh);
-        for (size_t i = 0; i < rows * Dh; i++) hb[i] = p->v_act == 0 ? quick_gelu(hb[i]) : gelu(hb[i]);
+        activation(hb, NULL, rows * Dh, p->v_act == 0 ? ACT_QUICK_GELU : ACT_GELU);
         matmul(xb, hb, &w->fc2[l], rows);
         add_bias(xb, w->fc2_b + (size_t)l * D, rows, D);
         for (size_t i = 0; i < rows * D; i++) x[i] += xb[i];
@@ -826,7 +896,7 @@ static void project(Model* m, float* out, const float* in, int T) {
     float* h = xmalloc((size_t)T * D * sizeof(float));
     matmul(h, in, &w->linear_1, T);
     add_bias(h, w->b1, T, D);
-    for (size_t i = 0; i < (size_t)T * D; i++) h[i] = gelu(h[i]);
+    activation(h, NULL, (size_t)T * D, ACT_GELU);
     matmul(out, h, &w->linear_2, T);
     add_bias(out, w->b2, T, D);
     free(h);
@@ -855,6 +925,8 @@ static void build_state(Model* m, int ctx, int max_rows) {
     // inv_freq[j] = 1 / theta^(2j/head_dim), then / factor for linear scaling; f32 like
     // LlamaRotaryEmbedding (modeling_rope_utils: _compute_linear_scaling_rope_parameters).
     s->inv_freq = xcalloc(p->head_dim / 2, sizeof(float));
+    s->rope_cos = xcalloc((size_t)max_rows * (p->head_dim / 2), sizeof(float));
+    s->rope_sin = xcalloc((size_t)max_rows * (p->head_dim / 2), sizeof(float));
     for (int j = 0; j < p->head_dim / 2; j++) {
         float inv = 1.0f / powf(p->rope_theta, (float)(2 * j) / (float)p->head_dim);
         s->inv_freq[j] = inv / p->rope_scale;
@@ -864,6 +936,7 @@ static void build_state(Model* m, int ctx, int max_rows) {
 static void free_state(RunState* s) {
     free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att);
     free(s->hb); free(s->hb2); free(s->logits); free(s->key_cache); free(s->value_cache); free(s->inv_freq);
+    free(s->rope_cos); free(s->rope_sin);
 }
 
 // Runs T rows of input embeddings (in s->x) at positions pos..pos+T-1 through the decoder, filling
@@ -874,6 +947,8 @@ static void llm_forward(Model* m, int T, int pos) {
     RunState* s = &m->state;
     int D = p->dim, hd = p->head_dim, F = p->hidden_dim;
     int qd = p->n_heads * hd, kvd = p->n_kv_heads * hd;
+    for (int t = 0; t < T; t++)  // the same angles serve every layer, and q and k
+        rope_angles(s->rope_cos + (size_t)t * (hd / 2), s->rope_sin + (size_t)t * (hd / 2), pos + t, s->inv_freq, hd / 2);
 
     for (int l = 0; l < p->n_layers; l++) {
         // a = RMSNorm_in(h); h = h + o_proj(Attn(a))
@@ -885,8 +960,10 @@ static void llm_forward(Model* m, int T, int pos) {
         float* kc = s->key_cache + (size_t)l * s->ctx * kvd;
         float* vc = s->value_cache + (size_t)l * s->ctx * kvd;
         for (int t = 0; t < T; t++) {
-            rope(s->q + (size_t)t * qd, p->n_heads, hd, pos + t, s->inv_freq);
-            rope(s->k + (size_t)t * kvd, p->n_kv_heads, hd, pos + t, s->inv_freq);
+            const float* c = s->rope_cos + (size_t)t * (hd / 2);
+            const float* sn = s->rope_sin + (size_t)t * (hd / 2);
+            rope(s->q + (size_t)t * qd, p->n_heads, hd, c, sn);
+            rope(s->k + (size_t)t * kvd, p->n_kv_heads, hd, c, sn);
         }
         memcpy(kc + (size_t)pos * kvd, s->k, (size_t)T * kvd * sizeof(float));
         memcpy(vc + (size_t)pos * kvd, s->v, (size_t)T * kvd * sizeof(float));
@@ -901,7 +978,7 @@ static void llm_forward(Model* m, int T, int pos) {
             rmsnorm(s->xb + (size_t)t * D, s->x + (size_t)t * D, w->ffn_norm + (size_t)l * D, D, p->rms_eps);
         matmul(s->hb, s->xb, &w->w_gate[l], T);
         matmul(s->hb2, s->xb, &w->w_up[l], T);
-        for (size_t i = 0; i < (size_t)T * F; i++) s->hb[i] = silu(s->hb[i]) * s->hb2[i];
+        activation(s->hb, s->hb2, (size_t)T * F, ACT_SILU_MUL);
         matmul(s->xb, s->hb, &w->w_down[l], T);
         for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb[i];
     }
@@ -1270,6 +1347,8 @@ static void dump_tensor(const char* dir, const char* name, const float* x, int n
 }
 
 static int run(Args* a) {
+    double t_start = now_seconds();
+    pool_init(a->threads > 0 ? a->threads : (int)sysconf(_SC_NPROCESSORS_ONLN));
     Model model;
     build_model(&model, a->model_path);
     Model* m = &model;
@@ -1305,7 +1384,10 @@ static int run(Args* a) {
     // 1. The video: frames -> pixel values (or golden pixels from a test hook).
     VideoFeatures vf = {0};
     int S = p->image_size, C = p->n_channels;
-    double t_start = now_seconds();
+    double t_loaded = now_seconds();
+    if (strcmp(a->mode, "generate") == 0)
+        fprintf(stderr, "load: %.2f s (%s weights, %d threads)\n", t_loaded - t_start,
+                p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : "q8", pool_size());
     if (a->pixels_path) {
         char descr[4];
         int ndim;
@@ -1361,7 +1443,6 @@ static int run(Args* a) {
     if (T + steps > ctx) steps = ctx - T;
 
     // 3. Vision tower, pooling, projector; then the merged input embeddings.
-    pool_init(a->threads > 0 ? a->threads : (int)sysconf(_SC_NPROCESSORS_ONLN));
     int n_video_rows = 0;
     double t_vision = now_seconds();
     if (vf.F > 0) {
@@ -1406,27 +1487,33 @@ static int run(Args* a) {
     Detokenizer detok;  // streams UTF-8 safely: a character split over byte tokens is printed whole
     build_detokenizer(&detok, tok);
     int* generated = xmalloc(((size_t)steps + 1) * sizeof(int));
-    int n_gen = 0;
+    int n_gen = 0, n_steps = 0;
     double t1 = now_seconds();
     for (int pos = T; n_gen < steps; pos++) {
         int next = sample(&sampler, m->state.logits);
         generated[n_gen++] = next;
+        if (n_gen == 1) fprintf(stderr, "time to first token: %.2f s after loading\n", now_seconds() - t_loaded);
         if (next == p->eos) break;
         fputs(detokenize(tok, &detok, next), stdout);
         fflush(stdout);
         if (n_gen == steps) break;
         decode_step(m, next, pos);
+        n_steps++;
     }
     fputs(detokenize_flush(tok, &detok), stdout);
     free_detokenizer(&detok);
     if (n_gen > 0) printf("\n");
     double t_gen = now_seconds() - t1;
-    if (n_gen > 0) fprintf(stderr, "generated: %d tokens in %.2f s (%.2f tokens/s)\n", n_gen, t_gen, n_gen / t_gen);
+    if (n_gen > 0)
+        fprintf(stderr, "generated: %d tokens in %.2f s (%.2f tokens/s decoding)\n", n_gen, t_gen,
+                n_steps > 0 ? n_steps / t_gen : 0.0);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    fprintf(stderr, "peak memory: %.2f GB\n", ru.ru_maxrss / 1048576.0);  // ru_maxrss is in KB on Linux
     if (a->dump_dir) {
         int64_t gs[1] = {n_gen};
         write_npy(a->dump_dir, "generated.npy", "<i4", generated, 4, 1, gs);
     }
-    (void)t_start;
     free(generated); free(sampler.index); free(embeds); free(ids);
     free(vf.pixel_values); free(vf.vision_features); free(vf.video_features);
     free_state(&m->state);

@@ -55,13 +55,28 @@ static void test_activations(void) {
     check(e1 < 1e-5, "gelu vs 0.5x(1+erf(x/sqrt2))", e1);
     check(e2 < 1e-5, "quick_gelu vs x*sigmoid(1.702x)", e2);
     check(e3 < 1e-5, "silu vs x*sigmoid(x)", e3);
-    float x[100];
-    fill(x, 100, 20.0f);
+    // the vectorised, threaded versions over a buffer with a scalar tail
+    size_t n = 40000 + 3;
+    float *x = xmalloc(n * 4), *y = xmalloc(n * 4), *z = xmalloc(n * 4);
+    for (size_t i = 0; i < n; i++) { x[i] = (float)((double)i / n * 40.0 - 20.0); y[i] = 1.5f - (float)i / n; }
+    double ea = 0, eb = 0, ec = 0;
+    memcpy(z, x, n * 4); activation(z, NULL, n, ACT_QUICK_GELU);
+    for (size_t i = 0; i < n; i++) ea = fmax(ea, fabs(z[i] - x[i] / (1 + exp(-1.702 * x[i]))) / fmax(1, fabs(x[i])));
+    memcpy(z, x, n * 4); activation(z, y, n, ACT_SILU_MUL);
+    for (size_t i = 0; i < n; i++) eb = fmax(eb, fabs(z[i] - x[i] / (1 + exp(-x[i])) * y[i]) / fmax(1, fabs(x[i])));
+    memcpy(z, x, n * 4); activation(z, NULL, n, ACT_GELU);
+    for (size_t i = 0; i < n; i++) ec = fmax(ec, fabs(z[i] - 0.5 * x[i] * (1 + erf(x[i] / sqrt(2.0)))));
+    check(ea < 1e-6, "activation(quick_gelu) vs formula (rel)", ea);
+    check(eb < 1e-6, "activation(silu(x)*y) vs formula (rel)", eb);
+    check(ec < 1e-5, "activation(gelu) vs formula", ec);
+    free(x); free(y); free(z);
+    float sx[100];
+    fill(sx, 100, 20.0f);
     double mx = -1e30, sum = 0, ref[100];
-    for (int i = 0; i < 100; i++) mx = fmax(mx, x[i]);
-    for (int i = 0; i < 100; i++) sum += ref[i] = exp(x[i] - mx);
-    softmax(x, 100);
-    for (int i = 0; i < 100; i++) e4 = fmax(e4, fabs(x[i] - ref[i] / sum));
+    for (int i = 0; i < 100; i++) mx = fmax(mx, sx[i]);
+    for (int i = 0; i < 100; i++) sum += ref[i] = exp(sx[i] - mx);
+    softmax(sx, 100);
+    for (int i = 0; i < 100; i++) e4 = fmax(e4, fabs(sx[i] - ref[i] / sum));
     check(e4 < 1e-6, "softmax vs exp(x-max)/sum", e4);
     double e5 = 0;  // the lane-wise exp of the attention softmax, in ulps-ish relative error
     for (int i = 0; i <= 87000; i += 32) {
@@ -77,13 +92,20 @@ static void test_activations(void) {
 }
 
 // RoPE as the rotation of complex numbers (x[j] + i x[j+half]) * e^(i pos inv_freq[j]).
+// rope at position pos, with the angle table computed as llm_forward does
+static void rope_at(float* x, int heads, int hd, int pos, const float* inv_freq) {
+    float c[64], s[64];
+    rope_angles(c, s, pos, inv_freq, hd / 2);
+    rope(x, heads, hd, c, s);
+}
+
 static void test_rope(void) {
     int heads = 3, hd = 16, half = 8;
     float inv_freq[8], x[48], y[48];
     for (int j = 0; j < half; j++) inv_freq[j] = 1.0f / powf(10000.0f, 2.0f * j / hd) / 2.5f;
     fill(x, 48, 1.0f);
     memcpy(y, x, sizeof(x));
-    rope(y, heads, hd, 37, inv_freq);
+    rope_at(y, heads, hd, 37, inv_freq);
     double err = 0;
     for (int h = 0; h < heads; h++)
         for (int j = 0; j < half; j++) {
@@ -97,8 +119,8 @@ static void test_rope(void) {
     float q[16], k[16], q1[16], k1[16], q2[16], k2[16];
     fill(q, 16, 1.0f); fill(k, 16, 1.0f);
     memcpy(q1, q, 64); memcpy(k1, k, 64); memcpy(q2, q, 64); memcpy(k2, k, 64);
-    rope(q1, 1, 16, 10, inv_freq); rope(k1, 1, 16, 3, inv_freq);
-    rope(q2, 1, 16, 107, inv_freq); rope(k2, 1, 16, 100, inv_freq);
+    rope_at(q1, 1, 16, 10, inv_freq); rope_at(k1, 1, 16, 3, inv_freq);
+    rope_at(q2, 1, 16, 107, inv_freq); rope_at(k2, 1, 16, 100, inv_freq);
     double d1 = 0, d2 = 0;
     for (int i = 0; i < 16; i++) { d1 += q1[i] * k1[i]; d2 += q2[i] * k2[i]; }
     check(fabs(d1 - d2) < 1e-4, "rope: q.k depends only on relative position", fabs(d1 - d2));

@@ -89,6 +89,12 @@ def test_case(d, case, meta, tmp):
         check(px.shape == gold_px.shape and diff.max() <= 0.016,
               "pixel_values within one level of the processor's",
               "max %.4g, %.3f%% exact" % (diff.max(), 100 * np.mean(diff == 0)))
+        # the same clip as a Y4M stream on stdin (-v -): what `ffmpeg ... -f yuv4mpegpipe - |` gives
+        args2 = [a if a != "test/data/%s.y4m" % meta["clip"] else "-" for a in args]
+        args2[args2.index("--dump") + 1] = dump + "_stdin"
+        with open("test/data/%s.y4m" % meta["clip"], "rb") as f:
+            rc2, out2, err2 = run(args2, f.read())
+        check(rc2 == 0 and out2 == out, "-v - (stdin) gives the same answer")
         for name in ("vision_features", "video_features", "inputs_embeds"):
             a, b = np.load(os.path.join(dump, name + ".npy")), np.load(os.path.join(d, name + ".npy"))
             e = np.abs(a - b).max() / np.abs(b).max() if a.shape == b.shape else np.inf
@@ -98,7 +104,8 @@ def test_case(d, case, meta, tmp):
 def expect_error(what, args, stdin=b"", needle=""):
     rc, out, err = run(args, stdin)
     lines = err.decode(errors="replace").strip().split("\n")
-    ok = rc != 0 and rc < 128 and len(lines) == 1 and "error" in lines[0] and needle in lines[0]
+    errors = [l for l in lines if "error" in l]  # timing diagnostics may precede it; one error line, last
+    ok = rc != 0 and rc < 128 and len(errors) == 1 and errors[0] == lines[-1] and needle in lines[-1]
     check(ok, what, (lines[-1] if lines else "")[:80] + (" (exit %d)" % rc))
 
 
@@ -134,6 +141,9 @@ def test_errors(tmp):
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         for d, case, meta in golden_cases():
+            if meta["kind"] in ("image", "mixed"):  # phase 1: llava.c has no image input yet
+                print("%s: skipped (kind %s)" % (case, meta["kind"]))
+                continue
             test_case(d, case, meta, tmp)
         test_errors(tmp)
     print("%d passed, %d failed" % (passed, failed))
