@@ -178,8 +178,8 @@ typedef struct {
     float* hb;        // (max_rows, hidden_dim)
     float* hb2;       // (max_rows, hidden_dim)
     float* logits;    // (vocab_size,) of the last row
-    float* key_cache;   // (n_layers, ctx, n_kv_heads*head_dim)
-    float* value_cache; // (n_layers, ctx, n_kv_heads*head_dim)
+    float* key_cache;   // (n_layers, n_kv_heads, ctx, head_dim): each head's keys contiguous, so decode
+    float* value_cache; // (n_layers, n_kv_heads, ctx, head_dim)  streams them instead of hopping pages
     float* inv_freq;    // (head_dim/2,) RoPE frequencies, already divided by the linear scale
     float* rope_cos;    // (max_rows, head_dim/2) cos of the angles of the rows in flight
     float* rope_sin;    // (max_rows, head_dim/2)
@@ -595,10 +595,10 @@ static void dequantize_row(float* out, const Matrix* w, int row) {
 typedef struct {
     float* out;        // (T, n_heads*head_dim), row stride out_stride
     const float* q;    // (T, n_heads*head_dim), row stride q_stride
-    const float* k;    // (S, n_kv_heads*head_dim) keys for positions 0..S-1, row stride kv_stride
-    const float* v;    // (S, n_kv_heads*head_dim)
+    const float* k;    // keys of positions 0..S-1: head h, position s at k[h*kv_head_stride + s*kv_stride]
+    const float* v;    // values, the same layout
     int T, n_heads, n_kv_heads, head_dim;
-    size_t q_stride, kv_stride, out_stride;
+    size_t q_stride, kv_stride, kv_head_stride, out_stride;
     int causal_offset; // causal: query t sees keys 0..causal_offset+t; -1 = no mask (CLIP)
     int n_keys;        // keys when there is no mask
     float scale;       // 1/sqrt(head_dim)
@@ -629,8 +629,8 @@ static void attention_block_task(void* ctx, int task) {
     int hd = a->head_dim, kvh = h / (a->n_heads / a->n_kv_heads);  // GQA: n_heads/n_kv_heads share a kv head
     int n = a->causal_offset >= 0 ? a->causal_offset + t0 + nq : a->n_keys;  // keys any lane can see
     size_t ks = a->kv_stride;
-    const float* kbase = a->k + (size_t)kvh * hd;
-    const float* vbase = a->v + (size_t)kvh * hd;
+    const float* kbase = a->k + (size_t)kvh * a->kv_head_stride;
+    const float* vbase = a->v + (size_t)kvh * a->kv_head_stride;
 
     // Scratch: Q^T (hd rows of two vectors), S^T (n rows), O^T (hd rows), and a chunk of K or V rows
     // copied out of the strided cache (its rows are a page apart: reading them in place thrashes the TLB).
@@ -647,10 +647,14 @@ static void attention_block_task(void* ctx, int task) {
     // S^T = K Q^T * scale: four key rows at a time share each Q^T load (8 accumulators).
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
         int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK;
-        for (int r = 0; r < cn; r++) memcpy(kv + (size_t)r * hd, kbase + (size_t)(c0 + r) * ks, hd * sizeof(float));
+        const float* kr = kbase + (size_t)c0 * ks;  // contiguous rows (the KV cache) are used in place
+        if (ks != (size_t)hd) {
+            for (int r = 0; r < cn; r++) memcpy(kv + (size_t)r * hd, kbase + (size_t)(c0 + r) * ks, hd * sizeof(float));
+            kr = kv;
+        }
         int r = 0;
         for (; r + 4 <= cn; r += 4) {
-            const float* k0 = kv + (size_t)r * hd;
+            const float* k0 = kr + (size_t)r * hd;
             vf c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
             for (int i = 0; i < hd; i++) {
                 vf q0 = qt[2 * i], q1 = qt[2 * i + 1];
@@ -665,7 +669,7 @@ static void attention_block_task(void* ctx, int task) {
             o[4] = c20 * a->scale; o[5] = c21 * a->scale; o[6] = c30 * a->scale; o[7] = c31 * a->scale;
         }
         for (; r < cn; r++) {
-            const float* k0 = kv + (size_t)r * hd;
+            const float* k0 = kr + (size_t)r * hd;
             vf c0v = {0}, c1v = {0};
             for (int i = 0; i < hd; i++) { c0v += k0[i] * qt[2 * i]; c1v += k0[i] * qt[2 * i + 1]; }
             st[2 * (size_t)(c0 + r)] = c0v * a->scale;
@@ -692,14 +696,18 @@ static void attention_block_task(void* ctx, int task) {
     for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
         int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK;
-        for (int r = 0; r < cn; r++) memcpy(kv + (size_t)r * hd, vbase + (size_t)(c0 + r) * ks, hd * sizeof(float));
+        const float* vr = vbase + (size_t)c0 * ks;
+        if (ks != (size_t)hd) {
+            for (int r = 0; r < cn; r++) memcpy(kv + (size_t)r * hd, vbase + (size_t)(c0 + r) * ks, hd * sizeof(float));
+            vr = kv;
+        }
         const vf* p = st + 2 * (size_t)c0;
         int i = 0;
         for (; i + 4 <= hd; i += 4) {
             vf c00 = ot[2 * i], c01 = ot[2 * i + 1], c10 = ot[2 * i + 2], c11 = ot[2 * i + 3];
             vf c20 = ot[2 * i + 4], c21 = ot[2 * i + 5], c30 = ot[2 * i + 6], c31 = ot[2 * i + 7];
             for (int k = 0; k < cn; k++) {
-                const float* vk = kv + (size_t)k * hd + i;
+                const float* vk = vr + (size_t)k * hd + i;
                 vf p0 = p[2 * k], p1 = p[2 * k + 1];
                 c00 += vk[0] * p0; c01 += vk[0] * p1;
                 c10 += vk[1] * p0; c11 += vk[1] * p1;
@@ -711,8 +719,8 @@ static void attention_block_task(void* ctx, int task) {
         }
         for (; i < hd; i++)
             for (int k = 0; k < cn; k++) {
-                ot[2 * i] += kv[(size_t)k * hd + i] * p[2 * k];
-                ot[2 * i + 1] += kv[(size_t)k * hd + i] * p[2 * k + 1];
+                ot[2 * i] += vr[(size_t)k * hd + i] * p[2 * k];
+                ot[2 * i + 1] += vr[(size_t)k * hd + i] * p[2 * k + 1];
             }
     }
     for (int i = 0; i < hd; i++) {
@@ -762,11 +770,13 @@ static void attention_row_task(void* ctx, int task) {
     int n = a->causal_offset >= 0 ? a->causal_offset + t + 1 : a->n_keys;
     float* att = attn_scratch((size_t)n + 16);
     const float* q = a->q + (size_t)t * a->q_stride + (size_t)h * hd;
-    for (int s = 0; s < n; s++) att[s] = dot_f32(q, a->k + (size_t)s * a->kv_stride + (size_t)kvh * hd, hd) * a->scale;
+    const float* k = a->k + (size_t)kvh * a->kv_head_stride;
+    const float* v = a->v + (size_t)kvh * a->kv_head_stride;
+    for (int s = 0; s < n; s++) att[s] = dot_f32(q, k + (size_t)s * a->kv_stride, hd) * a->scale;
     softmax(att, n);
     float* o = a->out + (size_t)t * a->out_stride + (size_t)h * hd;
     memset(o, 0, hd * sizeof(float));
-    for (int s = 0; s < n; s++) axpy_f32(o, att[s], a->v + (size_t)s * a->kv_stride + (size_t)kvh * hd, hd);
+    for (int s = 0; s < n; s++) axpy_f32(o, att[s], v + (size_t)s * a->kv_stride, hd);
 }
 
 static void attention(AttnArgs* a) {
@@ -835,8 +845,10 @@ static void vision_forward(Model* m, const float* pixels, int B, float* features
         matmul(v, xb, &w->wv[l], rows); add_bias(v, w->bv + (size_t)l * D, rows, D);
         for (int b = 0; b < B; b++) {  // each frame attends only to itself, no mask
             size_t off = (size_t)b * N * D;
-            AttnArgs a = {att + off, q + off, k + off, v + off, N, p->v_heads, p->v_heads, hd,
-                          D, D, D, -1, N, 1.0f / sqrtf((float)hd)};
+            AttnArgs a = {.out = att + off, .q = q + off, .k = k + off, .v = v + off, .T = N,
+                          .n_heads = p->v_heads, .n_kv_heads = p->v_heads, .head_dim = hd,
+                          .q_stride = D, .kv_stride = D, .kv_head_stride = hd, .out_stride = D,
+                          .causal_offset = -1, .n_keys = N, .scale = 1.0f / sqrtf((float)hd)};
             attention(&a);
         }
         matmul(xb, att, &w->wo[l], rows);
@@ -965,10 +977,16 @@ static void llm_forward(Model* m, int T, int pos) {
             rope(s->q + (size_t)t * qd, p->n_heads, hd, c, sn);
             rope(s->k + (size_t)t * kvd, p->n_kv_heads, hd, c, sn);
         }
-        memcpy(kc + (size_t)pos * kvd, s->k, (size_t)T * kvd * sizeof(float));
-        memcpy(vc + (size_t)pos * kvd, s->v, (size_t)T * kvd * sizeof(float));
-        AttnArgs a = {s->att, s->q, kc, vc, T, p->n_heads, p->n_kv_heads, hd, qd, kvd, qd,
-                      pos, 0, 1.0f / sqrtf((float)hd)};
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < p->n_kv_heads; h++) {
+                size_t dst = ((size_t)h * s->ctx + pos + t) * hd, src = (size_t)t * kvd + (size_t)h * hd;
+                memcpy(kc + dst, s->k + src, hd * sizeof(float));
+                memcpy(vc + dst, s->v + src, hd * sizeof(float));
+            }
+        AttnArgs a = {.out = s->att, .q = s->q, .k = kc, .v = vc, .T = T, .n_heads = p->n_heads,
+                      .n_kv_heads = p->n_kv_heads, .head_dim = hd, .q_stride = qd, .kv_stride = hd,
+                      .kv_head_stride = (size_t)s->ctx * hd, .out_stride = qd, .causal_offset = pos,
+                      .scale = 1.0f / sqrtf((float)hd)};
         attention(&a);
         matmul(s->xb, s->att, &w->wo[l], T);
         for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb[i];

@@ -52,8 +52,10 @@ for dir in test/goldens/tiny_*; do
     model=$(echo "$case" | cut -d_ -f1-2)
     run "$case f32" build/test_model build/models/${model}_f32.bin "$dir"
 done
-# bf16 and q8 weights: how far they move from the f32 goldens (bounded, reported; tokens may differ).
-for dir in test/goldens/tiny_a_text test/goldens/tiny_b_text; do
+# bf16 and q8 weights: how far they move from the f32 goldens. The bound only catches a broken kernel
+# (errors of order 1): these random models (weights N(0, 0.2)) amplify the 2^-9 bf16 and ~0.4% q8
+# rounding to 1-4% of the logit scale, and greedy tokens may then differ (reported, not failed).
+for dir in test/goldens/tiny_*; do
     model=$(basename "$dir" | cut -d_ -f1-2)
     run "$(basename $dir) bf16" build/test_model build/models/${model}_bf16.bin "$dir" --loose --tol 1e-1
     run "$(basename $dir) q8" build/test_model build/models/${model}_q8.bin "$dir" --loose --tol 1e-1

@@ -133,7 +133,9 @@ static void test_attention_case(int T, int past, int H, int KV, int hd, int caus
     float *q = xmalloc(T * qd * 4), *k = xmalloc(S * kvd * 4), *v = xmalloc(S * kvd * 4);
     float *out = xmalloc(T * qd * 4);
     fill(q, T * qd, 2.0f); fill(k, S * kvd, 2.0f); fill(v, S * kvd, 1.0f);
-    AttnArgs a = {out, q, k, v, T, H, KV, hd, qd, kvd, qd, causal ? past : -1, S, 1.0f / sqrtf(hd)};
+    AttnArgs a = {.out = out, .q = q, .k = k, .v = v, .T = T, .n_heads = H, .n_kv_heads = KV, .head_dim = hd,
+                  .q_stride = qd, .kv_stride = kvd, .kv_head_stride = hd, .out_stride = qd,
+                  .causal_offset = causal ? past : -1, .n_keys = S, .scale = 1.0f / sqrtf(hd)};
     attention(&a);
     double err = 0;
     for (int t = 0; t < T; t++)
