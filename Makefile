@@ -20,14 +20,17 @@ TESTS = build/test_tokenizer build/test_video build/test_matmul build/test_block
 test: llava $(TESTS)
 	PYTHON=$(PYTHON) sh test/run_tests.sh
 
-bench: build/bench
+# A benchmark, not a test: prints tables, never fails on speed. e2e.sh writes 7B-shaped random models
+# into build/ the first time (7.5 GB q8 + 14 GB bf16, a few minutes each).
+bench: llava build/bench
 	./build/bench
+	sh bench/e2e.sh
 
 build/bench: bench/bench.c $(SRC) | build
 	$(CC) $(CFLAGS) -o $@ bench/bench.c $(LDLIBS)
 
-bench-torch:
-	$(PYTHON) bench/bench_torch.py
+bench-torch: build/bench
+	$(PYTHON) bench/compare_torch.py
 
 clean:
 	rm -rf llava build

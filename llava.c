@@ -273,6 +273,11 @@ static void check_config(const Config* p, const char* path) {
     if (p->image_size % p->patch_size || grid % p->pool_stride)
         fatal("%s: image_size %d, patch_size %d and pool_stride %d do not tile", path, p->image_size,
               p->patch_size, p->pool_stride);
+    for (int i = 0; i < p->n_pinpoints; i++) {  // anyres tiles must be whole S x S patches
+        int ph = p->pinpoints[i][0], pw = p->pinpoints[i][1], s = p->image_size;
+        if (ph < s || pw < s || ph % s || pw % s || ph > 64 * s || pw > 64 * s)
+            fatal("%s: grid pinpoint %dx%d (h x w) is not a multiple of image_size %d (at most 64x)", path, ph, pw, s);
+    }
     if (p->feature_layer < -(p->v_layers + 1) || p->feature_layer > p->v_layers)
         fatal("%s: feature_layer %d out of range for %d vision layers", path, p->feature_layer, p->v_layers);
     const int ids[] = {p->bos, p->eos, p->image_token, p->video_token};
@@ -812,7 +817,7 @@ static void vision_forward(Model* m, const float* pixels, int B, float* features
     // Patch embedding: the stride-P conv is a matmul of each flattened (C, P, P) patch with the
     // (D, C*P*P) kernel. Patches are unrolled in (c, y, x) order to match the weight layout.
     int K = C * P * P;
-    float* patches = xmalloc((size_t)B * np * K * sizeof(float));
+    float* patches = xcalloc((size_t)B * np * K, sizeof(float));  // calloc: GCC cannot see the loops fill it
     for (int b = 0; b < B; b++)
         for (int py = 0; py < g; py++)
             for (int px = 0; px < g; px++) {
@@ -1161,51 +1166,79 @@ static void* read_npy(const char* path, char* descr_out, int* ndim, int64_t shap
 // ----------------------------------------------------------------------------
 // Prompt: chat template, placeholder expansion, merged input embeddings
 
-// The chat template of the checkpoint (SPEC §2.3): "USER: " then "<video>\n" per video, then the
-// text and one space, then "ASSISTANT:".
-static char* chat_prompt(const char* question, int n_videos) {
-    size_t n = strlen(question) + 64 + 9 * (size_t)n_videos;
+// The chat template of the checkpoint (SPEC §2.3), one user turn: "USER: ", then "<image>\n" per image and
+// "<video>\n" per video (all images first, whatever order they were given in), then the text and one
+// space, then "ASSISTANT:".
+static char* chat_prompt(const char* question, int n_images, int n_videos) {
+    size_t n = strlen(question) + 64 + 9 * ((size_t)n_images + n_videos);
     char* s = xmalloc(n);
     strcpy(s, "USER: ");
+    for (int i = 0; i < n_images; i++) strcat(s, "<image>\n");
     for (int i = 0; i < n_videos; i++) strcat(s, "<video>\n");
     strcat(s, question);
     strcat(s, " ASSISTANT:");
     return s;
 }
 
-// Each <video> placeholder becomes `per_video` copies (LlavaNextVideoProcessor does this on the text;
-// doing it on the ids is the same, since <video> is always its own token). Returns the new length.
-static int expand_placeholders(int** ids, int n, int video_token, int per_video) {
-    int count = 0;
-    for (int i = 0; i < n; i++) count += (*ids)[i] == video_token;
-    if (count == 0 || per_video == 1) return n;
-    int* out = xmalloc(((size_t)n + (size_t)count * (per_video - 1)) * sizeof(int));
-    int j = 0;
+// The k-th <image> placeholder becomes image_counts[k] copies of itself and the k-th <video>
+// video_counts[k] (LlavaNextVideoProcessor does this on the text; doing it on the ids is the same, since
+// a placeholder is always its own token). Placeholders and media must pair up one to one, as in the
+// processor. Returns the new length.
+static int expand_placeholders(int** ids, int n, int image_token, const int* image_counts, int n_images,
+                               int video_token, const int* video_counts, int n_videos) {
+    int ni = 0, nv = 0;
+    size_t total = 0;
     for (int i = 0; i < n; i++) {
-        if ((*ids)[i] == video_token)
-            for (int r = 0; r < per_video; r++) out[j++] = video_token;
-        else
-            out[j++] = (*ids)[i];
+        int t = (*ids)[i];
+        if (t == image_token && ni < n_images) total += (size_t)image_counts[ni];
+        else if (t == video_token && nv < n_videos) total += (size_t)video_counts[nv];
+        else total++;
+        ni += t == image_token;
+        nv += t == video_token;
+    }
+    if (ni != n_images)
+        fatal("the prompt has %d <image> placeholder%s for %d image%s (-i)", ni, ni == 1 ? "" : "s", n_images,
+              n_images == 1 ? "" : "s");
+    if (nv != n_videos)
+        fatal("the prompt has %d <video> placeholder%s for %d video%s (-v)", nv, nv == 1 ? "" : "s", n_videos,
+              n_videos == 1 ? "" : "s");
+    if (total > (size_t)1 << 30) fatal("the expanded prompt is too long (%zu tokens)", total);
+    int* out = xmalloc(total * sizeof(int));
+    int j = 0;
+    ni = nv = 0;
+    for (int i = 0; i < n; i++) {
+        int t = (*ids)[i], r = t == image_token ? image_counts[ni++] : t == video_token ? video_counts[nv++] : 1;
+        for (int k = 0; k < r; k++) out[j++] = t;
     }
     free(*ids);
     *ids = out;
     return j;
 }
 
-// inputs_embeds: embed_tokens for text tokens; the rows of `video_features` (n_video_rows, dim) written
-// into the <video> positions in order (masked_scatter in get_placeholder_mask's order).
-static float* merge_embeddings(Model* m, const int* ids, int T, const float* video_features, int n_video_rows) {
+// inputs_embeds: embed_tokens for text tokens; the image feature rows (n_image_rows, dim) written into the
+// <image> positions in order, and the video rows (n_video_rows, dim) into the <video> positions
+// (get_placeholder_mask + masked_scatter, images then videos, as LlavaNextVideoModel.forward).
+static float* merge_embeddings(Model* m, const int* ids, int T, const float* image_features, int n_image_rows,
+                               const float* video_features, int n_video_rows) {
     Config* p = &m->config;
-    int D = p->dim, used = 0, count = 0;
-    for (int t = 0; t < T; t++) count += ids[t] == p->video_token;
-    if (count != n_video_rows)
+    int D = p->dim, used_i = 0, used_v = 0, count_i = 0, count_v = 0;
+    for (int t = 0; t < T; t++) {
+        count_i += ids[t] == p->image_token;
+        count_v += ids[t] == p->video_token;
+    }
+    if (count_i != n_image_rows)
+        fatal("image features and image tokens do not match: %d <image> tokens in the prompt, %d features%s",
+              count_i, n_image_rows, n_image_rows ? "" : " (no image given: pass one with -i)");
+    if (count_v != n_video_rows)
         fatal("video features and video tokens do not match: %d <video> tokens in the prompt, %d features%s",
-              count, n_video_rows, n_video_rows ? "" : " (no video given: pass one with -v)");
+              count_v, n_video_rows, n_video_rows ? "" : " (no video given: pass one with -v)");
     float* e = xmalloc((size_t)T * D * sizeof(float));
     for (int t = 0; t < T; t++) {
         if (ids[t] < 0 || ids[t] >= p->vocab_size) fatal("token id %d outside the vocabulary (%d)", ids[t], p->vocab_size);
-        if (ids[t] == p->video_token)
-            memcpy(e + (size_t)t * D, video_features + (size_t)used++ * D, D * sizeof(float));
+        if (ids[t] == p->image_token)
+            memcpy(e + (size_t)t * D, image_features + (size_t)used_i++ * D, D * sizeof(float));
+        else if (ids[t] == p->video_token)
+            memcpy(e + (size_t)t * D, video_features + (size_t)used_v++ * D, D * sizeof(float));
         else
             dequantize_row(e + (size_t)t * D, &m->llm.embed_tokens, ids[t]);
     }
@@ -1238,15 +1271,122 @@ static void video_features(Model* m, VideoFeatures* vf) {
 }
 
 // ----------------------------------------------------------------------------
+// Image features: anyres patches -> CLIP per patch -> projector -> packed grid
+// (LlavaNextVideoModel.get_image_features and pack_image_features, SPEC §4.5)
+
+typedef struct {
+    int n;                   // images, in the order of -i
+    ImagePatches* patches;   // (n) anyres geometry of each image (video.c); pixels moved to `pixel_values`
+    int* n_rows;             // (n) <image> tokens = feature rows of each image
+    int total_patches;       // sum of patches[k].n_patches
+    int total_rows;          // sum of n_rows
+    float* pixel_values;     // (total_patches, C, S, S) every image's patches, base first within each image
+    float* vision_features;  // (total_patches, g*g, v_dim) selected layer, CLS dropped
+    float* image_features;   // (total_rows, dim) what the <image> positions get, image after image
+} ImageFeatures;
+
+// Reads and preprocesses every image (video.c) and counts its tokens; the model runs later.
+static void load_images(Model* m, const char* const* paths, int n, ImageFeatures* f) {
+    Config* p = &m->config;
+    int S = p->image_size, C = p->n_channels;
+    size_t per_patch = (size_t)C * S * S;
+    memset(f, 0, sizeof(*f));
+    if (n == 0) return;
+    if (C != 3) fatal("%s: images need 3 input channels, the model has %d", m->path, C);
+    f->n = n;
+    f->patches = xcalloc((size_t)n, sizeof(ImagePatches));
+    f->n_rows = xcalloc((size_t)n, sizeof(int));
+    for (int k = 0; k < n; k++) {
+        Image im;
+        load_image(&im, paths[k]);
+        ImagePatches* ip = &f->patches[k];
+        preprocess_image(ip, &im, S, &p->pinpoints[0][0], p->n_pinpoints, p->image_mean, p->image_std);
+        f->n_rows[k] = image_num_tokens(im.height, im.width, S, p->patch_size, &p->pinpoints[0][0], p->n_pinpoints);
+        fprintf(stderr, "image: %s, %dx%d, grid %dx%d of %dx%d tiles + base, %d tokens\n", paths[k], im.width,
+                im.height, ip->cols, ip->rows, S, S, f->n_rows[k]);
+        free_image(&im);
+        // append this image's patches to the batch
+        size_t have = (size_t)f->total_patches * per_patch, add = (size_t)ip->n_patches * per_patch;
+        float* grown = realloc(f->pixel_values, (have + add) * sizeof(float));
+        if (!grown) fatal("out of memory for the image patches");
+        f->pixel_values = grown;
+        memcpy(f->pixel_values + have, ip->pixels, add * sizeof(float));
+        free(ip->pixels);
+        ip->pixels = NULL;
+        f->total_patches += ip->n_patches;
+        f->total_rows += f->n_rows[k];
+    }
+}
+
+// One image: feat (P, g*g, dim) projected patch features, patch 0 the base -> out (n_rows, dim).
+// The tiles' g x g feature maps are stitched into one (rows*g) x (cols*g) map (tile row-major, as
+// divide_to_patches cut them), the rows or columns that only saw padding are dropped (unpad_image),
+// and image_newline closes every remaining row; the base image's g*g features go first.
+static int pack_image_features(Model* m, const ImagePatches* ip, const float* feat, float* out) {
+    Config* p = &m->config;
+    int g = p->image_size / p->patch_size, D = p->dim;
+    size_t row = (size_t)D * sizeof(float);
+    memcpy(out, feat, (size_t)g * g * row);  // base
+    int top, n_r, left, n_c;
+    unpad_window(ip->height, ip->width, ip->rows * g, ip->cols * g, &top, &n_r, &left, &n_c);
+    float* o = out + (size_t)g * g * D;
+    for (int y = top; y < top + n_r; y++) {
+        int ty = y / g, py = y % g;  // tile row, patch row inside the tile
+        for (int x = left; x < left + n_c; x++) {
+            int tx = x / g, px = x % g;
+            memcpy(o, feat + ((size_t)(1 + ty * ip->cols + tx) * g * g + (size_t)py * g + px) * D, row);
+            o += D;
+        }
+        memcpy(o, m->projector.image_newline, row);
+        o += D;
+    }
+    return (int)((o - out) / D);
+}
+
+// CLIP on every patch of every image (no pooling for images), the projector, then the packing.
+static void image_features(Model* m, ImageFeatures* f) {
+    Config* p = &m->config;
+    int g = p->image_size / p->patch_size, np = g * g, Dv = p->v_dim, D = p->dim;
+    if (p->select_strategy != 0) fatal("%s: the image path needs select strategy 'default'", m->path);
+    f->vision_features = xmalloc((size_t)f->total_patches * np * Dv * sizeof(float));
+    f->image_features = xmalloc((size_t)f->total_rows * D * sizeof(float));
+    size_t per_patch = (size_t)p->n_channels * p->image_size * p->image_size;
+    int first = 0, rows = 0;
+    for (int k = 0; k < f->n; k++) {  // one image at a time keeps the CLIP batch (and its memory) small
+        int P = f->patches[k].n_patches;
+        float* vis = f->vision_features + (size_t)first * np * Dv;
+        vision_forward(m, f->pixel_values + (size_t)first * per_patch, P, vis);
+        float* proj = xmalloc((size_t)P * np * D * sizeof(float));
+        project(m, proj, vis, P * np);
+        int got = pack_image_features(m, &f->patches[k], proj, f->image_features + (size_t)rows * D);
+        if (got != f->n_rows[k]) fatal("internal: image %d packed into %d rows, expected %d", k, got, f->n_rows[k]);
+        free(proj);
+        first += P;
+        rows += got;
+    }
+}
+
+static void free_image_features(ImageFeatures* f) {
+    for (int k = 0; k < f->n; k++) free_image_patches(&f->patches[k]);
+    free(f->patches); free(f->n_rows); free(f->pixel_values); free(f->vision_features); free(f->image_features);
+    memset(f, 0, sizeof(*f));
+}
+
+// ----------------------------------------------------------------------------
 // Command line
+
+#define MAX_MEDIA 16  // -i and -v each at most this many times
 
 static void usage(int code) {
     fprintf(code ? stderr : stdout,
         "usage: llava MODEL.bin [options]\n"
-        "  -p TEXT        question; wrapped in the chat template \"USER: [<video>\\n]TEXT ASSISTANT:\"\n"
-        "  -v FILE        video: .y4m (or - for a Y4M stream on stdin) or raw RGB24 with -W/-H\n"
-        "  -f N           frames sampled uniformly from the video (default 8)\n"
-        "  -W N, -H N     width and height of a raw RGB24 video\n"
+        "  -p TEXT        question; wrapped in the chat template\n"
+        "                 \"USER: [<image>\\n per image][<video>\\n per video]TEXT ASSISTANT:\"\n"
+        "  -i FILE        image: binary PPM/PGM (P6/P5, any maxval) or .y4m (first frame), - for stdin;\n"
+        "                 repeat for several images (in order; convert others: ffmpeg -i x.jpg x.ppm)\n"
+        "  -v FILE        video: .y4m (or - for a Y4M stream on stdin) or raw RGB24 with -W/-H; repeatable\n"
+        "  -f N           frames sampled uniformly from each video (default 8)\n"
+        "  -W N, -H N     width and height of raw RGB24 video (then every -v is raw RGB24 of that size)\n"
         "  -n N           max new tokens (default 256; 0 = run the prompt only)\n"
         "  -t FLOAT       temperature (default 0 = greedy)\n"
         "  -k FLOAT       top-p (default 0.9; used when -t > 0)\n"
@@ -1264,12 +1404,15 @@ static void usage(int code) {
 typedef struct {
     const char* model_path;
     const char* prompt;
-    const char* video_path;
+    const char* image_paths[MAX_MEDIA];  // -i, in order
+    const char* video_paths[MAX_MEDIA];  // -v, in order
+    int n_images, n_videos;
     const char* ids;
     const char* pixels_path;
     const char* dump_dir;
     const char* mode;
     int raw, frames, raw_w, raw_h, steps, ctx, threads;
+    int stdin_media;  // how many -i/-v inputs are "-"
     float temperature, topp;
     uint64_t seed;
 } Args;
@@ -1305,7 +1448,12 @@ static Args parse_args(int argc, char** argv) {
         if (i + 1 >= argc) fatal("%s needs a value (see ./llava -h)", f);
         const char* v = argv[++i];
         if (!strcmp(f, "-p")) a.prompt = v;
-        else if (!strcmp(f, "-v")) a.video_path = v;
+        else if (!strcmp(f, "-i") || !strcmp(f, "-v")) {
+            int* n = f[1] == 'i' ? &a.n_images : &a.n_videos;
+            if (*n == MAX_MEDIA) fatal("at most %d %s per prompt", MAX_MEDIA, f[1] == 'i' ? "images (-i)" : "videos (-v)");
+            (f[1] == 'i' ? a.image_paths : a.video_paths)[(*n)++] = v;
+            if (!strcmp(v, "-") && a.stdin_media++) fatal("only one -i/-v input can be stdin ('-')");
+        }
         else if (!strcmp(f, "-f")) a.frames = parse_int(f, v, 1, 1024);
         else if (!strcmp(f, "-W")) a.raw_w = parse_int(f, v, 1, 1 << 16);
         else if (!strcmp(f, "-H")) a.raw_h = parse_int(f, v, 1, 1 << 16);
@@ -1399,8 +1547,10 @@ static int run(Args* a) {
         return 0;
     }
 
-    // 1. The video: frames -> pixel values (or golden pixels from a test hook).
+    // 1. The media: images -> anyres patches, videos -> frames -> pixel values (or golden pixels from a test
+    //    hook). The frames of all videos form one batch; video_frames[k] of them belong to video k.
     VideoFeatures vf = {0};
+    int n_videos = 0, video_frames[MAX_MEDIA];
     int S = p->image_size, C = p->n_channels;
     double t_loaded = now_seconds();
     if (strcmp(a->mode, "generate") == 0)
@@ -1414,6 +1564,8 @@ static int run(Args* a) {
         if (ndim != 4 || shape[1] != C || shape[2] != S || shape[3] != S)
             fatal("%s: expected pixels of shape (F, %d, %d, %d)", a->pixels_path, C, S, S);
         vf.F = (int)shape[0];
+        n_videos = 1;  // the test hook stands for one video
+        video_frames[0] = vf.F;
         size_t count = (size_t)vf.F * C * S * S;
         if (!strcmp(descr, "|u1")) {  // uint8 levels: normalise exactly like the processor
             vf.pixel_values = xmalloc(count * sizeof(float));
@@ -1427,16 +1579,24 @@ static int run(Args* a) {
         } else {
             fatal("%s: pixels must be float32 or uint8", a->pixels_path);
         }
-    } else if (a->video_path) {
-        Video video;
-        load_video(&video, a->video_path, a->raw_w, a->raw_h, a->frames, S, p->image_mean, p->image_std);
-        vf.F = video.n_frames;
-        vf.pixel_values = video.pixels;
-        video.pixels = NULL;
-        fprintf(stderr, "video: %dx%d, %d frames, sampled %d\n", video.width, video.height, video.total_frames,
-                video.n_frames);
-        free_video(&video);
+    } else {
+        for (int k = 0; k < a->n_videos; k++) {
+            Video video;
+            load_video(&video, a->video_paths[k], a->raw_w, a->raw_h, a->frames, S, p->image_mean, p->image_std);
+            size_t frame = (size_t)C * S * S;
+            float* grown = realloc(vf.pixel_values, ((size_t)vf.F + video.n_frames) * frame * sizeof(float));
+            if (!grown) fatal("out of memory for the video frames");
+            vf.pixel_values = grown;
+            memcpy(vf.pixel_values + (size_t)vf.F * frame, video.pixels, (size_t)video.n_frames * frame * sizeof(float));
+            vf.F += video.n_frames;
+            video_frames[n_videos++] = video.n_frames;
+            fprintf(stderr, "video: %dx%d, %d frames, sampled %d\n", video.width, video.height, video.total_frames,
+                    video.n_frames);
+            free_video(&video);
+        }
     }
+    ImageFeatures imf;
+    load_images(m, a->image_paths, a->n_images, &imf);
 
     // 2. The prompt ids: template -> tokenizer -> placeholder expansion (or --ids as given).
     int T;
@@ -1445,14 +1605,15 @@ static int run(Args* a) {
         ids = parse_ids(a->ids, &T);
     } else {
         if (!a->prompt) fatal("no prompt: give -p \"question\" (or --ids)");
-        int n_media = vf.F > 0 ? 1 : 0;
-        char* text = a->raw ? strdup(a->prompt) : chat_prompt(a->prompt, n_media);
+        char* text = a->raw ? strdup(a->prompt) : chat_prompt(a->prompt, imf.n, n_videos);
         size_t len = strlen(text);
         int cap = (int)(len + 16 < (size_t)1 << 30 ? len + 16 : (size_t)1 << 30);
         ids = xmalloc((size_t)cap * sizeof(int));
         T = encode(tok, text, len, p->bos, ids, cap);
         free(text);
-        if (vf.F > 0) T = expand_placeholders(&ids, T, p->video_token, vf.F * video_tokens_per_frame(p));
+        int per_video[MAX_MEDIA];
+        for (int k = 0; k < n_videos; k++) per_video[k] = video_frames[k] * video_tokens_per_frame(p);
+        T = expand_placeholders(&ids, T, p->image_token, imf.n_rows, imf.n, p->video_token, per_video, n_videos);
     }
     if (T == 0) fatal("empty prompt");
     int ctx = a->ctx ? a->ctx : p->max_pos;
@@ -1460,16 +1621,21 @@ static int run(Args* a) {
     int steps = a->steps;
     if (T + steps > ctx) steps = ctx - T;
 
-    // 3. Vision tower, pooling, projector; then the merged input embeddings.
+    // 3. Vision tower, (pooling for video), projector, (packing for images); then the merged input embeddings.
     int n_video_rows = 0;
     double t_vision = now_seconds();
+    if (imf.n > 0) image_features(m, &imf);
     if (vf.F > 0) {
         video_features(m, &vf);
         n_video_rows = vf.F * video_tokens_per_frame(p);
-        t_vision = now_seconds() - t_vision;
-        fprintf(stderr, "vision: %d frames in %.2f s (%.0f ms/frame)\n", vf.F, t_vision, 1000 * t_vision / vf.F);
     }
-    float* embeds = merge_embeddings(m, ids, T, vf.video_features, n_video_rows);
+    if (imf.n > 0 || vf.F > 0) {
+        t_vision = now_seconds() - t_vision;
+        int n_pass = imf.total_patches + vf.F;
+        fprintf(stderr, "vision: %d image patches + %d frames in %.2f s (%.0f ms each)\n", imf.total_patches, vf.F,
+                t_vision, 1000 * t_vision / n_pass);
+    }
+    float* embeds = merge_embeddings(m, ids, T, imf.image_features, imf.total_rows, vf.video_features, n_video_rows);
 
     if (a->dump_dir) {
         if (mkdir(a->dump_dir, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create: %s", a->dump_dir, strerror(errno));
@@ -1483,6 +1649,23 @@ static int run(Args* a) {
             dump_tensor(a->dump_dir, "vision_features.npy", vf.vision_features, 3, vs);
             int64_t vv[2] = {n_video_rows, p->dim};
             dump_tensor(a->dump_dir, "video_features.npy", vf.video_features, 2, vv);
+        }
+        if (imf.n > 0) {
+            int g = S / p->patch_size;
+            int32_t* sizes = xmalloc((size_t)imf.n * 2 * sizeof(int32_t));
+            for (int k = 0; k < imf.n; k++) {
+                sizes[2 * k] = imf.patches[k].height;
+                sizes[2 * k + 1] = imf.patches[k].width;
+            }
+            int64_t is[2] = {imf.n, 2};
+            write_npy(a->dump_dir, "image_sizes.npy", "<i4", sizes, 4, 2, is);
+            free(sizes);
+            int64_t px[4] = {imf.total_patches, C, S, S};
+            dump_tensor(a->dump_dir, "image_pixel_values.npy", imf.pixel_values, 4, px);
+            int64_t vs[3] = {imf.total_patches, g * g, p->v_dim};
+            dump_tensor(a->dump_dir, "image_vision_features.npy", imf.vision_features, 3, vs);
+            int64_t fs[2] = {imf.total_rows, p->dim};
+            dump_tensor(a->dump_dir, "image_features.npy", imf.image_features, 2, fs);
         }
         int64_t es[2] = {T, p->dim};
         dump_tensor(a->dump_dir, "inputs_embeds.npy", embeds, 2, es);
@@ -1534,6 +1717,7 @@ static int run(Args* a) {
     }
     free(generated); free(sampler.index); free(embeds); free(ids);
     free(vf.pixel_values); free(vf.vision_features); free(vf.video_features);
+    free_image_features(&imf);
     free_state(&m->state);
     free_tokenizer(tok);
     return 0;

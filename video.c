@@ -1,4 +1,4 @@
-// video.c: video input and frame preprocessing for llava.c
+// video.c: video and image input, and their preprocessing, for llava.c
 //
 // What it does, in the order a frame meets it:
 //   1. reads frames from a YUV4MPEG2 (.y4m) file or pipe, or from headerless
@@ -12,10 +12,17 @@
 //   4. preprocesses each picked frame like transformers' torchvision video
 //      processor (SPEC_PREPROCESS.md §6): shortest-edge resize to S with torch's
 //      uint8 antialiased bicubic kernel, center crop S×S (floor offsets, 4.57+),
-//      then (float(u8) - mean*255) / (std*255) in float32, CHW.
+//      then (float(u8) - mean*255) / (std*255) in float32, CHW;
+//   5. reads still images (binary PPM/PGM exactly as Pillow decodes them, or
+//      the first frame of a Y4M) and cuts them into LLaVA-NeXT "anyres" patches
+//      like transformers' LlavaNextImageProcessor (SPEC.md §4): best grid
+//      pinpoint, aspect-keeping resize, zero padding, S×S tiles plus the whole
+//      image squeezed to S×S; and counts the <image> tokens an image takes.
 //
 // What it does not do: decode compressed video (convert with ffmpeg first:
-// `ffmpeg -i in.mp4 -f yuv4mpegpipe - | ./llava ... -v -`), use a frame's
+// `ffmpeg -i in.mp4 -f yuv4mpegpipe - | ./llava ... -v -`) or compressed
+// images (`ffmpeg -i in.jpg -pix_fmt rgb24 out.ppm`; JPEG decoders, Pillow's
+// included, may differ from ffmpeg's by a level here and there), use a frame's
 // interlacing or chroma siting (ffmpeg ignores both here too), read alpha
 // (the 444alpha plane is skipped, as swscale does for rgb24).
 // Known difference from ffmpeg 5.1: 8-bit Cmono tagged XCOLORRANGE=LIMITED.
@@ -34,7 +41,8 @@
 // contraction (-march=native turns on FMA, and GCC contracts across statements
 // by default) is the bicubic kernel in resize_axis_build. It routes every
 // product through vmul(), a volatile store that forbids fusing. The rest is
-// integer, or float ops with nothing to fuse (a subtract then a true divide).
+// integer, or float ops with nothing to fuse (a subtract then a true divide;
+// the anyres sizes and the PPM level table: products, quotients, no sums).
 // `#pragma STDC FP_CONTRACT OFF` is not used because GCC ignores it.
 //
 // Files above 2 GiB need a 64-bit `long` (fseek/ftell): true on 64-bit Linux
@@ -69,7 +77,38 @@ void load_video(Video* v, const char* path, int raw_w, int raw_h, int n_frames,
                 int size, const float mean[3], const float std[3]);
 void free_video(Video* v);
 
-// Lower-level pieces (also used by tests and, later, by the anyres image path):
+// Still images (PPM/PGM as Pillow reads them, or the first frame of a Y4M) and
+// LLaVA-NeXT "anyres" preprocessing, as transformers' LlavaNextImageProcessor.
+typedef struct {
+    int width, height; // W, H
+    uint8_t* rgb;      // (3, H, W) planar RGB, 8-bit
+} Image;
+
+typedef struct {
+    int n_patches;            // P = 1 + rows * cols
+    int size;                 // S: side of every patch (the model's image_size)
+    int rows, cols;           // tile grid: best_h / S, best_w / S
+    int width, height;        // original image size (HF image_sizes holds (height, width))
+    int best_h, best_w;       // the grid pinpoint select_best_resolution picked
+    int resized_h, resized_w; // image size after the resize for patching, before padding
+    float* pixels;            // (P, 3, S, S) normalized: patch 0 = base image, then tiles row-major
+} ImagePatches;
+
+// load_image: path = .ppm/.pgm (binary P6/P5, any maxval) or .y4m (first frame),
+//   "-" = stdin. Errors: one line "llava: error: PATH: what", exit 1.
+// preprocess_image: anyres patches of an image; pinpoints (n_pinpoints, 2) as
+//   (h, w), each a multiple of S (Config.pinpoints); mean/std as for load_video.
+// image_num_tokens: how many <image> tokens the processor writes for an image
+//   of h x w (= rows of features the model scatters into them): S/patch_size
+//   squared for the base, then the unpadded grid with one newline per row.
+void load_image(Image* im, const char* path);
+void free_image(Image* im);
+void preprocess_image(ImagePatches* p, const Image* im, int S, const int32_t* pinpoints, int n_pinpoints,
+                      const float mean[3], const float std[3]);
+void free_image_patches(ImagePatches* p);
+int image_num_tokens(int h, int w, int S, int patch_size, const int32_t* pinpoints, int n_pinpoints);
+
+// Lower-level pieces (also used by tests and by the anyres image path):
 // sample_frame_indices: numpy's np.arange(0, total, total/n).astype(int) (n or
 //   n+1 values, may repeat or equal total) into out (room for n+1); returns count.
 // video_frame_list: the frames the model card's read_video_pyav keeps for those
@@ -86,6 +125,18 @@ void resize_plane_u8(const uint8_t* src, int sw, int sh, uint8_t* dst, int dw, i
 void resize_rgb_u8(const uint8_t* src, int sw, int sh, uint8_t* dst, int dw, int dh);
 void resize_crop_rgb_u8(const uint8_t* rgb, int w, int h, int S, uint8_t* out);
 void normalize_table(float table[3][256], const float mean[3], const float std[3]);
+// Anyres pieces, each named after the transformers function it mirrors:
+// select_best_resolution: the pinpoint (h, w) for an h x w image.
+// patch_output_size: get_patch_output_size, the aspect-keeping resize target.
+// anyres_geometry: all sizes of preprocess_image, no pixels (p->pixels = NULL).
+// anyres_patches_u8: the patches as uint8 levels, out (P, 3, S, S).
+// unpad_window: unpad_image on a feature grid of cur_h x cur_w for an image of
+//   orig_h x orig_w: keep rows [top, top+rows) and columns [left, left+cols).
+void select_best_resolution(int h, int w, const int32_t* pinpoints, int n_pinpoints, int* best_h, int* best_w);
+void patch_output_size(int h, int w, int th, int tw, int* new_h, int* new_w);
+void anyres_geometry(ImagePatches* g, int w, int h, int S, const int32_t* pinpoints, int n_pinpoints);
+void anyres_patches_u8(const ImagePatches* g, const uint8_t* rgb, uint8_t* out);
+void unpad_window(int orig_h, int orig_w, int cur_h, int cur_w, int* top, int* rows, int* left, int* cols);
 
 // ----------------------------------------------------------------------------
 // Errors and checked helpers
@@ -893,4 +944,348 @@ void free_video(Video* v) {
     free(v->pixels);
     free(v->indices);
     memset(v, 0, sizeof(*v));
+}
+
+// ----------------------------------------------------------------------------
+// Still images: binary PPM/PGM (P6/P5) and one-frame Y4M
+//
+// The reference pipeline gives transformers `Image.open(path)` and the image
+// processor calls .convert("RGB") on it, so a PPM/PGM is read the way Pillow
+// (13.0) reads it:
+//  * P6 (RGB) and P5 (gray), maxval 1..65535; samples are 1 byte when
+//    maxval < 256, else 2 bytes big-endian. Plain (ASCII) P1-P3, bitmap P4 and
+//    PAM (P7) are refused with a hint.
+//  * Header: magic, width, height, maxval as decimal tokens separated by
+//    whitespace; '#' starts a comment that runs to the end of the line (CR or
+//    LF). Exactly one whitespace byte follows maxval, then the raster. Bytes after
+//    the raster are ignored (Pillow also reads only the first image of a file).
+//  * maxval 255: samples as they are.
+//  * P6 with any other maxval, and P5 with maxval < 255: Pillow's "ppm" decoder,
+//    out = min(255, round(v / maxval * 255)), float64, Python's round (half to
+//    even). For maxval 1, 3, 7, 15, 127 this is an exact multiple (maxval 15:
+//    17*v). Samples above maxval (invalid, but Pillow takes them) give 255.
+//  * P5 with maxval > 255: Pillow decodes to a 32-bit "I" image scaled to
+//    0..65535 (round(v / maxval * 65535)) and convert("RGB") CLIPS that to
+//    0..255 rather than scaling it, so everything above 255/65535 of full scale
+//    turns white. That is what transformers is given for such a file, so it is
+//    what we do; convert a 16-bit PGM to 8 bits first to see the picture.
+//  * Gray becomes RGB by repeating the value (Pillow's L->RGB and I->RGB).
+// ffmpeg agrees with this for maxval 255 and 2^k-1 <= 255 only: for other 8-bit
+// maxvals and 16-bit RGB it differs by 1 level in places (its fixed-point
+// scaling), and for 16-bit gray it scales instead of clipping.
+//
+// A Y4M file is read by the video reader (same header rules and YUV->RGB
+// conversion as for -v) and its FIRST frame is the image; later frames are
+// ignored. "-" reads either format from stdin.
+
+#define PNM_MAX_TOKEN 9 // digits of a header number (< 10^9)
+
+// The whitespace of the netpbm formats (and of Pillow's reader): space, \t, \n, \v, \f, \r.
+static int pnm_space(int c) { return c == ' ' || c == '\t' || c == '\n' || c == '\v' || c == '\f' || c == '\r'; }
+
+// A header token, with the stream position kept in *c (the next unread byte).
+// Skips whitespace and comments before it; stops at the first byte that is not
+// a digit (left in *c). Returns the value, dies on anything else.
+static int pnm_read_number(FILE* f, const char* path, int* c, const char* what) {
+    for (;;) {
+        while (pnm_space(*c)) *c = fgetc(f);
+        if (*c != '#') break;
+        while (*c != EOF && *c != '\n' && *c != '\r') *c = fgetc(f);
+    }
+    if (*c == EOF) video_die(path, "PPM/PGM header ends before the %s", what);
+    if (*c < '0' || *c > '9')
+        video_die(path, "bad %s in PPM/PGM header: byte 0x%02x ('%c') is not a digit", what, *c,
+                  *c >= 32 && *c < 127 ? *c : '?');
+    int v = 0, n = 0;
+    while (*c >= '0' && *c <= '9') {
+        if (++n > PNM_MAX_TOKEN) video_die(path, "%s in PPM/PGM header has more than %d digits", what, PNM_MAX_TOKEN);
+        v = v * 10 + (*c - '0');
+        *c = fgetc(f);
+    }
+    // a token ends at whitespace, a comment or the end of the file; "12x" is an error
+    if (*c != EOF && *c != '#' && !pnm_space(*c))
+        video_die(path, "bad %s in PPM/PGM header: byte 0x%02x ('%c') after the number", what, *c,
+                  *c >= 32 && *c < 127 ? *c : '?');
+    return v;
+}
+
+// Sample value -> 8-bit level, Pillow's rules above, for every possible stored
+// value (256 or 65536 entries: samples above maxval are legal input here).
+static uint8_t* pnm_level_table(int maxval, int gray) {
+    size_t n = maxval < 256 ? 256 : 65536;
+    uint8_t* t = video_malloc(n, "pnm");
+    double out_max = (gray && maxval > 255) ? 65535.0 : 255.0; // Pillow's "I" mode for deep gray
+    for (size_t v = 0; v < n; v++) {
+        if (maxval == 255 || (gray && maxval == 65535)) { // Pillow's raw decoders: no scaling
+            t[v] = (uint8_t)(v > 255 ? 255 : v);
+            continue;
+        }
+        // Python: min(out_max, round(v / maxval * out_max)); rint rounds half to even
+        // in the default rounding mode, like Python's round. Two float64 ops and a
+        // rounding: nothing for the compiler to contract.
+        double x = rint((double)v / (double)maxval * out_max);
+        if (x > out_max) x = out_max;
+        t[v] = (uint8_t)(x > 255.0 ? 255.0 : x); // the "I" -> RGB clip (a no-op for RGB)
+    }
+    return t;
+}
+
+// After the 2-byte magic "P5"/"P6": header, raster, conversion to planar RGB.
+static void pnm_read(Image* im, FILE* f, const char* path, int gray) {
+    int c = fgetc(f);
+    if (!pnm_space(c) && c != '#')
+        video_die(path, "not a PPM/PGM file (no whitespace after the magic number)");
+    int w = pnm_read_number(f, path, &c, "width");
+    int h = pnm_read_number(f, path, &c, "height");
+    int maxval = pnm_read_number(f, path, &c, "maxval");
+    if (w < 1 || h < 1 || w > VIDEO_MAX_DIM || h > VIDEO_MAX_DIM)
+        video_die(path, "image size %dx%d out of range (1..%d)", w, h, VIDEO_MAX_DIM);
+    if (maxval < 1 || maxval > 65535) video_die(path, "maxval %d out of range (1..65535)", maxval);
+    // the raster starts after exactly one whitespace byte (c holds it)
+    if (!pnm_space(c))
+        video_die(path, "PPM/PGM header: expected one whitespace byte between maxval and the pixel data");
+
+    int ch = gray ? 1 : 3, bps = maxval < 256 ? 1 : 2;
+    size_t np = (size_t)w * h, bytes = np * ch * bps;
+    // On a file, check the size before allocating: a short file must not cost
+    // a 1.6 GB buffer first.
+    long here = ftell(f);
+    if (here >= 0 && fseek(f, 0, SEEK_END) == 0) {
+        long end = ftell(f);
+        if (end >= 0 && (size_t)(end - here) < bytes)
+            video_die(path, "truncated pixel data: %ld of %zu bytes for %dx%d %s, maxval %d", end - here, bytes, w, h,
+                      gray ? "gray" : "RGB", maxval);
+        if (fseek(f, here, SEEK_SET) != 0) video_die(path, "seek failed");
+    }
+    uint8_t* raw = video_malloc(bytes, path);
+    size_t got = fread(raw, 1, bytes, f);
+    if (got != bytes) {
+        if (ferror(f)) video_die(path, "read error");
+        video_die(path, "truncated pixel data: %zu of %zu bytes for %dx%d %s, maxval %d", got, bytes, w, h,
+                  gray ? "gray" : "RGB", maxval);
+    }
+    uint8_t* lut = pnm_level_table(maxval, gray);
+    im->width = w;
+    im->height = h;
+    im->rgb = video_malloc(3 * np, path);
+    for (size_t i = 0; i < np; i++)
+        for (int k = 0; k < 3; k++) {
+            size_t s = i * ch + (gray ? 0 : k); // sample index in the file (HWC)
+            unsigned v = bps == 1 ? raw[s] : (unsigned)raw[2 * s] << 8 | raw[2 * s + 1];
+            im->rgb[(size_t)k * np + i] = lut[v];
+        }
+    free(lut);
+    free(raw);
+}
+
+// After the 2 bytes "YU": the rest of the Y4M header, then the first frame.
+static void y4m_image_read(Image* im, FILE* f, const char* path, int is_stdin) {
+    VideoSource s;
+    memset(&s, 0, sizeof(s));
+    s.path = path;
+    s.f = f;
+    s.is_stdin = is_stdin;
+    char* line = video_malloc(Y4M_MAX_LINE, path);
+    memcpy(line, "YU", 2);
+    if (fread(line + 2, 1, 7, f) != 7 || memcmp(line, "YUV4MPEG2", 9) != 0)
+        video_die(path, "unknown image format (expected a binary PPM/PGM, P6/P5, or a Y4M file)");
+    if (video_read_line(&s, line + 9, Y4M_MAX_LINE - 9, "header") < 0) video_die(path, "truncated Y4M header");
+    y4m_parse_header(path, line, &s.y);
+    uint8_t* buf = video_malloc(s.y.frame_bytes, path);
+    if (!video_read_next(&s, buf, 0, line)) video_die(path, "no frames");
+    im->width = s.y.width;
+    im->height = s.y.height;
+    im->rgb = video_malloc((size_t)3 * im->width * im->height, path);
+    video_frame_to_rgb(&s, buf, im->rgb);
+    free(buf);
+    free(line);
+}
+
+void load_image(Image* im, const char* path) {
+    memset(im, 0, sizeof(*im));
+    int is_stdin = strcmp(path, "-") == 0;
+    FILE* f = is_stdin ? stdin : fopen(path, "rb");
+    if (!f) video_die(path, "cannot open file");
+    int c0 = fgetc(f), c1 = fgetc(f);
+    if (c0 == EOF) video_die(path, "empty input (expected a PPM/PGM or Y4M image)");
+    if (c0 == 'P' && (c1 == '6' || c1 == '5')) {
+        pnm_read(im, f, path, c1 == '5');
+    } else if (c0 == 'P' && c1 >= '1' && c1 <= '4') {
+        video_die(path, "P%c (%s) is not supported: only binary P6 (RGB) and P5 (gray); "
+                  "convert with `ffmpeg -i in -pix_fmt rgb24 out.ppm`", c1, c1 == '4' || c1 == '1' ? "bitmap" : "ASCII");
+    } else if (c0 == 'Y' && c1 == 'U') {
+        y4m_image_read(im, f, path, is_stdin);
+    } else {
+        video_die(path, "unknown image format (expected a binary PPM/PGM, P6/P5, or a Y4M file; "
+                  "convert with `ffmpeg -i in.jpg -pix_fmt rgb24 out.ppm`)");
+    }
+    if (!is_stdin) fclose(f);
+}
+
+void free_image(Image* im) {
+    free(im->rgb);
+    memset(im, 0, sizeof(*im));
+}
+
+// ----------------------------------------------------------------------------
+// Anyres image preprocessing (LLaVA-NeXT; SPEC.md §4, SPEC_PREPROCESS.md §5)
+//
+// transformers 5.x LlavaNextImageProcessor (the torchvision backend, the
+// default class) does, for an image of W x H and tile size S (336):
+//   1. select_best_resolution: the pinpoint (th, tw) that keeps the most of the
+//      image's pixels when it is fitted inside, ties to the least waste, then
+//      to the earlier pinpoint;
+//   2. resize (aspect kept) to get_patch_output_size: the side that limits the
+//      fit becomes tw or th, the other ceil(side * scale) (float64);
+//   3. zero-pad (uint8 black) to th x tw, centred, the odd pixel right/bottom;
+//   4. cut into (th/S) x (tw/S) tiles, row-major;
+//   5. the base image: the original resized straight to S x S (aspect not kept);
+//   6. [base] + tiles, each normalized like a video frame.
+// Resizes are the same torch uint8 antialiased bicubic as for video frames. The
+// model later stitches the tiles' features back into one grid, crops the rows or
+// columns that only saw padding (unpad_image) and ends every row with a learned
+// newline vector; image_num_tokens counts the result as the processor does.
+
+// Sizes are at most 16384 and pinpoints at most 64*S, so the int64 products cannot overflow.
+void select_best_resolution(int h, int w, const int32_t* pinpoints, int n_pinpoints, int* best_h, int* best_w) {
+    int64_t max_eff = 0, min_waste = INT64_MAX;
+    *best_h = *best_w = 0;
+    for (int i = 0; i < n_pinpoints; i++) {
+        int ph = pinpoints[2 * i], pw = pinpoints[2 * i + 1];
+        double sw = (double)pw / w, sh = (double)ph / h;
+        double scale = sw < sh ? sw : sh; // Python min(): the first on a tie, the same value
+        int64_t dw = (int64_t)((double)w * scale), dh = (int64_t)((double)h * scale); // int() truncates
+        int64_t eff = dw * dh < (int64_t)w * h ? dw * dh : (int64_t)w * h;
+        int64_t waste = (int64_t)pw * ph - eff;
+        // An image so thin that it keeps no pixel anywhere (1 x 2000) has eff 0 for
+        // every pinpoint; HF then still takes the first (0 == 0 and waste < inf).
+        if (eff > max_eff || (eff == max_eff && waste < min_waste)) {
+            max_eff = eff;
+            min_waste = waste;
+            *best_h = ph;
+            *best_w = pw;
+        }
+    }
+}
+
+void patch_output_size(int h, int w, int th, int tw, int* new_h, int* new_w) {
+    double sw = (double)tw / w, sh = (double)th / h;
+    if (sw < sh) {
+        *new_w = tw;
+        double c = ceil((double)h * sw); // e.g. 400 * (336/300) = 448.00000000000006 -> 449
+        *new_h = c < th ? (int)c : th;
+    } else {
+        *new_h = th;
+        double c = ceil((double)w * sh);
+        *new_w = c < tw ? (int)c : tw;
+    }
+}
+
+// Python's int(round(x, 7)) for x >= 0. round(x, 7) rounds the exact binary
+// value of x to 7 decimals (half to even), so the integer part goes up exactly
+// when x >= (n+1) - 5e-8, n = floor(x); ties cannot happen (5e-8 is not a binary
+// fraction). (n+1) - x is exact here (Sterbenz), and as the double 5e-8 is just
+// BELOW the real 5e-8, "d < 5e-8" is "d <= 5e-8 as a double" for any double d.
+static int round7_int(double x) {
+    double n = floor(x);
+    if ((n + 1.0) - x <= 5e-8) n += 1.0;
+    return (int)n;
+}
+
+void unpad_window(int orig_h, int orig_w, int cur_h, int cur_w, int* top, int* rows, int* left, int* cols) {
+    *top = *left = 0;
+    *rows = cur_h;
+    *cols = cur_w;
+    double orig_ar = (double)orig_w / orig_h, cur_ar = (double)cur_w / cur_h;
+    if (orig_ar > cur_ar) { // wider than the grid: padding was added above and below
+        int nh = round7_int((double)orig_h * ((double)cur_w / orig_w));
+        int pad = (cur_h - nh) / 2; // cur_h >= nh here, so C division = Python's //
+        *top = pad;
+        *rows = cur_h - 2 * pad; // the slice [pad, cur_h - pad)
+    } else {
+        int nw = round7_int((double)orig_w * ((double)cur_h / orig_h));
+        int pad = (cur_w - nw) / 2;
+        *left = pad;
+        *cols = cur_w - 2 * pad;
+    }
+}
+
+// Pinpoints must be positive multiples of S, or the tiles would not be square.
+static void anyres_check_pinpoints(int S, const int32_t* pinpoints, int n_pinpoints) {
+    if (n_pinpoints < 1) video_die("anyres", "the model has no grid pinpoints, so it cannot take images");
+    for (int i = 0; i < n_pinpoints; i++) {
+        int ph = pinpoints[2 * i], pw = pinpoints[2 * i + 1];
+        if (ph < S || pw < S || ph % S || pw % S || ph > 64 * S || pw > 64 * S)
+            video_die("anyres", "grid pinpoint %dx%d (h x w) is not a multiple of the image size %d (at most 64x)",
+                      ph, pw, S);
+    }
+}
+
+void anyres_geometry(ImagePatches* g, int w, int h, int S, const int32_t* pinpoints, int n_pinpoints) {
+    memset(g, 0, sizeof(*g));
+    if (w < 1 || h < 1 || w > VIDEO_MAX_DIM || h > VIDEO_MAX_DIM)
+        video_die("anyres", "image size %dx%d out of range (1..%d)", w, h, VIDEO_MAX_DIM);
+    anyres_check_pinpoints(S, pinpoints, n_pinpoints);
+    g->width = w;
+    g->height = h;
+    g->size = S;
+    select_best_resolution(h, w, pinpoints, n_pinpoints, &g->best_h, &g->best_w);
+    patch_output_size(h, w, g->best_h, g->best_w, &g->resized_h, &g->resized_w);
+    g->rows = g->best_h / S;
+    g->cols = g->best_w / S;
+    g->n_patches = 1 + g->rows * g->cols;
+}
+
+int image_num_tokens(int h, int w, int S, int patch_size, const int32_t* pinpoints, int n_pinpoints) {
+    ImagePatches g;
+    anyres_geometry(&g, w, h, S, pinpoints, n_pinpoints);
+    int grid = S / patch_size; // features per tile side (24)
+    int top, rows, left, cols;
+    unpad_window(h, w, g.rows * grid, g.cols * grid, &top, &rows, &left, &cols);
+    return grid * grid + rows * cols + rows; // base + unpadded grid + one newline per row
+}
+
+void anyres_patches_u8(const ImagePatches* g, const uint8_t* rgb, uint8_t* out) {
+    int W = g->width, H = g->height, S = g->size;
+    int nw = g->resized_w, nh = g->resized_h, tw = g->best_w, th = g->best_h;
+    size_t ss = (size_t)S * S;
+    // patch 0: the base image, the whole original squeezed to S x S
+    resize_rgb_u8(rgb, W, H, out, S, S);
+    // tiles: resize (aspect kept), then read through the zero padding
+    uint8_t* r = video_malloc((size_t)3 * nw * nh, "anyres");
+    resize_rgb_u8(rgb, W, H, r, nw, nh);
+    int left = (tw - nw) / 2, top = (th - nh) / 2; // floor: the odd pixel goes right/bottom
+    for (int ty = 0; ty < g->rows; ty++)
+        for (int tx = 0; tx < g->cols; tx++) {
+            uint8_t* tile = out + (size_t)(1 + ty * g->cols + tx) * 3 * ss;
+            for (int c = 0; c < 3; c++)
+                for (int y = 0; y < S; y++) {
+                    uint8_t* d = tile + (size_t)c * ss + (size_t)y * S;
+                    int sy = ty * S + y - top; // row in the resized image
+                    memset(d, 0, (size_t)S);
+                    if (sy < 0 || sy >= nh) continue;
+                    int x0 = tx * S - left, x1 = x0 + S; // columns [x0, x1) of the resized image
+                    int a = x0 < 0 ? 0 : x0, b = x1 > nw ? nw : x1;
+                    if (a < b) memcpy(d + (a - x0), r + ((size_t)c * nh + sy) * nw + a, (size_t)(b - a));
+                }
+        }
+    free(r);
+}
+
+void preprocess_image(ImagePatches* p, const Image* im, int S, const int32_t* pinpoints, int n_pinpoints,
+                      const float mean[3], const float std[3]) {
+    anyres_geometry(p, im->width, im->height, S, pinpoints, n_pinpoints);
+    size_t ss = (size_t)S * S, n = (size_t)p->n_patches * 3 * ss;
+    uint8_t* u8 = video_malloc(n, "anyres");
+    anyres_patches_u8(p, im->rgb, u8);
+    float table[3][256];
+    normalize_table(table, mean, std);
+    p->pixels = video_malloc(n * sizeof(float), "anyres");
+    for (size_t i = 0; i < n; i++) p->pixels[i] = table[(i / ss) % 3][u8[i]];
+    free(u8);
+}
+
+void free_image_patches(ImagePatches* p) {
+    free(p->pixels);
+    memset(p, 0, sizeof(*p));
 }

@@ -18,9 +18,17 @@ tiny_a is written in the layout of the real hub checkpoint (vision_tower.vision_
 tiny_b exactly as transformers 5.x save_pretrained writes it (vision_tower.* keys, rope_parameters); see
 MODEL_SPECS. Both dirs ship tokenizer.model instead of the 3.6 MB tokenizer.json (HF rebuilds the same tokenizer).
 
-Only test/data/* is read (tokenizer.model and the clips listed in CLIPS); nothing outside the repository.
+Images (anyres): the photos in test/data (PHOTOS) are opened with PIL's Image.open, as the reference pipeline does, and
+go through the processor's LlavaNextImageProcessor (in 5.x the torchvision class). IMAGE_CASES / MIXED_CASES are the
+model goldens (test/goldens/tiny_*_image_*, tiny_b_mixed_*); test/goldens/image_tables.txt has what test/test_video.c
+checks video.c's image reader and anyres geometry against (Pillow's decode of the photos and of small PPM/PGM files of
+every kind, the processor's uint8 patches of the photos, token counts for a sweep of image sizes).
+
+Only test/data/* is read (tokenizer.model, the clips listed in CLIPS, the photos in PHOTOS); nothing outside the
+repository.
 """
 
+import io
 import json
 import os
 import shutil
@@ -28,11 +36,14 @@ import sys
 import tempfile
 
 import numpy as np
+import PIL
 import safetensors
 import tokenizers
 import torch
 import torchvision
+import torchvision.transforms.v2.functional as tvF
 import transformers
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import (
     AddedToken,
@@ -46,6 +57,9 @@ from transformers import (
     LlavaNextVideoProcessor,
     LlavaNextVideoVideoProcessor,
 )
+from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
+from transformers.image_utils import ChannelDimension
+from transformers.models.llava_next_video.modeling_llava_next_video import unpad_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "test", "data")
@@ -150,6 +164,38 @@ VIDEO_CASES = [
 ]
 VIDEO_NEW_TOKENS = 16
 LOGITS_LAST = 4
+
+IMAGE_QUESTION = "What is shown in this image?"
+MIXED_QUESTION = "What do the image and the video show?"
+# photo name -> file in test/data (copies of /work/shared/data, see test/data/README.md)
+PHOTOS = {
+    "flower_small_510x532": "flower_small_510x532.ppm",
+    "flower_small_510x532_gray": "flower_small_510x532_gray.pgm",
+    "flower_small_510x532_maxval15": "flower_small_510x532_maxval15.ppm",
+    "chelsea_451x300": "chelsea_451x300.ppm",
+}
+# What an image case saves (the fixture budget is tight: logits_last alone is 4 x 32064 floats = 513 KB):
+#   "lean"  tiny_a (S 336): pixels only as a hash in meta.json ((3,3,336,336) uint8 would be 1 MB); image_features,
+#           logits_last, generated. test/test_video.c checks the same pixels by hash from image_tables.txt.
+#   "full"  image_pixel_values_u8, image_vision_features, image_features, inputs_embeds, generated (no logits).
+#   "pixels" image_pixel_values_u8, image_features, generated: the reader variants of the flower (gray PGM, maxval 15).
+# Every case also has input_ids, image_sizes, gen_topk_*.
+IMAGE_CASES = [
+    # (model, photo, store, question)
+    ("tiny_a", "chelsea_451x300", "lean", IMAGE_QUESTION),
+    ("tiny_b", "flower_small_510x532", "full", IMAGE_QUESTION),
+    ("tiny_b", "chelsea_451x300", "full", IMAGE_QUESTION),
+    # IMAGE_QUESTION fails the greedy margin check here (step 5: 7.8e-4 * std)
+    ("tiny_b", "flower_small_510x532_gray", "pixels", "What is in this picture?"),
+    ("tiny_b", "flower_small_510x532_maxval15", "pixels", IMAGE_QUESTION),
+]
+# One user turn with an image and a video ("USER: <image>\n<video>\n..."): as "full", plus the video's
+# pixel_values_u8, vision_features and video_features (named as in the video cases).
+MIXED_CASES = [
+    # (model, photo, clip, N frames)
+    ("tiny_b", "chelsea_451x300", "city_320x240_444_2f", 2),
+]
+IMAGE_NEW_TOKENS = 16
 MARGIN_REL = 1e-3  # every greedy step needs top1 - top2 > MARGIN_REL * std(logits of that step)
 
 
@@ -242,7 +288,8 @@ def y4m_info(path):
 
 
 def check_data():
-    for fname in ["tokenizer.model"] + [f"{c}.y4m" for c in CLIPS] + [v[0] for v in CLIPS.values()]:
+    for fname in ["tokenizer.model"] + [f"{c}.y4m" for c in CLIPS] + [v[0] for v in CLIPS.values()] + \
+            list(PHOTOS.values()):
         if not os.path.exists(os.path.join(DATA, fname)):
             sys.exit(f"make_goldens.py: test/data/{fname} missing (see test/data/README.md, make_video_fixtures.sh)")
     for clip, (_, w, h, total) in CLIPS.items():
@@ -308,8 +355,9 @@ def check_processor(proc):
     assert p == "Be brief. USER: <image>\n<video>\nHi ASSISTANT: Yes. USER: Q ASSISTANT:", repr(p)
 
 
-def chat_prompt(proc, text, video):
-    content = ([{"type": "video"}] if video else []) + [{"type": "text", "text": text}]
+def chat_prompt(proc, text, video, image=False):
+    content = ([{"type": "video"}] if video else []) + ([{"type": "image"}] if image else []) + \
+        [{"type": "text", "text": text}]
     return proc.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                     tokenize=False)
 
@@ -680,6 +728,370 @@ def video_golden(name, model, model_sdpa, proc, clip, n_frames):
     return meta
 
 
+# ----------------------------------------------------------------------------
+# Image goldens (anyres)
+
+def fnv1a(data):
+    """FNV-1a 32 of bytes (as test/test_video.c computes it)."""
+    h = 2166136261
+    for x in data:
+        h = ((h ^ x) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def open_photo(photo):
+    """What the reference pipeline hands the processor: PIL's Image.open of the file."""
+    return Image.open(os.path.join(DATA, PHOTOS[photo]))
+
+
+def pil_rgb_planar(im):
+    """PIL image -> (3, H, W) uint8 as the processor sees it: convert("RGB") (transformers' convert_to_rgb)."""
+    return np.ascontiguousarray(np.array(im.convert("RGB")).transpose(2, 0, 1))
+
+
+def anyres_geometry(h, w, S, patch, pins):
+    """HF's own functions: best pinpoint, resize target, tile grid, unpadded feature grid (unpad_image)."""
+    best_h, best_w = select_best_resolution((h, w), pins)
+    new_h, new_w = get_patch_output_size(torch.empty(1, h, w), (best_h, best_w), ChannelDimension.FIRST)
+    rows, cols = best_h // S, best_w // S
+    g = S // patch
+    un = unpad_image(torch.empty(1, rows * g, cols * g), (h, w))
+    return dict(best_h=best_h, best_w=best_w, resized_h=new_h, resized_w=new_w, rows=rows, cols=cols,
+                unpad_rows=un.shape[1], unpad_cols=un.shape[2], patches=1 + rows * cols,
+                tokens=g * g + un.shape[1] * un.shape[2] + un.shape[1])
+
+
+def image_features_own(mm, cfg, pv, h, w):
+    """Independent re-implementation of get_image_features for one image: CLIP on every patch, selected hidden
+    state without CLS, projector (no pooling), then the tile features stitched into one grid, unpadded, a newline
+    after every row, base first. pv (P, 3, S, S). Returns (features (N, dim), vision features (P, g*g, v_dim))."""
+    S, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
+    g = S // patch
+    vres = vision_hidden_states(mm.vision_tower, pv)
+    vis = vres.hidden_states[cfg.vision_feature_layer][:, 1:]
+    feat = mm.multi_modal_projector(vis)  # (P, g*g, dim)
+    D = feat.shape[-1]
+    geo = anyres_geometry(h, w, S, patch, cfg.image_grid_pinpoints)
+    rows, cols = geo["rows"], geo["cols"]
+    assert pv.shape[0] == 1 + rows * cols
+    # tile (r, c) patch (y, x) -> grid row r*g + y, column c*g + x
+    grid = feat[1:].reshape(rows, cols, g, g, D).permute(0, 2, 1, 3, 4).reshape(rows * g, cols * g, D)
+    ch, cw = rows * g, cols * g
+    if w / h > cw / ch:
+        nh = int(round(h * (cw / w), 7))
+        pad = (ch - nh) // 2
+        grid = grid[pad:ch - pad]
+    else:
+        nw = int(round(w * (ch / h), 7))
+        pad = (cw - nw) // 2
+        grid = grid[:, pad:cw - pad]
+    assert grid.shape[:2] == (geo["unpad_rows"], geo["unpad_cols"]), (grid.shape, geo)
+    nl = mm.image_newline.reshape(1, 1, D).expand(grid.shape[0], 1, D)
+    packed = torch.cat([grid, nl], dim=1).reshape(-1, D)
+    return torch.cat([feat[0], packed], dim=0), vis
+
+
+def image_golden(name, model, model_sdpa, proc, photo, store, question, clip=None, n_frames=None):
+    """An image case (clip None: "USER: <image>\\n...") or a mixed one (one image and one video in the turn)."""
+    mixed = clip is not None
+    case = f"{name}_mixed_{photo}_{clip}" if mixed else f"{name}_image_{photo}"
+    out = os.path.join(GOLDENS, case)
+    reset_dir(out)
+    im = open_photo(photo)
+    prompt = chat_prompt(proc, question, video=mixed, image=True)
+    kw = {}
+    if mixed:
+        frames_all = load_frames(clip)
+        total = frames_all.shape[0]
+        idx_np = np.arange(0, total, total / n_frames).astype(int)
+        idx = np.array([i for i in range(total) if i in idx_np], dtype=np.int64)
+        kw["videos"] = frames_all[idx]
+    inputs = proc(text=prompt, images=im, return_tensors="pt", **kw)
+    ids = inputs["input_ids"]
+    pv = inputs["pixel_values"]  # (1, P, 3, S, S)
+    sizes = inputs["image_sizes"]  # (1, 2) = (H, W)
+    cfg = model.config
+    S, patch = cfg.vision_config.image_size, cfg.vision_config.patch_size
+    W, H = im.size
+    assert sizes.tolist() == [[H, W]], sizes
+    geo = anyres_geometry(H, W, S, patch, cfg.image_grid_pinpoints)
+    P = geo["patches"]
+    assert pv.shape == (1, P, 3, S, S) and pv.dtype == torch.float32, pv.shape
+    n_img = int((ids == IMAGE_ID).sum())
+    assert n_img == geo["tokens"], (n_img, geo)
+    u8, M, Sd = u8_from_pixels(pv[0], proc.image_processor)
+    # The processor's patches are what video.c must make: base = the photo resized to S x S, tiles of the padded
+    # resize. Rebuild them from the uint8 photo with torchvision and compare (same kernel, so exact).
+    rgb = torch.from_numpy(pil_rgb_planar(im))
+    base = tvF.resize(rgb, [S, S], interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)
+    assert np.array_equal(base.numpy(), u8[0]), "base patch"
+    r = tvF.resize(rgb, [geo["resized_h"], geo["resized_w"]], interpolation=tvF.InterpolationMode.BICUBIC,
+                   antialias=True)
+    padded = np.zeros((3, geo["best_h"], geo["best_w"]), np.uint8)
+    top, left = (geo["best_h"] - geo["resized_h"]) // 2, (geo["best_w"] - geo["resized_w"]) // 2
+    padded[:, top:top + geo["resized_h"], left:left + geo["resized_w"]] = r.numpy()
+    tiles = [padded[:, y:y + S, x:x + S] for y in range(0, geo["best_h"], S) for x in range(0, geo["best_w"], S)]
+    assert np.array_equal(np.stack(tiles), u8[1:]), "tiles"
+
+    mm = model.model
+    with torch.no_grad():
+        feats = mm.get_image_features(pixel_values=pv, image_sizes=sizes).pooler_output
+        assert len(feats) == 1
+        imf = feats[0]  # (N, dim)
+        own, vis = image_features_own(mm, cfg, pv[0], H, W)
+        assert imf.shape == own.shape == (n_img, cfg.text_config.hidden_size), (imf.shape, own.shape)
+        assert torch.allclose(own, imf, rtol=0, atol=1e-5), float((own - imf).abs().max())
+        emb = mm.get_input_embeddings()(ids)
+        merged = emb.masked_scatter((ids == IMAGE_ID).unsqueeze(-1).expand_as(emb), imf.unsqueeze(0).to(emb.dtype))
+        if mixed:
+            pvv = inputs["pixel_values_videos"]
+            vf = model.get_video_features(pixel_values_videos=pvv).pooler_output[0]
+            merged = merged.masked_scatter((ids == VIDEO_ID).unsqueeze(-1).expand_as(emb), vf.unsqueeze(0))
+            vres = vision_hidden_states(mm.vision_tower, pvv[0])
+            vvis = vres.hidden_states[cfg.vision_feature_layer][:, 1:]
+        merged = merged[0]
+        seen = []
+        hook = mm.language_model.layers[0].register_forward_pre_hook(
+            lambda m, a, kw: seen.append((a[0] if a else kw["hidden_states"]).detach().clone()), with_kwargs=True)
+        logits = model(**inputs).logits[0].float()
+        hook.remove()
+        assert len(seen) == 1 and torch.equal(seen[0][0], merged), "merged embeddings differ from the model's"
+        logits_e = model(inputs_embeds=merged[None], attention_mask=inputs["attention_mask"]).logits[0].float()
+        assert torch.equal(logits_e, logits), float((logits_e - logits).abs().max())
+        logits_sdpa = model_sdpa(**inputs).logits[0].float()
+        new, step_logits = greedy(model, inputs, IMAGE_NEW_TOKENS)
+    assert torch.allclose(step_logits[0], logits[-1], rtol=0, atol=1e-5)
+    log(f"{case}: {W}x{H}, best {geo['best_w']}x{geo['best_h']} (W x H), {P} patches, {n_img} image tokens, "
+        f"{ids.shape[1]} tokens")
+    min_margin, min_ratio = check_margins(case, margins_of(step_logits))
+
+    def put(fname, arr):
+        files[fname] = save_npy(os.path.join(out, fname), arr)
+
+    files = {}
+    put("input_ids.npy", ids[0].numpy().astype(np.int32))
+    put("image_sizes.npy", sizes.numpy().astype(np.int32))
+    put("image_features.npy", imf.numpy().astype(np.float32))
+    if store in ("full", "pixels", "mixed"):
+        put("image_pixel_values_u8.npy", u8)
+    if store in ("full", "mixed"):
+        put("image_vision_features.npy", vis.numpy().astype(np.float32))
+        put("inputs_embeds.npy", merged.numpy().astype(np.float32))
+    if store == "lean":
+        put("logits_last.npy", logits[-LOGITS_LAST:].numpy().astype(np.float32))
+    if mixed:
+        vu8, _, _ = u8_from_pixels(pvv[0], proc.video_processor)
+        put("pixel_values_u8.npy", vu8)
+        put("vision_features.npy", vvis.numpy().astype(np.float32))
+        put("video_features.npy", vf.numpy().astype(np.float32))
+    put("generated.npy", new.numpy().astype(np.int32))
+    files.update(save_step_topk(out, step_logits))
+    ids_l = ids[0].tolist()
+    ipos = [i for i, t in enumerate(ids_l) if t == IMAGE_ID]
+    gen = new.tolist()
+    meta = common_meta(name, model, proc, prompt)
+    meta["versions"] = dict(VERSIONS, pillow=PIL.__version__)
+    meta.update({
+        "case": case,
+        "kind": "mixed" if mixed else "image",
+        "question": question,
+        "image": PHOTOS[photo],
+        "image_file": f"test/data/{PHOTOS[photo]}",
+        "image_mode_pil": im.mode,
+        "image_width": W,
+        "image_height": H,
+        "image_sizes": sizes.tolist(),
+        "S": S,
+        "patch_size": patch,
+        "grid": S // patch,
+        "anyres": geo,
+        "image_pixel_values_shape": list(u8.shape),
+        "image_pixel_values_fnv1a": "0x%08x" % fnv1a(u8.tobytes()),
+        "image_pixel_values_sum": int(u8.sum(dtype=np.int64)),
+        "normalize": {"formula": "(float32(u8) - M_c) / S_c in float32, M = f32(mean)*255, S = f32(std)*255",
+                      "M": M, "S": Sd},
+        "store": store,
+        "files": files,
+        "num_tokens": len(ids_l),
+        "num_image_tokens": n_img,
+        "image_token_span": [ipos[0], ipos[-1] + 1],
+        "input_ids_text_part": [t for t in ids_l if t not in (IMAGE_ID, VIDEO_ID)],
+        "generated": gen,
+        "generated_text": proc.decode(new, skip_special_tokens=True),
+        "max_new_tokens": IMAGE_NEW_TOKENS,
+        "stopped_at_eos": len(gen) < IMAGE_NEW_TOKENS,
+        "greedy_min_margin": min_margin,
+        "greedy_min_margin_over_std": min_ratio,
+        "greedy_margins": [m for m, _ in margins_of(step_logits)],
+        "sdpa_max_abs_logit_diff": float((logits - logits_sdpa).abs().max()),
+        "checks": [
+            "image_pixel_values_u8 normalized with the table equals pixel_values exactly",
+            "patch 0 == torchvision resize of the PIL RGB photo to S x S; tiles == the resize to (resized_h, "
+            "resized_w) zero-padded (odd pixel right/bottom) to (best_h, best_w), cut row-major (exact)",
+            "num <image> tokens == S/patch squared + unpad_rows * (unpad_cols + 1) from HF's select_best_resolution, "
+            "get_patch_output_size, unpad_image",
+            "image_features == model.get_image_features(...).pooler_output[0] (what is scattered into the <image> "
+            "positions) == own CLIP + projector + stitch/unpad/newline re-implementation (atol 1e-5)",
+            "inputs_embeds == input of language_model.layers[0] in the model forward (exact)",
+            "forward(inputs_embeds=inputs_embeds) logits == forward(pixel_values...) logits (exact)",
+        ],
+        "notes": "image_pixel_values_u8 (P,3,S,S): patch 0 = base (whole image squeezed to S x S), then the tiles "
+                 "row-major; image_vision_features (P, g*g, v_dim): CLIP hidden_states[vision_feature_layer] "
+                 "without CLS, per patch; image_features (N, dim): projected, base (g*g rows) first, then the "
+                 "unpadded grid row by row, each row followed by image_newline; image_sizes (1,2) = (H, W); "
+                 f"logits_last (tiny_a only) = last {LOGITS_LAST} prompt positions; generated = new tokens only; "
+                 f"gen_topk_* = "
+                 f"top-{TOPK} ids/logits of each greedy step (row 0 = last prompt position).",
+    })
+    if mixed:
+        vpos = [i for i, t in enumerate(ids_l) if t == VIDEO_ID]
+        meta.update({
+            "clip": clip,
+            "y4m_file": f"test/data/{clip}.y4m",
+            "rgb24_file": f"test/data/{CLIPS[clip][0]}",
+            "num_frames": n_frames,
+            "frame_indices": idx.tolist(),
+            "num_frames_kept": len(idx),
+            "tokens_per_frame": (S // patch // 2) ** 2,
+            "video_token_span": [vpos[0], vpos[-1] + 1],
+            "video_normalize_same_as_image": proc.video_processor.image_mean == proc.image_processor.image_mean,
+        })
+        assert ipos[-1] < vpos[0], "images come before videos in the template"
+    save_json(os.path.join(out, "meta.json"), meta)
+    return meta
+
+
+# ----------------------------------------------------------------------------
+# Tables for test/test_video.c (image reader, anyres geometry)
+
+GEOMETRIES = {
+    # name -> model whose processor/pinpoints/patch size it is; "real" = the 7B geometry (tiny_a has it)
+    "real": "tiny_a",
+    "tiny_b": "tiny_b",
+}
+# Named image sizes (W, H) for the token-count sweep: SPEC §4.6 examples, degenerate shapes, the photos, a float64
+# ceil case of get_patch_output_size (300x400, SPEC_PREPROCESS §5) and sizes found by search where float fuzz
+# matters: x = h*scale lands within 1e-9 of an integer in get_patch_output_size, or int(round(x, 7)) != int(x) in
+# the unpad rule (first hits with W, H <= 2000 for each geometry, from a numpy scan).
+SWEEP_NAMED = [(1, 1), (1, 2), (2, 1), (1, 2000), (2000, 1), (336, 336), (337, 336), (336, 337), (640, 480),
+               (1280, 720), (375, 500), (300, 400), (510, 532), (451, 300), (672, 672), (1008, 336), (336, 1008),
+               (16384, 1), (1, 16384), (16384, 16384)]
+SWEEP_CEIL = [(27, 18), (19, 19), (38, 19), (784, 21), (75, 25), (272, 85), (273, 91), (279, 93), (351, 117)]
+SWEEP_ROUND7 = [(55, 44), (47, 47), (1128, 47), (176, 55), (55, 88), (99, 88), (352, 110), (110, 176), (656, 205),
+                (205, 328), (376, 47), (1176, 49), (752, 94), (1176, 147), (1384, 173), (47, 376), (1127, 392),
+                (784, 637)]  # from (1128, 47) on: int() instead of round(, 7) would change the unpadded grid
+SWEEP_RANDOM = 200  # more sizes, log-uniform in 1..4000 per side (seed 2024)
+PROCESSOR_CALL_MAX_PIXELS = 4_000_000  # sizes up to this also go through a real processor call
+
+
+def sweep_sizes():
+    rng = np.random.default_rng(2024)
+    rand = np.exp(rng.uniform(0, np.log(4000), size=(SWEEP_RANDOM, 2))).astype(int) + 1
+    sizes = SWEEP_NAMED + SWEEP_CEIL + SWEEP_ROUND7 + [(int(w), int(h)) for w, h in rand]
+    out = []
+    for s in sizes:
+        if s not in out:
+            out.append(s)
+    return out
+
+
+# Small PPM/PGM files of every maxval kind: samples -> what Pillow makes of them (HWC RGB levels).
+PNM_MAXVALS = [1, 2, 3, 6, 7, 15, 100, 127, 200, 254, 255, 256, 1000, 1023, 4095, 65534, 65535]
+
+
+def pnm_samples(maxval):
+    """Every value 0..maxval (and a few above, which Pillow takes too) for 8-bit maxvals; a spread for 16-bit."""
+    if maxval < 256:
+        vals = list(range(maxval + 1)) + sorted({min(maxval + 1, 255), 255})
+    else:
+        vals = sorted({0, 1, 2, 3, maxval // 3, maxval // 2, maxval - 1, maxval, min(maxval + 1, 65535), 65535}
+                      | {int(x) for x in np.linspace(0, maxval, 41)})
+    return vals
+
+
+def pnm_bytes(magic, w, h, maxval, vals):
+    return b"%s\n%d %d\n%d\n" % (magic, w, h, maxval) + np.array(vals, ">u2" if maxval > 255 else "u1").tobytes()
+
+
+def write_image_tables(models):
+    lines = [
+        "# test/goldens/image_tables.txt: written by test/make_goldens.py, read by test/test_video.c. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(dict(VERSIONS, pillow=PIL.__version__).items())) + ".",
+        "# Sizes are W x H (width first) unless named h/w. FNV-1a 32 = offset 2166136261, prime 16777619.",
+        "# geom NAME S PATCH N h1 w1 .. hN wN   the processor's tile size, CLIP patch size and grid pinpoints (h, w)",
+        "# pil FILE W H MODE FNV SUM   PIL Image.open(test/data/FILE).convert('RGB') as planar (3,H,W) uint8",
+        "# pnm P5|P6 MAXVAL N s1..sN : l1..lM   a 1-row PPM/PGM of those N samples (the row is N/channels wide) ->",
+        "#     Pillow's RGB levels, HWC (M = 3 * pixels)",
+        "# anyres GEOM FILE P BEST_H BEST_W RESIZED_H RESIZED_W FNV SUM   the processor's pixel_values of the photo",
+        "#     as uint8 levels (P,3,S,S) (exact table inversion), base first",
+        "# tokens GEOM W H BEST_H BEST_W RESIZED_H RESIZED_W ROWS COLS UNPAD_ROWS UNPAD_COLS N CALLED   HF's",
+        "#     select_best_resolution, get_patch_output_size, tile grid, unpad_image on the (ROWS*g, COLS*g) feature",
+        "#     grid, and N = <image> tokens (processor) = packed features (model); CALLED 1 = N also from a real",
+        "#     processor call on a black image of that size",
+    ]
+    for g, mname in GEOMETRIES.items():
+        proc = models[mname][2]
+        ip = proc.image_processor
+        S, patch = ip.crop_size.height, proc.patch_size
+        pins = ip.image_grid_pinpoints
+        lines.append("geom %s %d %d %d %s" % (g, S, patch, len(pins), " ".join(f"{h} {w}" for h, w in pins)))
+    for photo, fname in PHOTOS.items():
+        im = open_photo(photo)
+        a = pil_rgb_planar(im)
+        lines.append("pil %s %d %d %s 0x%08x %d" % (fname, a.shape[2], a.shape[1], im.mode, fnv1a(a.tobytes()),
+                                                      int(a.sum(dtype=np.int64))))
+    for magic, ch in ((b"P6", 3), (b"P5", 1)):
+        for maxval in PNM_MAXVALS:
+            vals = pnm_samples(maxval)
+            while len(vals) % ch:
+                vals.append(vals[-1])
+            im = Image.open(io.BytesIO(pnm_bytes(magic, len(vals) // ch, 1, maxval, vals)))
+            lv = np.array(im.convert("RGB")).reshape(-1)
+            lines.append("pnm %s %d %d %s : %s" % (magic.decode(), maxval, len(vals), " ".join(map(str, vals)),
+                                                   " ".join(map(str, lv.tolist()))))
+    for g, mname in GEOMETRIES.items():
+        proc = models[mname][2]
+        for photo, fname in PHOTOS.items():
+            im = open_photo(photo)
+            pv = proc.image_processor(im, return_tensors="pt")["pixel_values"][0]
+            u8, _, _ = u8_from_pixels(pv, proc.image_processor)
+            geo = anyres_geometry(im.size[1], im.size[0], u8.shape[2], proc.patch_size,
+                                  proc.image_processor.image_grid_pinpoints)
+            assert u8.shape[0] == geo["patches"]
+            lines.append("anyres %s %s %d %d %d %d %d 0x%08x %d" % (
+                g, fname, u8.shape[0], geo["best_h"], geo["best_w"], geo["resized_h"], geo["resized_w"],
+                fnv1a(u8.tobytes()), int(u8.sum(dtype=np.int64))))
+    n_called = 0
+    for g, mname in GEOMETRIES.items():
+        model, _, proc = models[mname]
+        ip = proc.image_processor
+        S, patch = ip.crop_size.height, proc.patch_size
+        pins = ip.image_grid_pinpoints
+        gg = S // patch
+        D = model.config.text_config.hidden_size
+        for w, h in sweep_sizes():
+            geo = anyres_geometry(h, w, S, patch, pins)
+            n_proc = proc._get_num_multimodal_tokens(image_sizes=[(h, w)]).num_image_tokens[0]
+            with torch.no_grad():
+                _, lens = model.model.pack_image_features(
+                    [torch.zeros(geo["patches"], gg * gg, D)], torch.tensor([[h, w]]), "default",
+                    image_newline=model.model.image_newline)
+            assert n_proc == int(lens[0]) == geo["tokens"], (g, w, h, n_proc, int(lens[0]), geo)
+            called = w * h <= PROCESSOR_CALL_MAX_PIXELS
+            if called:
+                r = proc(text="<image>", images=Image.new("RGB", (w, h)), return_tensors="pt")
+                assert int((r["input_ids"] == IMAGE_ID).sum()) == geo["tokens"], (g, w, h)
+                assert r["pixel_values"].shape[1] == geo["patches"], (g, w, h)
+                n_called += 1
+            lines.append("tokens %s %d %d %d %d %d %d %d %d %d %d %d %d" % (
+                g, w, h, geo["best_h"], geo["best_w"], geo["resized_h"], geo["resized_w"], geo["rows"], geo["cols"],
+                geo["unpad_rows"], geo["unpad_cols"], geo["tokens"], int(called)))
+    path = os.path.join(GOLDENS, "image_tables.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    log(f"image_tables.txt: {len(lines)} lines, {n_called} processor calls, {os.path.getsize(path)} bytes")
+
+
 def dir_size(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
@@ -708,6 +1120,15 @@ def main():
         m, ms, p = models[name]
         meta = video_golden(name, m, ms, p, clip, n)
         summary[meta["case"]] = meta
+    for name, photo, store, question in IMAGE_CASES:
+        m, ms, p = models[name]
+        meta = image_golden(name, m, ms, p, photo, store, question)
+        summary[meta["case"]] = meta
+    for name, photo, clip, n in MIXED_CASES:
+        m, ms, p = models[name]
+        meta = image_golden(name, m, ms, p, photo, "mixed", MIXED_QUESTION, clip, n)
+        summary[meta["case"]] = meta
+    write_image_tables(models)
 
     log("\nsummary:")
     for case, meta in summary.items():

@@ -206,17 +206,30 @@ static void test_dequantize(void) {
 }
 
 static void test_prompt(void) {
-    char* s = chat_prompt("Why is this video funny?", 1);
+    char* s = chat_prompt("Why is this video funny?", 0, 1);
     check(!strcmp(s, "USER: <video>\nWhy is this video funny? ASSISTANT:"), "chat template with one video", 0);
     free(s);
-    s = chat_prompt("Hi", 0);
+    s = chat_prompt("Hi", 0, 0);
     check(!strcmp(s, "USER: Hi ASSISTANT:"), "chat template, text only", 0);
+    free(s);
+    s = chat_prompt("Q", 2, 1);  // all images first, then the videos (SPEC §2.3)
+    check(!strcmp(s, "USER: <image>\n<image>\n<video>\nQ ASSISTANT:"), "chat template, two images and a video", 0);
     free(s);
     int* ids = xmalloc(4 * sizeof(int));
     ids[0] = 1; ids[1] = 32000; ids[2] = 13; ids[3] = 32000;
-    int n = expand_placeholders(&ids, 4, 32000, 3);
+    int three[] = {3, 3};
+    int n = expand_placeholders(&ids, 4, 32001, NULL, 0, 32000, three, 2);
     int want[] = {1, 32000, 32000, 32000, 13, 32000, 32000, 32000};
     check(n == 8 && !memcmp(ids, want, sizeof(want)), "placeholder expansion", 0);
+    free(ids);
+    // each placeholder gets its own medium's count, in order
+    ids = xmalloc(6 * sizeof(int));
+    int in[] = {1, 32001, 32001, 32000, 13, 32000};
+    memcpy(ids, in, sizeof(in));
+    int per_image[] = {2, 1}, per_video[] = {1, 3};
+    n = expand_placeholders(&ids, 6, 32001, per_image, 2, 32000, per_video, 2);
+    int want2[] = {1, 32001, 32001, 32001, 32000, 13, 32000, 32000, 32000};
+    check(n == 9 && !memcmp(ids, want2, sizeof(want2)), "placeholder expansion, images and videos", 0);
     free(ids);
 }
 

@@ -2,7 +2,7 @@
 test_cli.py: the ./llava command line, end to end, against the transformers goldens (numpy only).
 
 For every golden case it runs ./llava the way a user would (the chat template from -p, the real clip
-with -v and -f, --raw, -m encode, -m decode) and checks the token ids, the streamed text, the greedy
+with -v and -f, the photo with -i, --raw, -m encode, -m decode) and checks the token ids, the streamed text, the greedy
 tokens and the --dump files. Then it feeds broken input (missing, truncated and foreign files, bad
 Y4M, a prompt longer than the context, bad flags) and expects one error line and a non-zero exit.
 Last line: "N passed, N failed". Run from the repository root after `make` and the exports of
@@ -51,10 +51,11 @@ def test_case(d, case, meta, tmp):
     gold_gen = np.load(os.path.join(d, "generated.npy"))
     print(case)
 
-    # -m encode: the prompt text (placeholders unexpanded for video cases) -> HF's ids
+    # -m encode: the prompt text (placeholders unexpanded for video and image cases) -> HF's ids
     rc, out, err = run([model, "-m", "encode"], meta["prompt"].encode("utf-8"))
     ids = [int(x) for x in out.split()]
-    want = [int(t) for i, t in enumerate(gold_ids) if i == 0 or not (t == 32000 and gold_ids[i - 1] == 32000)]
+    want = [int(t) for i, t in enumerate(gold_ids)
+            if i == 0 or not (t in (32000, 32001) and gold_ids[i - 1] == t)]
     check(rc == 0 and ids == want, "-m encode equals the HF tokenizer", "%d ids" % len(ids))
 
     # -m decode: the golden tokens -> HF's decode(skip_special_tokens=True)
@@ -65,7 +66,9 @@ def test_case(d, case, meta, tmp):
     dump = os.path.join(tmp, case)
     args = [model, "-n", str(len(gold_gen)), "--dump", dump, "--threads", "2"]
     args += ["--raw", "-p", meta["prompt"]] if meta.get("raw") else ["-p", meta["question"]]
-    if meta["kind"] == "video":
+    if meta["kind"] in ("image", "mixed"):
+        args += ["-i", "test/data/%s" % meta["image"]]
+    if meta["kind"] in ("video", "mixed"):
         args += ["-v", "test/data/%s.y4m" % meta["clip"], "-f", str(meta["num_frames"])]
     rc, out, err = run(args)
     check(rc == 0, "runs", err.decode(errors="replace").strip().split("\n")[-1][:70])
@@ -79,7 +82,9 @@ def test_case(d, case, meta, tmp):
     logits = np.load(os.path.join(dump, "logits.npy"))
     check(logits.shape == (len(gold_ids), 32064) or logits.shape[0] == len(gold_ids), "logits.npy shape",
           str(logits.shape))
-    if meta["kind"] == "video":
+    if meta["kind"] in ("image", "mixed"):
+        test_image_dump(d, meta, dump, args, out)
+    if meta["kind"] in ("video", "mixed"):
         px = np.load(os.path.join(dump, "pixel_values.npy"))
         gold_u8 = np.load(os.path.join(d, "pixel_values_u8.npy"))
         m = np.array(meta["normalize"]["M"], np.float32)[None, :, None, None]
@@ -99,6 +104,48 @@ def test_case(d, case, meta, tmp):
             a, b = np.load(os.path.join(dump, name + ".npy")), np.load(os.path.join(d, name + ".npy"))
             e = np.abs(a - b).max() / np.abs(b).max() if a.shape == b.shape else np.inf
             check(e <= 1e-4, "%s.npy" % name, "max rel err %.3g" % e)
+
+
+def fnv1a(data):
+    h = 2166136261
+    for x in data:
+        h = ((h ^ x) * 16777619) & 0xFFFFFFFF
+    return h
+
+
+def test_image_dump(d, meta, dump, args, out):
+    """-i: the anyres patches must be the processor's exactly (stored levels, or the hash for tiny_a), the
+    packed image features and merged embeddings within 1e-4; the photo from stdin gives the same answer."""
+    px = np.load(os.path.join(dump, "image_pixel_values.npy"))
+    m = np.array(meta["normalize"]["M"], np.float32)
+    s = np.array(meta["normalize"]["S"], np.float32)
+    table = (np.arange(256, dtype=np.float32)[None, :] - m[:, None]) / s[:, None]  # (3, 256), as the processor
+    ok = px.shape == tuple(meta["image_pixel_values_shape"])
+    u8 = np.zeros(px.shape, np.uint8)
+    for c in range(3):
+        if ok:
+            j = np.clip(np.searchsorted(table[c], px[:, c]), 0, 255)
+            ok = bool(np.array_equal(table[c][j], px[:, c]))
+            u8[:, c] = j
+    if ok and os.path.exists(os.path.join(d, "image_pixel_values_u8.npy")):
+        ok = bool(np.array_equal(u8, np.load(os.path.join(d, "image_pixel_values_u8.npy"))))
+    ok = ok and "0x%08x" % fnv1a(u8.tobytes()) == meta["image_pixel_values_fnv1a"]
+    check(ok, "image_pixel_values equal the processor's", "%s, %s" % (px.shape, meta["image_pixel_values_fnv1a"]))
+    sizes = np.load(os.path.join(dump, "image_sizes.npy"))
+    check(sizes.tolist() == meta["image_sizes"], "image_sizes.npy", str(sizes.tolist()))
+    names = ["image_features"] + [n for n in ("image_vision_features", "inputs_embeds")
+                                  if os.path.exists(os.path.join(d, n + ".npy"))]
+    for name in names:
+        a, b = np.load(os.path.join(dump, name + ".npy")), np.load(os.path.join(d, name + ".npy"))
+        e = np.abs(a - b).max() / np.abs(b).max() if a.shape == b.shape else np.inf
+        check(e <= 1e-4, "%s.npy" % name, "max rel err %.3g" % e)
+    # the same photo on stdin (-i -): `ffmpeg -i photo.jpg -f image2pipe -c:v ppm - | ./llava ... -i -`
+    img = "test/data/%s" % meta["image"]
+    args2 = [a if a != img else "-" for a in args]
+    args2[args2.index("--dump") + 1] = dump + "_stdin_image"
+    with open(img, "rb") as f:
+        rc2, out2, err2 = run(args2, f.read())
+    check(rc2 == 0 and out2 == out, "-i - (stdin) gives the same answer")
 
 
 def expect_error(what, args, stdin=b"", needle=""):
@@ -134,6 +181,15 @@ def test_errors(tmp):
     expect_error("unknown flag", [good, "--bogus", "1"])
     expect_error("bad number", [good, "-n", "ten", "-p", "hi"])
     expect_error("video tokens without a video", [good, "--ids", "1 32000 13"], needle="video")
+    expect_error("image tokens without an image", [good, "--ids", "1 32001 13"], needle="image")
+    badppm = os.path.join(tmp, "bad.ppm")
+    open(badppm, "wb").write(b"P6\n4 4\n255\n" + b"\0" * 10)
+    expect_error("missing image file", [good, "-i", "/nonexistent.ppm", "-p", "hi"], needle="/nonexistent.ppm")
+    expect_error("truncated PPM", [good, "-i", badppm, "-p", "hi"], needle=badppm)
+    expect_error("not an image", [good, "-i", "test/data/tokenizer.model", "-p", "hi"], needle="image format")
+    expect_error("two media on stdin", [good, "-i", "-", "-v", "-", "-p", "hi"], needle="stdin")
+    expect_error("<image> in a raw prompt without -i", [good, "--raw", "-p", "USER: <image>\nhi"],
+                 needle="<image>")
     rc, out, err = run([good, "-p", "hi", "-n", "0"])
     check(rc == 0 and out == b"", "-n 0 runs the prompt and prints nothing")
 
@@ -141,9 +197,6 @@ def test_errors(tmp):
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         for d, case, meta in golden_cases():
-            if meta["kind"] in ("image", "mixed"):  # phase 1: llava.c has no image input yet
-                print("%s: skipped (kind %s)" % (case, meta["kind"]))
-                continue
             test_case(d, case, meta, tmp)
         test_errors(tmp)
     print("%d passed, %d failed" % (passed, failed))

@@ -9,6 +9,10 @@
  * measured apart from preprocessing error): vision features, pooled+projected video features, merged
  * input embeddings, the logits of the last prompt positions, the greedy tokens. Then the real clip is
  * read from test/data with video.c and its pixels are compared with the processor's.
+ * Image and mixed cases (meta.json "image"): the photo is read from test/data and cut into anyres
+ * patches by video.c, which must equal the processor's uint8 patches exactly (image_pixel_values_u8.npy,
+ * or for tiny_a the hash in meta.json); the golden patches then go in: per-patch vision features,
+ * packed image features, and on as above (a mixed case also has the video files).
  *
  * Errors are relative to the scale of the golden tensor: max|ours - golden| / max|golden|.
  * --tol sets the limit (default 1e-4, for f32 weights). --loose (bf16/q8 weights) reports the errors
@@ -89,25 +93,108 @@ static int meta_field(const char* dir, const char* key, char* out, size_t cap) {
     return found;
 }
 
-// Greedy generation from the current logits; compares with generated.npy.
-static void check_greedy(Model* m, const char* dir, int T, int loose) {
+// Greedy generation from the current logits; compares with generated.npy, and the logits of every step at
+// the golden top-8 ids with gen_topk_logits.npy (up to the first step where the tokens differ).
+static void check_greedy(Model* m, const char* dir, int T, int loose, double tol) {
     int nd;
     int64_t sh[8];
     int* gold = load_golden(dir, "generated.npy", "<i4", &nd, sh);
-    int n = (int)sh[0], same = 0, first_diff = -1;
+    int n = (int)sh[0], same = 0, first_diff = -1, K = 0;
+    int* top_ids = NULL;
+    float* top_gold = NULL;
+    if (file_exists(dir, "gen_topk_ids.npy") && file_exists(dir, "gen_topk_logits.npy")) {
+        top_ids = load_golden(dir, "gen_topk_ids.npy", "<i4", &nd, sh);
+        K = sh[0] >= n ? (int)sh[1] : 0;
+        top_gold = load_golden(dir, "gen_topk_logits.npy", "<f4", &nd, sh);
+    }
+    float* top_ours = xmalloc(((size_t)n * K + 1) * sizeof(float));
     int* ours = xmalloc((size_t)(n + 1) * sizeof(int));
+    int steps_compared = 0;
     for (int i = 0; i < n; i++) {
+        if (first_diff < 0 && K > 0) {  // same history so far: the logits must agree
+            for (int k = 0; k < K; k++) top_ours[(size_t)i * K + k] = m->state.logits[top_ids[(size_t)i * K + k]];
+            steps_compared++;
+        }
         ours[i] = argmax(m->state.logits, m->config.vocab_size);
         if (ours[i] == gold[i]) same++; else if (first_diff < 0) first_diff = i;
         if (i + 1 < n) decode_step(m, ours[i], T + i);
+    }
+    if (K > 0) {
+        size_t worst;
+        double e = rel_error(top_ours, top_gold, (size_t)steps_compared * K, &worst);
+        check(e <= tol, "greedy top-8 logits", "max rel err %.3g over %d steps (tol %.0e)", e, steps_compared, tol);
     }
     if (loose)
         printf("  info greedy tokens          %d/%d equal to the f32 golden%s\n", same, n,
                first_diff >= 0 ? " (they diverge)" : "");
     else
         check(same == n, "greedy tokens", "%d/%d equal (first difference at %d)", same, n, first_diff);
+    free(ours); free(gold); free(top_ours); free(top_ids); free(top_gold);
+}
+
+static uint32_t fnv1a(const uint8_t* p, size_t n) {
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < n; i++) { h ^= p[i]; h *= 16777619u; }
+    return h;
+}
+
+// The image of an image/mixed case: test/data/<image> through load_images (video.c's reader and anyres
+// preprocessing), checked against the processor's patches, then the model's image path on the golden
+// patches (when stored; else on ours, which then equal the golden hash).
+static void check_image(Model* m, const char* dir, const char* image, ImageFeatures* imf, double tol) {
+    Config* p = &m->config;
+    int S = p->image_size, C = p->n_channels, g = S / p->patch_size, nd;
+    int64_t sh[8];
+    char path[512];
+    snprintf(path, sizeof(path), "test/data/%s", image);
+    const char* paths[1] = {path};
+    load_images(m, paths, 1, imf);
+    ImagePatches* ip = &imf->patches[0];
+    Image im;
+    load_image(&im, path);
+    size_t ss = (size_t)S * S, count = (size_t)ip->n_patches * C * ss;
+    uint8_t* ours = xmalloc(count);
+    anyres_patches_u8(ip, im.rgb, ours);
+    free_image(&im);
+    int32_t* sizes = load_golden(dir, "image_sizes.npy", "<i4", &nd, sh);
+    check(sh[0] == 1 && sizes[0] == ip->height && sizes[1] == ip->width, "image_sizes", "(%d, %d), golden (%d, %d)",
+          ip->height, ip->width, sizes[0], sizes[1]);
+    free(sizes);
+    if (file_exists(dir, "image_pixel_values_u8.npy")) {
+        uint8_t* gold = load_golden(dir, "image_pixel_values_u8.npy", "|u1", &nd, sh);
+        int shape_ok = nd == 4 && sh[0] == ip->n_patches && sh[1] == C && sh[2] == S && sh[3] == S;
+        size_t same = 0;
+        for (size_t i = 0; shape_ok && i < count; i++) same += ours[i] == gold[i];
+        check(shape_ok && same == count, "image pixels (anyres)", "%zu of %zu levels equal, %d patches", same, count,
+              ip->n_patches);
+        if (shape_ok) {  // feed the processor's patches, so the model is measured apart from preprocessing
+            float table[3][256];
+            normalize_table(table, p->image_mean, p->image_std);
+            for (size_t i = 0; i < count; i++) imf->pixel_values[i] = table[(i / ss) % C][gold[i]];
+        }
+        free(gold);
+    } else {
+        char hash[32] = "", sum[32] = "";
+        meta_field(dir, "image_pixel_values_fnv1a", hash, sizeof(hash));
+        meta_field(dir, "image_pixel_values_sum", sum, sizeof(sum));
+        unsigned long long s = 0;
+        for (size_t i = 0; i < count; i++) s += ours[i];
+        check(fnv1a(ours, count) == (uint32_t)strtoul(hash, NULL, 16) && s == strtoull(sum, NULL, 10),
+              "image pixels (anyres)", "hash 0x%08x sum %llu, golden %s %s (%d patches)", fnv1a(ours, count), s, hash,
+              sum, ip->n_patches);
+    }
     free(ours);
-    free(gold);
+    image_features(m, imf);
+    if (file_exists(dir, "image_vision_features.npy")) {
+        float* gv = load_golden(dir, "image_vision_features.npy", "<f4", &nd, sh);
+        check_tensor("image vision features", imf->vision_features, gv, (size_t)ip->n_patches * g * g * p->v_dim, tol);
+        free(gv);
+    }
+    float* gf = load_golden(dir, "image_features.npy", "<f4", &nd, sh);
+    check(sh[0] == imf->total_rows && sh[1] == p->dim, "image features shape", "(%lld, %lld), ours %d rows",
+          (long long)sh[0], (long long)sh[1], imf->total_rows);
+    if (sh[0] == imf->total_rows) check_tensor("image features", imf->image_features, gf, (size_t)sh[0] * p->dim, tol);
+    free(gf);
 }
 
 int main(int argc, char** argv) {
@@ -157,7 +244,10 @@ int main(int argc, char** argv) {
         check_tensor("video features", vf.video_features, g, (size_t)n_video_rows * D, tol);
         free(g);
     }
-    float* embeds = merge_embeddings(m, ids, T, vf.video_features, n_video_rows);
+    ImageFeatures imf = {0};
+    char image[256];
+    if (meta_field(dir, "image", image, sizeof(image))) check_image(m, dir, image, &imf, tol);
+    float* embeds = merge_embeddings(m, ids, T, imf.image_features, imf.total_rows, vf.video_features, n_video_rows);
     if (file_exists(dir, "inputs_embeds.npy")) {
         float* g = load_golden(dir, "inputs_embeds.npy", "<f4", &nd, sh);
         check_tensor("inputs_embeds", embeds, g, (size_t)T * D, tol);
@@ -172,13 +262,13 @@ int main(int argc, char** argv) {
         check(sh[0] == T && sh[1] == V, "logits shape", "(%lld, %lld)", (long long)sh[0], (long long)sh[1]);
         check_tensor("logits (all positions)", logits, g, (size_t)T * V, tol);
         free(g);
-    } else {
+    } else if (file_exists(dir, "logits_last.npy")) {
         float* g = load_golden(dir, "logits_last.npy", "<f4", &nd, sh);
         int n = (int)sh[0];
         check_tensor("logits (last positions)", logits + (size_t)(T - n) * V, g, (size_t)n * V, tol);
         free(g);
     }
-    check_greedy(m, dir, T, loose);
+    check_greedy(m, dir, T, loose, tol);
 
     // The real clip through video.c: pixels against the processor's (±1 level is the target).
     char clip[256], frames[32];

@@ -1,13 +1,15 @@
 // test/test_video.c: tests of video.c (Y4M/raw reading, YUV->RGB, frame
-// sampling, resize/crop/normalize). Exits 1 on any failure; last line
-// "N passed, N failed".
+// sampling, resize/crop/normalize, PPM/PGM images, anyres patches and token
+// counts). Exits 1 on any failure; last line "N passed, N failed".
 //
 // Build and run from the repository root (the fixtures are found relative to it):
 //   gcc -O3 -march=native -Wall -Wextra -o /tmp/test_video test/test_video.c -lm && /tmp/test_video
 //   gcc -O0 -g -fsanitize=address,undefined -Wall -Wextra -o /tmp/test_video_asan test/test_video.c -lm && /tmp/test_video_asan
 // Expected values: SPEC_PREPROCESS.md §7 (resize/normalize), ffmpeg 5.1.9 RGB24
 // (test/data/*.rgb24, see test/data/README.md), numpy
-// (test/data/sample_indices_numpy.txt from test/gen_sample_table.py).
+// (test/data/sample_indices_numpy.txt from test/gen_sample_table.py), Pillow and
+// transformers' LlavaNextImageProcessor (test/goldens/image_tables.txt from
+// test/make_goldens.py).
 // POSIX only (fork/pipe for the stdin and error-exit tests).
 
 #define TESTING
@@ -748,6 +750,340 @@ static void test_extreme_sizes(void) {
     remove(path);
 }
 
+// ----------------------------------------------------------------------------
+// Still images and anyres, against test/goldens/image_tables.txt (written by
+// test/make_goldens.py with Pillow 13 and transformers 5.24; see its header)
+
+typedef struct {
+    char name[16];
+    int S, patch, n;
+    int32_t pins[2 * 16]; // (n, 2) as (h, w)
+} Geom;
+
+static Geom g_geoms[4];
+static int g_n_geoms;
+
+static const Geom* find_geom(const char* name) {
+    for (int i = 0; i < g_n_geoms; i++)
+        if (!strcmp(g_geoms[i].name, name)) return &g_geoms[i];
+    return NULL;
+}
+
+// Planar (3, H, W) rgb -> FNV-1a of its bytes.
+static uint32_t image_hash(const Image* im) { return fnv1a(im->rgb, (size_t)3 * im->width * im->height); }
+
+// One "pnm" line: write the file, read it back, compare with Pillow's levels.
+static void check_pnm_line(char* line, const char* tmp, int* count) {
+    char magic[4];
+    int maxval, n, off;
+    if (sscanf(line, "pnm %3s %d %d%n", magic, &maxval, &n, &off) != 3 || n < 1 || n > 4096) {
+        check(0, "image_tables.txt: bad pnm line '%.40s'", line);
+        return;
+    }
+    int gray = !strcmp(magic, "P5"), ch = gray ? 1 : 3, bps = maxval > 255 ? 2 : 1;
+    int* s = malloc(sizeof(int) * n);
+    char* p = line + off;
+    for (int i = 0; i < n; i++) s[i] = (int)strtol(p, &p, 10);
+    while (*p == ' ') p++;
+    int m = n / ch * 3, ok = *p == ':';
+    p++;
+    int* lv = malloc(sizeof(int) * m);
+    for (int i = 0; i < m; i++) lv[i] = (int)strtol(p, &p, 10);
+    FILE* f = fopen(tmp, "wb");
+    fprintf(f, "%s\n%d 1\n%d\n", magic, n / ch, maxval);
+    for (int i = 0; i < n; i++) {
+        if (bps == 2) fputc(s[i] >> 8, f);
+        fputc(s[i] & 255, f);
+    }
+    fclose(f);
+    Image im;
+    load_image(&im, tmp);
+    int w = n / ch, bad = -1;
+    ok &= im.width == w && im.height == 1;
+    for (int x = 0; ok && x < w; x++)
+        for (int c = 0; c < 3; c++)
+            if (im.rgb[(size_t)c * w + x] != lv[3 * x + c] && bad < 0) bad = 3 * x + c;
+    check(ok && bad < 0, "%s maxval %d: levels as Pillow's (first difference at %d: sample %d -> %d, Pillow %d)",
+          magic, maxval, bad, bad >= 0 ? s[(bad / 3) * ch + (gray ? 0 : bad % 3)] : 0,
+          bad >= 0 ? im.rgb[(size_t)(bad % 3) * w + bad / 3] : 0, bad >= 0 ? lv[bad] : 0);
+    free_image(&im);
+    free(s);
+    free(lv);
+    (*count)++;
+}
+
+// Reference anyres patches the slow way: the full resize into a zeroed canvas,
+// then slices; must equal anyres_patches_u8.
+static int patches_equal_reference(const ImagePatches* g, const uint8_t* rgb, const uint8_t* got) {
+    int S = g->size, tw = g->best_w, th = g->best_h, nw = g->resized_w, nh = g->resized_h;
+    uint8_t* r = malloc((size_t)3 * nw * nh);
+    uint8_t* canvas = calloc((size_t)3 * tw * th, 1);
+    uint8_t* base = malloc((size_t)3 * S * S);
+    resize_rgb_u8(rgb, g->width, g->height, r, nw, nh);
+    resize_rgb_u8(rgb, g->width, g->height, base, S, S);
+    int left = (tw - nw) / 2, top = (th - nh) / 2, same = memcmp(base, got, (size_t)3 * S * S) == 0;
+    for (int c = 0; c < 3; c++)
+        for (int y = 0; y < nh; y++)
+            memcpy(canvas + ((size_t)c * th + top + y) * tw + left, r + ((size_t)c * nh + y) * nw, (size_t)nw);
+    for (int ty = 0; ty < g->rows; ty++)
+        for (int tx = 0; tx < g->cols; tx++)
+            for (int c = 0; c < 3; c++)
+                for (int y = 0; y < S; y++)
+                    same &= memcmp(got + (((size_t)(1 + ty * g->cols + tx) * 3 + c) * S + y) * S,
+                                   canvas + ((size_t)c * th + ty * S + y) * tw + (size_t)tx * S, (size_t)S) == 0;
+    free(r); free(canvas); free(base);
+    return same;
+}
+
+static void test_image_tables(void) {
+    size_t n;
+    char* text = (char*)read_all("test/goldens/image_tables.txt", &n);
+    text[n] = 0;
+    char tmp[64];
+    snprintf(tmp, sizeof(tmp), "/tmp/test_video_%d.pnm", (int)getpid());
+    int n_pil = 0, n_pnm = 0, n_anyres = 0, n_tokens = 0, n_called = 0;
+    float t[3][256];
+    normalize_table(t, CLIP_MEAN, CLIP_STD);
+    for (char* line = strtok(text, "\n"); line; line = strtok(NULL, "\n")) {
+        if (line[0] == '#') continue;
+        if (!strncmp(line, "geom ", 5)) {
+            Geom* g = &g_geoms[g_n_geoms];
+            int off;
+            if (g_n_geoms >= 4 || sscanf(line, "geom %15s %d %d %d%n", g->name, &g->S, &g->patch, &g->n, &off) != 4 ||
+                g->n < 1 || g->n > 16) { check(0, "bad geom line"); continue; }
+            char* p = line + off;
+            for (int i = 0; i < 2 * g->n; i++) g->pins[i] = (int32_t)strtol(p, &p, 10);
+            g_n_geoms++;
+        } else if (!strncmp(line, "pil ", 4)) {
+            char file[128], mode[8], path[256];
+            int W, H;
+            unsigned hash;
+            unsigned long long sum;
+            sscanf(line, "pil %127s %d %d %7s %x %llu", file, &W, &H, mode, &hash, &sum);
+            snprintf(path, sizeof(path), "test/data/%s", file);
+            Image im;
+            load_image(&im, path);
+            size_t bytes = (size_t)3 * im.width * im.height;
+            check(im.width == W && im.height == H && image_hash(&im) == hash && sum_u8(im.rgb, bytes) == sum,
+                  "%s (%s): %dx%d hash 0x%08x sum %llu, Pillow %dx%d 0x%08x %llu", file, mode, im.width, im.height,
+                  image_hash(&im), (unsigned long long)sum_u8(im.rgb, bytes), W, H, hash, sum);
+            free_image(&im);
+            n_pil++;
+        } else if (!strncmp(line, "pnm ", 4)) {
+            check_pnm_line(line, tmp, &n_pnm);
+        } else if (!strncmp(line, "anyres ", 7)) {
+            char gname[16], file[128], path[256];
+            int P, bh, bw, rh, rw;
+            unsigned hash;
+            unsigned long long sum;
+            sscanf(line, "anyres %15s %127s %d %d %d %d %d %x %llu", gname, file, &P, &bh, &bw, &rh, &rw, &hash, &sum);
+            const Geom* g = find_geom(gname);
+            if (!g) { check(0, "anyres line before its geom"); continue; }
+            snprintf(path, sizeof(path), "test/data/%s", file);
+            Image im;
+            load_image(&im, path);
+            ImagePatches ip;
+            preprocess_image(&ip, &im, g->S, g->pins, g->n, CLIP_MEAN, CLIP_STD);
+            size_t ss = (size_t)g->S * g->S, count = (size_t)ip.n_patches * 3 * ss;
+            uint8_t* u8 = malloc(count);
+            anyres_patches_u8(&ip, im.rgb, u8);
+            check(ip.n_patches == P && ip.best_h == bh && ip.best_w == bw && ip.resized_h == rh && ip.resized_w == rw,
+                  "%s %s: %d patches, best %dx%d, resized %dx%d (h x w)", gname, file, ip.n_patches, ip.best_h,
+                  ip.best_w, ip.resized_h, ip.resized_w);
+            check(ip.n_patches == P && fnv1a(u8, count) == hash && sum_u8(u8, count) == sum,
+                  "%s %s: patches hash 0x%08x sum %llu, transformers 0x%08x %llu", gname, file, fnv1a(u8, count),
+                  (unsigned long long)sum_u8(u8, count), hash, sum);
+            int norm_ok = 1;
+            for (size_t i = 0; i < count; i++) norm_ok &= f32_bits(ip.pixels[i]) == f32_bits(t[(i / ss) % 3][u8[i]]);
+            check(norm_ok, "%s %s: pixels == normalize table of the uint8 patches", gname, file);
+            check(patches_equal_reference(&ip, im.rgb, u8), "%s %s: patches == full resize, pad, slice", gname, file);
+            free(u8);
+            free_image_patches(&ip);
+            free_image(&im);
+            n_anyres++;
+        } else if (!strncmp(line, "tokens ", 7)) {
+            char gname[16];
+            int W, H, bh, bw, rh, rw, rows, cols, ur, uc, N, called;
+            if (sscanf(line, "tokens %15s %d %d %d %d %d %d %d %d %d %d %d %d", gname, &W, &H, &bh, &bw, &rh, &rw,
+                       &rows, &cols, &ur, &uc, &N, &called) != 13) { check(0, "bad tokens line"); continue; }
+            const Geom* g = find_geom(gname);
+            if (!g) { check(0, "tokens line before its geom"); continue; }
+            int gbh, gbw, grh, grw, top, nr, left, nc, grid = g->S / g->patch;
+            select_best_resolution(H, W, g->pins, g->n, &gbh, &gbw);
+            patch_output_size(H, W, gbh, gbw, &grh, &grw);
+            unpad_window(H, W, gbh / g->S * grid, gbw / g->S * grid, &top, &nr, &left, &nc);
+            int got = image_num_tokens(H, W, g->S, g->patch, g->pins, g->n);
+            check(gbh == bh && gbw == bw && grh == rh && grw == rw && gbh / g->S == rows && gbw / g->S == cols &&
+                  nr == ur && nc == uc && got == N,
+                  "%s %dx%d: best %dx%d resized %dx%d unpadded %dx%d -> %d tokens; transformers %dx%d %dx%d %dx%d -> %d",
+                  gname, W, H, gbh, gbw, grh, grw, nr, nc, got, bh, bw, rh, rw, ur, uc, N);
+            n_tokens++;
+            n_called += called;
+        }
+    }
+    check(g_n_geoms == 2 && n_pil == 4 && n_pnm == 34 && n_anyres == 8 && n_tokens >= 400 && n_called >= 400,
+          "image_tables.txt: %d geom, %d pil, %d pnm, %d anyres, %d tokens (%d from processor calls)", g_n_geoms,
+          n_pil, n_pnm, n_anyres, n_tokens, n_called);
+    remove(tmp);
+    free(text);
+}
+
+// SPEC.md §4.6 examples, real geometry (W x H).
+static void test_spec_token_counts(void) {
+    const int32_t pins[] = {336, 672, 672, 336, 672, 672, 1008, 336, 336, 1008};
+    struct { int w, h, n; } c[] = {{640, 480, 2340}, {1280, 720, 1948}, {375, 500, 2352}, {336, 336, 1176}};
+    for (int i = 0; i < 4; i++) {
+        int got = image_num_tokens(c[i].h, c[i].w, 336, 14, pins, 5);
+        check(got == c[i].n, "SPEC §4.6: %dx%d -> %d tokens (want %d)", c[i].w, c[i].h, got, c[i].n);
+    }
+    // 336x336 (W x H) picks (336, 672) on the tie (SPEC §4.1); 300x400 rounds 448.00000000000006 up to 449
+    int bh, bw, nh, nw;
+    select_best_resolution(336, 336, pins, 5, &bh, &bw);
+    check(bh == 336 && bw == 672, "336x336: best %dx%d (h x w)", bh, bw);
+    select_best_resolution(400, 300, pins, 5, &bh, &bw);
+    patch_output_size(400, 300, bh, bw, &nh, &nw);
+    check(bh == 672 && bw == 336 && nh == 449 && nw == 336, "300x400: best %dx%d resized %dx%d", bh, bw, nh, nw);
+}
+
+// Header syntax, 16-bit samples, gray, Y4M, stdin; anyres on degenerate shapes.
+static void test_image_reader(void) {
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/test_video_%d_img.ppm", (int)getpid());
+    // comments anywhere before maxval, tabs/CR as whitespace, bytes after the raster ignored
+    const char hdr[] = "P6\n# made by hand\n2 # width\n\t1\r# maxval next\n255\n";
+    const uint8_t px[] = {10, 20, 30, 40, 50, 60, 99, 99};
+    FILE* f = fopen(path, "wb");
+    fwrite(hdr, 1, strlen(hdr), f);
+    fwrite(px, 1, sizeof(px), f);
+    fclose(f);
+    Image im;
+    load_image(&im, path);
+    check(im.width == 2 && im.height == 1 && im.rgb[0] == 10 && im.rgb[1] == 40 && im.rgb[2] == 20 &&
+          im.rgb[3] == 50 && im.rgb[4] == 30 && im.rgb[5] == 60, "P6 with comments: planar RGB");
+    free_image(&im);
+    // CRLF after maxval: only the CR ends the header, the LF is the first sample (Pillow and netpbm agree)
+    f = fopen(path, "wb");
+    fputs("P5 3 1 255\r\n\x07\x08", f);
+    fclose(f);
+    load_image(&im, path);
+    check(im.width == 3 && im.rgb[0] == 10 && im.rgb[1] == 7 && im.rgb[2] == 8 && im.rgb[3] == 10 && im.rgb[8] == 8,
+          "P5 after CR LF: the LF is a sample, gray repeated to RGB");
+    free_image(&im);
+    // the same bytes from a pipe on stdin
+    size_t nbytes;
+    uint8_t* bytes = read_all("test/data/chelsea_451x300.ppm", &nbytes);
+    Image a, b;
+    load_image(&a, "test/data/chelsea_451x300.ppm");
+    int saved;
+    pid_t pid = stdin_from_pipe(bytes, nbytes, &saved);
+    load_image(&b, "-");
+    stdin_restore(saved, pid);
+    check(a.width == b.width && a.height == b.height && !memcmp(a.rgb, b.rgb, (size_t)3 * a.width * a.height),
+          "PPM from a pipe on stdin == from the file");
+    free_image(&a); free_image(&b); free(bytes);
+    // Y4M: the first frame, as the video reader converts it (== ffmpeg's RGB of frame 0)
+    load_image(&im, "test/data/city_320x240_444_2f.y4m");
+    uint8_t* ref = read_all("test/data/city_320x240_444_2f.ffmpeg_accurate.rgb24", &nbytes);
+    int same = im.width == 320 && im.height == 240;
+    for (size_t i = 0; same && i < 320 * 240; i++)
+        for (int c = 0; c < 3; c++) same &= im.rgb[(size_t)c * 320 * 240 + i] == ref[3 * i + c];
+    check(same, "Y4M image == ffmpeg RGB of its first frame");
+    free(ref);
+    free_image(&im);
+    bytes = read_all("test/data/city_320x240_444_2f.y4m", &nbytes);
+    pid = stdin_from_pipe(bytes, nbytes, &saved);
+    load_image(&b, "-");
+    stdin_restore(saved, pid);
+    load_image(&a, "test/data/city_320x240_444_2f.y4m");
+    check(!memcmp(a.rgb, b.rgb, (size_t)3 * 320 * 240), "Y4M image from a pipe on stdin == from the file");
+    free_image(&a); free_image(&b); free(bytes);
+    remove(path);
+
+    // degenerate shapes through the whole anyres path (tiny_b and real pinpoints)
+    const int32_t pb[] = {64, 128, 128, 64, 128, 128, 192, 64, 64, 192};
+    const int32_t pr[] = {336, 672, 672, 336, 672, 672, 1008, 336, 336, 1008};
+    const int dims[][2] = {{1, 1}, {1, 2000}, {2000, 1}, {3, 700}, {700, 3}, {64, 64}, {128, 64}, {337, 336}};
+    for (size_t i = 0; i < sizeof(dims) / sizeof(dims[0]); i++)
+        for (int k = 0; k < 2; k++) {
+            Image src = {dims[i][0], dims[i][1], lcg_image(dims[i][0], dims[i][1], 3, (uint32_t)(i + 11))};
+            ImagePatches ip;
+            int S = k ? 336 : 64;
+            preprocess_image(&ip, &src, S, k ? pr : pb, 5, CLIP_MEAN, CLIP_STD);
+            uint8_t* u8 = malloc((size_t)ip.n_patches * 3 * S * S);
+            anyres_patches_u8(&ip, src.rgb, u8);
+            int finite = 1;
+            for (size_t j = 0; j < (size_t)ip.n_patches * 3 * S * S; j++) finite &= isfinite(ip.pixels[j]);
+            check(finite && patches_equal_reference(&ip, src.rgb, u8), "%dx%d S=%d: %d patches == reference",
+                  src.width, src.height, S, ip.n_patches);
+            free(u8);
+            free_image_patches(&ip);
+            free(src.rgb);
+        }
+}
+
+// load_image in a child: exit 1 and one stderr line naming the file.
+static void expect_image_error(const char* what, const char* path, const void* data, size_t n, const char* want) {
+    if (data) write_all(path, data, n);
+    char errpath[64];
+    snprintf(errpath, sizeof(errpath), "/tmp/test_video_%d.err", (int)getpid());
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen(errpath, "w", stderr)) _exit(99);
+        Image im;
+        load_image(&im, path);
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    size_t en;
+    uint8_t* err = read_all(errpath, &en);
+    err[en] = 0;
+    int lines = 0;
+    for (size_t i = 0; i < en; i++) lines += err[i] == '\n';
+    int ok = WIFEXITED(status) && WEXITSTATUS(status) == 1 && lines == 1 && strstr((char*)err, path) &&
+             strstr((char*)err, "llava: error: ") == (char*)err && (!want || strstr((char*)err, want));
+    check(ok, "image error '%s': status %d, stderr '%s'", what, WIFEXITED(status) ? WEXITSTATUS(status) : -1, (char*)err);
+    free(err);
+    remove(errpath);
+}
+
+static void test_image_errors(void) {
+    char path[64];
+    snprintf(path, sizeof(path), "/tmp/test_video_%d_bad.ppm", (int)getpid());
+    struct { const char* name; const char* bytes; size_t n; const char* want; } c[] = {
+        {"empty file", "", 0, "empty"},
+        {"unknown format", "GIF89a....", 10, "unknown image format"},
+        {"PAM P7", "P7\nWIDTH 1\n", 10, "unknown image format"},
+        {"ASCII P3", "P3\n1 1\n255\n1 2 3\n", 17, "ASCII"},
+        {"bitmap P4", "P4\n8 1\n\xff", 8, "bitmap"},
+        {"no whitespace after magic", "P61 1 255\n\1\2\3", 13, "whitespace"},
+        {"header ends early", "P6\n4 4", 6, "before the maxval"},
+        {"header ends in a comment", "P6\n4 4 # no maxval", 18, "before the maxval"},
+        {"letter for width", "P6\nx 4 255\n", 11, "width"},
+        {"junk after width", "P6\n4x 4 255\n", 12, "width"},
+        {"negative height", "P6\n4 -4 255\n", 12, "height"},
+        {"zero width", "P6\n0 4 255\n", 11, "out of range"},
+        {"absurd width", "P6\n16385 1 255\n\0\0\0", 18, "out of range"},
+        {"too many digits", "P5\n1 99999999999 255\n", 22, "digits"},
+        {"maxval 0", "P5\n1 1 0\n\0", 10, "maxval"},
+        {"maxval 65536", "P5\n1 1 65536\n\0\0", 15, "maxval"},
+        {"comment right after maxval", "P5\n1 1 255#c\n\7", 14, "whitespace"},
+        {"maxval then EOF", "P5\n1 1 255", 10, "whitespace"},
+        {"truncated 8-bit raster", "P6\n2 2 255\n\1\2\3\4\5\6\7\10\11\12\13", 22, "truncated pixel data: 11 of 12"},
+        {"truncated 16-bit raster", "P5\n2 1 1000\n\0\1\0", 15, "truncated pixel data: 3 of 4"},
+        {"huge size, tiny file", "P6\n16384 16384 65535\n\0\0", 23, "truncated pixel data"},
+        {"Y4M without frames", "YUV4MPEG2 W4 H2\n", 16, "no frames"},
+        {"Y4M truncated frame", "YUV4MPEG2 W4 H2\nFRAME\n\0\0\0", 25, "truncated"},
+        {"Y4M bad size", "YUV4MPEG2 W0 H2\nFRAME\n", 22, "out of range"},
+        {"not Y4M after YU", "YUV4MPEGX W4 H2\n", 16, "unknown image format"},
+    };
+    for (size_t i = 0; i < sizeof(c) / sizeof(c[0]); i++) expect_image_error(c[i].name, path, c[i].bytes, c[i].n, c[i].want);
+    expect_image_error("missing file", "/tmp/test_video_no_such_image.ppm", NULL, 0, "cannot open");
+    remove(path);
+}
+
 int main(void) {
     // CI may start us with fd 0 closed; the stdin tests swap fd 0, so make it a real fd first
     if (fcntl(0, F_GETFD) == -1) {
@@ -764,6 +1100,10 @@ int main(void) {
     test_errors();
     test_load_video();
     test_extreme_sizes();
+    test_spec_token_counts();
+    test_image_tables();
+    test_image_reader();
+    test_image_errors();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
