@@ -596,6 +596,7 @@ static void dequantize_row(float* out, const Matrix* w, int row) {
 
 #define ATTN_LANES (2 * VL)  // queries per block: two vectors
 #define ATTN_CHUNK 128       // keys per copied chunk of the K or V cache
+#define ATTN_KB 8            // rows per register block: 8 x 2 accumulators + 2 operands + 8 broadcasts
 
 typedef struct {
     float* out;        // (T, n_heads*head_dim), row stride out_stride
@@ -649,7 +650,7 @@ static void attention_block_task(void* ctx, int task) {
         for (int j = 0; j < ATTN_LANES; j++)
             row[j] = j < nq ? a->q[(size_t)(t0 + j) * a->q_stride + (size_t)h * hd + i] : 0.0f;
     }
-    // S^T = K Q^T * scale: four key rows at a time share each Q^T load (8 accumulators).
+    // S^T = K Q^T * scale.
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
         int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK;
         const float* kr = kbase + (size_t)c0 * ks;  // contiguous rows (the KV cache) are used in place
@@ -658,20 +659,24 @@ static void attention_block_task(void* ctx, int task) {
             kr = kv;
         }
         int r = 0;
-        for (; r + 4 <= cn; r += 4) {
+        for (; r + ATTN_KB <= cn; r += ATTN_KB) {  // ATTN_KB key rows share each Q^T load
             const float* k0 = kr + (size_t)r * hd;
-            vf c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
+            vf c[ATTN_KB][2] = {{{0}}};
             for (int i = 0; i < hd; i++) {
                 vf q0 = qt[2 * i], q1 = qt[2 * i + 1];
-                float x0 = k0[i], x1 = k0[hd + i], x2 = k0[2 * hd + i], x3 = k0[3 * hd + i];
-                c00 += x0 * q0; c01 += x0 * q1;
-                c10 += x1 * q0; c11 += x1 * q1;
-                c20 += x2 * q0; c21 += x2 * q1;
-                c30 += x3 * q0; c31 += x3 * q1;
+#pragma GCC unroll 8
+                for (int u = 0; u < ATTN_KB; u++) {
+                    float x = k0[(size_t)u * hd + i];
+                    c[u][0] += x * q0;
+                    c[u][1] += x * q1;
+                }
             }
             vf* o = st + 2 * (size_t)(c0 + r);
-            o[0] = c00 * a->scale; o[1] = c01 * a->scale; o[2] = c10 * a->scale; o[3] = c11 * a->scale;
-            o[4] = c20 * a->scale; o[5] = c21 * a->scale; o[6] = c30 * a->scale; o[7] = c31 * a->scale;
+#pragma GCC unroll 8
+            for (int u = 0; u < ATTN_KB; u++) {
+                o[2 * u] = c[u][0] * a->scale;
+                o[2 * u + 1] = c[u][1] * a->scale;
+            }
         }
         for (; r < cn; r++) {
             const float* k0 = kr + (size_t)r * hd;
@@ -697,7 +702,7 @@ static void attention_block_task(void* ctx, int task) {
         sum0 += st[2 * k];
         sum1 += st[2 * k + 1];
     }
-    // O^T = V^T P^T: four head_dim rows at a time share each P row load (8 accumulators).
+    // O^T = V^T P^T.
     for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
         int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK;
@@ -708,19 +713,27 @@ static void attention_block_task(void* ctx, int task) {
         }
         const vf* p = st + 2 * (size_t)c0;
         int i = 0;
-        for (; i + 4 <= hd; i += 4) {
-            vf c00 = ot[2 * i], c01 = ot[2 * i + 1], c10 = ot[2 * i + 2], c11 = ot[2 * i + 3];
-            vf c20 = ot[2 * i + 4], c21 = ot[2 * i + 5], c30 = ot[2 * i + 6], c31 = ot[2 * i + 7];
+        for (; i + ATTN_KB <= hd; i += ATTN_KB) {  // ATTN_KB head_dim rows share each P row load
+            vf c[ATTN_KB][2];
+#pragma GCC unroll 8
+            for (int u = 0; u < ATTN_KB; u++) {
+                c[u][0] = ot[2 * (i + u)];
+                c[u][1] = ot[2 * (i + u) + 1];
+            }
             for (int k = 0; k < cn; k++) {
                 const float* vk = vr + (size_t)k * hd + i;
                 vf p0 = p[2 * k], p1 = p[2 * k + 1];
-                c00 += vk[0] * p0; c01 += vk[0] * p1;
-                c10 += vk[1] * p0; c11 += vk[1] * p1;
-                c20 += vk[2] * p0; c21 += vk[2] * p1;
-                c30 += vk[3] * p0; c31 += vk[3] * p1;
+#pragma GCC unroll 8
+                for (int u = 0; u < ATTN_KB; u++) {
+                    c[u][0] += vk[u] * p0;
+                    c[u][1] += vk[u] * p1;
+                }
             }
-            ot[2 * i] = c00; ot[2 * i + 1] = c01; ot[2 * i + 2] = c10; ot[2 * i + 3] = c11;
-            ot[2 * i + 4] = c20; ot[2 * i + 5] = c21; ot[2 * i + 6] = c30; ot[2 * i + 7] = c31;
+#pragma GCC unroll 8
+            for (int u = 0; u < ATTN_KB; u++) {
+                ot[2 * (i + u)] = c[u][0];
+                ot[2 * (i + u) + 1] = c[u][1];
+            }
         }
         for (; i < hd; i++)
             for (int k = 0; k < cn; k++) {
