@@ -374,23 +374,30 @@ static void pack_and_release(Matrix* w) {
     }
 }
 
-// Pack every matmul weight for the fast kernels (a no-op for kernels that read the file layout).
-static void pack_all(Model* m) {
+// Number of CLIP encoder layers to run: hidden_states[0] is the embeddings (after pre-LN), hidden_states[i]
+// the output of layer i, so feature_layer -2 of 24 layers means the output of layer 23 and the last
+// layer never needs to run (SPEC §5).
+static int vision_layers_needed(const Config* p) {
+    return p->feature_layer < 0 ? p->v_layers + 1 + p->feature_layer : p->feature_layer;
+}
+
+// Calls fn on every matmul weight the forward passes use (CLIP layers past the feature layer are not).
+static void for_each_matrix(Model* m, void (*fn)(Matrix*)) {
     Config* p = &m->config;
-    for (int l = 0; l < p->v_layers; l++) {
+    for (int l = 0; l < vision_layers_needed(p); l++) {
         Matrix* ms[] = {&m->vision.wq[l], &m->vision.wk[l], &m->vision.wv[l], &m->vision.wo[l],
                         &m->vision.fc1[l], &m->vision.fc2[l]};
-        for (int i = 0; i < 6; i++) pack_and_release(ms[i]);
+        for (int i = 0; i < 6; i++) fn(ms[i]);
     }
-    pack_and_release(&m->vision.patch_embedding);
-    pack_and_release(&m->projector.linear_1);
-    pack_and_release(&m->projector.linear_2);
+    fn(&m->vision.patch_embedding);
+    fn(&m->projector.linear_1);
+    fn(&m->projector.linear_2);
     for (int l = 0; l < p->n_layers; l++) {
         Matrix* ms[] = {&m->llm.wq[l], &m->llm.wk[l], &m->llm.wv[l], &m->llm.wo[l],
                         &m->llm.w_gate[l], &m->llm.w_up[l], &m->llm.w_down[l]};
-        for (int i = 0; i < 7; i++) pack_and_release(ms[i]);
+        for (int i = 0; i < 7; i++) fn(ms[i]);
     }
-    pack_and_release(&m->llm.lm_head);
+    fn(&m->llm.lm_head);
 }
 
 static void build_model(Model* m, const char* path) {
@@ -415,7 +422,17 @@ static void build_model(Model* m, const char* path) {
                     m->config.n_tokens, path);
     c.offset += m->config.tokenizer_bytes;
     memory_map_weights(m, &c);
-    pack_all(m);
+    for_each_matrix(m, pack_and_release);  // the kernels' panel layout, packed once
+}
+
+static void free_model(Model* m) {
+    for_each_matrix(m, unpack_matrix);
+    VisionWeights* v = &m->vision;
+    Matrix* stacks[] = {v->wq, v->wk, v->wv, v->wo, v->fc1, v->fc2, m->llm.wq, m->llm.wk, m->llm.wv,
+                        m->llm.wo, m->llm.w_gate, m->llm.w_up, m->llm.w_down};
+    for (size_t i = 0; i < sizeof(stacks) / sizeof(stacks[0]); i++) free(stacks[i]);
+    free_tokenizer(&m->tokenizer);
+    munmap(m->data, m->file_size);
 }
 
 // ----------------------------------------------------------------------------
@@ -805,12 +822,6 @@ static void attention(AttnArgs* a) {
 // ----------------------------------------------------------------------------
 // Vision tower: CLIP ViT (modeling_clip.py CLIPVisionTransformer), all frames in one batch
 
-// Number of encoder layers to run: hidden_states[0] is the embeddings (after pre-LN), hidden_states[i]
-// the output of layer i, so feature_layer -2 of 24 layers means the output of layer 23 and the last
-// layer never needs to run (SPEC §5).
-static int vision_layers_needed(const Config* p) {
-    return p->feature_layer < 0 ? p->v_layers + 1 + p->feature_layer : p->feature_layer;
-}
 
 // pixels (B, C, S, S) -> features (B, n_out, v_dim), n_out = patches (CLS dropped) or patches + 1.
 static void vision_forward(Model* m, const float* pixels, int B, float* features) {
@@ -1544,6 +1555,7 @@ static int run(Args* a) {
         printf("\n");
         free(ids);
         free(text);
+        free_model(m);
         return 0;
     }
     if (!strcmp(a->mode, "decode")) {
@@ -1557,6 +1569,7 @@ static int run(Args* a) {
         fwrite(out, 1, len_out, stdout);  // may hold a NUL byte from <0x00>
         printf("\n");
         free(out); free(ids); free(text);
+        free_model(m);
         return 0;
     }
 
@@ -1732,7 +1745,7 @@ static int run(Args* a) {
     free(vf.pixel_values); free(vf.vision_features); free(vf.video_features);
     free_image_features(&imf);
     free_state(&m->state);
-    free_tokenizer(tok);
+    free_model(m);
     return 0;
 }
 
