@@ -181,7 +181,7 @@ static double weight_bytes(const Matrix* m) {
 static const char* tname[] = { "f32", "bf16", "q8" };
 
 int main(int argc, char** argv) {
-    int nth = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, quick = 0, do_gemm = 1, do_gemv = 1;
+    int nth = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, quick = 0, do_gemm = 1, do_gemv = 1, gemv_t = 1;
     const char* only = NULL;            // --only f32|bf16|q8
     if (nth < 1) nth = 1;
     for (int i = 1; i < argc; i++) {
@@ -191,12 +191,18 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--gemm")) do_gemv = 0;
         else if (!strcmp(argv[i], "--gemv")) do_gemm = 0;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+        else if (!strcmp(argv[i], "--gemv-t") && i + 1 < argc) gemv_t = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--pf") && i + 1 < argc) mm_gemv_pf = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--tpt") && i + 1 < argc) mm_gemv_tpt = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick] [--gemm | --gemv] [--only f32|bf16|q8]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick] [--gemm | --gemv] [--only f32|bf16|q8]\n"
+                            "       [--gemv-t T (GEMV rows, default 1)] [--pf BYTES (q8 GEMV prefetch)] [--tpt N (GEMV tasks/thread)]\n", argv[0]);
             return 1;
         }
     }
     if (reps < 1) reps = 1;
+    if (gemv_t < 1 || gemv_t > 64) gemv_t = 1;
+    if (mm_gemv_tpt < 1) mm_gemv_tpt = 1;
     if (quick) { reps = 3; peak_iters = 5000000; }
     pool_init(nth);
     mm_detect_isa();
@@ -251,7 +257,8 @@ int main(int argc, char** argv) {
     }
 
     if (!do_gemv) { free(x); free(y); return 0; }
-    // --- GEMV (T=1), interleaved with the bandwidth loops
+    // --- GEMV (T=gemv_t, default 1), interleaved with the bandwidth loops. Row 3 ("q8w") is the q8
+    // widening kernel (f32 activations) on the same matrices, for a side-by-side with the VNNI one.
     struct { int K, N; } vs[] = { { 4096, 4096 }, { 4096, 11008 }, { 11008, 4096 }, { 4096, 32064 } };
     int nvs = (int)(sizeof vs / sizeof vs[0]);
     enum { MAXC = 8 };
@@ -259,6 +266,8 @@ int main(int argc, char** argv) {
     int ncopy[3][4];
     for (int type = 0; type < 3; type++)
         for (int s = 0; s < nvs; s++) {
+            ncopy[type][s] = 0;
+            if (only && strcmp(only, tname[type])) continue;
             Matrix src = make_matrix((DType)type, vs[s].N, vs[s].K, 64);
             // enough distinct copies that one pass over them is >= 128 MiB (4x L3)
             int nc = (int)((128.0 * 1048576 + weight_bytes(&src) - 1) / weight_bytes(&src));
@@ -275,36 +284,44 @@ int main(int argc, char** argv) {
     bw.buf = bwbuf;
     int vr = quick ? 5 : 15;
     double *t_bw1 = calloc((size_t)vr, sizeof(double)), *t_bw2 = calloc((size_t)vr, sizeof(double));
-    double* t_gemv = calloc((size_t)3 * nvs * vr, sizeof(double));
-    float xv[11008], yv[32064];
-    for (int i = 0; i < 11008; i++) xv[i] = frand();
+    double* t_gemv = calloc((size_t)4 * nvs * vr, sizeof(double));
+    float* xv = mm_alloc((size_t)gemv_t * 11008 * 4);
+    float* yv = mm_alloc((size_t)gemv_t * 32064 * 4);
+    for (int i = 0; i < gemv_t * 11008; i++) xv[i] = frand();
+    int nvar = mm_has_vnni ? 4 : 3;     // variants: f32, bf16, q8, q8 widening
     for (int r = 0; r < vr; r++) {
 #if MM_X86
         if (mm_isa == MM_AVX512) { t_bw1[r] = run_bw(bw_add_task, &bw); t_bw2[r] = run_bw(bw_widen_task, &bw); }
         else
 #endif
         { t_bw1[r] = t_bw2[r] = run_bw(bw_plain_task, &bw); }
-        for (int type = 0; type < 3; type++)
+        for (int var = 0; var < nvar; var++)
             for (int s = 0; s < nvs; s++) {
+                int type = var < 3 ? var : DT_Q8;
+                if (!ncopy[type][s]) continue;
+                mm_q8_gemv_vnni = var != 3;
                 double t0 = now_sec();
-                for (int c = 0; c < ncopy[type][s]; c++) matmul(yv, xv, &mats[type][s][c], 1);
-                t_gemv[(type * nvs + s) * vr + r] =
+                for (int c = 0; c < ncopy[type][s]; c++) matmul(yv, xv, &mats[type][s][c], gemv_t);
+                t_gemv[(var * nvs + s) * vr + r] =
                     weight_bytes(&mats[type][s][0]) * ncopy[type][s] / (now_sec() - t0) * 1e-9;
+                mm_q8_gemv_vnni = 1;
             }
     }
     double bw1 = median(t_bw1, vr), bw2 = median(t_bw2, vr), bwref = bw1 > bw2 ? bw1 : bw2;
     printf("\nread bandwidth (1 GiB, median of %d, interleaved): add-loop %.1f GB/s, widen-FMA loop %.1f GB/s -> reference %.1f\n",
            vr, bw1, bw2, bwref);
-    printf("GEMV T=1                  %9s %9s %9s\n", "ms", "GB/s", "% of ref");
-    for (int type = 0; type < 3; type++)
+    printf("GEMV T=%-2d                 %9s %9s %9s\n", gemv_t, "ms", "GB/s", "% of ref");
+    for (int var = 0; var < nvar; var++)
         for (int s = 0; s < nvs; s++) {
-            double gbs = median(t_gemv + (type * nvs + s) * vr, vr);
-            printf("%-4s %5d->%-5d x%d copies  %9.3f %9.1f %8.1f%%\n", tname[type], vs[s].K, vs[s].N, ncopy[type][s],
+            int type = var < 3 ? var : DT_Q8;
+            if (!ncopy[type][s]) continue;
+            double gbs = median(t_gemv + (var * nvs + s) * vr, vr);
+            printf("%-4s %5d->%-5d x%d copies  %9.3f %9.1f %8.1f%%\n", var == 3 ? "q8w" : tname[type], vs[s].K, vs[s].N, ncopy[type][s],
                    weight_bytes(&mats[type][s][0]) / gbs * 1e-6, gbs, 100.0 * gbs / bwref);
         }
     for (int type = 0; type < 3; type++)
         for (int s = 0; s < nvs; s++)
             for (int c = 0; c < ncopy[type][s]; c++) unpack_matrix(&mats[type][s][c]);
-    free(bwbuf); free(x); free(y); free(t_bw1); free(t_bw2); free(t_gemv);
+    free(bwbuf); free(x); free(y); free(xv); free(yv); free(t_bw1); free(t_bw2); free(t_gemv);
     return 0;
 }

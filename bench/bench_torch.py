@@ -12,6 +12,21 @@ import torch
 SHAPES = [(4616, 1024, 4096), (4616, 4096, 1024), (1170, 4096, 4096), (1170, 4096, 11008), (1170, 11008, 4096)]
 
 
+def gflops(dtype, T, K, N, reps):
+    """Median GFLOP/s of torch.nn.functional.linear on (T, K) x (N, K)^T, after one warm-up call."""
+    x = torch.randn(T, K).to(dtype)
+    w = torch.randn(N, K).to(dtype)
+    with torch.no_grad():
+        torch.nn.functional.linear(x, w)            # warm-up (and oneDNN weight reorder, if any)
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.nn.functional.linear(x, w)
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return 2.0 * T * K * N / times[len(times) // 2] * 1e-9
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -23,18 +38,8 @@ def main():
     print(f"{'type':5s} {'T':>5s} {'K->N':>12s} {'ms':>9s} {'GFLOP/s':>9s}")
     for dtype, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
         for T, K, N in SHAPES:
-            x = torch.randn(T, K).to(dtype)
-            w = torch.randn(N, K).to(dtype)
-            with torch.no_grad():
-                torch.nn.functional.linear(x, w)            # warm-up (and oneDNN weight reorder, if any)
-                times = []
-                for _ in range(args.reps):
-                    t0 = time.perf_counter()
-                    torch.nn.functional.linear(x, w)
-                    times.append(time.perf_counter() - t0)
-            times.sort()
-            dt = times[len(times) // 2]
-            print(f"{name:5s} {T:5d} {K:5d}->{N:<6d} {dt * 1e3:9.2f} {2.0 * T * K * N / dt * 1e-9:9.1f}", flush=True)
+            g = gflops(dtype, T, K, N, args.reps)
+            print(f"{name:5s} {T:5d} {K:5d}->{N:<6d} {2.0 * T * K * N / g * 1e-6:9.2f} {g:9.1f}", flush=True)
 
 
 if __name__ == "__main__":

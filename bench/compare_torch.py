@@ -16,7 +16,6 @@ import os
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_torch  # noqa: E402
 import torch  # noqa: E402
-import time  # noqa: E402
 
 
 def ours(threads, reps):
@@ -32,19 +31,6 @@ def ours(threads, reps):
     return res
 
 
-def theirs(name, dtype, T, K, N, reps):
-    x, w = torch.randn(T, K).to(dtype), torch.randn(N, K).to(dtype)
-    with torch.no_grad():
-        torch.nn.functional.linear(x, w)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.nn.functional.linear(x, w)
-            times.append(time.perf_counter() - t0)
-    times.sort()
-    return 2.0 * T * K * N / times[len(times) // 2] * 1e-9
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -57,7 +43,7 @@ def main():
     for name, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
         for T, K, N in bench_torch.SHAPES:
             a = mine.get((name, T, K, N))
-            b = theirs(name, dtype, T, K, N, args.reps)
+            b = bench_torch.gflops(dtype, T, K, N, args.reps)
             print("%-5s %5d %6d->%-6d %10.1f %10.1f %6.2fx" % (name, T, K, N, a or 0, b, (a or 0) / b))
 
 
