@@ -995,6 +995,8 @@ static void llm_forward(Model* m, int T, int pos) {
         // a = RMSNorm_in(h); h = h + o_proj(Attn(a))
         for (int t = 0; t < T; t++)
             rmsnorm(s->xb + (size_t)t * D, s->x + (size_t)t * D, w->attn_norm + (size_t)l * D, D, p->rms_eps);
+        // LlamaAttention: q/k/v projections (no biases), RoPE on q and k only, then k and v go to the
+        // cache at positions pos..pos+T-1 (so this chunk's queries see themselves and everything before)
         matmul(s->q, s->xb, &w->wq[l], T);
         matmul(s->k, s->xb, &w->wk[l], T);
         matmul(s->v, s->xb, &w->wv[l], T);
@@ -1012,6 +1014,7 @@ static void llm_forward(Model* m, int T, int pos) {
                 memcpy(kc + dst, s->k + src, hd * sizeof(float));
                 memcpy(vc + dst, s->v + src, hd * sizeof(float));
             }
+        // softmax(q k^T / sqrt(head_dim) + causal mask) v, in f32 like the eager path (and SDPA)
         AttnArgs a = {.out = s->att, .q = s->q, .k = kc, .v = vc, .T = T, .n_heads = p->n_heads,
                       .n_kv_heads = p->n_kv_heads, .head_dim = hd, .q_stride = qd, .kv_stride = hd,
                       .kv_head_stride = (size_t)s->ctx * hd, .out_stride = qd, .causal_offset = pos,
@@ -1023,12 +1026,14 @@ static void llm_forward(Model* m, int T, int pos) {
         // m = RMSNorm_post(h); h = h + down_proj(silu(gate_proj(m)) * up_proj(m))
         for (int t = 0; t < T; t++)
             rmsnorm(s->xb + (size_t)t * D, s->x + (size_t)t * D, w->ffn_norm + (size_t)l * D, D, p->rms_eps);
+        // LlamaMLP (hidden_act silu): the gate and up projections, combined element-wise
         matmul(s->hb, s->xb, &w->w_gate[l], T);
         matmul(s->hb2, s->xb, &w->w_up[l], T);
         activation(s->hb, s->hb2, (size_t)T * F, ACT_SILU_MUL);
         matmul(s->xb, s->hb, &w->w_down[l], T);
         for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb[i];
     }
+    // model.norm; lm_head is applied by the caller, to the rows it needs (only the last, unless dumping)
     for (int t = 0; t < T; t++)
         rmsnorm(s->x + (size_t)t * D, s->x + (size_t)t * D, w->final_norm, D, p->rms_eps);
 }
