@@ -14,9 +14,20 @@
 //             per row and per group to int8 with an f32 scale (absmax/127); exact integer dot per group,
 //             then scale_w * scale_x in f32. Against f32 activations on the same weights: relative
 //             RMS error 5.8e-3 (Gaussian x, K=4096, G=64); bound: sum_g scale_x[g]/2 * sum|w| per output.
-//   * GEMV (T small: decode). Same packed panels, weights widened to f32 in registers (bf16 -> f32 is
-//     exact, int8 -> f32 is exact) and FMA'd with the f32 activations: the reference semantics
-//     (matmul_ref) with the reference summation order, limited by memory bandwidth.
+//   * GEMV (T small: decode). Same packed panels, one sequential stream per task, limited by memory
+//     bandwidth.
+//       f32, bf16  weights widened to f32 in registers (bf16 -> f32 is exact) and FMA'd with the f32
+//             activations: the reference semantics (matmul_ref) with the reference summation order;
+//       q8    (T <= 3, AVX512-VNNI) the activation rows are quantized once per call to int8 per
+//             group with mm_quantize_group's rounding -- the same quantization as the q8 GEMM -- and
+//             the panels go through vpdpbusd with the same folded -128*sum(q) compensation and the
+//             same per-group f32 epilogue as the GEMM microkernel. So prefill and decode of a q8 model
+//             share one activation semantics: a row gives the same bits on either path (tested).
+//             Measured ~98 % of the read-bandwidth reference against ~71-79 % for widening when the
+//             VM gives 50+ GB/s (widening chains 4 dependent FMAs per 128-byte panel step: 16
+//             cycles, ~8 B/cycle per core, too little headroom at that bandwidth).
+//             Without VNNI (AVX-512 or AVX2 only) q8 GEMV widens int8 -> f32 (exact) and FMAs with
+//             f32 activations (matmul_ref's semantics, no activation quantization).
 //   * Portable scalar code when the CPU has no AVX2 (or on non-x86): matmul_ref's loops, threaded.
 //   The instruction set is detected at run time (__builtin_cpu_supports / cpuid); kernels use
 //   function-level target attributes, so the file builds with plain -O3 as well as -march=native, and
@@ -497,10 +508,15 @@ void unpack_matrix(Matrix* w) {
 #define MM_Q8_NCP 20    // NC = 640
 #define MM_TBLK 32      // GEMV/widening paths: rows per block (x block stays in L2)
 
-// Largest T that uses the GEMV (widening) path on AVX-512 machines, per DType. Above it the packed
-// GEMM wins: for q8 the widening costs ~4 extra ops per 16 weights, for f32/bf16 GEMM tiles are
-// 14 rows so a few-row GEMM would waste most of each tile.
+// Largest T that uses the GEMV path on AVX-512 machines, per DType. Above it the packed GEMM wins:
+// for f32/bf16 GEMM tiles are 14 rows so a few-row GEMM would waste most of each tile; for q8 the
+// VNNI GEMV (up to 3 rows per pass) beats the 6-row GEMM tile at T = 2, 3 and loses at T = 4
+// (measured; T = 4 would take two passes over each panel).
 static int mm_gemv_max_t[3] = { 7, 7, 3 };
+static int mm_q8_gemv_vnni = 1;  // q8 GEMV: 1 = quantize x + vpdpbusd (with VNNI), 0 = widening (knob for bench/tests)
+static int mm_gemv_tpt = 8;       // f32/bf16/widening GEMV tasks (panel chunks) per thread
+static int mm_gemv_guided = 1;    // q8 VNNI GEMV: guided chunks (1) or mm_gemv_tpt equal chunks (0)
+#define MM_MAX_GUIDED 256         // guided schedule: at most this many tasks
 
 typedef struct {
     float* y;               // (T, N)
@@ -516,6 +532,7 @@ typedef struct {
     void* a;                // GEMM packed activations (see mm_pack_act_*)
     float* as;              // q8: activation scales (ntiles, ng, 6)
     int32_t* ac;            // q8: compensation -128 * sum(q) (ntiles, ng, 6)
+    const int* bounds;      // if set: task t covers panels [bounds[t], bounds[t+1]) (guided schedule)
 } MMJob;
 
 // contiguous share [*a, *b) of n items for task `task` of n_tasks
@@ -526,6 +543,7 @@ static inline void mm_split(int n, int task, int n_tasks, int* a, int* b) {
 
 // panels [*p0, *p1) of a task
 static inline void mm_task_panels(const MMJob* j, int task, int* p0, int* p1) {
+    if (j->bounds) { *p0 = j->bounds[task]; *p1 = j->bounds[task + 1]; return; }
     *p0 = task * j->chunk;
     *p1 = mm_min(j->p->np, *p0 + j->chunk);
 }
@@ -674,7 +692,8 @@ MM_TGT_AVX2 static void mm_task_avx2(void* v, int task) {
 
 #if MM_X86
 // ----------------------------------------------------------------------------
-// AVX-512 GEMV (decode) and widening kernels: one 32-column panel x up to 4 rows per call.
+// AVX-512 GEMV (decode: f32, bf16, and q8 without VNNI) and widening kernels: one 32-column panel x
+// up to 4 rows per call.
 // Weights are widened to f32 in registers (exact), activations are the f32 rows of x broadcast
 // from L1, and each output lane accumulates in k order with FMAs -- the order of matmul_ref. The
 // panel streams from memory once per 4 rows (from L2 for the next 4), one sequential stream per
@@ -770,6 +789,124 @@ MM_INLINE MM_TGT_512 void mm_gemv512_q8(const MMJob* j, const float* x, const ui
     for (int i = 0; i < MR; i++) {
         _mm512_mask_storeu_ps(y + (size_t)i * j->N, m0, acc[i][0]);
         _mm512_mask_storeu_ps(y + (size_t)i * j->N + 16, m1, acc[i][1]);
+    }
+}
+
+// q8 decode with VNNI (T <= mm_gemv_max_t[DT_Q8] on AVX512-VNNI machines). The activation rows are
+// quantized once per call by mm_quantize_rows_q8 (row-major: q (T, K) s8, as (T, ng) scales,
+// ac (T, ng) = -128 * sum(q)), exactly as the GEMM's mm_task_pack_q8 does (both match
+// mm_quantize_group bit for bit), and this kernel computes the GEMM microkernel's arithmetic: per
+// group, int32 lanes start at the compensation and take G/4 vpdpbusd steps of the u8 panel words x
+// the broadcast s8 activation word (exact), then f += float(acc) * (scale_w * scale_x) in group
+// order. So a decode row gives bit for bit what the same row gives inside a prefill GEMM.
+// One 32-column panel x up to 3 rows per call; 2*MR vpdpbusd chains (latency 4: 32 B/cycle per
+// core at MR = 1, ~4x what DRAM gives; splitting the chains further measured no faster -- on this VM
+// a kernel that issues its loads a little less greedily streams as well or better). The weights are
+// prefetched (prefetcht1) mm_gemv_pf bytes ahead in the thread's stream (PERF_NOTES 5).
+static int mm_gemv_pf = 2048;       // prefetch distance in bytes (0 = none); a knob for bench.c
+
+MM_INLINE MM_TGT_VNNI void mm_gemv512_q8v(const int8_t* q, const float* as, const int32_t* ac, int K, int ng,
+                                          int G4, const uint32_t* w, const float* s, float* y, int ldy, int nc,
+                                          const int MR) {
+    __m512 f[3][2];
+    const int pf = mm_gemv_pf;
+#pragma GCC unroll 3
+    for (int i = 0; i < MR; i++) f[i][0] = f[i][1] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m512i acc[3][2];
+#pragma GCC unroll 3
+        for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_set1_epi32(ac[(size_t)i * ng + g]);
+        const uint32_t* wg = w + (size_t)g * G4 * 32;
+        const int8_t* qg = q + (size_t)g * G4 * 4;
+        for (int kq = 0; kq < G4; kq++) {
+            const uint32_t* wk = wg + (size_t)kq * 32;
+            if (pf) {
+                _mm_prefetch((const char*)wk + pf, _MM_HINT_T1);
+                _mm_prefetch((const char*)wk + pf + 64, _MM_HINT_T1);
+            }
+            __m512i w0 = _mm512_load_si512((const void*)wk), w1 = _mm512_load_si512((const void*)(wk + 16));
+#pragma GCC unroll 3
+            for (int i = 0; i < MR; i++) {
+                int32_t a4;                 // 4 s8 activations (memcpy: no type punning)
+                memcpy(&a4, qg + (size_t)i * K + 4 * kq, 4);
+                __m512i av = _mm512_set1_epi32(a4);
+                acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], w0, av);
+                acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], w1, av);
+            }
+        }
+        __m512 s0 = _mm512_load_ps(s + (size_t)g * 32), s1 = _mm512_load_ps(s + (size_t)g * 32 + 16);
+#pragma GCC unroll 3
+        for (int i = 0; i < MR; i++) {
+            __m512 sx = _mm512_set1_ps(as[(size_t)i * ng + g]);
+            f[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][0]), _mm512_mul_ps(s0, sx), f[i][0]);
+            f[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][1]), _mm512_mul_ps(s1, sx), f[i][1]);
+        }
+    }
+    __mmask16 m0 = mm_mask16(nc), m1 = mm_mask16(nc - 16);
+#pragma GCC unroll 3
+    for (int i = 0; i < MR; i++) {
+        _mm512_mask_storeu_ps(y + (size_t)i * ldy, m0, f[i][0]);
+        _mm512_mask_storeu_ps(y + (size_t)i * ldy + 16, m1, f[i][1]);
+    }
+}
+
+MM_TGT_VNNI static void mm_task_gemv512_q8v(void* v, int task) {
+    MMJob* j = v;
+    const MMPacked* p = j->p;
+    int p0, p1;
+    mm_task_panels(j, task, &p0, &p1);
+    const int8_t* q = j->a;
+    for (int pi = p0; pi < p1; pi++) {
+        const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
+        const float* s = p->s + (size_t)pi * p->ng * 32;
+        int nc = j->N - pi * 32;
+        for (int t = 0; t < j->T; t += 3) {
+            int mr = mm_min(3, j->T - t);
+            const int8_t* qt = q + (size_t)t * j->K;
+            const float* as = j->as + (size_t)t * p->ng;
+            const int32_t* ac = j->ac + (size_t)t * p->ng;
+            float* y = j->y + (size_t)t * j->N + pi * 32;
+            if (mr == 3) mm_gemv512_q8v(qt, as, ac, j->K, p->ng, p->G / 4, wp, s, y, j->N, nc, 3);
+            else if (mr == 2) mm_gemv512_q8v(qt, as, ac, j->K, p->ng, p->G / 4, wp, s, y, j->N, nc, 2);
+            else mm_gemv512_q8v(qt, as, ac, j->K, p->ng, p->G / 4, wp, s, y, j->N, nc, 1);
+        }
+    }
+}
+
+// Quantize rows x (T, K) to q (T, K) s8, as (T, ng), ac (T, ng) = -128 * sum(q): mm_quantize_group
+// per (row, group), in SIMD (same absmax, iscale = 127/absmax, rint via vcvtps2dq, clamp +-127).
+MM_TGT_512 static void mm_quantize_rows_q8(const float* x, int T, int K, int G, int8_t* q, float* as, int32_t* ac) {
+    int ng = K / G;
+    for (int t = 0; t < T; t++) {
+        for (int g = 0; g < ng; g++) {
+            const float* xg = x + (size_t)t * K + (size_t)g * G;
+            int8_t* qg = q + (size_t)t * K + (size_t)g * G;
+            __m512 mx = _mm512_setzero_ps();
+            __mmask16 nan = 0;
+            for (int k = 0; k < G; k += 16) {
+                __m512 xv = _mm512_maskz_loadu_ps(mm_mask16(G - k), xg + k);
+                nan |= _mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q);
+                mx = _mm512_max_ps(_mm512_abs_ps(xv), mx);
+            }
+            float amax = _mm512_reduce_max_ps(mx);
+            if (nan || amax < 1e-30f || amax > 3.4028235e38f) {     // zero, tiny, inf or NaN group
+                memset(qg, 0, (size_t)G);
+                as[(size_t)t * ng + g] = nan ? NAN : amax < 1e-30f ? 0.0f : INFINITY;
+                ac[(size_t)t * ng + g] = 0;
+                continue;
+            }
+            __m512 vis = _mm512_set1_ps(127.0f / amax);
+            __m512i sum = _mm512_setzero_si512();
+            for (int k = 0; k < G; k += 16) {
+                __mmask16 m = mm_mask16(G - k);
+                __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xg + k), vis));
+                qi = _mm512_max_epi32(_mm512_min_epi32(qi, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
+                sum = _mm512_add_epi32(sum, qi);
+                _mm512_mask_cvtepi32_storeu_epi8(qg + k, m, qi);
+            }
+            as[(size_t)t * ng + g] = amax / 127.0f;
+            ac[(size_t)t * ng + g] = -128 * _mm512_reduce_add_epi32(sum);
+        }
     }
 }
 
@@ -1143,6 +1280,18 @@ static void mm_task_gemm(void* v, int task) {
 static void* mm_scratch;            // GEMM packed activations, grown on demand, reused across calls
 static size_t mm_scratch_bytes;
 
+// Scratch of `need` bytes: the shared buffer, or (own: a nested call from inside a pool task) a
+// private one that the caller frees.
+static void* mm_get_scratch(size_t need, int own) {
+    if (own) return mm_alloc(need);
+    if (need > mm_scratch_bytes) {
+        free(mm_scratch);
+        mm_scratch_bytes = need + need / 4;
+        mm_scratch = mm_alloc(mm_scratch_bytes);
+    }
+    return mm_scratch;
+}
+
 void matmul(float* y, const float* x, const Matrix* w, int T) {
     mm_check(w);
     mm_detect_isa();
@@ -1166,9 +1315,39 @@ void matmul(float* y, const float* x, const Matrix* w, int T) {
     int gemm = T > mm_gemv_max_t[type] &&
                (type == DT_F32 || (type == DT_BF16 && mm_has_bf16) || (type == DT_Q8 && mm_has_vnni));
     if (!gemm) {
-        // ~8 chunks per thread, each a long sequential stream of whole panels
-        j.chunk = (np + 8 * nth - 1) / (8 * nth);
+        // ~mm_gemv_tpt chunks per thread, each a long sequential stream of whole panels
+        j.chunk = (np + mm_gemv_tpt * nth - 1) / (mm_gemv_tpt * nth);
         j.n_tasks = (np + j.chunk - 1) / j.chunk;
+        if (type == DT_Q8 && mm_has_vnni && mm_q8_gemv_vnni) {
+            // quantize the T (<= 3) activation rows once (caller thread: ~1 us for K=4096), then stream
+            const MMPacked* p = j.p;
+            size_t qbytes = ((size_t)T * w->cols + 63) / 64 * 64, sbytes = (size_t)T * p->ng * 4;
+            int own = mm_in_pool;
+            void* buf = mm_get_scratch(qbytes + 2 * sbytes + 64, own);
+            j.a = buf;
+            j.as = (float*)((char*)buf + qbytes);
+            j.ac = (int32_t*)((char*)buf + qbytes + sbytes);
+            mm_quantize_rows_q8(x, T, w->cols, p->G, j.a, j.as, j.ac);
+            // Guided schedule: each task takes 1/(2 nth) of the panels left, so the first tasks are
+            // long sequential streams and the last ones are single panels that even out the finish
+            // (a q8 call is only ~17 MB at 4096x4096, so idle time at the join shows).
+            int bounds[MM_MAX_GUIDED + 1];
+            if (mm_gemv_guided) {
+                int nt = 0, at = 0;
+                bounds[0] = 0;
+                while (at < np) {
+                    int c = (np - at + 2 * nth - 1) / (2 * nth);
+                    if (nt == MM_MAX_GUIDED - 1) c = np - at;
+                    at += c;
+                    bounds[++nt] = at;
+                }
+                j.bounds = bounds;
+                j.n_tasks = nt;
+            }
+            pool_for(j.n_tasks, mm_task_gemv512_q8v, &j);
+            if (own) free(buf);
+            return;
+        }
         pool_for(j.n_tasks, mm_task_gemv512, &j);
         return;
     }
@@ -1179,14 +1358,8 @@ void matmul(float* y, const float* x, const Matrix* w, int T) {
     size_t abytes = (size_t)j.ntiles * mrt * p->kw * 4;
     size_t sbytes = type == DT_Q8 ? (size_t)j.ntiles * mrt * p->ng * 4 : 0;
     size_t need = abytes + 2 * sbytes + 64;
-    void* buf = mm_scratch;
     int own = mm_in_pool;           // nested call: private scratch, single thread
-    if (own) buf = mm_alloc(need);
-    else if (need > mm_scratch_bytes) {
-        free(mm_scratch);
-        mm_scratch_bytes = need + need / 4;
-        mm_scratch = buf = mm_alloc(mm_scratch_bytes);
-    }
+    void* buf = mm_get_scratch(need, own);
     j.a = buf;
     j.as = (float*)((char*)buf + abytes);
     j.ac = (int32_t*)((char*)buf + abytes + sbytes);

@@ -8,9 +8,12 @@
 // DRAM read bandwidth of two streaming loops over a 1 GiB buffer (a plain add-of-loads loop and a
 // bf16-widen-and-FMA loop, which on this VM streams better; the better of the two is the reference).
 // GEMM rows: GFLOP/s (q8: GOP/s, activation quantization included) as % of the matching peak.
-// GEMV rows (T=1): GB/s of weight bytes streamed, as % of the read-bandwidth reference, measured
-// interleaved with the GEMVs (the VM's bandwidth drifts 24-50 GB/s from minute to minute), with
-// several copies of each matrix so the working set is far larger than L3. All figures are medians.
+// GEMV rows (T=1, or --gemv-t T): GB/s of weight bytes streamed, as % of the read-bandwidth
+// reference, measured interleaved with the GEMVs (the VM's bandwidth drifts 24-60 GB/s from minute to
+// minute), with several copies of each matrix so the working set is far larger than L3. All figures
+// are medians. "q8" is the decode path (VNNI: activations quantized, vpdpbusd), "q8w" the widening
+// kernel (int8 -> f32, f32 activations) on the same matrices in the same run, for comparison.
+// Tuning knobs: --pf, --tpt, --alt, --q8-max-t (see usage).
 
 #include "../matmul.c"
 #include <unistd.h>
@@ -183,6 +186,8 @@ static const char* tname[] = { "f32", "bf16", "q8" };
 int main(int argc, char** argv) {
     int nth = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, quick = 0, do_gemm = 1, do_gemv = 1, gemv_t = 1;
     const char* only = NULL;            // --only f32|bf16|q8
+    int alt_pf = -1, alt_tpt = 0;       // --alt PF TPT: one more q8 VNNI row ("q8a") with these knobs
+                                        // (TPT 0: guided schedule, else TPT equal chunks per thread)
     if (nth < 1) nth = 1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) nth = atoi(argv[++i]);
@@ -194,9 +199,12 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--gemv-t") && i + 1 < argc) gemv_t = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--pf") && i + 1 < argc) mm_gemv_pf = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tpt") && i + 1 < argc) mm_gemv_tpt = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--q8-max-t") && i + 1 < argc) mm_gemv_max_t[DT_Q8] = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--alt") && i + 2 < argc) { alt_pf = atoi(argv[++i]); alt_tpt = atoi(argv[++i]); }
         else {
             fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick] [--gemm | --gemv] [--only f32|bf16|q8]\n"
-                            "       [--gemv-t T (GEMV rows, default 1)] [--pf BYTES (q8 GEMV prefetch)] [--tpt N (GEMV tasks/thread)]\n", argv[0]);
+                            "       [--gemv-t T (GEMV rows, default 1)] [--pf BYTES (q8 GEMV prefetch)] [--tpt N (GEMV tasks/thread)]\n"
+                            "       [--alt PF TPT (extra q8 row; TPT 0 = guided)] [--q8-max-t T (q8 GEMV/GEMM threshold)]\n", argv[0]);
             return 1;
         }
     }
@@ -284,11 +292,11 @@ int main(int argc, char** argv) {
     bw.buf = bwbuf;
     int vr = quick ? 5 : 15;
     double *t_bw1 = calloc((size_t)vr, sizeof(double)), *t_bw2 = calloc((size_t)vr, sizeof(double));
-    double* t_gemv = calloc((size_t)4 * nvs * vr, sizeof(double));
+    double* t_gemv = calloc((size_t)5 * nvs * vr, sizeof(double));
     float* xv = mm_alloc((size_t)gemv_t * 11008 * 4);
     float* yv = mm_alloc((size_t)gemv_t * 32064 * 4);
     for (int i = 0; i < gemv_t * 11008; i++) xv[i] = frand();
-    int nvar = mm_has_vnni ? 4 : 3;     // variants: f32, bf16, q8, q8 widening
+    int nvar = mm_has_vnni ? (alt_pf >= 0 ? 5 : 4) : 3;    // variants: f32, bf16, q8, q8 widening, q8 alt
     for (int r = 0; r < vr; r++) {
 #if MM_X86
         if (mm_isa == MM_AVX512) { t_bw1[r] = run_bw(bw_add_task, &bw); t_bw2[r] = run_bw(bw_widen_task, &bw); }
@@ -300,11 +308,14 @@ int main(int argc, char** argv) {
                 int type = var < 3 ? var : DT_Q8;
                 if (!ncopy[type][s]) continue;
                 mm_q8_gemv_vnni = var != 3;
+                int pf0 = mm_gemv_pf, tpt0 = mm_gemv_tpt, gd0 = mm_gemv_guided;
+                if (var == 4) { mm_gemv_pf = alt_pf; mm_gemv_guided = alt_tpt <= 0; mm_gemv_tpt = alt_tpt > 0 ? alt_tpt : 1; }
                 double t0 = now_sec();
                 for (int c = 0; c < ncopy[type][s]; c++) matmul(yv, xv, &mats[type][s][c], gemv_t);
                 t_gemv[(var * nvs + s) * vr + r] =
                     weight_bytes(&mats[type][s][0]) * ncopy[type][s] / (now_sec() - t0) * 1e-9;
                 mm_q8_gemv_vnni = 1;
+                mm_gemv_pf = pf0; mm_gemv_tpt = tpt0; mm_gemv_guided = gd0;
             }
     }
     double bw1 = median(t_bw1, vr), bw2 = median(t_bw2, vr), bwref = bw1 > bw2 ? bw1 : bw2;
@@ -316,7 +327,7 @@ int main(int argc, char** argv) {
             int type = var < 3 ? var : DT_Q8;
             if (!ncopy[type][s]) continue;
             double gbs = median(t_gemv + (var * nvs + s) * vr, vr);
-            printf("%-4s %5d->%-5d x%d copies  %9.3f %9.1f %8.1f%%\n", var == 3 ? "q8w" : tname[type], vs[s].K, vs[s].N, ncopy[type][s],
+            printf("%-4s %5d->%-5d x%d copies  %9.3f %9.1f %8.1f%%\n", var == 3 ? "q8w" : var == 4 ? "q8a" : tname[type], vs[s].K, vs[s].N, ncopy[type][s],
                    weight_bytes(&mats[type][s][0]) / gbs * 1e-6, gbs, 100.0 * gbs / bwref);
         }
     for (int type = 0; type < 3; type++)

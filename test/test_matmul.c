@@ -7,10 +7,12 @@
 // * bf16 GEMM (vdpbf16ps): activations are rounded to bf16 first, so the kernel itself is checked
 //   against matmul_ref run on bf16-rounded activations (1e-5 * S), and against the f32 reference with
 //   the rigorous bound |sum w (x_bf16 - x)| <= 2^-8 * S (RNE to 8 significant bits).
-// * q8 GEMM (VNNI): checked exactly against a reference that quantizes the activations with the
+// * q8 GEMM and q8 GEMV (VNNI, T <= mm_gemv_max_t[DT_Q8]): checked exactly against a reference that quantizes the activations with the
 //   same mm_quantize_group (integer dot per group, then scales; 1e-5 relative for the f32 epilogue),
 //   and against the f32 reference with the rigorous bound sum_g scale_x[g]/2 * sum_k |w_k| (rounding
-//   each activation to the nearest multiple of its group scale).
+//   each activation to the nearest multiple of its group scale). Both quantize the activations the
+//   same way, so a row's result must not depend on the path: the VNNI GEMV of one row is checked bit
+//   for bit against the same row inside a GEMM (test_q8_gemv).
 
 #include "../matmul.c"
 
@@ -142,10 +144,13 @@ static void ref_q8_quantized(float* y, double* bound, const float* x, const Matr
 
 static const char* type_name[] = { "f32", "bf16", "q8" };
 
-// Which path will matmul take (mirrors matmul()'s choice, for naming and tolerances)?
+// Which path will matmul take (mirrors matmul()'s choice, for naming and tolerances)? Low precision:
+// bf16 GEMM (activations rounded to bf16), q8 GEMM or VNNI GEMV (activations quantized to int8).
 static int uses_lowprec_gemm(const Matrix* m, int T) {
-    if (!m->packed || mm_isa != MM_AVX512 || T <= mm_gemv_max_t[m->type]) return 0;
-    return (m->type == DT_BF16 && mm_has_bf16) || (m->type == DT_Q8 && mm_has_vnni);
+    if (!m->packed || mm_isa != MM_AVX512) return 0;
+    if (m->type == DT_Q8 && mm_has_vnni) return T > mm_gemv_max_t[DT_Q8] || mm_q8_gemv_vnni;
+    if (T <= mm_gemv_max_t[m->type]) return 0;
+    return m->type == DT_BF16 && mm_has_bf16;
 }
 
 static void test_case(DType type, int T, int N, int K, int G, int pack) {
@@ -193,9 +198,10 @@ static void test_case(DType type, int T, int N, int K, int G, int pack) {
         float* refq = malloc(ny * 4);
         double* bound = malloc(ny * sizeof(double));
         ref_q8_quantized(refq, bound, x, m, T);
-        snprintf(msg, sizeof msg, "%s: q8 GEMM vs quantized-activation ref (1e-5 S)", what);
+        const char* path = T > mm_gemv_max_t[DT_Q8] ? "GEMM" : "VNNI GEMV";
+        snprintf(msg, sizeof msg, "%s: q8 %s vs quantized-activation ref (1e-5 S)", what, path);
         check(close_enough(y2, refq, S, NULL, 1e-5, ny, msg), msg);
-        snprintf(msg, sizeof msg, "%s: q8 GEMM vs f32 ref (activation rounding bound)", what);
+        snprintf(msg, sizeof msg, "%s: q8 %s vs f32 ref (activation rounding bound)", what, path);
         check(close_enough(y2, ref, S, bound, 1e-5, ny, msg), msg);
         free(refq); free(bound);
     }
@@ -231,6 +237,66 @@ static void test_special(DType type, int T, int N, int K, int G) {
     check(rest_ok, msg);
     free(x); free(y);
     free_mat(&tm);
+}
+
+// q8 decode path (T <= mm_gemv_max_t[DT_Q8]) on ragged shapes: the VNNI GEMV against the
+// quantized-activation reference, 1 vs 2 threads bit-identical, each row bit-identical to the same
+// row computed by the q8 GEMM (same quantization, same per-group arithmetic), and the widening
+// kernel (mm_q8_gemv_vnni = 0: f32 activations) against matmul_ref.
+static void test_q8_gemv(void) {
+    struct { int N, K, G; } sh[] = { { 1, 4, 4 }, { 31, 12, 4 }, { 33, 40, 8 }, { 45, 96, 32 }, { 70, 100, 20 },
+                                     { 100, 128, 64 }, { 64, 1088, 64 }, { 17, 72, 72 }, { 40, 2048, 128 } };
+    int nsh = (int)(sizeof sh / sizeof sh[0]), tmax = mm_gemv_max_t[DT_Q8];
+    for (int s = 0; s < nsh; s++) {
+        int N = sh[s].N, K = sh[s].K, G = sh[s].G, TG = tmax + 4;  // TG rows: a GEMM
+        TestMat tm = make_mat(DT_Q8, N, K, G);
+        pack_matrix(&tm.m);
+        float* x = make_x(TG, K);
+        x[(size_t)1 * K + K - 1] *= 50.0f;                          // an outlier that sets a group's scale
+        float* yg = malloc((size_t)TG * N * 4);
+        pool_init(2);
+        matmul(yg, x, &tm.m, TG);
+        for (int T = 1; T <= tmax; T++) {
+            char what[200], msg[300];
+            snprintf(what, sizeof what, "q8 GEMV isa=%s T=%d N=%d K=%d G=%d", matmul_isa_name(), T, N, K, G);
+            size_t ny = (size_t)T * N;
+            float *y1 = malloc(ny * 4), *y2 = malloc(ny * 4), *refq = malloc(ny * 4), *ref = malloc(ny * 4);
+            double* bound = malloc(ny * sizeof(double));
+            double* S = abs_scale(&tm.m, x, T);
+            ref_q8_quantized(refq, bound, x, &tm.m, T);
+            matmul_ref(ref, x, &tm.m, T);
+            pool_init(1);
+            matmul(y1, x, &tm.m, T);
+            pool_init(2);
+            matmul(y2, x, &tm.m, T);
+            snprintf(msg, sizeof msg, "%s: 1/2 threads bit-identical", what);
+            check(memcmp(y1, y2, ny * 4) == 0, msg);
+            if (!mm_has_vnni) {                 // no VNNI: the widening kernel is the decode path
+                snprintf(msg, sizeof msg, "%s: widening kernel vs matmul_ref (1e-5 S)", what);
+                check(close_enough(y2, ref, S, NULL, 1e-5, ny, msg), msg);
+                free(y1); free(y2); free(refq); free(ref); free(bound); free(S);
+                continue;
+            }
+            snprintf(msg, sizeof msg, "%s: vs quantized-activation ref (1e-5 S)", what);
+            check(close_enough(y2, refq, S, NULL, 1e-5, ny, msg), msg);
+            snprintf(msg, sizeof msg, "%s: vs f32 ref (activation rounding bound)", what);
+            check(close_enough(y2, ref, S, bound, 1e-5, ny, msg), msg);
+            snprintf(msg, sizeof msg, "%s: rows bit-identical to the q8 GEMM (T=%d)", what, TG);
+            check(memcmp(y2, yg, ny * 4) == 0, msg);
+            // rows at an offset (the last T rows of x) give the same as those GEMM rows
+            matmul(y1, x + (size_t)(TG - T) * K, &tm.m, T);
+            snprintf(msg, sizeof msg, "%s: last rows bit-identical to the q8 GEMM", what);
+            check(memcmp(y1, yg + (size_t)(TG - T) * N, ny * 4) == 0, msg);
+            mm_q8_gemv_vnni = 0;
+            matmul(y1, x, &tm.m, T);
+            mm_q8_gemv_vnni = 1;
+            snprintf(msg, sizeof msg, "%s: widening kernel vs matmul_ref (1e-5 S)", what);
+            check(close_enough(y1, ref, S, NULL, 1e-5, ny, msg), msg);
+            free(y1); free(y2); free(refq); free(ref); free(bound); free(S);
+        }
+        free(x); free(yg);
+        free_mat(&tm);
+    }
 }
 
 // pool: every task runs exactly once; nested pool_for and a matmul inside a task run inline.
@@ -303,7 +369,9 @@ int main(int argc, char** argv) {
         }
         test_case(DT_Q8, 9, 20, 60, 6, 1);              // group % 4 != 0: portable path
         test_case(DT_F32, 16, 64, 64, 0, 0);            // never packed: portable path
+        if (cfg[c][0] == MM_AVX512) test_q8_gemv();
         for (int type = 0; type < 3; type++) {
+            test_special((DType)type, 3, 50, 128, 64);
             test_special((DType)type, 4, 50, 128, 64);
             test_special((DType)type, 20, 50, 128, 64);
         }
