@@ -646,8 +646,8 @@ static int attn_blocks(const AttnArgs* a) { return (a->T + ATTN_LANES - 1) / ATT
 static void attention_block_task(void* ctx, int task) {
     const AttnArgs* a = ctx;
     int blocks = attn_blocks(a);
-    int b = blocks - 1 - task / a->n_heads;  // the longest causal blocks first, heads sharing K/V together
-    int h = task % a->n_heads;
+    // All blocks of a head run back to back (its K and V stay in cache), the longest causal block first.
+    int h = task / blocks, b = blocks - 1 - task % blocks;
     int t0 = b * ATTN_LANES, nq = a->T - t0 < ATTN_LANES ? a->T - t0 : ATTN_LANES;
     int hd = a->head_dim, kvh = h / (a->n_heads / a->n_kv_heads);  // GQA: n_heads/n_kv_heads share a kv head
     int n = a->causal_offset >= 0 ? a->causal_offset + t0 + nq : a->n_keys;  // keys any lane can see
@@ -836,6 +836,8 @@ static void vision_forward(Model* m, const float* pixels, int B, float* features
     float* k = xmalloc(rows * D * sizeof(float));
     float* v = xmalloc(rows * D * sizeof(float));
     float* att = xmalloc(rows * D * sizeof(float));
+    float* kh = xmalloc(rows * D * sizeof(float));  // k and v regrouped per head for attention
+    float* vh = xmalloc(rows * D * sizeof(float));
     float* hb = xmalloc(rows * Dh * sizeof(float));
 
     // Patch embedding: the stride-P conv is a matmul of each flattened (C, P, P) patch with the
@@ -872,11 +874,21 @@ static void vision_forward(Model* m, const float* pixels, int B, float* features
         matmul(q, xb, &w->wq[l], rows); add_bias(q, w->bq + (size_t)l * D, rows, D);
         matmul(k, xb, &w->wk[l], rows); add_bias(k, w->bk + (size_t)l * D, rows, D);
         matmul(v, xb, &w->wv[l], rows); add_bias(v, w->bv + (size_t)l * D, rows, D);
-        for (int b = 0; b < B; b++) {  // each frame attends only to itself, no mask
-            size_t off = (size_t)b * N * D;
-            AttnArgs a = {.out = att + off, .q = q + off, .k = k + off, .v = v + off, .T = N,
+        // Each frame attends only to itself, no mask. K and V are first regrouped per head,
+        // (frame, head, position, head_dim), so every attention task reads its keys contiguously.
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < N; t++)
+                for (int h = 0; h < p->v_heads; h++) {
+                    size_t src = ((size_t)b * N + t) * D + (size_t)h * hd;
+                    size_t dst = (((size_t)b * p->v_heads + h) * N + t) * hd;
+                    memcpy(kh + dst, k + src, hd * sizeof(float));
+                    memcpy(vh + dst, v + src, hd * sizeof(float));
+                }
+        for (int b = 0; b < B; b++) {
+            size_t off = (size_t)b * N * D;  // the same size per frame in both layouts
+            AttnArgs a = {.out = att + off, .q = q + off, .k = kh + off, .v = vh + off, .T = N,
                           .n_heads = p->v_heads, .n_kv_heads = p->v_heads, .head_dim = hd,
-                          .q_stride = D, .kv_stride = D, .kv_head_stride = hd, .out_stride = D,
+                          .q_stride = D, .kv_stride = hd, .kv_head_stride = (size_t)N * hd, .out_stride = D,
                           .causal_offset = -1, .n_keys = N, .scale = 1.0f / sqrtf((float)hd)};
             attention(&a);
         }
@@ -899,7 +911,7 @@ static void vision_forward(Model* m, const float* pixels, int B, float* features
     for (int b = 0; b < B; b++)
         memcpy(features + (size_t)b * (N - skip) * D, x + ((size_t)b * N + skip) * D,
                (size_t)(N - skip) * D * sizeof(float));
-    free(x); free(xb); free(q); free(k); free(v); free(att); free(hb);
+    free(x); free(xb); free(q); free(k); free(v); free(att); free(kh); free(vh); free(hb);
 }
 
 // ----------------------------------------------------------------------------
