@@ -551,10 +551,41 @@ static void activation(float* x, const float* y, size_t n, int act) {
     pool_for((int)((n + ACT_CHUNK - 1) / ACT_CHUNK), activation_task, &a);
 }
 
-// y += b for each of T rows.
-static void add_bias(float* y, const float* b, int T, int n) {
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < n; i++) y[(size_t)t * n + i] += b[i];
+// Row-wise passes over (T, n) buffers, split over the thread pool by blocks of rows (each row is
+// computed alone, so any split gives the same bits). At 4,616 vision rows they are not negligible.
+#define ROWS_PER_TASK 32
+typedef struct {
+    float* y; const float* x; const float* w; const float* b;
+    int T, n;
+    float eps;
+    int kind;  // ROWS_LAYERNORM, ROWS_RMSNORM: y = norm(x); ROWS_ADD: y += x + b (either may be NULL)
+} RowArgs;
+enum { ROWS_LAYERNORM, ROWS_RMSNORM, ROWS_ADD };
+
+static void rows_task(void* ctx, int task) {
+    const RowArgs* a = ctx;
+    int t1 = (task + 1) * ROWS_PER_TASK < a->T ? (task + 1) * ROWS_PER_TASK : a->T;
+    for (int t = task * ROWS_PER_TASK; t < t1; t++) {
+        float* y = a->y + (size_t)t * a->n;
+        const float* x = a->x ? a->x + (size_t)t * a->n : NULL;
+        if (a->kind == ROWS_LAYERNORM) layernorm(y, x, a->w, a->b, a->n, a->eps);
+        else if (a->kind == ROWS_RMSNORM) rmsnorm(y, x, a->w, a->n, a->eps);
+        else
+            for (int i = 0; i < a->n; i++) y[i] += (x ? x[i] : 0.0f) + (a->b ? a->b[i] : 0.0f);
+    }
+}
+
+static void for_rows(RowArgs a) { pool_for((a.T + ROWS_PER_TASK - 1) / ROWS_PER_TASK, rows_task, &a); }
+
+// y = LayerNorm(x) (b != NULL) or RMSNorm(x) (b == NULL) of each of T rows of n.
+static void norm_rows(float* y, const float* x, const float* w, const float* b, int T, int n, float eps) {
+    for_rows((RowArgs){y, x, w, b, T, n, eps, b ? ROWS_LAYERNORM : ROWS_RMSNORM});
+}
+
+// y += x + b for each of T rows: a bias (x NULL), a residual (b NULL), or a linear's bias and the
+// residual it feeds, in HF's order (the bias belongs to the linear: y + (x + b)).
+static void add_rows(float* y, const float* x, const float* b, int T, int n) {
+    for_rows((RowArgs){y, x, NULL, b, T, n, 0.0f, ROWS_ADD});
 }
 
 // RoPE in the HF "rotate_half" layout: dims (j, j + head_dim/2) rotate together by pos * inv_freq[j]
@@ -869,11 +900,10 @@ static void vision_forward(Model* m, const float* pixels, int B, float* features
     int layers = vision_layers_needed(p);
     for (int l = 0; l < layers; l++) {
         // h = h + out_proj(MHA(layer_norm1(h)))
-        for (size_t t = 0; t < rows; t++)
-            layernorm(xb + t * D, x + t * D, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, D, p->v_eps);
-        matmul(q, xb, &w->wq[l], rows); add_bias(q, w->bq + (size_t)l * D, rows, D);
-        matmul(k, xb, &w->wk[l], rows); add_bias(k, w->bk + (size_t)l * D, rows, D);
-        matmul(v, xb, &w->wv[l], rows); add_bias(v, w->bv + (size_t)l * D, rows, D);
+        norm_rows(xb, x, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, rows, D, p->v_eps);
+        matmul(q, xb, &w->wq[l], rows); add_rows(q, NULL, w->bq + (size_t)l * D, rows, D);
+        matmul(k, xb, &w->wk[l], rows); add_rows(k, NULL, w->bk + (size_t)l * D, rows, D);
+        matmul(v, xb, &w->wv[l], rows); add_rows(v, NULL, w->bv + (size_t)l * D, rows, D);
         // Each frame attends only to itself, no mask. K and V are first regrouped per head,
         // (frame, head, position, head_dim), so every attention task reads its keys contiguously.
         for (int b = 0; b < B; b++)
@@ -893,17 +923,14 @@ static void vision_forward(Model* m, const float* pixels, int B, float* features
             attention(&a);
         }
         matmul(xb, att, &w->wo[l], rows);
-        add_bias(xb, w->bo + (size_t)l * D, rows, D);
-        for (size_t i = 0; i < rows * D; i++) x[i] += xb[i];
+        add_rows(x, xb, w->bo + (size_t)l * D, rows, D);
         // h = h + fc2(act(fc1(layer_norm2(h))))
-        for (size_t t = 0; t < rows; t++)
-            layernorm(xb + t * D, x + t * D, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, D, p->v_eps);
+        norm_rows(xb, x, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, rows, D, p->v_eps);
         matmul(hb, xb, &w->fc1[l], rows);
-        add_bias(hb, w->fc1_b + (size_t)l * Dh, rows, Dh);
+        add_rows(hb, NULL, w->fc1_b + (size_t)l * Dh, rows, Dh);
         activation(hb, NULL, rows * Dh, p->v_act == 0 ? ACT_QUICK_GELU : ACT_GELU);
         matmul(xb, hb, &w->fc2[l], rows);
-        add_bias(xb, w->fc2_b + (size_t)l * D, rows, D);
-        for (size_t i = 0; i < rows * D; i++) x[i] += xb[i];
+        add_rows(x, xb, w->fc2_b + (size_t)l * D, rows, D);
     }
 
     // vision_feature_select_strategy "default" drops CLS (position 0); "full" keeps it.
@@ -948,10 +975,10 @@ static void project(Model* m, float* out, const float* in, int T) {
     int D = m->config.dim;
     float* h = xmalloc((size_t)T * D * sizeof(float));
     matmul(h, in, &w->linear_1, T);
-    add_bias(h, w->b1, T, D);
+    add_rows(h, NULL, w->b1, T, D);
     activation(h, NULL, (size_t)T * D, ACT_GELU);
     matmul(out, h, &w->linear_2, T);
-    add_bias(out, w->b2, T, D);
+    add_rows(out, NULL, w->b2, T, D);
     free(h);
 }
 
@@ -1005,8 +1032,7 @@ static void llm_forward(Model* m, int T, int pos) {
 
     for (int l = 0; l < p->n_layers; l++) {
         // a = RMSNorm_in(h); h = h + o_proj(Attn(a))
-        for (int t = 0; t < T; t++)
-            rmsnorm(s->xb + (size_t)t * D, s->x + (size_t)t * D, w->attn_norm + (size_t)l * D, D, p->rms_eps);
+        norm_rows(s->xb, s->x, w->attn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
         // LlamaAttention: q/k/v projections (no biases), RoPE on q and k only, then k and v go to the
         // cache at positions pos..pos+T-1 (so this chunk's queries see themselves and everything before)
         matmul(s->q, s->xb, &w->wq[l], T);
@@ -1033,21 +1059,19 @@ static void llm_forward(Model* m, int T, int pos) {
                       .scale = 1.0f / sqrtf((float)hd)};
         attention(&a);
         matmul(s->xb, s->att, &w->wo[l], T);
-        for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb[i];
+        add_rows(s->x, s->xb, NULL, T, D);
 
         // m = RMSNorm_post(h); h = h + down_proj(silu(gate_proj(m)) * up_proj(m))
-        for (int t = 0; t < T; t++)
-            rmsnorm(s->xb + (size_t)t * D, s->x + (size_t)t * D, w->ffn_norm + (size_t)l * D, D, p->rms_eps);
+        norm_rows(s->xb, s->x, w->ffn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
         // LlamaMLP (hidden_act silu): the gate and up projections, combined element-wise
         matmul(s->hb, s->xb, &w->w_gate[l], T);
         matmul(s->hb2, s->xb, &w->w_up[l], T);
         activation(s->hb, s->hb2, (size_t)T * F, ACT_SILU_MUL);
         matmul(s->xb, s->hb, &w->w_down[l], T);
-        for (size_t i = 0; i < (size_t)T * D; i++) s->x[i] += s->xb[i];
+        add_rows(s->x, s->xb, NULL, T, D);
     }
     // model.norm; lm_head is applied by the caller, to the rows it needs (only the last, unless dumping)
-    for (int t = 0; t < T; t++)
-        rmsnorm(s->x + (size_t)t * D, s->x + (size_t)t * D, w->final_norm, D, p->rms_eps);
+    norm_rows(s->x, s->x, w->final_norm, NULL, T, D, p->rms_eps);
 }
 
 // Runs a whole prompt of embeddings (T, dim) in chunks of max_rows and leaves the logits of the last
