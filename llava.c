@@ -1698,9 +1698,12 @@ static int run(Args* a) {
     }
     if (imf.n > 0 || vf.F > 0) {
         t_vision = now_seconds() - t_vision;
-        int n_pass = imf.total_patches + vf.F;
-        fprintf(stderr, "vision: %d image patches + %d frames in %.2f s (%.0f ms each)\n", imf.total_patches, vf.F,
-                t_vision, 1000 * t_vision / n_pass);
+        int n_pass = imf.total_patches + vf.F;  // images: base view + tiles each; videos: frames
+        char what[64];
+        if (imf.n > 0 && vf.F > 0) snprintf(what, sizeof(what), "%d image views + %d frames", imf.total_patches, vf.F);
+        else if (imf.n > 0) snprintf(what, sizeof(what), "%d image views", imf.total_patches);
+        else snprintf(what, sizeof(what), "%d frames", vf.F);
+        fprintf(stderr, "vision: %s in %.2f s (%.0f ms each)\n", what, t_vision, 1000 * t_vision / n_pass);
     }
     float* embeds = merge_embeddings(m, ids, T, imf.image_features, imf.total_rows, vf.video_features, n_video_rows);
 
@@ -1762,13 +1765,15 @@ static int run(Args* a) {
         generated[n_gen++] = next;
         if (n_gen == 1) fprintf(stderr, "time to first token: %.2f s after loading\n", now_seconds() - t_loaded);
         if (next == p->eos) break;
-        fputs(detokenize(tok, &detok, next), stdout);
+        const char* piece = detokenize(tok, &detok, next);
+        fwrite(piece, 1, detok.n_text, stdout);  // n_text: a <0x00> byte token is a real NUL
         fflush(stdout);
         if (n_gen == steps) break;
         decode_step(m, next, pos);
         n_steps++;
     }
-    fputs(detokenize_flush(tok, &detok), stdout);
+    const char* rest = detokenize_flush(tok, &detok);
+    fwrite(rest, 1, detok.n_text, stdout);
     free_detokenizer(&detok);
     if (n_gen > 0) printf("\n");
     double t_gen = now_seconds() - t1;
