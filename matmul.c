@@ -701,6 +701,20 @@ MM_TGT_AVX2 static void mm_task_avx2(void* v, int task) {
 
 MM_INLINE MM_TGT_512 __mmask16 mm_mask16(int n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
+// max |x| over one group of G inputs (exact, so every quantizer derives the same scale), and whether
+// the group holds a NaN.
+MM_INLINE MM_TGT_512 float mm_group_absmax512(const float* xg, int G, int* has_nan) {
+    __m512 mx = _mm512_setzero_ps();
+    __mmask16 nan = 0;
+    for (int k = 0; k < G; k += 16) {
+        __m512 xv = _mm512_maskz_loadu_ps(mm_mask16(G - k), xg + k);
+        nan |= _mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q);
+        mx = _mm512_max_ps(_mm512_abs_ps(xv), mx);
+    }
+    *has_nan = nan != 0;
+    return _mm512_reduce_max_ps(mx);
+}
+
 MM_INLINE MM_TGT_512 void mm_gemv512_fb(const MMJob* j, const float* x, const uint32_t* w, float* y,
                                         int nc, int is_bf16, const int MR) {
     int K = j->K;
@@ -881,14 +895,8 @@ MM_TGT_512 static void mm_quantize_rows_q8(const float* x, int T, int K, int G, 
         for (int g = 0; g < ng; g++) {
             const float* xg = x + (size_t)t * K + (size_t)g * G;
             int8_t* qg = q + (size_t)t * K + (size_t)g * G;
-            __m512 mx = _mm512_setzero_ps();
-            __mmask16 nan = 0;
-            for (int k = 0; k < G; k += 16) {
-                __m512 xv = _mm512_maskz_loadu_ps(mm_mask16(G - k), xg + k);
-                nan |= _mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q);
-                mx = _mm512_max_ps(_mm512_abs_ps(xv), mx);
-            }
-            float amax = _mm512_reduce_max_ps(mx);
+            int nan;
+            float amax = mm_group_absmax512(xg, G, &nan);
             if (nan || amax < 1e-30f || amax > 3.4028235e38f) {     // zero, tiny, inf or NaN group
                 memset(qg, 0, (size_t)G);
                 as[(size_t)t * ng + g] = nan ? NAN : amax < 1e-30f ? 0.0f : INFINITY;
@@ -1063,14 +1071,8 @@ MM_TGT_512 static void mm_task_pack_q8(void* v, int task) {
                 if (i >= mr) continue;
                 const float* xg = j->x + (size_t)(t0 + i) * K + (size_t)g * G;
                 // absmax over the group (exact, so the scale matches mm_quantize_group bit for bit)
-                __m512 mx = _mm512_setzero_ps();
-                __mmask16 nan = 0;
-                for (int k = 0; k < G; k += 16) {
-                    __m512 xv = _mm512_maskz_loadu_ps(mm_mask16(G - k), xg + k);
-                    nan |= _mm512_cmp_ps_mask(xv, xv, _CMP_UNORD_Q);
-                    mx = _mm512_max_ps(_mm512_abs_ps(xv), mx);
-                }
-                float amax = _mm512_reduce_max_ps(mx);
+                int nan;
+                float amax = mm_group_absmax512(xg, G, &nan);
                 if (nan || amax < 1e-30f || amax > 3.4028235e38f)  // zero, tiny, inf or NaN group
                     as[g * MM_Q8_MR + i] = nan ? NAN : amax < 1e-30f ? 0.0f : INFINITY;
                 else {
