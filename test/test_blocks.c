@@ -127,21 +127,39 @@ static void test_rope(void) {
 }
 
 // Blocked attention vs a naive T x T softmax(QK^T/sqrt(d) + mask) V with grouped-query heads.
-static void test_attention_case(int T, int past, int H, int KV, int hd, int causal) {
+// layout 0: K/V rows (S, KV*hd) as the vision tower has them; 1: the KV cache's (KV, S, hd) in f32;
+// 2: the same in bf16 (the reference then uses the bf16-rounded values).
+static void test_attention_case(int T, int past, int H, int KV, int hd, int causal, int layout) {
     int S = past + T;
     size_t qd = (size_t)H * hd, kvd = (size_t)KV * hd;
     float *q = xmalloc(T * qd * 4), *k = xmalloc(S * kvd * 4), *v = xmalloc(S * kvd * 4);
     float *out = xmalloc(T * qd * 4);
     fill(q, T * qd, 2.0f); fill(k, S * kvd, 2.0f); fill(v, S * kvd, 1.0f);
+    float* kc = xmalloc(S * kvd * 4);
+    float* vc = xmalloc(S * kvd * 4);  // (KV, S, hd) as f32, or as bf16 in the first half
+    for (int s = 0; s < S; s++)
+        for (int h = 0; h < KV; h++) {
+            size_t src = (size_t)s * kvd + (size_t)h * hd, dst = ((size_t)h * S + s) * hd;
+            if (layout == 2)
+                for (int i = 0; i < hd; i++) {  // round in place so the reference sees what the cache holds
+                    k[src + i] = bf16_to_f32(f32_to_bf16(k[src + i]));
+                    v[src + i] = bf16_to_f32(f32_to_bf16(v[src + i]));
+                }
+            store_kv(kc, dst, k + src, hd, layout == 2);
+            store_kv(vc, dst, v + src, hd, layout == 2);
+        }
     AttnArgs a = {.out = out, .q = q, .k = k, .v = v, .T = T, .n_heads = H, .n_kv_heads = KV, .head_dim = hd,
                   .q_stride = qd, .kv_stride = kvd, .kv_head_stride = hd, .out_stride = qd,
                   .causal_offset = causal ? past : -1, .n_keys = S, .scale = 1.0f / sqrtf(hd)};
+    if (layout > 0) {
+        a.k = kc; a.v = vc; a.kv_stride = hd; a.kv_head_stride = (size_t)S * hd; a.kv_bf16 = layout == 2;
+    }
     attention(&a);
     double err = 0;
     for (int t = 0; t < T; t++)
         for (int h = 0; h < H; h++) {
             int kh = h / (H / KV), n = causal ? past + t + 1 : S;
-            double sc[200], mx = -1e30, sum = 0;
+            double sc[256], mx = -1e30, sum = 0;
             for (int s = 0; s < n; s++) {
                 double d = 0;
                 for (int i = 0; i < hd; i++) d += (double)q[t * qd + h * hd + i] * k[s * kvd + kh * hd + i];
@@ -156,20 +174,23 @@ static void test_attention_case(int T, int past, int H, int KV, int hd, int caus
             }
         }
     char what[96];
-    snprintf(what, sizeof(what), "attention T=%d past=%d H=%d KV=%d hd=%d %s", T, past, H, KV, hd,
-             causal ? "causal" : "full");
+    snprintf(what, sizeof(what), "attention T=%d past=%d H=%d KV=%d hd=%d %s %s", T, past, H, KV, hd,
+             causal ? "causal" : "full", layout == 0 ? "rows" : layout == 1 ? "cache" : "cache-bf16");
     check(err < 1e-5, what, err);
-    free(q); free(k); free(v); free(out);
+    free(q); free(k); free(v); free(out); free(kc); free(vc);
 }
 
 // The row path (T < 8), the lane-block path with tails, GQA, head_dim not a multiple of 8, no mask.
 static void test_attention(void) {
-    test_attention_case(1, 37, 4, 2, 8, 1);
-    test_attention_case(3, 0, 2, 1, 12, 1);
-    test_attention_case(70, 5, 4, 2, 8, 1);
-    test_attention_case(64, 0, 2, 2, 128, 1);
-    test_attention_case(45, 100, 4, 1, 20, 1);
-    test_attention_case(77, 0, 2, 2, 64, 0);
+    for (int layout = 0; layout < 3; layout++) {
+        test_attention_case(1, 37, 4, 2, 8, 1, layout);
+        test_attention_case(3, 0, 2, 1, 12, 1, layout);
+        test_attention_case(70, 5, 4, 2, 8, 1, layout);
+        test_attention_case(64, 0, 2, 2, 128, 1, layout);
+        test_attention_case(45, 100, 4, 1, 20, 1, layout);
+        test_attention_case(1, 150, 2, 2, 128, 1, layout);
+        test_attention_case(77, 0, 2, 2, 64, 0, layout);
+    }
 }
 
 static void test_pool(void) {
