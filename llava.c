@@ -639,12 +639,13 @@ static void dequantize_row(float* out, const Matrix* w, int row) {
 // Attention: softmax(q k^T * scale + causal mask) v per head, for the vision tower (no mask) and the
 // language model (causal, grouped-query, keys from the KV cache).
 //
-// Work is split into (head, block of 32 query rows) tasks. Within a task the 32 queries are the 32 lanes
-// of a vector (GCC/clang vector extensions: one zmm pair with AVX-512, four ymm with AVX2, plain
-// scalars elsewhere), so the score block is kept transposed, S^T (keys x 32 queries), and the softmax
-// is lane-wise: max, exp and sum run down the key rows with no horizontal reductions. A task's scratch
-// is keys x 32 floats (640 KB at 5,000 keys), never the T x T matrix. One-token decode steps use
-// a row-at-a-time path vectorised over head_dim instead, as 31 of the 32 lanes would be idle.
+// Work is split into (head, block of ATTN_LANES query rows) tasks, all blocks of a head back to back so
+// its K and V stay in cache. Within a task the queries are the lanes of two native vectors (GCC/clang
+// vector extensions: 32 lanes as a zmm pair with AVX-512, 16 as a ymm pair with AVX, 8 otherwise), so
+// the score block is kept transposed, S^T (keys x lanes), and the softmax is lane-wise: max, exp and
+// sum run down the key rows with no horizontal reductions. A task's scratch is keys x lanes floats
+// (640 KB at 5,000 keys with AVX-512), never the T x T matrix. One-token decode steps use a
+// row-at-a-time path vectorised over head_dim instead, as all but one lane would be idle.
 
 // bf16 <-> f32 for the KV cache of bf16/q8 models: round to nearest even on the way in, exact on the
 // way out (a bf16 is the top half of an f32).
