@@ -2,6 +2,9 @@
 CC ?= gcc
 CFLAGS ?= -O3 -march=native
 CFLAGS += -Wall -Wextra
+ifeq ($(OPENMP),1)
+CFLAGS += -fopenmp   # `make OPENMP=1`: OpenMP threads instead of the built-in pthread pool
+endif
 LDLIBS = -lm -pthread
 SRC = llava.c tokenizer.c video.c matmul.c
 PYTHON ?= python3

@@ -47,6 +47,9 @@
 // Tests: test/test_matmul.c. Speed: bench/bench.c.
 
 #include <math.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -197,6 +200,10 @@ static void mm_pool_shutdown(void) {
 void pool_init(int n_threads) {
     if (n_threads < 1) n_threads = 1;
     if (n_threads > 256) n_threads = 256;
+#ifdef _OPENMP
+    mm_pool.n = n_threads;  // built with -fopenmp (make OPENMP=1): OpenMP's threads run pool_for
+    return;
+#endif
     if (n_threads == mm_pool.n) return;
     mm_pool_shutdown();
     if (n_threads == 1) return;
@@ -218,6 +225,20 @@ int pool_size(void) { return mm_pool.n; }
 // call it at a time (a call from inside a task runs inline).
 void pool_for(int n_tasks, void (*fn)(void* ctx, int task), void* ctx) {
     if (n_tasks <= 0) return;
+#ifdef _OPENMP
+    // The same tasks on an OpenMP team instead of our pool: the results do not depend on who runs them.
+    if (mm_pool.n > 1 && n_tasks > 1 && !mm_in_pool && !omp_in_parallel()) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(mm_pool.n)
+        for (int t = 0; t < n_tasks; t++) {
+            mm_in_pool = 1;  // a matmul inside a task runs inline on private scratch, as with the pool
+            fn(ctx, t);
+            mm_in_pool = 0;
+        }
+        return;
+    }
+    for (int t = 0; t < n_tasks; t++) fn(ctx, t);
+    return;
+#endif
     if (mm_pool.n <= 1 || n_tasks == 1 || mm_in_pool) {
         for (int t = 0; t < n_tasks; t++) fn(ctx, t);
         return;
