@@ -4,7 +4,12 @@
  * A video (or an image) and a question go in; frames are sampled and preprocessed (video.c), run
  * through the CLIP ViT vision tower, average-pooled 2x2, projected into the language model's space by
  * a two-layer GELU MLP, spliced into the prompt in place of the <video> placeholders, and the Llama
- * (Vicuna-7B) decoder streams the answer. Text-only prompts work too.
+ * (Vicuna-7B) decoder streams the answer. Images take LLaVA-NeXT's "anyres" path instead (a base view
+ * plus tiles, no pooling, an image_newline after each row of the tile grid), and several images and
+ * videos can share one question. Text-only prompts work too.
+ *
+ * Weights are f32, bf16 or q8 (int8 with per-group scales), as export.py wrote them; the KV cache is
+ * f32 for f32 weights and bf16 otherwise.
  *
  * It mirrors Hugging Face transformers' LlavaNextVideoForConditionalGeneration module by module and
  * says which line of it each step follows where that is not obvious. The numbers are checked against
@@ -17,7 +22,7 @@
  *
  * File map (a unity build: the other chapters are #included here):
  *   tokenizer.c  Llama SentencePiece BPE, as the HF tokenizer of this model behaves
- *   video.c      Y4M / raw RGB reading, frame sampling, resize + crop + normalize
+ *   video.c      Y4M / raw RGB / PPM reading, frame sampling, resize + crop + normalize, anyres tiles
  *   matmul.c     thread pool and the matmul kernels (scalar reference + SIMD)
  *   llava.c      this file: checkpoint, blocks, vision tower, projector, Llama, sampler, CLI
  */
