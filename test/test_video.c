@@ -493,7 +493,10 @@ static void test_sampling(void) {
 // ----------------------------------------------------------------------------
 // Error exits: run load_video in a child, expect exit 1 and one stderr line naming the file
 
-static void expect_error(const char* what, const char* path, int raw_w, int raw_h, const char* want_substr) {
+// Runs load(path, arg) in a child and expects exit status 1 and exactly one stderr line, starting with
+// "llava: error: ", naming the file and containing `want` (if given).
+static void expect_child_error(const char* what, const char* path, const char* want,
+                               void (*load)(const char* path, void* arg), void* arg) {
     char errpath[64];
     snprintf(errpath, sizeof(errpath), "/tmp/test_video_%d.err", (int)getpid());
     fflush(stdout);
@@ -501,8 +504,7 @@ static void expect_error(const char* what, const char* path, int raw_w, int raw_
     pid_t pid = fork();
     if (pid == 0) {
         if (!freopen(errpath, "w", stderr)) _exit(99);
-        Video v;
-        load_video(&v, path, raw_w, raw_h, 8, 32, CLIP_MEAN, CLIP_STD);
+        load(path, arg);
         _exit(0);
     }
     int status = 0;
@@ -513,10 +515,21 @@ static void expect_error(const char* what, const char* path, int raw_w, int raw_
     int lines = 0;
     for (size_t i = 0; i < n; i++) lines += err[i] == '\n';
     int ok = WIFEXITED(status) && WEXITSTATUS(status) == 1 && lines == 1 && strstr((char*)err, path) &&
-             (!want_substr || strstr((char*)err, want_substr));
+             strstr((char*)err, "llava: error: ") == (char*)err && (!want || strstr((char*)err, want));
     check(ok, "%s: status %d, stderr '%s'", what, WIFEXITED(status) ? WEXITSTATUS(status) : -1, (char*)err);
     free(err);
     remove(errpath);
+}
+
+static void load_video_child(const char* path, void* arg) {
+    const int* raw = arg;  // raw_w, raw_h
+    Video v;
+    load_video(&v, path, raw[0], raw[1], 8, 32, CLIP_MEAN, CLIP_STD);
+}
+
+static void expect_error(const char* what, const char* path, int raw_w, int raw_h, const char* want_substr) {
+    int raw[2] = {raw_w, raw_h};
+    expect_child_error(what, path, want_substr, load_video_child, raw);
 }
 
 static void test_errors(void) {
@@ -1022,31 +1035,17 @@ static void test_image_reader(void) {
 }
 
 // load_image in a child: exit 1 and one stderr line naming the file.
+static void load_image_child(const char* path, void* arg) {
+    (void)arg;
+    Image im;
+    load_image(&im, path);
+}
+
 static void expect_image_error(const char* what, const char* path, const void* data, size_t n, const char* want) {
     if (data) write_all(path, data, n);
-    char errpath[64];
-    snprintf(errpath, sizeof(errpath), "/tmp/test_video_%d.err", (int)getpid());
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        if (!freopen(errpath, "w", stderr)) _exit(99);
-        Image im;
-        load_image(&im, path);
-        _exit(0);
-    }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    size_t en;
-    uint8_t* err = read_all(errpath, &en);
-    err[en] = 0;
-    int lines = 0;
-    for (size_t i = 0; i < en; i++) lines += err[i] == '\n';
-    int ok = WIFEXITED(status) && WEXITSTATUS(status) == 1 && lines == 1 && strstr((char*)err, path) &&
-             strstr((char*)err, "llava: error: ") == (char*)err && (!want || strstr((char*)err, want));
-    check(ok, "image error '%s': status %d, stderr '%s'", what, WIFEXITED(status) ? WEXITSTATUS(status) : -1, (char*)err);
-    free(err);
-    remove(errpath);
+    char label[160];
+    snprintf(label, sizeof(label), "image error '%s'", what);
+    expect_child_error(label, path, want, load_image_child, NULL);
 }
 
 static void test_image_errors(void) {
