@@ -2,7 +2,7 @@
 tokenizer.c: the Llama-2 SentencePiece BPE tokenizer of LLaVA-NeXT-Video-7B, done the way the Hugging Face
 tokenizer of that model does it (transformers LlamaTokenizer(Fast), legacy=False, add_prefix_space=True).
 
-It is #included into llava.c (unity build): no main, libc only. The vocabulary comes from the tokenizer blob that
+It is #included into llava.c (unity build): no main, libc only, and llava.c's fatal() and xmalloc(). The vocabulary comes from the tokenizer blob that
 export.py writes after the model header (or alone into a .tok file): for each token id 0..n_tokens-1,
 f32 score, i32 type, u32 len, then len bytes of the piece ("▁Hello", "<0x0A>", "<s>", "<video>").
 Piece types are sentencepiece's: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte.
@@ -66,12 +66,6 @@ typedef struct {
     char* arena;            // storage behind vocab[]
 } Tokenizer;
 
-static void* tok_xmalloc(size_t n) {
-    void* p = malloc(n ? n : 1);
-    if (!p) { fprintf(stderr, "llava: error: out of memory allocating %zu bytes\n", n); exit(1); }
-    return p;
-}
-
 // FNV-1a: simple, good enough for ~32k short keys in a half-empty table.
 static uint32_t tok_hash(const char* s, size_t n) {
     uint32_t h = 2166136261u;
@@ -122,41 +116,38 @@ void build_tokenizer(Tokenizer* t, const unsigned char* blob, size_t blob_size, 
             if (k == blob_size) break;
         }
         if (blob_size - off < 12) {
-            fprintf(stderr, "llava: error: %s: tokenizer data ends inside token %d (offset %zu of %zu bytes)\n", path, n, off, blob_size);
-            exit(1);
+            fatal("%s: tokenizer data ends inside token %d (offset %zu of %zu bytes)", path, n, off, blob_size);
         }
         uint32_t len;
         memcpy(&len, blob + off + 8, 4);
         if (len == 0 || len > 65536 || len > blob_size - off - 12) {  // sentencepiece pieces are short
-            fprintf(stderr, "llava: error: %s: token %d has a bad length %u (offset %zu of %zu bytes)\n", path, n, len, off, blob_size);
-            exit(1);
+            fatal("%s: token %d has a bad length %u (offset %zu of %zu bytes)", path, n, len, off, blob_size);
         }
         off += 12 + (size_t)len;
         text_bytes += (size_t)len + 1;
         n++;
-        if (n == 0x7fffffff) { fprintf(stderr, "llava: error: %s: too many tokens\n", path); exit(1); }
+        if (n == 0x7fffffff) fatal("%s: too many tokens", path);
     }
     for (size_t k = off; k < blob_size; k++) {
         if (blob[k] != 0) {
-            fprintf(stderr, "llava: error: %s: %zu unexpected bytes after the %d tokens of the tokenizer data\n", path, blob_size - off, n);
-            exit(1);
+            fatal("%s: %zu unexpected bytes after the %d tokens of the tokenizer data", path, blob_size - off, n);
         }
     }
-    if (n == 0) { fprintf(stderr, "llava: error: %s: the tokenizer data holds no tokens\n", path); exit(1); }
+    if (n == 0) fatal("%s: the tokenizer data holds no tokens", path);
 
     t->n_tokens = n;
-    t->vocab = tok_xmalloc((size_t)n * sizeof(char*));
-    t->vocab_len = tok_xmalloc((size_t)n * sizeof(int));
-    t->scores = tok_xmalloc((size_t)n * sizeof(float));
-    t->types = tok_xmalloc((size_t)n * sizeof(int));
-    t->byte_value = tok_xmalloc((size_t)n * sizeof(short));
-    t->arena = tok_xmalloc(text_bytes);
+    t->vocab = xmalloc((size_t)n * sizeof(char*));
+    t->vocab_len = xmalloc((size_t)n * sizeof(int));
+    t->scores = xmalloc((size_t)n * sizeof(float));
+    t->types = xmalloc((size_t)n * sizeof(int));
+    t->byte_value = xmalloc((size_t)n * sizeof(short));
+    t->arena = xmalloc(text_bytes);
     for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
     t->unk_id = 0;
     size_t hash_size = 64;
     while (hash_size < 2 * (size_t)n) hash_size *= 2;
     t->hash_mask = hash_size - 1;
-    t->hash = tok_xmalloc(hash_size * sizeof(int));
+    t->hash = xmalloc(hash_size * sizeof(int));
     for (size_t i = 0; i < hash_size; i++) t->hash[i] = -1;
 
     // Second pass: copy the pieces (the blob may be mmapped and unaligned: memcpy every field).
@@ -169,8 +160,7 @@ void build_tokenizer(Tokenizer* t, const unsigned char* blob, size_t blob_size, 
         memcpy(&type, blob + off + 4, 4);
         memcpy(&len, blob + off + 8, 4);
         if (type < PIECE_NORMAL || type > PIECE_BYTE) {
-            fprintf(stderr, "llava: error: %s: token %d has unknown piece type %d (expected 1..6)\n", path, id, (int)type);
-            exit(1);
+            fatal("%s: token %d has unknown piece type %d (expected 1..6)", path, id, (int)type);
         }
         memcpy(dst, blob + off + 12, len);
         dst[len] = '\0';
@@ -195,7 +185,7 @@ void build_tokenizer(Tokenizer* t, const unsigned char* blob, size_t blob_size, 
         if (tok_is_special_type(type)) t->n_specials++;
     }
 
-    t->specials = tok_xmalloc((size_t)(t->n_specials ? t->n_specials : 1) * sizeof(int));
+    t->specials = xmalloc((size_t)(t->n_specials ? t->n_specials : 1) * sizeof(int));
     int k = 0;
     for (int id = 0; id < n; id++) {
         if (!tok_is_special_type(t->types[id])) continue;
@@ -257,8 +247,7 @@ typedef struct { int* ids; int n, max; } TokOut;  // where encode writes ids
 
 static void tok_emit(TokOut* o, int id) {
     if (o->n >= o->max) {
-        fprintf(stderr, "llava: error: encode: the text needs more than %d tokens (the size of the id buffer)\n", o->max);
-        exit(1);
+        fatal("encode: the text needs more than %d tokens (the size of the id buffer)", o->max);
     }
     o->ids[o->n++] = id;
 }
@@ -319,13 +308,13 @@ static void tok_try_pair(const Tokenizer* t, TokSymbols* s, int left, int right)
 // runs BPE on it and appends the ids to out.
 static void tok_encode_piece(const Tokenizer* t, const char* text, size_t len, int add_prefix, TokOut* out) {
     if (len == 0) return;  // nothing, not even the prefix (sentencepiece: "" -> [])
-    if (len > (size_t)0x7fffffff / 4) { fprintf(stderr, "llava: error: encode: text piece of %zu bytes is too long\n", len); exit(1); }
+    if (len > (size_t)0x7fffffff / 4) fatal("encode: text piece of %zu bytes is too long", len);
     // Every input byte becomes at most 3 bytes and at most one symbol; the prefix adds 3 bytes and 1 symbol.
     size_t n_max = len + 1;
-    char* buf = tok_xmalloc(3 * n_max);
-    int* ints = tok_xmalloc(4 * n_max * sizeof(int));
+    char* buf = xmalloc(3 * n_max);
+    int* ints = xmalloc(4 * n_max * sizeof(int));
     TokSymbols s = { buf, ints, ints + n_max, ints + 2 * n_max, ints + 3 * n_max,
-                     tok_xmalloc(3 * n_max * sizeof(TokPair)), 0 };  // each merge pushes at most 2 pairs
+                     xmalloc(3 * n_max * sizeof(TokPair)), 0 };  // each merge pushes at most 2 pairs
 
     int nb = 0, n = 0;
     if (add_prefix) { memcpy(buf, TOK_SPACE, 3); s.start[n] = 0; s.len[n++] = 3; nb = 3; }
@@ -456,7 +445,7 @@ static int tok_is_dropped(const Tokenizer* t, int id) {
 // n * (max_piece_len + 3) + 1 always suffices). The text may contain NUL bytes (from <0x00>).
 size_t decode_ids(const Tokenizer* t, const int* ids, int n, char* out, size_t cap) {
     TokWriter w = { out, cap, 0, 1 };
-    unsigned char* run = tok_xmalloc((size_t)(n > 0 ? n : 1));  // the current run of byte tokens
+    unsigned char* run = xmalloc((size_t)(n > 0 ? n : 1));  // the current run of byte tokens
     size_t n_run = 0;
     for (int i = 0; i < n; i++) {
         int id = ids[i];
@@ -491,7 +480,7 @@ typedef struct {
 void build_detokenizer(Detokenizer* d, const Tokenizer* t) {
     memset(d, 0, sizeof(*d));
     d->at_start = 1;
-    d->text = tok_xmalloc((size_t)t->max_piece_len + 32);
+    d->text = xmalloc((size_t)t->max_piece_len + 32);
 }
 
 void free_detokenizer(Detokenizer* d) { free(d->text); d->text = NULL; }

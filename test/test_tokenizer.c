@@ -42,7 +42,7 @@ static char* read_file(const char* path, size_t* size) {
     fseek(f, 0, SEEK_END);
     long n = ftell(f);
     fseek(f, 0, SEEK_SET);
-    char* buf = tok_xmalloc((size_t)n + 1);
+    char* buf = xmalloc((size_t)n + 1);
     if (fread(buf, 1, (size_t)n, f) != (size_t)n) { fprintf(stderr, "%s: short read\n", path); exit(1); }
     fclose(f);
     buf[n] = '\0';
@@ -139,7 +139,7 @@ static long json_hex(const char* line, const char* key, char** out) {
     p++;
     const char* e = strchr(p, '"');
     size_t n = (size_t)(e - p) / 2;
-    *out = tok_xmalloc(n + 1);
+    *out = xmalloc(n + 1);
     for (size_t i = 0; i < n; i++) {
         unsigned v;
         sscanf(p + 2 * i, "%2x", &v);
@@ -178,7 +178,7 @@ static long json_string(const char* line, const char* key, char** out) {
     const char* p = json_value(line, key);
     if (!p || *p != '"') return -1;
     p++;
-    char* s = tok_xmalloc(strlen(p) + 1);  // the UTF-8 is never longer than its escaped form
+    char* s = xmalloc(strlen(p) + 1);  // the UTF-8 is never longer than its escaped form
     size_t n = 0;
     while (*p && *p != '"') {
         if (*p != '\\') { s[n++] = *p++; continue; }
@@ -221,7 +221,7 @@ static void print_ids(const char* label, const int* ids, int n) {
 
 static char* decode_alloc(const Tokenizer* t, const int* ids, int n, size_t* len) {
     size_t cap = (size_t)n * ((size_t)t->max_piece_len + 3) + 1;
-    char* out = tok_xmalloc(cap);
+    char* out = xmalloc(cap);
     *len = decode_ids(t, ids, n, out, cap);
     if (*len >= cap) { fprintf(stderr, "decode_ids needed %zu bytes, more than the documented bound %zu\n", *len, cap); exit(1); }
     return out;
@@ -232,7 +232,7 @@ static char* stream_alloc(const Tokenizer* t, const int* ids, int n, size_t* len
     Detokenizer d;
     build_detokenizer(&d, t);
     size_t cap = (size_t)n * ((size_t)t->max_piece_len + 16) + 16, m = 0;
-    char* out = tok_xmalloc(cap);
+    char* out = xmalloc(cap);
     *chunks_ok = 1;
     for (int i = 0; i <= n; i++) {
         const char* s = i < n ? detokenize(t, &d, ids[i]) : detokenize_flush(t, &d);
@@ -268,7 +268,7 @@ static void test_sentencepiece_file(Tokenizer* t, const char* path) {
     Tally c = {0};
     int shown = 0;
     for (char* line = strtok(data, "\n"); line; line = strtok(NULL, "\n")) {
-        char *text, *decoded, case_id[64] = "?";
+        char *text = NULL, *decoded = NULL, case_id[64] = "?";  // set by json_* (NULL keeps -O3 quiet)
         long len = json_hex(line, "text_utf8_hex", &text);
         if (len < 0) len = json_hex(line, "bytes_hex", &text);  // the invalid-UTF-8 file
         int nw = json_ints(line, "ids", want, MAX_IDS);
@@ -392,7 +392,7 @@ static void test_spec_prompts(Tokenizer* t) {
     int tail[] = { 13, 11008, 338, 445, 4863, 2090, 1460, 29973, 319, 1799, 9047, 13566, 29901 };
     for (int copies = 1; copies <= 1152; copies += 1151) {
         size_t cap = 16 + 7 * (size_t)copies + strlen(q) + 1, len = 0;
-        char* prompt = tok_xmalloc(cap);
+        char* prompt = xmalloc(cap);
         len += (size_t)sprintf(prompt, "USER: ");
         for (int i = 0; i < copies; i++) len += (size_t)sprintf(prompt + len, "<video>");
         len += (size_t)sprintf(prompt + len, "%s", q);
@@ -431,7 +431,7 @@ static void test_speed(Tokenizer* t) {
     // A realistic prompt: the vim tutor texts of the case file, joined, cut to about 5,000 tokens.
     char* data = read_file("test/data/tokenizer_cases.jsonl", NULL);
     size_t cap = 1 << 20, len = 0;
-    char* prompt = tok_xmalloc(cap);
+    char* prompt = xmalloc(cap);
     for (char* line = strtok(data, "\n"); line && len < 40000; line = strtok(NULL, "\n")) {
         char* text;
         long n = json_hex(line, "text_utf8_hex", &text);
