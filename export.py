@@ -522,6 +522,14 @@ def quantize_q8(a, group, name):
     return q.reshape(rows, cols), s
 
 
+def write_layers(ck, w, prefix, n_layers, label, parts):
+    """Each (part, shape, kind) of `parts` as one tensor stacked over layers 0..n_layers-1, read from
+    prefix % layer + part: kind "m" a matmul weight in the file's dtype, "f" f32."""
+    for part, shape, kind in parts:
+        arrays = (ck.get(prefix % i + part, shape) for i in range(n_layers))
+        w.matrix(label + part, arrays) if kind == "m" else w.f32(arrays)
+
+
 def tensor_plan(ck, h, w):
     """Write every tensor in the documented order. Mirrors `memory_map_weights` in llava.c."""
     D, Dv, Dvh, Lv = h["dim"], h["v_dim"], h["v_hidden_dim"], h["v_layers"]
@@ -536,17 +544,15 @@ def tensor_plan(ck, h, w):
     ck.skip(v + "embeddings.position_ids")
     w.f32([ck.get(v + "pre_layrnorm.weight", [Dv])])
     w.f32([ck.get(v + "pre_layrnorm.bias", [Dv])])
-    lay = lambda i, s: v + "encoder.layers.%d.%s" % (i, s)
-    for part, shape, kind in [("layer_norm1.weight", [Dv], "f"), ("layer_norm1.bias", [Dv], "f"),
-                              ("self_attn.q_proj.weight", [Dv, Dv], "m"), ("self_attn.q_proj.bias", [Dv], "f"),
-                              ("self_attn.k_proj.weight", [Dv, Dv], "m"), ("self_attn.k_proj.bias", [Dv], "f"),
-                              ("self_attn.v_proj.weight", [Dv, Dv], "m"), ("self_attn.v_proj.bias", [Dv], "f"),
-                              ("self_attn.out_proj.weight", [Dv, Dv], "m"), ("self_attn.out_proj.bias", [Dv], "f"),
-                              ("layer_norm2.weight", [Dv], "f"), ("layer_norm2.bias", [Dv], "f"),
-                              ("mlp.fc1.weight", [Dvh, Dv], "m"), ("mlp.fc1.bias", [Dvh], "f"),
-                              ("mlp.fc2.weight", [Dv, Dvh], "m"), ("mlp.fc2.bias", [Dv], "f")]:
-        arrays = (ck.get(lay(i, part), shape) for i in range(Lv))
-        w.matrix("vision." + part, arrays) if kind == "m" else w.f32(arrays)
+    write_layers(ck, w, v + "encoder.layers.%d.", Lv, "vision.", [
+        ("layer_norm1.weight", [Dv], "f"), ("layer_norm1.bias", [Dv], "f"),
+        ("self_attn.q_proj.weight", [Dv, Dv], "m"), ("self_attn.q_proj.bias", [Dv], "f"),
+        ("self_attn.k_proj.weight", [Dv, Dv], "m"), ("self_attn.k_proj.bias", [Dv], "f"),
+        ("self_attn.v_proj.weight", [Dv, Dv], "m"), ("self_attn.v_proj.bias", [Dv], "f"),
+        ("self_attn.out_proj.weight", [Dv, Dv], "m"), ("self_attn.out_proj.bias", [Dv], "f"),
+        ("layer_norm2.weight", [Dv], "f"), ("layer_norm2.bias", [Dv], "f"),
+        ("mlp.fc1.weight", [Dvh, Dv], "m"), ("mlp.fc1.bias", [Dvh], "f"),
+        ("mlp.fc2.weight", [Dv, Dvh], "m"), ("mlp.fc2.bias", [Dv], "f")])
     w.f32([ck.get(v + "post_layernorm.weight", [Dv])])
     w.f32([ck.get(v + "post_layernorm.bias", [Dv])])
 
@@ -562,20 +568,18 @@ def tensor_plan(ck, h, w):
     L, V, F = h["n_layers"], h["vocab_size"], h["hidden_dim"]
     qd, kvd = h["n_heads"] * h["head_dim"], h["n_kv_heads"] * h["head_dim"]
     w.matrix("embed_tokens", [ck.get("lm.embed_tokens.weight", [V, D])])
-    lay = lambda i, s: "lm.layers.%d.%s" % (i, s)
-    for part, shape, kind in [("input_layernorm.weight", [D], "f"),
-                              ("self_attn.q_proj.weight", [qd, D], "m"),
-                              ("self_attn.k_proj.weight", [kvd, D], "m"),
-                              ("self_attn.v_proj.weight", [kvd, D], "m"),
-                              ("self_attn.o_proj.weight", [D, qd], "m"),
-                              ("post_attention_layernorm.weight", [D], "f"),
-                              ("mlp.gate_proj.weight", [F, D], "m"),
-                              ("mlp.up_proj.weight", [F, D], "m"),
-                              ("mlp.down_proj.weight", [D, F], "m")]:
-        arrays = (ck.get(lay(i, part), shape) for i in range(L))
-        w.matrix(part, arrays) if kind == "m" else w.f32(arrays)
-        for i in range(L):
-            ck.skip(lay(i, "self_attn.rotary_emb.inv_freq"))
+    write_layers(ck, w, "lm.layers.%d.", L, "", [
+        ("input_layernorm.weight", [D], "f"),
+        ("self_attn.q_proj.weight", [qd, D], "m"),
+        ("self_attn.k_proj.weight", [kvd, D], "m"),
+        ("self_attn.v_proj.weight", [kvd, D], "m"),
+        ("self_attn.o_proj.weight", [D, qd], "m"),
+        ("post_attention_layernorm.weight", [D], "f"),
+        ("mlp.gate_proj.weight", [F, D], "m"),
+        ("mlp.up_proj.weight", [F, D], "m"),
+        ("mlp.down_proj.weight", [D, F], "m")])
+    for i in range(L):  # old checkpoints stored the rotary buffer; it is recomputed at run time
+        ck.skip("lm.layers.%d.self_attn.rotary_emb.inv_freq" % i)
     w.f32([ck.get("lm.norm.weight", [D])])
     if ck.has("lm_head.weight"):
         w.matrix("lm_head", [ck.get("lm_head.weight", [V, D])])
