@@ -142,8 +142,8 @@ static void test_attention_case(int T, int past, int H, int KV, int hd, int caus
             size_t src = (size_t)s * kvd + (size_t)h * hd, dst = ((size_t)h * S + s) * hd;
             if (layout == 2)
                 for (int i = 0; i < hd; i++) {  // round in place so the reference sees what the cache holds
-                    k[src + i] = bf16_to_f32(f32_to_bf16(k[src + i]));
-                    v[src + i] = bf16_to_f32(f32_to_bf16(v[src + i]));
+                    k[src + i] = mm_bf16_to_f32(mm_f32_to_bf16(k[src + i]));
+                    v[src + i] = mm_bf16_to_f32(mm_f32_to_bf16(v[src + i]));
                 }
             store_kv(kc, dst, k + src, hd, layout == 2);
             store_kv(vc, dst, v + src, hd, layout == 2);
