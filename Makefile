@@ -6,7 +6,7 @@ ifeq ($(OPENMP),1)
 CFLAGS += -fopenmp   # `make OPENMP=1`: OpenMP threads instead of the built-in pthread pool
 endif
 LDLIBS = -lm -pthread
-SRC = llava.c tokenizer.c video.c matmul.c
+SRC = llava.c base.c matmul.c kernels.c tokenizer.c video.c
 PYTHON ?= python3
 
 llava: $(SRC)
@@ -21,7 +21,7 @@ build:
 TESTS = build/test_tokenizer build/test_video build/test_matmul build/test_blocks build/test_model
 
 test: llava $(TESTS)
-	PYTHON=$(PYTHON) sh test/run_tests.sh
+	PYTHON=$(PYTHON) CC="$(CC)" sh test/run_tests.sh
 
 # A benchmark, not a test: prints tables, never fails on speed. e2e.sh writes 7B-shaped random models
 # into build/ the first time (7.5 GB q8 + 14 GB bf16, a few minutes each).

@@ -1,5 +1,5 @@
 /*
- * llava.c: inference for LLaVA-NeXT-Video (llava-hf/LLaVA-NeXT-Video-7B-hf) in one file of C.
+ * llava.c: inference for LLaVA-NeXT-Video (llava-hf/LLaVA-NeXT-Video-7B-hf) in a few files of C.
  *
  * A video (or an image) and a question go in; frames are sampled and preprocessed (video.c), run
  * through the CLIP ViT vision tower, average-pooled 2x2, projected into the language model's space by
@@ -11,71 +11,53 @@
  * Weights are f32, bf16 or q8 (int8 with per-group scales), as export.py wrote them; the KV cache is
  * f32 for f32 weights and bf16 otherwise.
  *
- * It mirrors Hugging Face transformers' LlavaNextVideoForConditionalGeneration module by module and
- * says which line of it each step follows where that is not obvious. The numbers are checked against
- * transformers on tiny random-weight models in test/ (see README.md).
+ * It mirrors Hugging Face transformers' LlavaNextVideoForConditionalGeneration module by module; the
+ * block functions carry the names of the HF modules they follow (clip_encoder_layer is
+ * CLIPEncoderLayer, llama_decoder_layer is LlamaDecoderLayer, ...) and the comments say which line of
+ * transformers each step follows where that is not obvious. doc/model.md tells the whole model in
+ * prose. The numbers are checked against transformers on tiny random-weight models in test/.
+ *
+ * The pipeline is a chain of functions that the command line, the tests and a chat loop can all call:
+ *   build_model            mmap the checkpoint, check its header, pack the weights for the kernels
+ *   load_media             read and preprocess the images and videos (video.c); no model math yet
+ *   build_prompt_ids       chat template -> token ids, each placeholder expanded to its feature count
+ *   encode_media           vision tower -> (pooling) -> projector -> (anyres packing): feature rows
+ *   merge_embeddings       token embeddings with the feature rows scattered into the placeholders
+ *   prefill                the prompt through the decoder at any position of the KV cache (a second
+ *                          turn appends to the first; it does not restart)
+ *   decode_step            one token through the decoder
+ *   sample / generate      the next token from the logits; the streaming loop around both
+ * run() at the bottom strings them together for one question.
  *
  * What it is not: a server, a batched engine, or a trainer. One prompt, one answer, one process.
  *
  * Build:  make            (gcc -O3 -march=native; libc, libm and pthreads only)
  * Run:    ./llava model.bin -v clip.y4m -p "What happens in this video?"
  *
- * File map (a unity build: the other chapters are #included here):
+ * File map (a unity build: the other chapters are #included here, base.c first):
+ *   base.c       errors (fatal), checked allocation, timing, bf16 conversion: used by every file
+ *   matmul.c     thread pool and y = x W^T (scalar reference + SIMD kernels per instruction set)
+ *   kernels.c    attention and the activations (scalar definitions + vectorised versions)
  *   tokenizer.c  Llama SentencePiece BPE, as the HF tokenizer of this model behaves
  *   video.c      Y4M / raw RGB / PPM reading, frame sampling, resize + crop + normalize, anyres tiles
- *   matmul.c     thread pool and the matmul kernels (scalar reference + SIMD)
  *   llava.c      this file: checkpoint, blocks, vision tower, projector, Llama, sampler, CLI
+ * The machine-specific code (intrinsics, vector types, #if on the instruction set) is in matmul.c and
+ * kernels.c only: this file is plain C.
  */
+#include "base.c"       // first: every other chapter relies on it
+#include "matmul.c"
+#include "kernels.c"
+#include "tokenizer.c"
+#include "video.c"
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/time.h>
-#include <time.h>
 #include <unistd.h>
-
-// ----------------------------------------------------------------------------
-// Errors and checked allocation. Every failure is one line on stderr and exit(1).
-
-static void fatal(const char* fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("llava: error: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-    exit(1);
-}
-
-static void* xmalloc(size_t n) {
-    void* p = malloc(n ? n : 1);
-    if (!p) fatal("out of memory allocating %zu bytes", n);
-    return p;
-}
-
-static void* xcalloc(size_t count, size_t size) {
-    void* p = calloc(count ? count : 1, size ? size : 1);
-    if (!p) fatal("out of memory allocating %zu x %zu bytes", count, size);
-    return p;
-}
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-#include "matmul.c"
-#include "tokenizer.c"
-#include "video.c"
 
 // ----------------------------------------------------------------------------
 // Config: the 1024-byte file header, field for field as export.py's HEADER_FIELDS
@@ -194,6 +176,23 @@ typedef struct {
     float* rope_sin;    // (max_rows, head_dim/2)
 } RunState;
 
+// Scratch of the vision tower for a batch of up to max_views views (video frames or anyres tiles, each
+// image_size x image_size). n_pos = n_patches + 1 rows per view: the CLS token, then the patches.
+// All views of a batch go through every matmul together.
+typedef struct {
+    int max_views;  // views per batch this state was built for
+    float* patches; // (max_views * n_patches, n_channels * patch * patch) views cut into flat patches
+    float* x;       // (max_views * n_pos, v_dim) the residual stream
+    float* xb;      // (max_views * n_pos, v_dim) normed input of a block, then a projection's output
+    float* q;       // (max_views * n_pos, v_dim) queries (first the patch embeddings, see clip_embeddings)
+    float* k;       // (max_views * n_pos, v_dim) keys
+    float* v;       // (max_views * n_pos, v_dim) values
+    float* kh;      // (max_views, v_heads, n_pos, head_dim) k regrouped per head for attention
+    float* vh;      // (max_views, v_heads, n_pos, head_dim) v regrouped per head
+    float* att;     // (max_views * n_pos, v_dim) attention output before out_proj
+    float* hb;      // (max_views * n_pos, v_hidden_dim) the MLP's hidden layer
+} VisionState;
+
 typedef struct {
     Config config;
     VisionWeights vision;
@@ -201,10 +200,12 @@ typedef struct {
     LlmWeights llm;
     Tokenizer tokenizer;
     RunState state;
+    VisionState vision_state;  // built for a batch of views while the vision tower runs
     const char* path;  // for error messages
     void* data;        // the mmap
     size_t file_size;
 } Model;
+
 
 // ----------------------------------------------------------------------------
 // Checkpoint: mmap the file, check the header, hand out tensors in export.py's order
@@ -218,7 +219,7 @@ typedef struct {
 } Cursor;
 
 static void* cursor_take(Cursor* c, size_t bytes) {
-    c->offset = (c->offset + 63) & ~(size_t)63;  // every tensor starts 64-byte aligned
+    c->offset = align_up(c->offset, 64);  // every tensor starts 64-byte aligned (export.py)
     if (c->offset > c->size || bytes > c->size - c->offset)
         fatal("%s: file is truncated (a tensor at byte %zu needs %zu bytes, the file has %zu)",
               c->path, c->offset, bytes, c->size);
@@ -359,7 +360,7 @@ static void memory_map_weights(Model* m, Cursor* c) {
     Matrix* head = take_matrices(c, 1, p->vocab_size, D, wt, G);
     w->lm_head = *head;
     free(head);
-    c->offset = (c->offset + 63) & ~(size_t)63;
+    c->offset = align_up(c->offset, 64);
     if (c->offset != c->size)
         fatal("%s: %zu bytes of unexpected data after the last tensor (file does not match its header)",
               c->path, c->size - c->offset);
@@ -385,7 +386,8 @@ static void pack_and_release(Matrix* w) {
 
 // Number of CLIP encoder layers to run: hidden_states[0] is the embeddings (after pre-LN), hidden_states[i]
 // the output of layer i, so feature_layer -2 of 24 layers means the output of layer 23 and the last
-// layer never needs to run (SPEC §5).
+// layer never needs to run (vision_feature_layer in LlavaNextVideoModel.get_image_features: it takes
+// image_outputs.hidden_states[vision_feature_layer]).
 static int vision_layers_needed(const Config* p) {
     return p->feature_layer < 0 ? p->v_layers + 1 + p->feature_layer : p->feature_layer;
 }
@@ -444,6 +446,7 @@ static void free_model(Model* m) {
     munmap(m->data, m->file_size);
 }
 
+
 // ----------------------------------------------------------------------------
 // Neural-net blocks, each the plain formula of the PyTorch module it stands for
 
@@ -466,99 +469,6 @@ static void rmsnorm(float* out, const float* x, const float* w, int n, float eps
     for (int i = 0; i < n; i++) out[i] = w[i] * (x[i] * r);
 }
 
-static void softmax(float* x, int n) {
-    float max = x[0];
-    for (int i = 1; i < n; i++) if (x[i] > max) max = x[i];
-    double sum = 0;
-    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
-    float inv = (float)(1.0 / sum);
-    for (int i = 0; i < n; i++) x[i] *= inv;
-}
-
-// Exact GELU, torch.nn.functional.gelu: 0.5 x (1 + erf(x / sqrt 2)). Used by the projector.
-static float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-
-// CLIP's quick_gelu: x * sigmoid(1.702 x).
-static float quick_gelu(float x) { return x / (1.0f + expf(-1.702f * x)); }
-
-static float silu(float x) { return x / (1.0f + expf(-x)); }
-
-// The native vector of the build target: 16 floats with AVX-512, 8 with AVX, 4 otherwise (SSE, NEON,
-// or plain scalars the compiler lowers it to). A block of queries is two of them.
-#if defined(__AVX512F__)
-#define VL 16
-#elif defined(__AVX__)
-#define VL 8
-#else
-#define VL 4
-#endif
-typedef float vf __attribute__((vector_size(VL * sizeof(float))));
-typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
-
-// where(m, a, b) lane-wise: m is -1 (all bits set) where true, as vector comparisons return.
-static vf vselect(vi m, vf a, vf b) {
-    return (vf)(((vi)a & m) | ((vi)b & ~m));  // same-size vector casts keep the bits
-}
-
-// exp(x) for x <= 0, lane-wise, to ~1 ulp (Cephes expf: x = n ln2 + r, |r| <= ln2/2, a degree-6
-// polynomial for e^r, then 2^n through the exponent bits). Below -87 it returns 0.
-static vf vexp_neg(vf x) {
-    const vi underflow = x < -87.0f;
-    x = vselect(underflow, (vf){0} - 87.0f, x);
-    vf fx = x * 1.44269504088896341f + 0.5f;
-    vi n = __builtin_convertvector(fx, vi);
-    n += __builtin_convertvector(n, vf) > fx;  // truncation -> floor (a true comparison is -1)
-    vf nf = __builtin_convertvector(n, vf);
-    vf r = x - nf * 0.693359375f - nf * -2.12194440e-4f;
-    vf p = 1.9875691500e-4f * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    p = p * (vf)((n + 127) << 23);  // 2^n: n + 127 in the exponent field
-    return vselect(underflow, (vf){0}, p);
-}
-
-// Element-wise activations over big buffers, VL lanes at a time and split over the thread pool (the
-// vision MLP alone applies quick_gelu to 4616 x 4096 values per layer). sigmoid(z) uses exp(-|z|) <= 1,
-// so vexp_neg serves both signs: z >= 0 -> 1/(1+e), z < 0 -> e/(1+e).
-static vf vsigmoid(vf z) {
-    vf e = vexp_neg(vselect(z < 0.0f, z, -z));
-    return vselect(z < 0.0f, e, (vf){0} + 1.0f) / (1.0f + e);
-}
-
-enum { ACT_QUICK_GELU, ACT_GELU, ACT_SILU_MUL };
-typedef struct { float* x; const float* y; size_t n; int act; } ActArgs;
-#define ACT_CHUNK 16384
-
-static void activation_task(void* ctx, int task) {
-    const ActArgs* a = ctx;
-    size_t i0 = (size_t)task * ACT_CHUNK, i1 = i0 + ACT_CHUNK < a->n ? i0 + ACT_CHUNK : a->n, i = i0;
-    if (a->act != ACT_GELU)  // erf has no vector form here; the projector's GELU runs the scalar loop
-        for (; i + VL <= i1; i += VL) {
-            vf x;
-            memcpy(&x, a->x + i, sizeof(x));
-            if (a->act == ACT_QUICK_GELU) {
-                x = x * vsigmoid(1.702f * x);
-            } else {  // silu(gate) * up
-                vf y;
-                memcpy(&y, a->y + i, sizeof(y));
-                x = x * vsigmoid(x) * y;
-            }
-            memcpy(a->x + i, &x, sizeof(x));
-        }
-    for (; i < i1; i++)
-        a->x[i] = a->act == ACT_QUICK_GELU ? quick_gelu(a->x[i])
-                : a->act == ACT_GELU     ? gelu(a->x[i])
-                                         : silu(a->x[i]) * a->y[i];
-}
-
-// x = act(x), or x = silu(x) * y.
-static void activation(float* x, const float* y, size_t n, int act) {
-    ActArgs a = {x, y, n, act};
-    pool_for((int)((n + ACT_CHUNK - 1) / ACT_CHUNK), activation_task, &a);
-}
 
 // Row-wise passes over (T, n) buffers, split over the thread pool by blocks of rows (each row is
 // computed alone, so any split gives the same bits). At 4,616 vision rows they are not negligible.
@@ -629,7 +539,7 @@ static void dequantize_row(float* out, const Matrix* w, int row) {
         memcpy(out, (const float*)w->data + off, w->cols * sizeof(float));
     } else if (w->type == DT_BF16) {
         const uint16_t* b = (const uint16_t*)w->data + off;
-        for (int i = 0; i < w->cols; i++) out[i] = mm_bf16_to_f32(b[i]);
+        for (int i = 0; i < w->cols; i++) out[i] = bf16_to_f32(b[i]);
     } else {
         const int8_t* q = (const int8_t*)w->data + off;
         const float* s = w->scales + off / w->group;
@@ -637,372 +547,131 @@ static void dequantize_row(float* out, const Matrix* w, int row) {
     }
 }
 
-// ----------------------------------------------------------------------------
-// Attention: softmax(q k^T * scale + causal mask) v per head, for the vision tower (no mask) and the
-// language model (causal, grouped-query, keys from the KV cache).
-//
-// Work is split into (head, block of ATTN_LANES query rows) tasks, all blocks of a head back to back so
-// its K and V stay in cache. Within a task the queries are the lanes of two native vectors (GCC/clang
-// vector extensions: 32 lanes as a zmm pair with AVX-512, 16 as a ymm pair with AVX, 8 otherwise), so
-// the score block is kept transposed, S^T (keys x lanes), and the softmax is lane-wise: max, exp and
-// sum run down the key rows with no horizontal reductions. A task's scratch is keys x lanes floats
-// (640 KB at 5,000 keys with AVX-512), never the T x T matrix. One-token decode steps use a
-// row-at-a-time path vectorised over head_dim instead, as all but one lane would be idle.
 
-// Writes n values at element `index` of a KV cache of f32 or bf16 (round to nearest even, matmul.c's
-// mm_f32_to_bf16; reading back is exact, mm_bf16_to_f32).
+
+// Writes n values at element `index` of a KV cache of f32 or bf16 (round to nearest even, base.c's
+// f32_to_bf16; reading back is exact, mm_bf16_to_f32).
 static void store_kv(void* cache, size_t index, const float* x, int n, int bf16) {
     if (!bf16) { memcpy((float*)cache + index, x, n * sizeof(float)); return; }
     uint16_t* h = (uint16_t*)cache + index;
-    for (int i = 0; i < n; i++) h[i] = mm_f32_to_bf16(x[i]);
+    for (int i = 0; i < n; i++) h[i] = f32_to_bf16(x[i]);
 }
 
-#define ATTN_LANES (2 * VL)  // queries per block: two vectors
-#define ATTN_CHUNK 128       // keys per copied chunk of the K or V cache
-#define ATTN_KB 8            // rows per register block: 8 x 2 accumulators + 2 operands + 8 broadcasts
-
-typedef struct {
-    float* out;        // (T, n_heads*head_dim), row stride out_stride
-    const float* q;    // (T, n_heads*head_dim), row stride q_stride
-    const void* k;     // keys of positions 0..S-1: head h, position s at k[h*kv_head_stride + s*kv_stride]
-    const void* v;     // values, the same layout
-    int kv_bf16;       // k and v hold bf16 (uint16) instead of f32
-    int T, n_heads, n_kv_heads, head_dim;
-    size_t q_stride, kv_stride, kv_head_stride, out_stride;
-    int causal_offset; // causal: query t sees keys 0..causal_offset+t; -1 = no mask (CLIP)
-    int n_keys;        // keys when there is no mask
-    float scale;       // 1/sqrt(head_dim)
-} AttnArgs;
-
-// Per-thread scratch that grows as needed and is kept for the next call (a malloc per task would page-
-// fault its way through hundreds of KB every time).
-static float* attn_scratch(size_t floats) {
-    static _Thread_local float* buf;
-    static _Thread_local size_t cap;
-    if (floats > cap) {
-        free(buf);
-        cap = floats + floats / 4;
-        buf = aligned_alloc(64, (cap * sizeof(float) + 63) & ~(size_t)63);
-        if (!buf) fatal("out of memory for attention scratch (%zu floats)", cap);
-    }
-    return buf;
-}
-
-static int attn_blocks(const AttnArgs* a) { return (a->T + ATTN_LANES - 1) / ATTN_LANES; }
-
-// n rows of head_dim keys or values starting at element `first` of `base`, as contiguous f32: in place
-// when they already are (an f32 KV cache), else copied (strided rows) or widened (bf16) into `scratch`.
-static const float* kv_rows(const AttnArgs* a, const void* base, size_t first, int n, float* scratch) {
-    int hd = a->head_dim;
-    if (!a->kv_bf16 && a->kv_stride == (size_t)hd) return (const float*)base + first;
-    for (int r = 0; r < n; r++) {
-        size_t at = first + (size_t)r * a->kv_stride;
-        float* dst = scratch + (size_t)r * hd;
-        if (a->kv_bf16)
-            for (int i = 0; i < hd; i++) dst[i] = mm_bf16_to_f32(((const uint16_t*)base)[at + i]);
-        else
-            memcpy(dst, (const float*)base + at, hd * sizeof(float));
-    }
-    return scratch;
-}
-
-static void attention_block_task(void* ctx, int task) {
-    const AttnArgs* a = ctx;
-    int blocks = attn_blocks(a);
-    // All blocks of a head run back to back (its K and V stay in cache), the longest causal block first.
-    int h = task / blocks, b = blocks - 1 - task % blocks;
-    int t0 = b * ATTN_LANES, nq = a->T - t0 < ATTN_LANES ? a->T - t0 : ATTN_LANES;
-    int hd = a->head_dim, kvh = h / (a->n_heads / a->n_kv_heads);  // GQA: n_heads/n_kv_heads share a kv head
-    int n = a->causal_offset >= 0 ? a->causal_offset + t0 + nq : a->n_keys;  // keys any lane can see
-    size_t ks = a->kv_stride;
-    size_t head = (size_t)kvh * a->kv_head_stride;
-
-    // Scratch: Q^T (hd rows of two vectors), S^T (n rows), O^T (hd rows), and a chunk of K or V rows
-    // copied out of the strided cache (its rows are a page apart: reading them in place thrashes the TLB).
-    vf* qt = (vf*)attn_scratch((size_t)(2 * hd + n) * ATTN_LANES + (size_t)ATTN_CHUNK * hd);
-    vf* st = qt + 2 * hd;
-    vf* ot = st + 2 * (size_t)n;
-    float* kv = (float*)(ot + 2 * hd);  // (ATTN_CHUNK, hd)
-    // Q^T; lanes past the last query are zero (their results are never written).
-    for (int i = 0; i < hd; i++) {
-        float* row = (float*)&qt[2 * i];
-        for (int j = 0; j < ATTN_LANES; j++)
-            row[j] = j < nq ? a->q[(size_t)(t0 + j) * a->q_stride + (size_t)h * hd + i] : 0.0f;
-    }
-    // S^T = K Q^T * scale.
-    for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
-        int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK;
-        const float* kr = kv_rows(a, a->k, head + (size_t)c0 * ks, cn, kv);
-        int r = 0;
-        for (; r + ATTN_KB <= cn; r += ATTN_KB) {  // ATTN_KB key rows share each Q^T load
-            const float* k0 = kr + (size_t)r * hd;
-            vf c[ATTN_KB][2] = {{{0}}};
-            for (int i = 0; i < hd; i++) {
-                vf q0 = qt[2 * i], q1 = qt[2 * i + 1];
-#pragma GCC unroll 8
-                for (int u = 0; u < ATTN_KB; u++) {
-                    float x = k0[(size_t)u * hd + i];
-                    c[u][0] += x * q0;
-                    c[u][1] += x * q1;
-                }
-            }
-            vf* o = st + 2 * (size_t)(c0 + r);
-#pragma GCC unroll 8
-            for (int u = 0; u < ATTN_KB; u++) {
-                o[2 * u] = c[u][0] * a->scale;
-                o[2 * u + 1] = c[u][1] * a->scale;
-            }
-        }
-        for (; r < cn; r++) {
-            const float* k0 = kr + (size_t)r * hd;
-            vf c0v = {0}, c1v = {0};
-            for (int i = 0; i < hd; i++) { c0v += k0[i] * qt[2 * i]; c1v += k0[i] * qt[2 * i + 1]; }
-            st[2 * (size_t)(c0 + r)] = c0v * a->scale;
-            st[2 * (size_t)(c0 + r) + 1] = c1v * a->scale;
-        }
-    }
-    // Causal mask: query lane j (position causal_offset + t0 + j) sees keys up to its own position.
-    if (a->causal_offset >= 0)
-        for (int j = 0; j < nq; j++)
-            for (int k = a->causal_offset + t0 + j + 1; k < n; k++) ((float*)&st[2 * k])[j] = -INFINITY;
-    // Lane-wise softmax numerator and sum (the division by the sum is applied to O at the end).
-    vf m0 = st[0], m1 = st[1], sum0 = {0}, sum1 = {0};
-    for (int k = 1; k < n; k++) {
-        m0 = vselect(st[2 * k] > m0, st[2 * k], m0);
-        m1 = vselect(st[2 * k + 1] > m1, st[2 * k + 1], m1);
-    }
-    for (int k = 0; k < n; k++) {
-        st[2 * k] = vexp_neg(st[2 * k] - m0);
-        st[2 * k + 1] = vexp_neg(st[2 * k + 1] - m1);
-        sum0 += st[2 * k];
-        sum1 += st[2 * k + 1];
-    }
-    // O^T = V^T P^T.
-    for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
-    for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
-        int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK;
-        const float* vr = kv_rows(a, a->v, head + (size_t)c0 * ks, cn, kv);
-        const vf* p = st + 2 * (size_t)c0;
-        int i = 0;
-        for (; i + ATTN_KB <= hd; i += ATTN_KB) {  // ATTN_KB head_dim rows share each P row load
-            vf c[ATTN_KB][2];
-#pragma GCC unroll 8
-            for (int u = 0; u < ATTN_KB; u++) {
-                c[u][0] = ot[2 * (i + u)];
-                c[u][1] = ot[2 * (i + u) + 1];
-            }
-            for (int k = 0; k < cn; k++) {
-                const float* vk = vr + (size_t)k * hd + i;
-                vf p0 = p[2 * k], p1 = p[2 * k + 1];
-#pragma GCC unroll 8
-                for (int u = 0; u < ATTN_KB; u++) {
-                    c[u][0] += vk[u] * p0;
-                    c[u][1] += vk[u] * p1;
-                }
-            }
-#pragma GCC unroll 8
-            for (int u = 0; u < ATTN_KB; u++) {
-                ot[2 * (i + u)] = c[u][0];
-                ot[2 * (i + u) + 1] = c[u][1];
-            }
-        }
-        for (; i < hd; i++)
-            for (int k = 0; k < cn; k++) {
-                ot[2 * i] += vr[(size_t)k * hd + i] * p[2 * k];
-                ot[2 * i + 1] += vr[(size_t)k * hd + i] * p[2 * k + 1];
-            }
-    }
-    for (int i = 0; i < hd; i++) {
-        ot[2 * i] /= sum0;
-        ot[2 * i + 1] /= sum1;
-    }
-    for (int j = 0; j < nq; j++) {
-        float* o = a->out + (size_t)(t0 + j) * a->out_stride + (size_t)h * hd;
-        for (int d = 0; d < hd; d++) o[d] = ((const float*)&ot[2 * d])[j];
-    }
-}
-
-// Dot product and y += a*x over n floats, VL at a time (unaligned loads through memcpy), scalar tail.
-static float dot_f32(const float* a, const float* b, int n) {
-    vf acc = {0};
-    int i = 0;
-    for (; i + VL <= n; i += VL) {
-        vf x, y;
-        memcpy(&x, a + i, sizeof(x));
-        memcpy(&y, b + i, sizeof(y));
-        acc += x * y;
-    }
-    float sum = 0;
-    for (int j = 0; j < VL; j++) sum += acc[j];
-    for (; i < n; i++) sum += a[i] * b[i];
-    return sum;
-}
-
-static void axpy_f32(float* y, float a, const float* x, int n) {
-    int i = 0;
-    for (; i + VL <= n; i += VL) {
-        vf xv, yv;
-        memcpy(&xv, x + i, sizeof(xv));
-        memcpy(&yv, y + i, sizeof(yv));
-        yv += a * xv;
-        memcpy(y + i, &yv, sizeof(yv));
-    }
-    for (; i < n; i++) y[i] += a * x[i];
-}
-
-// The same over a bf16 row (a KV cache of a bf16/q8 model): widen VL halves to f32 in registers.
-typedef uint16_t vh __attribute__((vector_size(VL * sizeof(uint16_t))));
-
-static vf widen_bf16(const uint16_t* p) {
-    vh h;
-    memcpy(&h, p, sizeof(h));
-    return (vf)(__builtin_convertvector(h, vi) << 16);
-}
-
-static float dot_bf16(const float* a, const uint16_t* b, int n) {
-    vf acc = {0};
-    int i = 0;
-    for (; i + VL <= n; i += VL) {
-        vf x;
-        memcpy(&x, a + i, sizeof(x));
-        acc += x * widen_bf16(b + i);
-    }
-    float sum = 0;
-    for (int j = 0; j < VL; j++) sum += acc[j];
-    for (; i < n; i++) sum += a[i] * mm_bf16_to_f32(b[i]);
-    return sum;
-}
-
-static void axpy_bf16(float* y, float a, const uint16_t* x, int n) {
-    int i = 0;
-    for (; i + VL <= n; i += VL) {
-        vf yv;
-        memcpy(&yv, y + i, sizeof(yv));
-        yv += a * widen_bf16(x + i);
-        memcpy(y + i, &yv, sizeof(yv));
-    }
-    for (; i < n; i++) y[i] += a * mm_bf16_to_f32(x[i]);
-}
-
-// One query row (decode): scores over the keys, then a weighted sum of the values. Memory-bound on
-// the KV cache; the keys of a long prompt are read once per head.
-static void attention_row_task(void* ctx, int task) {
-    const AttnArgs* a = ctx;
-    int h = task % a->n_heads, t = task / a->n_heads;
-    int hd = a->head_dim, kvh = h / (a->n_heads / a->n_kv_heads);
-    int n = a->causal_offset >= 0 ? a->causal_offset + t + 1 : a->n_keys;
-    float* att = attn_scratch((size_t)n + 16);
-    const float* q = a->q + (size_t)t * a->q_stride + (size_t)h * hd;
-    size_t head = (size_t)kvh * a->kv_head_stride;
-    for (int s = 0; s < n; s++) {
-        size_t at = head + (size_t)s * a->kv_stride;
-        float dot = a->kv_bf16 ? dot_bf16(q, (const uint16_t*)a->k + at, hd) : dot_f32(q, (const float*)a->k + at, hd);
-        att[s] = dot * a->scale;
-    }
-    softmax(att, n);
-    float* o = a->out + (size_t)t * a->out_stride + (size_t)h * hd;
-    memset(o, 0, hd * sizeof(float));
-    for (int s = 0; s < n; s++) {
-        size_t at = head + (size_t)s * a->kv_stride;
-        if (a->kv_bf16) axpy_bf16(o, att[s], (const uint16_t*)a->v + at, hd);
-        else axpy_f32(o, att[s], (const float*)a->v + at, hd);
-    }
-}
-
-static void attention(AttnArgs* a) {
-    if (a->T < 8) pool_for(a->T * a->n_heads, attention_row_task, a);
-    else pool_for(attn_blocks(a) * a->n_heads, attention_block_task, a);
-}
 
 // ----------------------------------------------------------------------------
-// Vision tower: CLIP ViT (modeling_clip.py CLIPVisionTransformer), all frames in one batch
+// Vision tower: CLIP ViT (modeling_clip.py CLIPVisionTransformer), all views of a batch at once
 
+static void build_vision_state(VisionState* s, const Config* p, int max_views) {
+    int g = p->image_size / p->patch_size, n_pos = g * g + 1;
+    size_t rows = (size_t)max_views * n_pos, D = p->v_dim;
+    s->max_views = max_views;
+    s->patches = xmalloc((size_t)max_views * g * g * p->n_channels * p->patch_size * p->patch_size * sizeof(float));
+    s->x = xmalloc(rows * D * sizeof(float));
+    s->xb = xmalloc(rows * D * sizeof(float));
+    s->q = xmalloc(rows * D * sizeof(float));
+    s->k = xmalloc(rows * D * sizeof(float));
+    s->v = xmalloc(rows * D * sizeof(float));
+    s->kh = xmalloc(rows * D * sizeof(float));
+    s->vh = xmalloc(rows * D * sizeof(float));
+    s->att = xmalloc(rows * D * sizeof(float));
+    s->hb = xmalloc(rows * p->v_hidden_dim * sizeof(float));
+}
 
-// pixels (B, C, S, S) -> features (B, n_out, v_dim), n_out = patches (CLS dropped) or patches + 1.
-static void vision_forward(Model* m, const float* pixels, int B, float* features) {
+static void free_vision_state(VisionState* s) {
+    free(s->patches); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
+    free(s->kh); free(s->vh); free(s->att); free(s->hb);
+    memset(s, 0, sizeof(*s));
+}
+
+// CLIPVisionEmbeddings, then pre_layrnorm: pixels (B, C, S, S) -> s->x (B, n_pos, v_dim), which is
+// hidden_states[0] of the HF module.
+static void clip_embeddings(Model* m, VisionState* s, const float* pixels, int B) {
     Config* p = &m->config;
     VisionWeights* w = &m->vision;
     int S = p->image_size, P = p->patch_size, C = p->n_channels, g = S / P;
-    int np = g * g, N = np + 1, D = p->v_dim, Dh = p->v_hidden_dim, hd = D / p->v_heads;
-    size_t rows = (size_t)B * N;
-    float* x = xmalloc(rows * D * sizeof(float));
-    float* xb = xmalloc(rows * D * sizeof(float));
-    float* q = xmalloc(rows * D * sizeof(float));
-    float* k = xmalloc(rows * D * sizeof(float));
-    float* v = xmalloc(rows * D * sizeof(float));
-    float* att = xmalloc(rows * D * sizeof(float));
-    float* kh = xmalloc(rows * D * sizeof(float));  // k and v regrouped per head for attention
-    float* vh = xmalloc(rows * D * sizeof(float));
-    float* hb = xmalloc(rows * Dh * sizeof(float));
-
-    // Patch embedding: the stride-P conv is a matmul of each flattened (C, P, P) patch with the
-    // (D, C*P*P) kernel. Patches are unrolled in (c, y, x) order to match the weight layout.
+    int np = g * g, N = np + 1, D = p->v_dim;
+    // patch_embedding is a stride-P conv without bias: a matmul of each flattened (C, P, P) patch with
+    // the (D, C*P*P) kernel. Patches are unrolled in (c, y, x) order to match the weight layout.
     int K = C * P * P;
-    float* patches = xcalloc((size_t)B * np * K, sizeof(float));  // calloc: GCC cannot see the loops fill it
     for (int b = 0; b < B; b++)
         for (int py = 0; py < g; py++)
             for (int px = 0; px < g; px++) {
-                float* dst = patches + ((size_t)b * np + py * g + px) * K;
+                float* dst = s->patches + ((size_t)b * np + py * g + px) * K;
                 for (int c = 0; c < C; c++)
                     for (int y = 0; y < P; y++)
                         memcpy(dst + (c * P + y) * P,
                                pixels + (((size_t)b * C + c) * S + py * P + y) * S + px * P, P * sizeof(float));
             }
-    float* pe = xmalloc((size_t)B * np * D * sizeof(float));
-    matmul(pe, patches, &w->patch_embedding, B * np);
-    free(patches);
-    // [CLS, patches] + position embeddings, then pre_layrnorm (hidden_states[0] is after it).
+    float* pe = s->q;  // (B * np, D) patch embeddings; q is not needed until the first layer
+    matmul(pe, s->patches, &w->patch_embedding, B * np);
+    // [CLS, patches] + position embeddings (position 0 is the CLS token's), then pre_layrnorm.
     for (int b = 0; b < B; b++)
         for (int t = 0; t < N; t++) {
-            float* row = x + ((size_t)b * N + t) * D;
+            float* row = s->x + ((size_t)b * N + t) * D;
             const float* src = t == 0 ? w->class_embedding : pe + ((size_t)b * np + t - 1) * D;
             for (int i = 0; i < D; i++) row[i] = src[i] + w->position_embedding[(size_t)t * D + i];
             layernorm(row, row, w->pre_ln_w, w->pre_ln_b, D, p->v_eps);
         }
-    free(pe);
+}
 
-    int layers = vision_layers_needed(p);
-    for (int l = 0; l < layers; l++) {
-        // h = h + out_proj(MHA(layer_norm1(h)))
-        norm_rows(xb, x, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, rows, D, p->v_eps);
-        matmul(q, xb, &w->wq[l], rows); add_rows(q, NULL, w->bq + (size_t)l * D, rows, D);
-        matmul(k, xb, &w->wk[l], rows); add_rows(k, NULL, w->bk + (size_t)l * D, rows, D);
-        matmul(v, xb, &w->wv[l], rows); add_rows(v, NULL, w->bv + (size_t)l * D, rows, D);
-        // Each frame attends only to itself, no mask. K and V are first regrouped per head,
-        // (frame, head, position, head_dim), so every attention task reads its keys contiguously.
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < N; t++)
-                for (int h = 0; h < p->v_heads; h++) {
-                    size_t src = ((size_t)b * N + t) * D + (size_t)h * hd;
-                    size_t dst = (((size_t)b * p->v_heads + h) * N + t) * hd;
-                    memcpy(kh + dst, k + src, hd * sizeof(float));
-                    memcpy(vh + dst, v + src, hd * sizeof(float));
-                }
-        for (int b = 0; b < B; b++) {
-            size_t off = (size_t)b * N * D;  // the same size per frame in both layouts
-            AttnArgs a = {.out = att + off, .q = q + off, .k = kh + off, .v = vh + off, .T = N,
-                          .n_heads = p->v_heads, .n_kv_heads = p->v_heads, .head_dim = hd,
-                          .q_stride = D, .kv_stride = hd, .kv_head_stride = (size_t)N * hd, .out_stride = D,
-                          .causal_offset = -1, .n_keys = N, .scale = 1.0f / sqrtf((float)hd)};
-            attention(&a);
-        }
-        matmul(xb, att, &w->wo[l], rows);
-        add_rows(x, xb, w->bo + (size_t)l * D, rows, D);
-        // h = h + fc2(act(fc1(layer_norm2(h))))
-        norm_rows(xb, x, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, rows, D, p->v_eps);
-        matmul(hb, xb, &w->fc1[l], rows);
-        add_rows(hb, NULL, w->fc1_b + (size_t)l * Dh, rows, Dh);
-        activation(hb, NULL, rows * Dh, p->v_act == 0 ? ACT_QUICK_GELU : ACT_GELU);
-        matmul(xb, hb, &w->fc2[l], rows);
-        add_rows(x, xb, w->fc2_b + (size_t)l * D, rows, D);
+// CLIPEncoderLayer l over B views in s->x (B * n_pos rows), in place:
+//   h = h + out_proj(self_attn(layer_norm1(h)))
+//   h = h + fc2(act(fc1(layer_norm2(h))))       act = quick_gelu for CLIP ViT-L/14-336
+static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
+    Config* p = &m->config;
+    VisionWeights* w = &m->vision;
+    int g = p->image_size / p->patch_size, N = g * g + 1, D = p->v_dim, Dh = p->v_hidden_dim;
+    int H = p->v_heads, hd = D / H;
+    int rows = B * N;
+    // CLIPAttention: q, k, v projections with biases
+    norm_rows(s->xb, s->x, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, rows, D, p->v_eps);
+    matmul(s->q, s->xb, &w->wq[l], rows); add_rows(s->q, NULL, w->bq + (size_t)l * D, rows, D);
+    matmul(s->k, s->xb, &w->wk[l], rows); add_rows(s->k, NULL, w->bk + (size_t)l * D, rows, D);
+    matmul(s->v, s->xb, &w->wv[l], rows); add_rows(s->v, NULL, w->bv + (size_t)l * D, rows, D);
+    // Each view attends only to itself, with no mask. K and V are first regrouped per head,
+    // (view, head, position, head_dim), so every attention task reads its keys contiguously.
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < N; t++)
+            for (int h = 0; h < H; h++) {
+                size_t src = ((size_t)b * N + t) * D + (size_t)h * hd;
+                size_t dst = (((size_t)b * H + h) * N + t) * hd;
+                memcpy(s->kh + dst, s->k + src, hd * sizeof(float));
+                memcpy(s->vh + dst, s->v + src, hd * sizeof(float));
+            }
+    for (int b = 0; b < B; b++) {
+        size_t off = (size_t)b * N * D;  // a view takes the same N * D floats in both layouts
+        AttnArgs a = {.out = s->att + off, .q = s->q + off, .k = s->kh + off, .v = s->vh + off, .T = N,
+                      .n_heads = H, .n_kv_heads = H, .head_dim = hd,
+                      .q_stride = D, .kv_stride = hd, .kv_head_stride = (size_t)N * hd, .out_stride = D,
+                      .causal_offset = -1, .n_keys = N, .scale = 1.0f / sqrtf((float)hd)};
+        attention(&a);
     }
+    matmul(s->xb, s->att, &w->wo[l], rows);
+    add_rows(s->x, s->xb, w->bo + (size_t)l * D, rows, D);  // out_proj's bias, then the residual
+    // CLIPMLP
+    norm_rows(s->xb, s->x, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, rows, D, p->v_eps);
+    matmul(s->hb, s->xb, &w->fc1[l], rows);
+    add_rows(s->hb, NULL, w->fc1_b + (size_t)l * Dh, rows, Dh);
+    activation(s->hb, NULL, (size_t)rows * Dh, p->v_act == 0 ? ACT_QUICK_GELU : ACT_GELU);
+    matmul(s->xb, s->hb, &w->fc2[l], rows);
+    add_rows(s->x, s->xb, w->fc2_b + (size_t)l * D, rows, D);
+}
 
+// pixels (B, C, S, S) -> features (B, n_out, v_dim): CLIP's hidden_states[feature_layer] (the layers
+// after it never run), n_out = patches (strategy "default": CLS dropped) or patches + 1 ("full").
+// B <= m->vision_state.max_views.
+static void vision_forward(Model* m, const float* pixels, int B, float* features) {
+    Config* p = &m->config;
+    VisionState* s = &m->vision_state;
+    if (B > s->max_views) fatal("internal: a batch of %d views, the vision state holds %d", B, s->max_views);
+    int g = p->image_size / p->patch_size, N = g * g + 1, D = p->v_dim;
+    clip_embeddings(m, s, pixels, B);
+    for (int l = 0; l < vision_layers_needed(p); l++) clip_encoder_layer(m, s, l, B);
     // vision_feature_select_strategy "default" drops CLS (position 0); "full" keeps it.
     int skip = p->select_strategy == 0 ? 1 : 0;
     for (int b = 0; b < B; b++)
-        memcpy(features + (size_t)b * (N - skip) * D, x + ((size_t)b * N + skip) * D,
+        memcpy(features + (size_t)b * (N - skip) * D, s->x + ((size_t)b * N + skip) * D,
                (size_t)(N - skip) * D * sizeof(float));
-    free(x); free(xb); free(q); free(k); free(v); free(att); free(kh); free(vh); free(hb);
 }
 
 // ----------------------------------------------------------------------------
@@ -1033,203 +702,17 @@ static void average_pool(float* out, const float* in, int F, int g, int s, int D
             }
 }
 
-// linear_1 -> GELU (erf) -> linear_2: (T, v_dim) -> (T, dim)
-static void project(Model* m, float* out, const float* in, int T) {
+// LlavaNextVideoMultiModalProjector: linear_1 -> GELU (erf) -> linear_2, (T, v_dim) -> (T, dim).
+static void multi_modal_projector(Model* m, float* out, const float* in, int T) {
     ProjectorWeights* w = &m->projector;
     int D = m->config.dim;
-    float* h = xmalloc((size_t)T * D * sizeof(float));
+    float* h = xmalloc((size_t)T * D * sizeof(float));  // (T, dim) the hidden layer
     matmul(h, in, &w->linear_1, T);
     add_rows(h, NULL, w->b1, T, D);
     activation(h, NULL, (size_t)T * D, ACT_GELU);
     matmul(out, h, &w->linear_2, T);
     add_rows(out, NULL, w->b2, T, D);
     free(h);
-}
-
-// ----------------------------------------------------------------------------
-// Language model: Llama (modeling_llama.py), batched over the rows of a prompt chunk
-
-static void build_state(Model* m, int ctx, int max_rows) {
-    Config* p = &m->config;
-    RunState* s = &m->state;
-    int D = p->dim, qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
-    s->ctx = ctx;
-    s->max_rows = max_rows;
-    s->x = xcalloc((size_t)max_rows * D, sizeof(float));
-    s->xb = xcalloc((size_t)max_rows * D, sizeof(float));
-    s->q = xcalloc((size_t)max_rows * qd, sizeof(float));
-    s->k = xcalloc((size_t)max_rows * kvd, sizeof(float));
-    s->v = xcalloc((size_t)max_rows * kvd, sizeof(float));
-    s->att = xcalloc((size_t)max_rows * qd, sizeof(float));
-    s->hb = xcalloc((size_t)max_rows * p->hidden_dim, sizeof(float));
-    s->hb2 = xcalloc((size_t)max_rows * p->hidden_dim, sizeof(float));
-    s->logits = xcalloc(p->vocab_size, sizeof(float));
-    s->kv_bf16 = p->weight_type != DT_F32;
-    size_t kv_elem = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
-    s->key_cache = xcalloc((size_t)p->n_layers * ctx * kvd, kv_elem);
-    s->value_cache = xcalloc((size_t)p->n_layers * ctx * kvd, kv_elem);
-    // inv_freq[j] = 1 / theta^(2j/head_dim), then / factor for linear scaling; f32 like
-    // LlamaRotaryEmbedding (modeling_rope_utils: _compute_linear_scaling_rope_parameters).
-    s->inv_freq = xcalloc(p->head_dim / 2, sizeof(float));
-    s->rope_cos = xcalloc((size_t)max_rows * (p->head_dim / 2), sizeof(float));
-    s->rope_sin = xcalloc((size_t)max_rows * (p->head_dim / 2), sizeof(float));
-    for (int j = 0; j < p->head_dim / 2; j++) {
-        float inv = 1.0f / powf(p->rope_theta, (float)(2 * j) / (float)p->head_dim);
-        s->inv_freq[j] = inv / p->rope_scale;
-    }
-}
-
-static void free_state(RunState* s) {
-    free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att);
-    free(s->hb); free(s->hb2); free(s->logits); free(s->key_cache); free(s->value_cache); free(s->inv_freq);
-    free(s->rope_cos); free(s->rope_sin);
-}
-
-// Runs T rows of input embeddings (in s->x) at positions pos..pos+T-1 through the decoder, filling
-// the KV cache. On return s->x holds the final-normed hidden states of all T rows. T <= max_rows.
-static void llm_forward(Model* m, int T, int pos) {
-    Config* p = &m->config;
-    LlmWeights* w = &m->llm;
-    RunState* s = &m->state;
-    int D = p->dim, hd = p->head_dim, F = p->hidden_dim;
-    int qd = p->n_heads * hd, kvd = p->n_kv_heads * hd;
-    for (int t = 0; t < T; t++)  // the same angles serve every layer, and q and k
-        rope_angles(s->rope_cos + (size_t)t * (hd / 2), s->rope_sin + (size_t)t * (hd / 2), pos + t, s->inv_freq, hd / 2);
-
-    for (int l = 0; l < p->n_layers; l++) {
-        // a = RMSNorm_in(h); h = h + o_proj(Attn(a))
-        norm_rows(s->xb, s->x, w->attn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
-        // LlamaAttention: q/k/v projections (no biases), RoPE on q and k only, then k and v go to the
-        // cache at positions pos..pos+T-1 (so this chunk's queries see themselves and everything before)
-        matmul(s->q, s->xb, &w->wq[l], T);
-        matmul(s->k, s->xb, &w->wk[l], T);
-        matmul(s->v, s->xb, &w->wv[l], T);
-        size_t kv_elem = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float), layer = (size_t)l * s->ctx * kvd;
-        char* kc = (char*)s->key_cache + layer * kv_elem;
-        char* vc = (char*)s->value_cache + layer * kv_elem;
-        for (int t = 0; t < T; t++) {
-            const float* c = s->rope_cos + (size_t)t * (hd / 2);
-            const float* sn = s->rope_sin + (size_t)t * (hd / 2);
-            rope(s->q + (size_t)t * qd, p->n_heads, hd, c, sn);
-            rope(s->k + (size_t)t * kvd, p->n_kv_heads, hd, c, sn);
-        }
-        for (int t = 0; t < T; t++)
-            for (int h = 0; h < p->n_kv_heads; h++) {
-                size_t dst = ((size_t)h * s->ctx + pos + t) * hd, src = (size_t)t * kvd + (size_t)h * hd;
-                store_kv(kc, dst, s->k + src, hd, s->kv_bf16);
-                store_kv(vc, dst, s->v + src, hd, s->kv_bf16);
-            }
-        // softmax(q k^T / sqrt(head_dim) + causal mask) v, in f32 like the eager path (and SDPA)
-        AttnArgs a = {.out = s->att, .q = s->q, .k = kc, .v = vc, .T = T, .n_heads = p->n_heads,
-                      .n_kv_heads = p->n_kv_heads, .head_dim = hd, .q_stride = qd, .kv_stride = hd,
-                      .kv_head_stride = (size_t)s->ctx * hd, .kv_bf16 = s->kv_bf16, .out_stride = qd,
-                      .causal_offset = pos,
-                      .scale = 1.0f / sqrtf((float)hd)};
-        attention(&a);
-        matmul(s->xb, s->att, &w->wo[l], T);
-        add_rows(s->x, s->xb, NULL, T, D);
-
-        // m = RMSNorm_post(h); h = h + down_proj(silu(gate_proj(m)) * up_proj(m))
-        norm_rows(s->xb, s->x, w->ffn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
-        // LlamaMLP (hidden_act silu): the gate and up projections, combined element-wise
-        matmul(s->hb, s->xb, &w->w_gate[l], T);
-        matmul(s->hb2, s->xb, &w->w_up[l], T);
-        activation(s->hb, s->hb2, (size_t)T * F, ACT_SILU_MUL);
-        matmul(s->xb, s->hb, &w->w_down[l], T);
-        add_rows(s->x, s->xb, NULL, T, D);
-    }
-    // model.norm; lm_head is applied by the caller, to the rows it needs (only the last, unless dumping)
-    norm_rows(s->x, s->x, w->final_norm, NULL, T, D, p->rms_eps);
-}
-
-// Runs a whole prompt of embeddings (T, dim) in chunks of max_rows and leaves the logits of the last
-// position in s->logits. With all_logits != NULL it also writes (T, vocab) logits of every position.
-static void prefill(Model* m, const float* embeds, int T, float* all_logits) {
-    RunState* s = &m->state;
-    int D = m->config.dim, V = m->config.vocab_size;
-    for (int t0 = 0; t0 < T; t0 += s->max_rows) {
-        int n = T - t0 < s->max_rows ? T - t0 : s->max_rows;
-        memcpy(s->x, embeds + (size_t)t0 * D, (size_t)n * D * sizeof(float));
-        llm_forward(m, n, t0);
-        if (all_logits) matmul(all_logits + (size_t)t0 * V, s->x, &m->llm.lm_head, n);
-        // The last row again on its own (not copied from all_logits): a one-row matmul may round
-        // differently from a many-row one (bf16 activations), and --dump must not change the answer.
-        if (t0 + n == T) matmul(s->logits, s->x + (size_t)(n - 1) * D, &m->llm.lm_head, 1);
-    }
-}
-
-// One generated token at position pos -> s->logits.
-static void decode_step(Model* m, int token, int pos) {
-    RunState* s = &m->state;
-    dequantize_row(s->x, &m->llm.embed_tokens, token);
-    llm_forward(m, 1, pos);
-    matmul(s->logits, s->x, &m->llm.lm_head, 1);
-}
-
-// ----------------------------------------------------------------------------
-// Sampler: greedy, temperature, top-p (nucleus), with a seeded xorshift RNG (as llama2.c)
-
-typedef struct {
-    float temperature;  // 0 = greedy (argmax), HF's default for this model
-    float topp;         // nucleus threshold in (0, 1]; 1 = off
-    uint64_t rng;
-    int* index;         // (vocab,) scratch for top-p sorting
-    int vocab;
-} Sampler;
-
-static uint32_t random_u32(uint64_t* state) {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    return (uint32_t)((*state * 0x2545F4914F6CDD1Dull) >> 32);
-}
-
-static float random_f32(uint64_t* state) { return (random_u32(state) >> 8) / 16777216.0f; }
-
-static int argmax(const float* x, int n) {
-    int best = 0;  // first maximum on ties, like torch.argmax
-    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
-    return best;
-}
-
-static const float* g_sort_probs;  // qsort has no context argument
-static int cmp_prob_desc(const void* a, const void* b) {
-    float pa = g_sort_probs[*(const int*)a], pb = g_sort_probs[*(const int*)b];
-    return pa > pb ? -1 : pa < pb ? 1 : *(const int*)a - *(const int*)b;
-}
-
-static int sample(Sampler* s, float* logits) {
-    if (s->temperature == 0.0f) return argmax(logits, s->vocab);
-    for (int i = 0; i < s->vocab; i++) logits[i] /= s->temperature;
-    softmax(logits, s->vocab);
-    float r = random_f32(&s->rng);
-    if (s->topp <= 0.0f || s->topp >= 1.0f) {  // plain multinomial sampling
-        float cdf = 0;
-        for (int i = 0; i < s->vocab; i++) {
-            cdf += logits[i];
-            if (r < cdf) return i;
-        }
-        return s->vocab - 1;
-    }
-    // top-p: keep the most probable tokens whose mass reaches topp, renormalise, sample among them.
-    // Tokens below (1 - topp) / (vocab - 1) can never be in the nucleus, so they are not sorted.
-    float cutoff = (1.0f - s->topp) / (s->vocab - 1);
-    int n = 0;
-    for (int i = 0; i < s->vocab; i++) if (logits[i] >= cutoff) s->index[n++] = i;
-    g_sort_probs = logits;
-    qsort(s->index, n, sizeof(int), cmp_prob_desc);
-    float mass = 0;
-    int last = n - 1;
-    for (int i = 0; i < n; i++) {
-        mass += logits[s->index[i]];
-        if (mass > s->topp) { last = i; break; }
-    }
-    float x = r * mass, cdf = 0;
-    for (int i = 0; i <= last; i++) {
-        cdf += logits[s->index[i]];
-        if (x < cdf) return s->index[i];
-    }
-    return s->index[last];
 }
 
 // ----------------------------------------------------------------------------
@@ -1299,9 +782,245 @@ static void* read_npy(const char* path, char* descr_out, int* ndim, int64_t shap
 }
 
 // ----------------------------------------------------------------------------
+// Media: images and videos in, feature rows out
+//
+// Reading and preprocessing (video.c) are kept apart from the model math, so that a prompt can be
+// checked and its length known before the vision tower spends seconds per view:
+//   load_media    every -i image -> anyres views, every -v video -> sampled frames (pixel values)
+//   encode_media  the vision tower, pooling (videos), projector, packing (images) -> feature rows
+
+#define MAX_MEDIA 16  // images and videos each, per prompt
+
+typedef struct {
+    int F;                   // frames of all videos together
+    float* pixel_values;     // (F, C, S, S)
+    float* vision_features;  // (F, g*g, v_dim) CLIP's selected layer, CLS dropped
+    float* video_features;   // (F * per_frame, dim) pooled and projected: what the <video> positions get
+} VideoFeatures;
+
+typedef struct {
+    int n;                   // images, in the order of -i
+    ImagePatches* patches;   // (n) anyres geometry of each image (video.c); pixels moved to `pixel_values`
+    int* n_rows;             // (n) <image> tokens = feature rows of each image
+    int total_patches;       // sum of patches[k].n_patches
+    int total_rows;          // sum of n_rows
+    float* pixel_values;     // (total_patches, C, S, S) every image's views, base first within each image
+    float* vision_features;  // (total_patches, g*g, v_dim) selected layer, CLS dropped
+    float* image_features;   // (total_rows, dim) what the <image> positions get, image after image
+} ImageFeatures;
+
+// Everything one prompt shows the model: the images, and the videos as one batch of frames of which
+// video_frames[k] belong to video k (in the order of -v).
+typedef struct {
+    ImageFeatures images;
+    VideoFeatures videos;
+    int n_videos;
+    int video_frames[MAX_MEDIA];
+} Media;
+
+// What to load: paths in prompt order (images first, then videos, as the chat template puts them).
+typedef struct {
+    const char* const* image_paths; int n_images;
+    const char* const* video_paths; int n_videos;
+    int frames;            // frames sampled per video
+    int raw_w, raw_h;      // raw RGB24 video size (0: the videos are Y4M)
+    const char* pixels;    // test hook: one "video" of preprocessed frames from a .npy (see load_pixels)
+} MediaPaths;
+
+// Reads and preprocesses every image (video.c) and counts its tokens; the model runs later.
+static void load_images(Model* m, const char* const* paths, int n, ImageFeatures* f) {
+    Config* p = &m->config;
+    int S = p->image_size, C = p->n_channels;
+    size_t per_patch = (size_t)C * S * S;
+    memset(f, 0, sizeof(*f));
+    if (n == 0) return;
+    if (C != 3) fatal("%s: images need 3 input channels, the model has %d", m->path, C);
+    f->n = n;
+    f->patches = xcalloc((size_t)n, sizeof(ImagePatches));
+    f->n_rows = xcalloc((size_t)n, sizeof(int));
+    for (int k = 0; k < n; k++) {
+        Image im;
+        load_image(&im, paths[k]);
+        ImagePatches* ip = &f->patches[k];
+        preprocess_image(ip, &im, S, &p->pinpoints[0][0], p->n_pinpoints, p->image_mean, p->image_std);
+        f->n_rows[k] = image_num_tokens(im.height, im.width, S, p->patch_size, &p->pinpoints[0][0], p->n_pinpoints);
+        fprintf(stderr, "image: %s, %dx%d, grid %dx%d of %dx%d tiles + base, %d tokens\n", paths[k], im.width,
+                im.height, ip->cols, ip->rows, S, S, f->n_rows[k]);
+        free_image(&im);
+        // append this image's views to the batch
+        size_t have = (size_t)f->total_patches * per_patch, add = (size_t)ip->n_patches * per_patch;
+        f->pixel_values = xrealloc(f->pixel_values, (have + add) * sizeof(float));
+        memcpy(f->pixel_values + have, ip->pixels, add * sizeof(float));
+        free(ip->pixels);
+        ip->pixels = NULL;
+        f->total_patches += ip->n_patches;
+        f->total_rows += f->n_rows[k];
+    }
+}
+
+// Appends the sampled, preprocessed frames of one video file to the batch.
+static void load_video_frames(Model* m, Media* md, const char* path, const MediaPaths* in) {
+    Config* p = &m->config;
+    VideoFeatures* vf = &md->videos;
+    Video video;
+    load_video(&video, path, in->raw_w, in->raw_h, in->frames, p->image_size, p->image_mean, p->image_std);
+    size_t frame = (size_t)p->n_channels * p->image_size * p->image_size;
+    vf->pixel_values = xrealloc(vf->pixel_values, ((size_t)vf->F + video.n_frames) * frame * sizeof(float));
+    memcpy(vf->pixel_values + (size_t)vf->F * frame, video.pixels, (size_t)video.n_frames * frame * sizeof(float));
+    vf->F += video.n_frames;
+    md->video_frames[md->n_videos++] = video.n_frames;
+    fprintf(stderr, "video: %dx%d, %d frames, sampled %d\n", video.width, video.height, video.total_frames,
+            video.n_frames);
+    free_video(&video);
+}
+
+// Test hook (--pixels): preprocessed frames from a .npy of shape (F, C, S, S), float32 pixel values or
+// uint8 levels (normalised here exactly as the processor does), standing for one video. It lets the
+// tests feed transformers' own pixel_values and check the model apart from the preprocessing.
+static void load_pixels(Model* m, Media* md, const char* path) {
+    Config* p = &m->config;
+    int S = p->image_size, C = p->n_channels;
+    char descr[4];
+    int ndim;
+    int64_t shape[8];
+    void* data = read_npy(path, descr, &ndim, shape);
+    if (ndim != 4 || shape[1] != C || shape[2] != S || shape[3] != S)
+        fatal("%s: expected pixels of shape (F, %d, %d, %d)", path, C, S, S);
+    VideoFeatures* vf = &md->videos;
+    vf->F = (int)shape[0];
+    md->n_videos = 1;
+    md->video_frames[0] = vf->F;
+    size_t count = (size_t)vf->F * C * S * S;
+    if (!strcmp(descr, "|u1")) {  // uint8 levels: normalise exactly like the processor
+        vf->pixel_values = xmalloc(count * sizeof(float));
+        float table[3][256];
+        normalize_table(table, p->image_mean, p->image_std);
+        for (size_t i = 0; i < count; i++)
+            vf->pixel_values[i] = table[(i / ((size_t)S * S)) % C][((unsigned char*)data)[i]];
+        free(data);
+    } else if (!strcmp(descr, "<f4")) {
+        vf->pixel_values = data;
+    } else {
+        fatal("%s: pixels must be float32 or uint8", path);
+    }
+}
+
+// Reads every image and video of a prompt (or the --pixels hook instead of the videos).
+static void load_media(Model* m, const MediaPaths* in, Media* md) {
+    memset(md, 0, sizeof(*md));
+    if (in->pixels) load_pixels(m, md, in->pixels);
+    else
+        for (int k = 0; k < in->n_videos; k++) load_video_frames(m, md, in->video_paths[k], in);
+    load_images(m, in->image_paths, in->n_images, &md->images);
+}
+
+// Frames -> CLIP (one batch) -> 2x2 average pool -> projector: LlavaNextVideoModel.get_video_features.
+static void video_features(Model* m, VideoFeatures* vf) {
+    Config* p = &m->config;
+    int g = p->image_size / p->patch_size, D = p->v_dim, F = vf->F;
+    if (p->select_strategy != 0) fatal("%s: the video path needs select strategy 'default'", m->path);
+    vf->vision_features = xmalloc((size_t)F * g * g * D * sizeof(float));  // CLS dropped
+    build_vision_state(&m->vision_state, p, F);
+    vision_forward(m, vf->pixel_values, F, vf->vision_features);
+    free_vision_state(&m->vision_state);
+    int per = video_tokens_per_frame(p);
+    float* pooled = xmalloc((size_t)F * per * D * sizeof(float));  // (F, per, v_dim)
+    average_pool(pooled, vf->vision_features, F, g, p->pool_stride, D);
+    vf->video_features = xmalloc((size_t)F * per * p->dim * sizeof(float));
+    multi_modal_projector(m, vf->video_features, pooled, F * per);
+    free(pooled);
+}
+
+// One image: feat (P, g*g, dim) projected patch features, view 0 the base -> out (n_rows, dim)
+// (pack_image_features of modeling_llava_next_video.py; doc/model.md, "Images (anyres)"). The tiles'
+// g x g feature maps are stitched into one (rows*g) x (cols*g) map (tile row-major, as
+// divide_to_patches cut them), the rows or columns that only saw padding are dropped (unpad_image),
+// and image_newline closes every remaining row; the base image's g*g features go first.
+static int pack_image_features(Model* m, const ImagePatches* ip, const float* feat, float* out) {
+    Config* p = &m->config;
+    int g = p->image_size / p->patch_size, D = p->dim;
+    size_t row = (size_t)D * sizeof(float);
+    memcpy(out, feat, (size_t)g * g * row);  // base
+    int top, n_r, left, n_c;
+    unpad_window(ip->height, ip->width, ip->rows * g, ip->cols * g, &top, &n_r, &left, &n_c);
+    float* o = out + (size_t)g * g * D;
+    for (int y = top; y < top + n_r; y++) {
+        int ty = y / g, py = y % g;  // tile row, patch row inside the tile
+        for (int x = left; x < left + n_c; x++) {
+            int tx = x / g, px = x % g;
+            memcpy(o, feat + ((size_t)(1 + ty * ip->cols + tx) * g * g + (size_t)py * g + px) * D, row);
+            o += D;
+        }
+        memcpy(o, m->projector.image_newline, row);
+        o += D;
+    }
+    return (int)((o - out) / D);
+}
+
+// CLIP on every view of every image (no pooling for images), the projector, then the packing:
+// LlavaNextVideoModel.get_image_features followed by pack_image_features.
+static void image_features(Model* m, ImageFeatures* f) {
+    Config* p = &m->config;
+    int g = p->image_size / p->patch_size, np = g * g, Dv = p->v_dim, D = p->dim;
+    if (p->select_strategy != 0) fatal("%s: the image path needs select strategy 'default'", m->path);
+    f->vision_features = xmalloc((size_t)f->total_patches * np * Dv * sizeof(float));
+    f->image_features = xmalloc((size_t)f->total_rows * D * sizeof(float));
+    size_t per_patch = (size_t)p->n_channels * p->image_size * p->image_size;
+    int max_views = 0;
+    for (int k = 0; k < f->n; k++)
+        if (f->patches[k].n_patches > max_views) max_views = f->patches[k].n_patches;
+    build_vision_state(&m->vision_state, p, max_views);
+    int first = 0, rows = 0;
+    for (int k = 0; k < f->n; k++) {  // one image at a time keeps the CLIP batch (and its memory) small
+        int P = f->patches[k].n_patches;
+        float* vis = f->vision_features + (size_t)first * np * Dv;
+        vision_forward(m, f->pixel_values + (size_t)first * per_patch, P, vis);
+        float* proj = xmalloc((size_t)P * np * D * sizeof(float));  // (P, g*g, dim)
+        multi_modal_projector(m, proj, vis, P * np);
+        int got = pack_image_features(m, &f->patches[k], proj, f->image_features + (size_t)rows * D);
+        if (got != f->n_rows[k]) fatal("internal: image %d packed into %d rows, expected %d", k, got, f->n_rows[k]);
+        free(proj);
+        first += P;
+        rows += got;
+    }
+    free_vision_state(&m->vision_state);
+}
+
+// The vision side of a prompt: every image's and every video's feature rows (images first, as
+// LlavaNextVideoModel.forward scatters them), with the time per view on stderr.
+static void encode_media(Model* m, Media* md) {
+    ImageFeatures* im = &md->images;
+    VideoFeatures* vf = &md->videos;
+    if (im->n == 0 && vf->F == 0) return;
+    double t = now_seconds();
+    if (im->n > 0) image_features(m, im);
+    if (vf->F > 0) video_features(m, vf);
+    t = now_seconds() - t;
+    int views = im->total_patches + vf->F;  // images: base view + tiles each; videos: frames
+    char what[64];
+    if (im->n > 0 && vf->F > 0) snprintf(what, sizeof(what), "%d image views + %d frames", im->total_patches, vf->F);
+    else if (im->n > 0) snprintf(what, sizeof(what), "%d image views", im->total_patches);
+    else snprintf(what, sizeof(what), "%d frames", vf->F);
+    fprintf(stderr, "vision: %s in %.2f s (%.0f ms each)\n", what, t, 1000 * t / views);
+}
+
+static void free_image_features(ImageFeatures* f) {
+    for (int k = 0; k < f->n; k++) free_image_patches(&f->patches[k]);
+    free(f->patches); free(f->n_rows); free(f->pixel_values); free(f->vision_features); free(f->image_features);
+    memset(f, 0, sizeof(*f));
+}
+
+static void free_media(Media* md) {
+    free_image_features(&md->images);
+    free(md->videos.pixel_values); free(md->videos.vision_features); free(md->videos.video_features);
+    memset(md, 0, sizeof(*md));
+}
+
+// ----------------------------------------------------------------------------
 // Prompt: chat template, placeholder expansion, merged input embeddings
 
-// The chat template of the checkpoint (SPEC §2.3), one user turn: "USER: ", then "<image>\n" per image and
+// The chat template of the checkpoint (its chat_template.json; doc/model.md, "Prompt and chat
+// template"), one user turn: "USER: ", then "<image>\n" per image and
 // "<video>\n" per video (all images first, whatever order they were given in), then the text and one
 // space, then "ASSISTANT:".
 static char* chat_prompt(const char* question, int n_images, int n_videos) {
@@ -1350,6 +1069,25 @@ static int expand_placeholders(int** ids, int n, int image_token, const int* ima
     return j;
 }
 
+// The ids of one question: the chat template around it (or the text as is, raw), tokenized with BOS,
+// then every placeholder expanded to the feature rows of its image or video. *T gets the length.
+static int* build_prompt_ids(Model* m, const char* question, int raw, const Media* md, int* T) {
+    Config* p = &m->config;
+    char* text = raw ? strdup(question) : chat_prompt(question, md->images.n, md->n_videos);
+    if (!text) fatal("out of memory");
+    size_t len = strlen(text);
+    // SentencePiece never makes more tokens than bytes (+ BOS, + a prefix space): len + 16 is a safe cap
+    int cap = (int)(len + 16 < (size_t)1 << 30 ? len + 16 : (size_t)1 << 30);
+    int* ids = xmalloc((size_t)cap * sizeof(int));
+    int n = encode(&m->tokenizer, text, len, p->bos, ids, cap);
+    free(text);
+    int per_video[MAX_MEDIA];
+    for (int k = 0; k < md->n_videos; k++) per_video[k] = md->video_frames[k] * video_tokens_per_frame(p);
+    *T = expand_placeholders(&ids, n, p->image_token, md->images.n_rows, md->images.n, p->video_token, per_video,
+                             md->n_videos);
+    return ids;
+}
+
 // inputs_embeds: embed_tokens for text tokens; the image feature rows (n_image_rows, dim) written into the
 // <image> positions in order, and the video rows (n_video_rows, dim) into the <video> positions
 // (get_placeholder_mask + masked_scatter, images then videos, as LlavaNextVideoModel.forward).
@@ -1381,135 +1119,306 @@ static float* merge_embeddings(Model* m, const int* ids, int T, const float* ima
 }
 
 // ----------------------------------------------------------------------------
-// Video features: frames -> CLIP -> pool -> projector
+// Language model: Llama (modeling_llama.py), batched over the rows of a prompt chunk
 
-typedef struct {
-    int F;                   // frames
-    float* pixel_values;     // (F, C, S, S)
-    float* vision_features;  // (F, n_vis, v_dim) selected layer, CLS dropped
-    float* video_features;   // (F * per_frame, dim) pooled and projected
-} VideoFeatures;
+// Prompt rows per forward call. Prefill runs in chunks of this many rows, so the scratch (two
+// hidden_dim-wide buffers dominate: 2 x 512 x 11008 floats = 45 MB at 7B) does not grow with the
+// prompt; bigger chunks would not make the matmuls faster (their tiles are 6-14 rows).
+#define PREFILL_CHUNK 512
 
-static void video_features(Model* m, VideoFeatures* vf) {
+// ctx: positions the KV cache holds; max_rows: rows per forward call (at most PREFILL_CHUNK is enough).
+static void build_state(Model* m, int ctx, int max_rows) {
     Config* p = &m->config;
-    int g = p->image_size / p->patch_size, D = p->v_dim, F = vf->F;
-    if (p->select_strategy != 0) fatal("%s: the video path needs select strategy 'default'", m->path);
-    vf->vision_features = xmalloc((size_t)F * g * g * D * sizeof(float));  // CLS dropped
-    vision_forward(m, vf->pixel_values, F, vf->vision_features);
-    int per = video_tokens_per_frame(p);
-    float* pooled = xmalloc((size_t)F * per * D * sizeof(float));
-    average_pool(pooled, vf->vision_features, F, g, p->pool_stride, D);
-    vf->video_features = xmalloc((size_t)F * per * p->dim * sizeof(float));
-    project(m, vf->video_features, pooled, F * per);
-    free(pooled);
+    RunState* s = &m->state;
+    int D = p->dim, qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
+    s->ctx = ctx;
+    s->max_rows = max_rows;
+    s->x = xcalloc((size_t)max_rows * D, sizeof(float));
+    s->xb = xcalloc((size_t)max_rows * D, sizeof(float));
+    s->q = xcalloc((size_t)max_rows * qd, sizeof(float));
+    s->k = xcalloc((size_t)max_rows * kvd, sizeof(float));
+    s->v = xcalloc((size_t)max_rows * kvd, sizeof(float));
+    s->att = xcalloc((size_t)max_rows * qd, sizeof(float));
+    s->hb = xcalloc((size_t)max_rows * p->hidden_dim, sizeof(float));
+    s->hb2 = xcalloc((size_t)max_rows * p->hidden_dim, sizeof(float));
+    s->logits = xcalloc(p->vocab_size, sizeof(float));
+    s->kv_bf16 = p->weight_type != DT_F32;
+    size_t kv_elem = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
+    s->key_cache = xcalloc((size_t)p->n_layers * ctx * kvd, kv_elem);
+    s->value_cache = xcalloc((size_t)p->n_layers * ctx * kvd, kv_elem);
+    // inv_freq[j] = 1 / theta^(2j/head_dim), then / factor for linear scaling; f32 like
+    // LlamaRotaryEmbedding (modeling_rope_utils: _compute_linear_scaling_rope_parameters).
+    s->inv_freq = xcalloc(p->head_dim / 2, sizeof(float));
+    s->rope_cos = xcalloc((size_t)max_rows * (p->head_dim / 2), sizeof(float));
+    s->rope_sin = xcalloc((size_t)max_rows * (p->head_dim / 2), sizeof(float));
+    for (int j = 0; j < p->head_dim / 2; j++) {
+        float inv = 1.0f / powf(p->rope_theta, (float)(2 * j) / (float)p->head_dim);
+        s->inv_freq[j] = inv / p->rope_scale;
+    }
+}
+
+static void free_state(RunState* s) {
+    free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att);
+    free(s->hb); free(s->hb2); free(s->logits); free(s->key_cache); free(s->value_cache); free(s->inv_freq);
+    free(s->rope_cos); free(s->rope_sin);
+    memset(s, 0, sizeof(*s));
+}
+
+// LlamaDecoderLayer l over T rows in s->x at positions pos..pos+T-1, in place:
+//   h = h + o_proj(self_attn(input_layernorm(h)))
+//   h = h + down_proj(silu(gate_proj(m)) * up_proj(m)),   m = post_attention_layernorm(h)
+// The rows' keys and values go into the KV cache at their positions, so a later call (the next chunk,
+// a decode step, the next turn of a chat) sees them.
+static void llama_decoder_layer(Model* m, int l, int T, int pos) {
+    Config* p = &m->config;
+    LlmWeights* w = &m->llm;
+    RunState* s = &m->state;
+    int D = p->dim, hd = p->head_dim, F = p->hidden_dim;
+    int qd = p->n_heads * hd, kvd = p->n_kv_heads * hd;
+    norm_rows(s->xb, s->x, w->attn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
+    // LlamaAttention: q/k/v projections (no biases), RoPE on q and k only, then k and v go to the
+    // cache at positions pos..pos+T-1 (so this chunk's queries see themselves and everything before)
+    matmul(s->q, s->xb, &w->wq[l], T);
+    matmul(s->k, s->xb, &w->wk[l], T);
+    matmul(s->v, s->xb, &w->wv[l], T);
+    size_t kv_elem = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float), layer = (size_t)l * s->ctx * kvd;
+    char* kc = (char*)s->key_cache + layer * kv_elem;    // this layer's (n_kv_heads, ctx, head_dim)
+    char* vc = (char*)s->value_cache + layer * kv_elem;
+    for (int t = 0; t < T; t++) {
+        const float* c = s->rope_cos + (size_t)t * (hd / 2);
+        const float* sn = s->rope_sin + (size_t)t * (hd / 2);
+        rope(s->q + (size_t)t * qd, p->n_heads, hd, c, sn);
+        rope(s->k + (size_t)t * kvd, p->n_kv_heads, hd, c, sn);
+    }
+    for (int t = 0; t < T; t++)
+        for (int h = 0; h < p->n_kv_heads; h++) {
+            size_t dst = ((size_t)h * s->ctx + pos + t) * hd, src = (size_t)t * kvd + (size_t)h * hd;
+            store_kv(kc, dst, s->k + src, hd, s->kv_bf16);
+            store_kv(vc, dst, s->v + src, hd, s->kv_bf16);
+        }
+    // softmax(q k^T / sqrt(head_dim) + causal mask) v, in f32 like the eager path (and SDPA)
+    AttnArgs a = {.out = s->att, .q = s->q, .k = kc, .v = vc, .T = T, .n_heads = p->n_heads,
+                  .n_kv_heads = p->n_kv_heads, .head_dim = hd, .q_stride = qd, .kv_stride = hd,
+                  .kv_head_stride = (size_t)s->ctx * hd, .kv_bf16 = s->kv_bf16, .out_stride = qd,
+                  .causal_offset = pos,
+                  .scale = 1.0f / sqrtf((float)hd)};
+    attention(&a);
+    matmul(s->xb, s->att, &w->wo[l], T);
+    add_rows(s->x, s->xb, NULL, T, D);
+    // LlamaMLP (hidden_act silu): the gate and up projections, combined element-wise
+    norm_rows(s->xb, s->x, w->ffn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
+    matmul(s->hb, s->xb, &w->w_gate[l], T);
+    matmul(s->hb2, s->xb, &w->w_up[l], T);
+    activation(s->hb, s->hb2, (size_t)T * F, ACT_SILU_MUL);
+    matmul(s->xb, s->hb, &w->w_down[l], T);
+    add_rows(s->x, s->xb, NULL, T, D);
+}
+
+// Runs T rows of input embeddings (in s->x) at positions pos..pos+T-1 through the decoder, filling
+// the KV cache. On return s->x holds the final-normed hidden states of all T rows. T <= max_rows.
+static void llm_forward(Model* m, int T, int pos) {
+    Config* p = &m->config;
+    RunState* s = &m->state;
+    int hd = p->head_dim;
+    for (int t = 0; t < T; t++)  // the same angles serve every layer, and q and k
+        rope_angles(s->rope_cos + (size_t)t * (hd / 2), s->rope_sin + (size_t)t * (hd / 2), pos + t, s->inv_freq, hd / 2);
+    for (int l = 0; l < p->n_layers; l++) llama_decoder_layer(m, l, T, pos);
+    // model.norm; lm_head is applied by the caller, to the rows it needs (only the last, unless dumping)
+    norm_rows(s->x, s->x, m->llm.final_norm, NULL, T, p->dim, p->rms_eps);
+}
+
+// Runs T embedding rows (T, dim) through the decoder at positions pos..pos+T-1, in chunks of
+// max_rows, appending to whatever the KV cache already holds before pos (a first prompt has pos 0; a
+// second chat turn continues where the first one stopped). Leaves the logits of the last row in
+// s->logits; with all_logits != NULL it also writes (T, vocab) logits of every row.
+static void prefill(Model* m, const float* embeds, int T, int pos, float* all_logits) {
+    RunState* s = &m->state;
+    int D = m->config.dim, V = m->config.vocab_size;
+    if (pos < 0 || T < 0 || T > s->ctx - pos)
+        fatal("internal: prefill of %d rows at position %d overflows the context of %d", T, pos, s->ctx);
+    for (int t0 = 0; t0 < T; t0 += s->max_rows) {
+        int n = T - t0 < s->max_rows ? T - t0 : s->max_rows;
+        memcpy(s->x, embeds + (size_t)t0 * D, (size_t)n * D * sizeof(float));
+        llm_forward(m, n, pos + t0);
+        if (all_logits) matmul(all_logits + (size_t)t0 * V, s->x, &m->llm.lm_head, n);
+        // The last row again on its own (not copied from all_logits): a one-row matmul may round
+        // differently from a many-row one (bf16 activations), and --dump must not change the answer.
+        if (t0 + n == T) matmul(s->logits, s->x + (size_t)(n - 1) * D, &m->llm.lm_head, 1);
+    }
+}
+
+// One token at position pos (the KV cache holds 0..pos-1) -> s->logits.
+static void decode_step(Model* m, int token, int pos) {
+    RunState* s = &m->state;
+    if (pos < 0 || pos >= s->ctx) fatal("internal: decode at position %d outside the context of %d", pos, s->ctx);
+    dequantize_row(s->x, &m->llm.embed_tokens, token);
+    llm_forward(m, 1, pos);
+    matmul(s->logits, s->x, &m->llm.lm_head, 1);
 }
 
 // ----------------------------------------------------------------------------
-// Image features: anyres patches -> CLIP per patch -> projector -> packed grid
-// (LlavaNextVideoModel.get_image_features and pack_image_features, SPEC §4.5)
+// Sampler: greedy, temperature, top-p (nucleus), with a seeded xorshift RNG (as llama2.c)
 
 typedef struct {
-    int n;                   // images, in the order of -i
-    ImagePatches* patches;   // (n) anyres geometry of each image (video.c); pixels moved to `pixel_values`
-    int* n_rows;             // (n) <image> tokens = feature rows of each image
-    int total_patches;       // sum of patches[k].n_patches
-    int total_rows;          // sum of n_rows
-    float* pixel_values;     // (total_patches, C, S, S) every image's patches, base first within each image
-    float* vision_features;  // (total_patches, g*g, v_dim) selected layer, CLS dropped
-    float* image_features;   // (total_rows, dim) what the <image> positions get, image after image
-} ImageFeatures;
+    float temperature;  // 0 = greedy (argmax), HF's default for this model
+    float topp;         // nucleus threshold in (0, 1]; 1 = off
+    uint64_t rng;
+    int* index;         // (vocab,) scratch for top-p sorting
+    int vocab;
+} Sampler;
 
-// Reads and preprocesses every image (video.c) and counts its tokens; the model runs later.
-static void load_images(Model* m, const char* const* paths, int n, ImageFeatures* f) {
-    Config* p = &m->config;
-    int S = p->image_size, C = p->n_channels;
-    size_t per_patch = (size_t)C * S * S;
-    memset(f, 0, sizeof(*f));
-    if (n == 0) return;
-    if (C != 3) fatal("%s: images need 3 input channels, the model has %d", m->path, C);
-    f->n = n;
-    f->patches = xcalloc((size_t)n, sizeof(ImagePatches));
-    f->n_rows = xcalloc((size_t)n, sizeof(int));
-    for (int k = 0; k < n; k++) {
-        Image im;
-        load_image(&im, paths[k]);
-        ImagePatches* ip = &f->patches[k];
-        preprocess_image(ip, &im, S, &p->pinpoints[0][0], p->n_pinpoints, p->image_mean, p->image_std);
-        f->n_rows[k] = image_num_tokens(im.height, im.width, S, p->patch_size, &p->pinpoints[0][0], p->n_pinpoints);
-        fprintf(stderr, "image: %s, %dx%d, grid %dx%d of %dx%d tiles + base, %d tokens\n", paths[k], im.width,
-                im.height, ip->cols, ip->rows, S, S, f->n_rows[k]);
-        free_image(&im);
-        // append this image's patches to the batch
-        size_t have = (size_t)f->total_patches * per_patch, add = (size_t)ip->n_patches * per_patch;
-        float* grown = realloc(f->pixel_values, (have + add) * sizeof(float));
-        if (!grown) fatal("out of memory for the image patches");
-        f->pixel_values = grown;
-        memcpy(f->pixel_values + have, ip->pixels, add * sizeof(float));
-        free(ip->pixels);
-        ip->pixels = NULL;
-        f->total_patches += ip->n_patches;
-        f->total_rows += f->n_rows[k];
-    }
+// seed: any value; 0 becomes 1 (an xorshift state of 0 would stay 0 forever).
+static void build_sampler(Sampler* s, int vocab, float temperature, float topp, uint64_t seed) {
+    s->temperature = temperature;
+    s->topp = topp;
+    s->rng = seed ? seed : 1;
+    s->index = xmalloc((size_t)vocab * sizeof(int));
+    s->vocab = vocab;
 }
 
-// One image: feat (P, g*g, dim) projected patch features, patch 0 the base -> out (n_rows, dim).
-// The tiles' g x g feature maps are stitched into one (rows*g) x (cols*g) map (tile row-major, as
-// divide_to_patches cut them), the rows or columns that only saw padding are dropped (unpad_image),
-// and image_newline closes every remaining row; the base image's g*g features go first.
-static int pack_image_features(Model* m, const ImagePatches* ip, const float* feat, float* out) {
-    Config* p = &m->config;
-    int g = p->image_size / p->patch_size, D = p->dim;
-    size_t row = (size_t)D * sizeof(float);
-    memcpy(out, feat, (size_t)g * g * row);  // base
-    int top, n_r, left, n_c;
-    unpad_window(ip->height, ip->width, ip->rows * g, ip->cols * g, &top, &n_r, &left, &n_c);
-    float* o = out + (size_t)g * g * D;
-    for (int y = top; y < top + n_r; y++) {
-        int ty = y / g, py = y % g;  // tile row, patch row inside the tile
-        for (int x = left; x < left + n_c; x++) {
-            int tx = x / g, px = x % g;
-            memcpy(o, feat + ((size_t)(1 + ty * ip->cols + tx) * g * g + (size_t)py * g + px) * D, row);
-            o += D;
+static void free_sampler(Sampler* s) {
+    free(s->index);
+    s->index = NULL;
+}
+
+static uint32_t random_u32(uint64_t* state) {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    return (uint32_t)((*state * 0x2545F4914F6CDD1Dull) >> 32);
+}
+
+static float random_f32(uint64_t* state) { return (random_u32(state) >> 8) / 16777216.0f; }
+
+static int argmax(const float* x, int n) {
+    int best = 0;  // first maximum on ties, like torch.argmax
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static const float* g_sort_probs;  // qsort has no context argument
+static int cmp_prob_desc(const void* a, const void* b) {
+    float pa = g_sort_probs[*(const int*)a], pb = g_sort_probs[*(const int*)b];
+    return pa > pb ? -1 : pa < pb ? 1 : *(const int*)a - *(const int*)b;
+}
+
+static int sample(Sampler* s, float* logits) {
+    if (s->temperature == 0.0f) return argmax(logits, s->vocab);
+    for (int i = 0; i < s->vocab; i++) logits[i] /= s->temperature;
+    softmax(logits, s->vocab);
+    float r = random_f32(&s->rng);
+    if (s->topp <= 0.0f || s->topp >= 1.0f) {  // plain multinomial sampling
+        float cdf = 0;
+        for (int i = 0; i < s->vocab; i++) {
+            cdf += logits[i];
+            if (r < cdf) return i;
         }
-        memcpy(o, m->projector.image_newline, row);
-        o += D;
+        return s->vocab - 1;
     }
-    return (int)((o - out) / D);
+    // top-p: keep the most probable tokens whose mass reaches topp, renormalise, sample among them.
+    // Tokens below (1 - topp) / (vocab - 1) can never be in the nucleus, so they are not sorted.
+    float cutoff = (1.0f - s->topp) / (s->vocab - 1);
+    int n = 0;
+    for (int i = 0; i < s->vocab; i++) if (logits[i] >= cutoff) s->index[n++] = i;
+    g_sort_probs = logits;
+    qsort(s->index, n, sizeof(int), cmp_prob_desc);
+    float mass = 0;
+    int last = n - 1;
+    for (int i = 0; i < n; i++) {
+        mass += logits[s->index[i]];
+        if (mass > s->topp) { last = i; break; }
+    }
+    float x = r * mass, cdf = 0;
+    for (int i = 0; i <= last; i++) {
+        cdf += logits[s->index[i]];
+        if (x < cdf) return s->index[i];
+    }
+    return s->index[last];
 }
 
-// CLIP on every patch of every image (no pooling for images), the projector, then the packing.
-static void image_features(Model* m, ImageFeatures* f) {
+// ----------------------------------------------------------------------------
+// Generation: sample, print, decode, until EOS or the token budget
+
+// Starts from the logits in m->state (those of the last prompt row, at position pos - 1) and
+// generates up to max_new tokens, the first at position pos: each is sampled, streamed to stdout as
+// text (a character spelled with several byte tokens is printed when it is complete) and, unless it
+// is EOS or the last, run through the decoder. The ids go to out (max_new); returns how many.
+// t_loaded: when the model finished loading, for the "time to first token" line on stderr.
+static int generate(Model* m, Sampler* sampler, int pos, int max_new, int* out, double t_loaded) {
+    Tokenizer* tok = &m->tokenizer;
+    Detokenizer detok;  // streams UTF-8 safely: a character split over byte tokens is printed whole
+    build_detokenizer(&detok, tok);
+    int n_gen = 0, n_decoded = 0;
+    double t0 = now_seconds();
+    while (n_gen < max_new) {
+        int next = sample(sampler, m->state.logits);
+        out[n_gen++] = next;
+        if (n_gen == 1) fprintf(stderr, "time to first token: %.2f s after loading\n", now_seconds() - t_loaded);
+        if (next == m->config.eos) break;
+        const char* piece = detokenize(tok, &detok, next);
+        fwrite(piece, 1, detok.n_text, stdout);  // n_text: a <0x00> byte token is a real NUL
+        fflush(stdout);
+        if (n_gen == max_new) break;
+        decode_step(m, next, pos++);
+        n_decoded++;
+    }
+    const char* rest = detokenize_flush(tok, &detok);
+    fwrite(rest, 1, detok.n_text, stdout);
+    free_detokenizer(&detok);
+    if (n_gen > 0) printf("\n");
+    fflush(stdout);  // the answer's last line before the statistics on stderr, even through a pipe
+    double t = now_seconds() - t0;
+    if (n_gen > 0)
+        fprintf(stderr, "generated: %d tokens in %.2f s (%.2f tokens/s decoding)\n", n_gen, t,
+                n_decoded > 0 ? n_decoded / t : 0.0);
+    return n_gen;
+}
+
+// ----------------------------------------------------------------------------
+// --dump: the intermediate tensors of a run as .npy files, for ports to compare against. A hook
+// outside the math: it only reads what the pipeline computed.
+
+static void dump_f32(const char* dir, const char* name, const float* x, int ndim, const int64_t* shape) {
+    write_npy(dir, name, "<f4", x, sizeof(float), ndim, shape);
+}
+
+// Everything up to the decoder's input: ids, pixels, vision features, feature rows, inputs_embeds.
+static void dump_prompt(const char* dir, Model* m, const int* ids, int T, const Media* md, const float* embeds) {
     Config* p = &m->config;
-    int g = p->image_size / p->patch_size, np = g * g, Dv = p->v_dim, D = p->dim;
-    if (p->select_strategy != 0) fatal("%s: the image path needs select strategy 'default'", m->path);
-    f->vision_features = xmalloc((size_t)f->total_patches * np * Dv * sizeof(float));
-    f->image_features = xmalloc((size_t)f->total_rows * D * sizeof(float));
-    size_t per_patch = (size_t)p->n_channels * p->image_size * p->image_size;
-    int first = 0, rows = 0;
-    for (int k = 0; k < f->n; k++) {  // one image at a time keeps the CLIP batch (and its memory) small
-        int P = f->patches[k].n_patches;
-        float* vis = f->vision_features + (size_t)first * np * Dv;
-        vision_forward(m, f->pixel_values + (size_t)first * per_patch, P, vis);
-        float* proj = xmalloc((size_t)P * np * D * sizeof(float));
-        project(m, proj, vis, P * np);
-        int got = pack_image_features(m, &f->patches[k], proj, f->image_features + (size_t)rows * D);
-        if (got != f->n_rows[k]) fatal("internal: image %d packed into %d rows, expected %d", k, got, f->n_rows[k]);
-        free(proj);
-        first += P;
-        rows += got;
+    int S = p->image_size, C = p->n_channels, g = S / p->patch_size;
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create: %s", dir, strerror(errno));
+    int64_t sh[1] = {T};
+    write_npy(dir, "input_ids.npy", "<i4", ids, 4, 1, sh);
+    const VideoFeatures* vf = &md->videos;
+    if (vf->F > 0) {
+        int64_t px[4] = {vf->F, C, S, S}, vs[3] = {vf->F, g * g, p->v_dim};
+        int64_t vv[2] = {(int64_t)vf->F * video_tokens_per_frame(p), p->dim};
+        dump_f32(dir, "pixel_values.npy", vf->pixel_values, 4, px);
+        dump_f32(dir, "vision_features.npy", vf->vision_features, 3, vs);
+        dump_f32(dir, "video_features.npy", vf->video_features, 2, vv);
     }
-}
-
-static void free_image_features(ImageFeatures* f) {
-    for (int k = 0; k < f->n; k++) free_image_patches(&f->patches[k]);
-    free(f->patches); free(f->n_rows); free(f->pixel_values); free(f->vision_features); free(f->image_features);
-    memset(f, 0, sizeof(*f));
+    const ImageFeatures* im = &md->images;
+    if (im->n > 0) {
+        int32_t* sizes = xmalloc((size_t)im->n * 2 * sizeof(int32_t));  // (n, 2): height, width
+        for (int k = 0; k < im->n; k++) {
+            sizes[2 * k] = im->patches[k].height;
+            sizes[2 * k + 1] = im->patches[k].width;
+        }
+        int64_t is[2] = {im->n, 2};
+        write_npy(dir, "image_sizes.npy", "<i4", sizes, 4, 2, is);
+        free(sizes);
+        int64_t px[4] = {im->total_patches, C, S, S}, vs[3] = {im->total_patches, g * g, p->v_dim};
+        int64_t fs[2] = {im->total_rows, p->dim};
+        dump_f32(dir, "image_pixel_values.npy", im->pixel_values, 4, px);
+        dump_f32(dir, "image_vision_features.npy", im->vision_features, 3, vs);
+        dump_f32(dir, "image_features.npy", im->image_features, 2, fs);
+    }
+    int64_t es[2] = {T, p->dim};
+    dump_f32(dir, "inputs_embeds.npy", embeds, 2, es);
 }
 
 // ----------------------------------------------------------------------------
 // Command line
-
-#define MAX_MEDIA 16  // -i and -v each at most this many times
 
 static void usage(int code) {
     fprintf(code ? stderr : stdout,
@@ -1642,223 +1551,95 @@ static int* parse_ids(const char* s, int* n) {
     return ids;
 }
 
-static void dump_tensor(const char* dir, const char* name, const float* x, int ndim, const int64_t* shape) {
-    write_npy(dir, name, "<f4", x, sizeof(float), ndim, shape);
+// -m encode: text on stdin -> ids on stdout (BOS first, no template).
+static void run_encode(Model* m) {
+    size_t len;
+    char* text = read_stream(stdin, &len);
+    int cap = (int)(len + 16 < (size_t)1 << 30 ? len + 16 : (size_t)1 << 30);
+    int* ids = xmalloc((size_t)cap * sizeof(int));
+    int n = encode(&m->tokenizer, text, len, m->config.bos, ids, cap);
+    for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+    printf("\n");
+    free(ids);
+    free(text);
 }
 
+// -m decode: ids on stdin -> text on stdout (special tokens dropped, as skip_special_tokens=True).
+static void run_decode(Model* m) {
+    size_t len;
+    char* text = read_stream(stdin, &len);
+    int n;
+    int* ids = parse_ids(text, &n);
+    size_t cap = (size_t)n * (m->tokenizer.max_piece_len + 3) + 1;  // enough for any ids (tokenizer.c)
+    char* out = xmalloc(cap);
+    size_t len_out = decode_ids(&m->tokenizer, ids, n, out, cap);
+    fwrite(out, 1, len_out, stdout);  // may hold a NUL byte from <0x00>
+    printf("\n");
+    free(out); free(ids); free(text);
+}
+
+// One question about some media, answered on stdout: the pipeline of the functions above.
 static int run(Args* a) {
     double t_start = now_seconds();
     pool_init(a->threads > 0 ? a->threads : (int)sysconf(_SC_NPROCESSORS_ONLN));
     Model model;
-    build_model(&model, a->model_path);
     Model* m = &model;
+    build_model(m, a->model_path);
     Config* p = &m->config;
-    Tokenizer* tok = &m->tokenizer;
-
-    if (!strcmp(a->mode, "encode")) {
-        size_t len;
-        char* text = read_stream(stdin, &len);
-        int cap = (int)(len + 16 < (size_t)1 << 30 ? len + 16 : (size_t)1 << 30);
-        int* ids = xmalloc((size_t)cap * sizeof(int));
-        int n = encode(tok, text, len, p->bos, ids, cap);
-        for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
-        printf("\n");
-        free(ids);
-        free(text);
+    if (strcmp(a->mode, "generate") != 0) {
+        if (!strcmp(a->mode, "encode")) run_encode(m);
+        else run_decode(m);
         free_model(m);
         return 0;
     }
-    if (!strcmp(a->mode, "decode")) {
-        size_t len;
-        char* text = read_stream(stdin, &len);
-        int n;
-        int* ids = parse_ids(text, &n);
-        size_t cap = (size_t)n * (tok->max_piece_len + 3) + 1;  // enough for any ids (tokenizer.c)
-        char* out = xmalloc(cap);
-        size_t len_out = decode_ids(tok, ids, n, out, cap);
-        fwrite(out, 1, len_out, stdout);  // may hold a NUL byte from <0x00>
-        printf("\n");
-        free(out); free(ids); free(text);
-        free_model(m);
-        return 0;
-    }
-
-    // 1. The media: images -> anyres patches, videos -> frames -> pixel values (or golden pixels from a test
-    //    hook). The frames of all videos form one batch; video_frames[k] of them belong to video k.
-    VideoFeatures vf = {0};
-    int n_videos = 0, video_frames[MAX_MEDIA];
-    int S = p->image_size, C = p->n_channels;
     double t_loaded = now_seconds();
-    if (strcmp(a->mode, "generate") == 0)
-        fprintf(stderr, "load: %.2f s (%s weights, %d threads)\n", t_loaded - t_start,
-                p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : "q8", pool_size());
-    if (a->pixels_path) {
-        char descr[4];
-        int ndim;
-        int64_t shape[8];
-        void* data = read_npy(a->pixels_path, descr, &ndim, shape);
-        if (ndim != 4 || shape[1] != C || shape[2] != S || shape[3] != S)
-            fatal("%s: expected pixels of shape (F, %d, %d, %d)", a->pixels_path, C, S, S);
-        vf.F = (int)shape[0];
-        n_videos = 1;  // the test hook stands for one video
-        video_frames[0] = vf.F;
-        size_t count = (size_t)vf.F * C * S * S;
-        if (!strcmp(descr, "|u1")) {  // uint8 levels: normalise exactly like the processor
-            vf.pixel_values = xmalloc(count * sizeof(float));
-            float table[3][256];
-            normalize_table(table, p->image_mean, p->image_std);
-            for (size_t i = 0; i < count; i++)
-                vf.pixel_values[i] = table[(i / ((size_t)S * S)) % C][((unsigned char*)data)[i]];
-            free(data);
-        } else if (!strcmp(descr, "<f4")) {
-            vf.pixel_values = data;
-        } else {
-            fatal("%s: pixels must be float32 or uint8", a->pixels_path);
-        }
-    } else {
-        for (int k = 0; k < a->n_videos; k++) {
-            Video video;
-            load_video(&video, a->video_paths[k], a->raw_w, a->raw_h, a->frames, S, p->image_mean, p->image_std);
-            size_t frame = (size_t)C * S * S;
-            float* grown = realloc(vf.pixel_values, ((size_t)vf.F + video.n_frames) * frame * sizeof(float));
-            if (!grown) fatal("out of memory for the video frames");
-            vf.pixel_values = grown;
-            memcpy(vf.pixel_values + (size_t)vf.F * frame, video.pixels, (size_t)video.n_frames * frame * sizeof(float));
-            vf.F += video.n_frames;
-            video_frames[n_videos++] = video.n_frames;
-            fprintf(stderr, "video: %dx%d, %d frames, sampled %d\n", video.width, video.height, video.total_frames,
-                    video.n_frames);
-            free_video(&video);
-        }
-    }
-    ImageFeatures imf;
-    load_images(m, a->image_paths, a->n_images, &imf);
+    fprintf(stderr, "load: %.2f s (%s weights, %d threads)\n", t_loaded - t_start,
+            p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : "q8", pool_size());
 
-    // 2. The prompt ids: template -> tokenizer -> placeholder expansion (or --ids as given).
+    // 1. The media, read and preprocessed; 2. the prompt ids (the question in the chat template, or
+    //    --ids as given), so that the prompt's length is known before the model runs.
+    MediaPaths in = {a->image_paths, a->n_images, a->video_paths, a->n_videos, a->frames, a->raw_w, a->raw_h,
+                     a->pixels_path};
+    Media media;
+    load_media(m, &in, &media);
     int T;
     int* ids;
-    if (a->ids) {
-        ids = parse_ids(a->ids, &T);
-    } else {
-        if (!a->prompt) fatal("no prompt: give -p \"question\" (or --ids)");
-        char* text = a->raw ? strdup(a->prompt) : chat_prompt(a->prompt, imf.n, n_videos);
-        size_t len = strlen(text);
-        int cap = (int)(len + 16 < (size_t)1 << 30 ? len + 16 : (size_t)1 << 30);
-        ids = xmalloc((size_t)cap * sizeof(int));
-        T = encode(tok, text, len, p->bos, ids, cap);
-        free(text);
-        int per_video[MAX_MEDIA];
-        for (int k = 0; k < n_videos; k++) per_video[k] = video_frames[k] * video_tokens_per_frame(p);
-        T = expand_placeholders(&ids, T, p->image_token, imf.n_rows, imf.n, p->video_token, per_video, n_videos);
-    }
+    if (a->ids) ids = parse_ids(a->ids, &T);
+    else if (a->prompt) ids = build_prompt_ids(m, a->prompt, a->raw, &media, &T);
+    else fatal("no prompt: give -p \"question\" (or --ids)");
     if (T == 0) fatal("empty prompt");
     int ctx = a->ctx ? a->ctx : p->max_pos;
     if (T > ctx) fatal("the prompt is %d tokens, longer than the context of %d (raise it with -c)", T, ctx);
-    int steps = a->steps;
-    if (T + steps > ctx) steps = ctx - T;
+    int steps = T + a->steps > ctx ? ctx - T : a->steps;
 
-    // 3. Vision tower, (pooling for video), projector, (packing for images); then the merged input embeddings.
-    int n_video_rows = 0;
-    double t_vision = now_seconds();
-    if (imf.n > 0) image_features(m, &imf);
-    if (vf.F > 0) {
-        video_features(m, &vf);
-        n_video_rows = vf.F * video_tokens_per_frame(p);
-    }
-    if (imf.n > 0 || vf.F > 0) {
-        t_vision = now_seconds() - t_vision;
-        int n_pass = imf.total_patches + vf.F;  // images: base view + tiles each; videos: frames
-        char what[64];
-        if (imf.n > 0 && vf.F > 0) snprintf(what, sizeof(what), "%d image views + %d frames", imf.total_patches, vf.F);
-        else if (imf.n > 0) snprintf(what, sizeof(what), "%d image views", imf.total_patches);
-        else snprintf(what, sizeof(what), "%d frames", vf.F);
-        fprintf(stderr, "vision: %s in %.2f s (%.0f ms each)\n", what, t_vision, 1000 * t_vision / n_pass);
-    }
-    float* embeds = merge_embeddings(m, ids, T, imf.image_features, imf.total_rows, vf.video_features, n_video_rows);
-
-    if (a->dump_dir) {
-        if (mkdir(a->dump_dir, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create: %s", a->dump_dir, strerror(errno));
-        int64_t sh[3] = {T};
-        write_npy(a->dump_dir, "input_ids.npy", "<i4", ids, 4, 1, sh);
-        if (vf.F > 0) {
-            int g = S / p->patch_size;
-            int64_t px[4] = {vf.F, C, S, S};
-            dump_tensor(a->dump_dir, "pixel_values.npy", vf.pixel_values, 4, px);
-            int64_t vs[3] = {vf.F, g * g, p->v_dim};
-            dump_tensor(a->dump_dir, "vision_features.npy", vf.vision_features, 3, vs);
-            int64_t vv[2] = {n_video_rows, p->dim};
-            dump_tensor(a->dump_dir, "video_features.npy", vf.video_features, 2, vv);
-        }
-        if (imf.n > 0) {
-            int g = S / p->patch_size;
-            int32_t* sizes = xmalloc((size_t)imf.n * 2 * sizeof(int32_t));
-            for (int k = 0; k < imf.n; k++) {
-                sizes[2 * k] = imf.patches[k].height;
-                sizes[2 * k + 1] = imf.patches[k].width;
-            }
-            int64_t is[2] = {imf.n, 2};
-            write_npy(a->dump_dir, "image_sizes.npy", "<i4", sizes, 4, 2, is);
-            free(sizes);
-            int64_t px[4] = {imf.total_patches, C, S, S};
-            dump_tensor(a->dump_dir, "image_pixel_values.npy", imf.pixel_values, 4, px);
-            int64_t vs[3] = {imf.total_patches, g * g, p->v_dim};
-            dump_tensor(a->dump_dir, "image_vision_features.npy", imf.vision_features, 3, vs);
-            int64_t fs[2] = {imf.total_rows, p->dim};
-            dump_tensor(a->dump_dir, "image_features.npy", imf.image_features, 2, fs);
-        }
-        int64_t es[2] = {T, p->dim};
-        dump_tensor(a->dump_dir, "inputs_embeds.npy", embeds, 2, es);
-    }
+    // 3. Vision tower -> feature rows, scattered into the token embeddings.
+    encode_media(m, &media);
+    float* embeds = merge_embeddings(m, ids, T, media.images.image_features, media.images.total_rows,
+                                     media.videos.video_features, media.videos.F * video_tokens_per_frame(p));
+    if (a->dump_dir) dump_prompt(a->dump_dir, m, ids, T, &media, embeds);
 
     // 4. Prefill the whole prompt, then generate token by token.
-    build_state(m, T + steps, T < 512 ? T : 512);  // the KV cache holds what this run can reach
+    build_state(m, T + steps, T < PREFILL_CHUNK ? T : PREFILL_CHUNK);  // the cache holds what this run can reach
     float* all_logits = a->dump_dir ? xmalloc((size_t)T * p->vocab_size * sizeof(float)) : NULL;
     double t0 = now_seconds();
-    prefill(m, embeds, T, all_logits);
+    prefill(m, embeds, T, 0, all_logits);
     double t_prefill = now_seconds() - t0;
-    if (all_logits) {
-        int64_t ls[2] = {T, p->vocab_size};
-        dump_tensor(a->dump_dir, "logits.npy", all_logits, 2, ls);
-        free(all_logits);
-    }
     fprintf(stderr, "prompt: %d tokens in %.2f s (%.1f tokens/s)\n", T, t_prefill, T / t_prefill);
-
-    Sampler sampler = {a->temperature, a->topp, a->seed, xmalloc((size_t)p->vocab_size * sizeof(int)), p->vocab_size};
-    Detokenizer detok;  // streams UTF-8 safely: a character split over byte tokens is printed whole
-    build_detokenizer(&detok, tok);
+    Sampler sampler;
+    build_sampler(&sampler, p->vocab_size, a->temperature, a->topp, a->seed);
     int* generated = xmalloc(((size_t)steps + 1) * sizeof(int));
-    int n_gen = 0, n_steps = 0;
-    double t1 = now_seconds();
-    for (int pos = T; n_gen < steps; pos++) {
-        int next = sample(&sampler, m->state.logits);
-        generated[n_gen++] = next;
-        if (n_gen == 1) fprintf(stderr, "time to first token: %.2f s after loading\n", now_seconds() - t_loaded);
-        if (next == p->eos) break;
-        const char* piece = detokenize(tok, &detok, next);
-        fwrite(piece, 1, detok.n_text, stdout);  // n_text: a <0x00> byte token is a real NUL
-        fflush(stdout);
-        if (n_gen == steps) break;
-        decode_step(m, next, pos);
-        n_steps++;
-    }
-    const char* rest = detokenize_flush(tok, &detok);
-    fwrite(rest, 1, detok.n_text, stdout);
-    free_detokenizer(&detok);
-    if (n_gen > 0) printf("\n");
-    double t_gen = now_seconds() - t1;
-    if (n_gen > 0)
-        fprintf(stderr, "generated: %d tokens in %.2f s (%.2f tokens/s decoding)\n", n_gen, t_gen,
-                n_steps > 0 ? n_steps / t_gen : 0.0);
+    int n_gen = generate(m, &sampler, T, steps, generated, t_loaded);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     fprintf(stderr, "peak memory: %.2f GB\n", ru.ru_maxrss / 1048576.0);  // ru_maxrss is in KB on Linux
     if (a->dump_dir) {
-        int64_t gs[1] = {n_gen};
+        int64_t ls[2] = {T, p->vocab_size}, gs[1] = {n_gen};
+        dump_f32(a->dump_dir, "logits.npy", all_logits, 2, ls);
         write_npy(a->dump_dir, "generated.npy", "<i4", generated, 4, 1, gs);
     }
-    free(generated); free(sampler.index); free(embeds); free(ids);
-    free(vf.pixel_values); free(vf.vision_features); free(vf.video_features);
-    free_image_features(&imf);
+    free(all_logits); free(generated); free(embeds); free(ids);
+    free_sampler(&sampler);
+    free_media(&media);
     free_state(&m->state);
     free_model(m);
     return 0;

@@ -2,7 +2,8 @@
 tokenizer.c: the Llama-2 SentencePiece BPE tokenizer of LLaVA-NeXT-Video-7B, done the way the Hugging Face
 tokenizer of that model does it (transformers LlamaTokenizer(Fast), legacy=False, add_prefix_space=True).
 
-It is #included into llava.c (unity build): no main, libc only, and llava.c's fatal() and xmalloc(). The vocabulary comes from the tokenizer blob that
+It is #included into llava.c (unity build): no main, libc and base.c only (fatal, xmalloc), so it compiles
+on its own (`make test` checks that). The vocabulary comes from the tokenizer blob that
 export.py writes after the model header (or alone into a .tok file): for each token id 0..n_tokens-1,
 f32 score, i32 type, u32 len, then len bytes of the piece ("▁Hello", "<0x0A>", "<s>", "<video>").
 Piece types are sentencepiece's: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte.
@@ -36,10 +37,7 @@ is also the order of the merges in the hub's tokenizer.json; transformers 5.x, w
 from tokenizer.model alone, ranks merges by piece id instead and splits runs of spaces differently.
 */
 
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
+#include "base.c"  // fatal, xmalloc: the only project file this one needs
 
 // ----------------------------------------------------------------------------
 // Tokenizer: the vocabulary and its lookup tables

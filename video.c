@@ -34,7 +34,8 @@
 // swscale's fast (non-accurate, interpolated-chroma) path, which is neither
 // reproducible across CPUs nor specified; this exact mode is the stand-in.
 //
-// No main: this file is #included into llava.c (unity build). libc only.
+// No main: this file is #included into llava.c (unity build). libc and base.c only:
+// it compiles on its own (`make test` checks that).
 // Self-test: gcc -O3 -march=native -o /tmp/test_video test/test_video.c -lm
 //
 // Floating point: the only float code whose result could change under FMA
@@ -48,12 +49,8 @@
 // Files above 2 GiB need a 64-bit `long` (fseek/ftell): true on 64-bit Linux
 // and macOS, not on Windows.
 
+#include "base.c"  // fatal, xmalloc: the only project file this one needs
 #include <math.h>
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 // ----------------------------------------------------------------------------
 // Public API
@@ -142,23 +139,6 @@ void unpad_window(int orig_h, int orig_w, int cur_h, int cur_w, int* top, int* r
 // Errors and checked helpers
 
 #define VIDEO_MAX_DIM 16384 // largest accepted width or height
-
-// Prints "video: PATH: message" on one line and exits 1.
-static void video_die(const char* path, const char* fmt, ...) {
-    va_list ap;
-    fprintf(stderr, "llava: error: %s: ", path ? path : "(null)");
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-    exit(1);
-}
-
-static void* video_malloc(size_t n, const char* what) {
-    void* p = malloc(n ? n : 1);
-    if (!p) video_die(what, "out of memory allocating %zu bytes", n);
-    return p;
-}
 
 // ----------------------------------------------------------------------------
 // Frame sampling
@@ -258,7 +238,7 @@ static void resize_axis_build(ResizeAxis* ax, int in, int out, int first, int co
     double support = (scale >= 1.0) ? 2.0 * scale : 2.0; // interp_size/2 * scale
     int ksize = (int)ceil(support) * 2 + 1;
     double invscale = (scale >= 1.0) ? 1.0 / scale : 1.0;
-    double* w = video_malloc((size_t)ksize * sizeof(double), "resize");
+    double* w = xmalloc((size_t)ksize * sizeof(double));
     double wmax = 0.0;
     for (int i = 0; i < out; i++) {
         int lo, n = resize_taps(in, scale, support, invscale, ksize, i, &lo, w);
@@ -270,9 +250,9 @@ static void resize_axis_build(ResizeAxis* ax, int in, int out, int first, int co
 
     ax->in = in; ax->out = out; ax->first = first; ax->count = count;
     ax->ksize = ksize; ax->prec = prec;
-    ax->lo = video_malloc((size_t)count * sizeof(int), "resize");
-    ax->n = video_malloc((size_t)count * sizeof(int), "resize");
-    ax->w = video_malloc((size_t)count * ksize * sizeof(int16_t), "resize");
+    ax->lo = xmalloc((size_t)count * sizeof(int));
+    ax->n = xmalloc((size_t)count * sizeof(int));
+    ax->w = xmalloc((size_t)count * ksize * sizeof(int16_t));
     for (int k = 0; k < count; k++) {
         int n = resize_taps(in, scale, support, invscale, ksize, first + k, &ax->lo[k], w);
         ax->n[k] = n;
@@ -351,7 +331,7 @@ static void resize_plane_window(const uint8_t* src, int sw, int sh, int dw, int 
 }
 
 void resize_plane_u8(const uint8_t* src, int sw, int sh, uint8_t* dst, int dw, int dh) {
-    uint8_t* tmp = video_malloc((size_t)sh * dw, "resize");
+    uint8_t* tmp = xmalloc((size_t)sh * dw);
     resize_plane_window(src, sw, sh, dw, dh, 0, 0, dw, dh, dst, tmp);
     free(tmp);
 }
@@ -377,7 +357,7 @@ void resize_crop_rgb_u8(const uint8_t* rgb, int w, int h, int S, uint8_t* out) {
     // center crop, transformers >= 4.57: int((n - S) / 2.0) = floor for n >= S
     // (4.52-4.56 rounded half to even instead; see SPEC_PREPROCESS.md §1.2)
     int x0 = (nw - S) / 2, y0 = (nh - S) / 2;
-    uint8_t* tmp = video_malloc((size_t)h * S, "resize");
+    uint8_t* tmp = xmalloc((size_t)h * S);
     for (int c = 0; c < 3; c++)
         resize_plane_window(rgb + (size_t)c * w * h, w, h, nw, nh, x0, y0, S, S,
                             out + (size_t)c * S * S, tmp);
@@ -484,7 +464,7 @@ static void y4m_parse_header(const char* path, const char* line, Y4mInfo* y) {
     memset(y, 0, sizeof(*y));
     y->interlace = '?';
     if (strncmp(line, "YUV4MPEG2", 9) != 0 || (line[9] != ' ' && line[9] != '\0'))
-        video_die(path, "not a YUV4MPEG2 file (bad magic; raw RGB24 needs -W and -H)");
+        fatal("%s: not a YUV4MPEG2 file (bad magic; raw RGB24 needs -W and -H)", path);
     int ci = -1, alt_ci = -1, range = -1; // range: -1 unspecified, 0 limited, 1 full
     int have_w = 0, have_h = 0;
     const char* p = line + 9;
@@ -498,26 +478,26 @@ static void y4m_parse_header(const char* path, const char* line, Y4mInfo* y) {
         size_t vlen = len - 1;
         switch (tok[0]) {
         case 'W':
-            if (!y4m_parse_int(val, vlen, &y->width)) video_die(path, "bad width tag '%.*s' in Y4M header", (int)len, tok);
+            if (!y4m_parse_int(val, vlen, &y->width)) fatal("%s: bad width tag '%.*s' in Y4M header", path, (int)len, tok);
             have_w = 1;
             break;
         case 'H':
-            if (!y4m_parse_int(val, vlen, &y->height)) video_die(path, "bad height tag '%.*s' in Y4M header", (int)len, tok);
+            if (!y4m_parse_int(val, vlen, &y->height)) fatal("%s: bad height tag '%.*s' in Y4M header", path, (int)len, tok);
             have_h = 1;
             break;
         case 'C':
             ci = y4m_find_chroma(val, vlen, 0);
-            if (ci < 0) video_die(path, "unsupported Y4M chroma format '%.*s'", (int)vlen, val);
+            if (ci < 0) fatal("%s: unsupported Y4M chroma format '%.*s'", path, (int)vlen, val);
             break;
         case 'I':
-            if (vlen != 1 || !strchr("ptbm?", val[0])) video_die(path, "bad interlace tag '%.*s' in Y4M header", (int)len, tok);
+            if (vlen != 1 || !strchr("ptbm?", val[0])) fatal("%s: bad interlace tag '%.*s' in Y4M header", path, (int)len, tok);
             y->interlace = val[0];
             break;
         case 'F':
-            if (!y4m_parse_ratio(val, vlen, &y->fps_n, &y->fps_d)) video_die(path, "bad frame rate tag '%.*s' in Y4M header", (int)len, tok);
+            if (!y4m_parse_ratio(val, vlen, &y->fps_n, &y->fps_d)) fatal("%s: bad frame rate tag '%.*s' in Y4M header", path, (int)len, tok);
             break;
         case 'A':
-            if (!y4m_parse_ratio(val, vlen, &y->aspect_n, &y->aspect_d)) video_die(path, "bad aspect tag '%.*s' in Y4M header", (int)len, tok);
+            if (!y4m_parse_ratio(val, vlen, &y->aspect_n, &y->aspect_d)) fatal("%s: bad aspect tag '%.*s' in Y4M header", path, (int)len, tok);
             break;
         case 'X':
             if (vlen == 15 && memcmp(val, "COLORRANGE=FULL", 15) == 0) range = 1;
@@ -528,9 +508,9 @@ static void y4m_parse_header(const char* path, const char* line, Y4mInfo* y) {
             break;
         }
     }
-    if (!have_w || !have_h) video_die(path, "Y4M header lacks the %s tag", have_w ? "H (height)" : "W (width)");
+    if (!have_w || !have_h) fatal("%s: Y4M header lacks the %s tag", path, have_w ? "H (height)" : "W (width)");
     if (y->width < 1 || y->height < 1 || y->width > VIDEO_MAX_DIM || y->height > VIDEO_MAX_DIM)
-        video_die(path, "Y4M frame size %dx%d out of range (1..%d)", y->width, y->height, VIDEO_MAX_DIM);
+        fatal("%s: Y4M frame size %dx%d out of range (1..%d)", path, y->width, y->height, VIDEO_MAX_DIM);
     if (ci < 0) ci = (alt_ci >= 0) ? alt_ci : 0; // the format's default is 420jpeg
     y->sx = y4m_chromas[ci].sx; y->sy = y4m_chromas[ci].sy;
     y->n_planes = y4m_chromas[ci].planes; y->depth = y4m_chromas[ci].depth;
@@ -631,8 +611,8 @@ static void yuv_to_rgb(const Y4mInfo* y, const uint8_t* frame, uint8_t* rgb) {
     const uint8_t* pu = py + (size_t)W * H * bps;
     const uint8_t* pv = pu + (size_t)y->cw * y->ch * bps;
     YuvCoeffs k = yuv_coeffs(y->full_range);
-    int* mapx = video_malloc((size_t)W * sizeof(int), "yuv");
-    int* mapy = video_malloc((size_t)H * sizeof(int), "yuv");
+    int* mapx = xmalloc((size_t)W * sizeof(int));
+    int* mapy = xmalloc((size_t)H * sizeof(int));
     yuv_point_map(y->cw, W, mapx);
     yuv_point_map(y->ch, H, mapy);
     size_t plane = (size_t)W * H;
@@ -699,49 +679,49 @@ static int video_read_line(VideoSource* s, char* buf, int cap, const char* what)
     int n = 0, c;
     while ((c = fgetc(s->f)) != EOF) {
         if (c == '\n') { buf[n] = '\0'; return n; }
-        if (n >= cap - 1) video_die(s->path, "%s line longer than %d bytes", what, Y4M_MAX_LINE - 1);
+        if (n >= cap - 1) fatal("%s: %s line longer than %d bytes", s->path, what, Y4M_MAX_LINE - 1);
         buf[n++] = (char)c;
     }
-    if (ferror(s->f)) video_die(s->path, "read error");
+    if (ferror(s->f)) fatal("%s: read error", s->path);
     if (n == 0) return -1;
-    video_die(s->path, "truncated %s line (no newline before end of file)", what);
+    fatal("%s: truncated %s line (no newline before end of file)", s->path, what);
     return -1;
 }
 
 static void video_check_frame_line(VideoSource* s, const char* line, int index) {
     if (strncmp(line, "FRAME", 5) != 0 || (line[5] != '\0' && line[5] != ' '))
-        video_die(s->path, "frame %d: expected a FRAME line, found '%.20s'", index, line);
+        fatal("%s: frame %d: expected a FRAME line, found '%.20s'", s->path, index, line);
 }
 
 static void video_read_exact(VideoSource* s, uint8_t* buf, size_t n, int index) {
     size_t got = fread(buf, 1, n, s->f);
     if (got != n) {
-        if (ferror(s->f)) video_die(s->path, "read error in frame %d", index);
-        video_die(s->path, "truncated frame %d: %zu of %zu bytes", index, got, n);
+        if (ferror(s->f)) fatal("%s: read error in frame %d", s->path, index);
+        fatal("%s: truncated frame %d: %zu of %zu bytes", s->path, index, got, n);
     }
 }
 
 // Scans all FRAME lines of a seekable Y4M, recording payload offsets.
 static void y4m_scan(VideoSource* s) {
-    char* line = video_malloc(Y4M_MAX_LINE, s->path);
+    char* line = xmalloc(Y4M_MAX_LINE);
     int cap = 64, n = 0;
-    long* off = video_malloc((size_t)cap * sizeof(long), s->path);
-    if (fseek(s->f, s->data_start, SEEK_SET) != 0) video_die(s->path, "seek failed");
+    long* off = xmalloc((size_t)cap * sizeof(long));
+    if (fseek(s->f, s->data_start, SEEK_SET) != 0) fatal("%s: seek failed", s->path);
     for (;;) {
         if (video_read_line(s, line, Y4M_MAX_LINE, "FRAME") < 0) break;
         video_check_frame_line(s, line, n);
         long pos = ftell(s->f);
         if ((size_t)(s->file_size - pos) < s->y.frame_bytes || pos > s->file_size)
-            video_die(s->path, "truncated frame %d: %ld of %zu bytes", n, s->file_size - pos, s->y.frame_bytes);
+            fatal("%s: truncated frame %d: %ld of %zu bytes", s->path, n, s->file_size - pos, s->y.frame_bytes);
         if (n == cap) {
-            if (cap > (1 << 29)) video_die(s->path, "too many frames");
+            if (cap > (1 << 29)) fatal("%s: too many frames", s->path);
             cap *= 2;
             long* grown = realloc(off, (size_t)cap * sizeof(long));
-            if (!grown) video_die(s->path, "out of memory");
+            if (!grown) fatal("%s: out of memory", s->path);
             off = grown;
         }
         off[n++] = pos;
-        if (fseek(s->f, pos + (long)s->y.frame_bytes, SEEK_SET) != 0) video_die(s->path, "seek failed");
+        if (fseek(s->f, pos + (long)s->y.frame_bytes, SEEK_SET) != 0) fatal("%s: seek failed", s->path);
     }
     free(line);
     free(s->offsets);
@@ -756,25 +736,25 @@ static int video_open(VideoSource* s, const char* path, int raw_w, int raw_h) {
     s->path = path;
     s->is_stdin = strcmp(path, "-") == 0;
     s->f = s->is_stdin ? stdin : fopen(path, "rb");
-    if (!s->f) video_die(path, "cannot open file");
+    if (!s->f) fatal("%s: cannot open file", path);
     s->raw = raw_w > 0 || raw_h > 0;
     if (s->raw) {
         if (raw_w < 1 || raw_h < 1 || raw_w > VIDEO_MAX_DIM || raw_h > VIDEO_MAX_DIM)
-            video_die(path, "raw RGB24 size %dx%d out of range (1..%d, give both -W and -H)", raw_w, raw_h, VIDEO_MAX_DIM);
+            fatal("%s: raw RGB24 size %dx%d out of range (1..%d, give both -W and -H)", path, raw_w, raw_h, VIDEO_MAX_DIM);
         s->y.width = raw_w; s->y.height = raw_h;
         s->y.frame_bytes = (size_t)raw_w * raw_h * 3;
     } else {
-        char* line = video_malloc(Y4M_MAX_LINE, path);
         // The magic is checked before reading a whole line so that a binary
         // file gets "bad magic" rather than "line too long".
         char magic[10];
         size_t got = fread(magic, 1, 9, s->f);
         if (got != 9 || memcmp(magic, "YUV4MPEG2", 9) != 0)
-            video_die(path, got == 0 ? "empty input (expected a YUV4MPEG2 header)"
-                                     : "not a YUV4MPEG2 file (bad magic; raw RGB24 needs -W and -H)");
+            fatal("%s: %s", path, got == 0 ? "empty input (expected a YUV4MPEG2 header)"
+                                           : "not a YUV4MPEG2 file (bad magic; raw RGB24 needs -W and -H)");
+        char* line = xmalloc(Y4M_MAX_LINE);
         memcpy(line, "YUV4MPEG2", 9);
         if (video_read_line(s, line + 9, Y4M_MAX_LINE - 9, "header") < 0)
-            video_die(path, "truncated Y4M header");
+            fatal("%s: truncated Y4M header", path);
         y4m_parse_header(path, line, &s->y);
         free(line);
     }
@@ -787,16 +767,16 @@ static int video_open(VideoSource* s, const char* path, int raw_w, int raw_h) {
     size_t fb = s->y.frame_bytes;
     if (s->raw) {
         if ((size_t)data % fb != 0)
-            video_die(path, "raw RGB24 size %ld bytes is not a multiple of the frame size %dx%dx3 = %zu",
+            fatal("%s: raw RGB24 size %ld bytes is not a multiple of the frame size %dx%dx3 = %zu", path,
                       data, s->y.width, s->y.height, fb);
-        if ((size_t)data / fb > (size_t)1 << 30) video_die(path, "too many frames");
+        if ((size_t)data / fb > (size_t)1 << 30) fatal("%s: too many frames", path);
         s->total = (int)((size_t)data / fb);
     } else if ((size_t)data % (fb + 6) == 0 && (size_t)data / (fb + 6) <= (size_t)1 << 30) {
         s->total = (int)((size_t)data / (fb + 6)); // provisional: checked frame by frame
     } else {
         y4m_scan(s);
     }
-    if (s->total == 0) video_die(path, "no frames");
+    if (s->total == 0) fatal("%s: no frames", path);
     return 1;
 }
 
@@ -819,7 +799,7 @@ static int video_sample_seekable(VideoSource* s, int n_frames, int* idx) {
             int i = k == -2 ? 0 : k == -1 ? s->total - 1 : idx[k];
             if (!y4m_plain_frame_line_at(s, i)) { y4m_scan(s); break; }
         }
-        if (s->total == 0) video_die(s->path, "no frames");
+        if (s->total == 0) fatal("%s: no frames", s->path);
     }
     return video_frame_list(s->total, n_frames, idx);
 }
@@ -830,7 +810,7 @@ static void video_read_frame_at(VideoSource* s, int index, uint8_t* buf) {
     if (s->raw) pos = s->data_start + (long)((size_t)index * s->y.frame_bytes);
     else if (s->offsets) pos = s->offsets[index];
     else pos = s->data_start + (long)((size_t)index * (s->y.frame_bytes + 6) + 6);
-    if (fseek(s->f, pos, SEEK_SET) != 0) video_die(s->path, "seek failed");
+    if (fseek(s->f, pos, SEEK_SET) != 0) fatal("%s: seek failed", s->path);
     video_read_exact(s, buf, s->y.frame_bytes, index);
 }
 
@@ -840,8 +820,8 @@ static int video_read_next(VideoSource* s, uint8_t* buf, int index, char* line) 
         size_t got = fread(buf, 1, s->y.frame_bytes, s->f);
         if (got == 0 && feof(s->f)) return 0;
         if (got != s->y.frame_bytes) {
-            if (ferror(s->f)) video_die(s->path, "read error in frame %d", index);
-            video_die(s->path, "raw RGB24 input ends inside frame %d (%zu of %zu bytes): size is not a multiple of the frame size",
+            if (ferror(s->f)) fatal("%s: read error in frame %d", s->path, index);
+            fatal("%s: raw RGB24 input ends inside frame %d (%zu of %zu bytes): size is not a multiple of the frame size", s->path,
                       index, got, s->y.frame_bytes);
         }
         return 1;
@@ -882,8 +862,8 @@ static void video_store(Video* v, int k, const uint8_t* crop, float table[3][256
 void load_video(Video* v, const char* path, int raw_w, int raw_h, int n_frames,
                 int size, const float mean[3], const float std[3]) {
     memset(v, 0, sizeof(*v));
-    if (n_frames < 1 || n_frames > 4096) video_die(path, "number of frames %d out of range (1..4096)", n_frames);
-    if (size < 2 || size > 4096 || size % 2) video_die(path, "image size %d must be even, 2..4096", size);
+    if (n_frames < 1 || n_frames > 4096) fatal("%s: number of frames %d out of range (1..4096)", path, n_frames);
+    if (size < 2 || size > 4096 || size % 2) fatal("%s: image size %d must be even, 2..4096", path, size);
     float table[3][256];
     normalize_table(table, mean, std);
 
@@ -891,10 +871,10 @@ void load_video(Video* v, const char* path, int raw_w, int raw_h, int n_frames,
     int seekable = video_open(&s, path, raw_w, raw_h);
     int W = s.y.width, H = s.y.height, S = size;
     size_t ss3 = (size_t)3 * S * S;
-    uint8_t* buf = video_malloc(s.y.frame_bytes, path);             // one frame as stored
-    uint8_t* rgb = video_malloc((size_t)3 * W * H, path);           // (3, H, W)
-    uint8_t* crop = video_malloc(ss3, path);                        // (3, S, S)
-    int* idx = video_malloc((size_t)(n_frames + 1) * sizeof(int), path);
+    uint8_t* buf = xmalloc(s.y.frame_bytes);             // one frame as stored
+    uint8_t* rgb = xmalloc((size_t)3 * W * H);           // (3, H, W)
+    uint8_t* crop = xmalloc(ss3);                        // (3, S, S)
+    int* idx = xmalloc((size_t)(n_frames + 1) * sizeof(int));
     v->size = S; // video_store needs it
     v->width = W;
     v->height = H;
@@ -902,7 +882,7 @@ void load_video(Video* v, const char* path, int raw_w, int raw_h, int n_frames,
 
     if (seekable) {
         int F = video_sample_seekable(&s, n_frames, idx);
-        v->pixels = video_malloc((size_t)F * ss3 * sizeof(float), path);
+        v->pixels = xmalloc((size_t)F * ss3 * sizeof(float));
         v->n_frames = F;
         for (int k = 0; k < F; k++) {
             video_read_frame_at(&s, idx[k], buf);
@@ -913,24 +893,24 @@ void load_video(Video* v, const char* path, int raw_w, int raw_h, int n_frames,
     } else {
         // stream: process every frame, spool the crops, pick at EOF
         FILE* spool = tmpfile();
-        if (!spool) video_die(path, "cannot create a temporary file to spool the stream");
-        char* line = video_malloc(Y4M_MAX_LINE, path);
+        if (!spool) fatal("%s: cannot create a temporary file to spool the stream", path);
+        char* line = xmalloc(Y4M_MAX_LINE);
         int total = 0;
         while (video_read_next(&s, buf, total, line)) {
             video_frame_to_rgb(&s, buf, rgb);
             resize_crop_rgb_u8(rgb, W, H, S, crop);
-            if (fwrite(crop, 1, ss3, spool) != ss3) video_die(path, "cannot write the temporary spool file (disk full?)");
-            if (++total >= (1 << 30)) video_die(path, "too many frames");
+            if (fwrite(crop, 1, ss3, spool) != ss3) fatal("%s: cannot write the temporary spool file (disk full?)", path);
+            if (++total >= (1 << 30)) fatal("%s: too many frames", path);
         }
         free(line);
-        if (total == 0) video_die(path, "no frames");
+        if (total == 0) fatal("%s: no frames", path);
         s.total = total;
         int F = video_frame_list(total, n_frames, idx);
-        v->pixels = video_malloc((size_t)F * ss3 * sizeof(float), path);
+        v->pixels = xmalloc((size_t)F * ss3 * sizeof(float));
         v->n_frames = F;
         for (int k = 0; k < F; k++) {
             if (fseek(spool, (long)((size_t)idx[k] * ss3), SEEK_SET) != 0 || fread(crop, 1, ss3, spool) != ss3)
-                video_die(path, "cannot read back the temporary spool file");
+                fatal("%s: cannot read back the temporary spool file", path);
             video_store(v, k, crop, table);
         }
         fclose(spool);
@@ -992,19 +972,19 @@ static int pnm_read_number(FILE* f, const char* path, int* c, const char* what) 
         if (*c != '#') break;
         while (*c != EOF && *c != '\n' && *c != '\r') *c = fgetc(f);
     }
-    if (*c == EOF) video_die(path, "PPM/PGM header ends before the %s", what);
+    if (*c == EOF) fatal("%s: PPM/PGM header ends before the %s", path, what);
     if (*c < '0' || *c > '9')
-        video_die(path, "bad %s in PPM/PGM header: byte 0x%02x ('%c') is not a digit", what, *c,
+        fatal("%s: bad %s in PPM/PGM header: byte 0x%02x ('%c') is not a digit", path, what, *c,
                   *c >= 32 && *c < 127 ? *c : '?');
     int v = 0, n = 0;
     while (*c >= '0' && *c <= '9') {
-        if (++n > PNM_MAX_TOKEN) video_die(path, "%s in PPM/PGM header has more than %d digits", what, PNM_MAX_TOKEN);
+        if (++n > PNM_MAX_TOKEN) fatal("%s: %s in PPM/PGM header has more than %d digits", path, what, PNM_MAX_TOKEN);
         v = v * 10 + (*c - '0');
         *c = fgetc(f);
     }
     // a token ends at whitespace, a comment or the end of the file; "12x" is an error
     if (*c != EOF && *c != '#' && !pnm_space(*c))
-        video_die(path, "bad %s in PPM/PGM header: byte 0x%02x ('%c') after the number", what, *c,
+        fatal("%s: bad %s in PPM/PGM header: byte 0x%02x ('%c') after the number", path, what, *c,
                   *c >= 32 && *c < 127 ? *c : '?');
     return v;
 }
@@ -1013,7 +993,7 @@ static int pnm_read_number(FILE* f, const char* path, int* c, const char* what) 
 // value (256 or 65536 entries: samples above maxval are legal input here).
 static uint8_t* pnm_level_table(int maxval, int gray) {
     size_t n = maxval < 256 ? 256 : 65536;
-    uint8_t* t = video_malloc(n, "pnm");
+    uint8_t* t = xmalloc(n);
     double out_max = (gray && maxval > 255) ? 65535.0 : 255.0; // Pillow's "I" mode for deep gray
     for (size_t v = 0; v < n; v++) {
         if (maxval == 255 || (gray && maxval == 65535)) { // Pillow's raw decoders: no scaling
@@ -1034,16 +1014,16 @@ static uint8_t* pnm_level_table(int maxval, int gray) {
 static void pnm_read(Image* im, FILE* f, const char* path, int gray) {
     int c = fgetc(f);
     if (!pnm_space(c) && c != '#')
-        video_die(path, "not a PPM/PGM file (no whitespace after the magic number)");
+        fatal("%s: not a PPM/PGM file (no whitespace after the magic number)", path);
     int w = pnm_read_number(f, path, &c, "width");
     int h = pnm_read_number(f, path, &c, "height");
     int maxval = pnm_read_number(f, path, &c, "maxval");
     if (w < 1 || h < 1 || w > VIDEO_MAX_DIM || h > VIDEO_MAX_DIM)
-        video_die(path, "image size %dx%d out of range (1..%d)", w, h, VIDEO_MAX_DIM);
-    if (maxval < 1 || maxval > 65535) video_die(path, "maxval %d out of range (1..65535)", maxval);
+        fatal("%s: image size %dx%d out of range (1..%d)", path, w, h, VIDEO_MAX_DIM);
+    if (maxval < 1 || maxval > 65535) fatal("%s: maxval %d out of range (1..65535)", path, maxval);
     // the raster starts after exactly one whitespace byte (c holds it)
     if (!pnm_space(c))
-        video_die(path, "PPM/PGM header: expected one whitespace byte between maxval and the pixel data");
+        fatal("%s: PPM/PGM header: expected one whitespace byte between maxval and the pixel data", path);
 
     int ch = gray ? 1 : 3, bps = maxval < 256 ? 1 : 2;
     size_t np = (size_t)w * h, bytes = np * ch * bps;
@@ -1053,21 +1033,21 @@ static void pnm_read(Image* im, FILE* f, const char* path, int gray) {
     if (here >= 0 && fseek(f, 0, SEEK_END) == 0) {
         long end = ftell(f);
         if (end >= 0 && (size_t)(end - here) < bytes)
-            video_die(path, "truncated pixel data: %ld of %zu bytes for %dx%d %s, maxval %d", end - here, bytes, w, h,
+            fatal("%s: truncated pixel data: %ld of %zu bytes for %dx%d %s, maxval %d", path, end - here, bytes, w, h,
                       gray ? "gray" : "RGB", maxval);
-        if (fseek(f, here, SEEK_SET) != 0) video_die(path, "seek failed");
+        if (fseek(f, here, SEEK_SET) != 0) fatal("%s: seek failed", path);
     }
-    uint8_t* raw = video_malloc(bytes, path);
+    uint8_t* raw = xmalloc(bytes);
     size_t got = fread(raw, 1, bytes, f);
     if (got != bytes) {
-        if (ferror(f)) video_die(path, "read error");
-        video_die(path, "truncated pixel data: %zu of %zu bytes for %dx%d %s, maxval %d", got, bytes, w, h,
+        if (ferror(f)) fatal("%s: read error", path);
+        fatal("%s: truncated pixel data: %zu of %zu bytes for %dx%d %s, maxval %d", path, got, bytes, w, h,
                   gray ? "gray" : "RGB", maxval);
     }
     uint8_t* lut = pnm_level_table(maxval, gray);
     im->width = w;
     im->height = h;
-    im->rgb = video_malloc(3 * np, path);
+    im->rgb = xmalloc(3 * np);
     for (size_t i = 0; i < np; i++)
         for (int k = 0; k < 3; k++) {
             size_t s = i * ch + (gray ? 0 : k); // sample index in the file (HWC)
@@ -1085,17 +1065,17 @@ static void y4m_image_read(Image* im, FILE* f, const char* path, int is_stdin) {
     s.path = path;
     s.f = f;
     s.is_stdin = is_stdin;
-    char* line = video_malloc(Y4M_MAX_LINE, path);
+    char* line = xmalloc(Y4M_MAX_LINE);
     memcpy(line, "YU", 2);
     if (fread(line + 2, 1, 7, f) != 7 || memcmp(line, "YUV4MPEG2", 9) != 0)
-        video_die(path, "unknown image format (expected a binary PPM/PGM, P6/P5, or a Y4M file)");
-    if (video_read_line(&s, line + 9, Y4M_MAX_LINE - 9, "header") < 0) video_die(path, "truncated Y4M header");
+        fatal("%s: unknown image format (expected a binary PPM/PGM, P6/P5, or a Y4M file)", path);
+    if (video_read_line(&s, line + 9, Y4M_MAX_LINE - 9, "header") < 0) fatal("%s: truncated Y4M header", path);
     y4m_parse_header(path, line, &s.y);
-    uint8_t* buf = video_malloc(s.y.frame_bytes, path);
-    if (!video_read_next(&s, buf, 0, line)) video_die(path, "no frames");
+    uint8_t* buf = xmalloc(s.y.frame_bytes);
+    if (!video_read_next(&s, buf, 0, line)) fatal("%s: no frames", path);
     im->width = s.y.width;
     im->height = s.y.height;
-    im->rgb = video_malloc((size_t)3 * im->width * im->height, path);
+    im->rgb = xmalloc((size_t)3 * im->width * im->height);
     video_frame_to_rgb(&s, buf, im->rgb);
     free(buf);
     free(line);
@@ -1105,19 +1085,19 @@ void load_image(Image* im, const char* path) {
     memset(im, 0, sizeof(*im));
     int is_stdin = strcmp(path, "-") == 0;
     FILE* f = is_stdin ? stdin : fopen(path, "rb");
-    if (!f) video_die(path, "cannot open file");
+    if (!f) fatal("%s: cannot open file", path);
     int c0 = fgetc(f), c1 = fgetc(f);
-    if (c0 == EOF) video_die(path, "empty input (expected a PPM/PGM or Y4M image)");
+    if (c0 == EOF) fatal("%s: empty input (expected a PPM/PGM or Y4M image)", path);
     if (c0 == 'P' && (c1 == '6' || c1 == '5')) {
         pnm_read(im, f, path, c1 == '5');
     } else if (c0 == 'P' && c1 >= '1' && c1 <= '4') {
-        video_die(path, "P%c (%s) is not supported: only binary P6 (RGB) and P5 (gray); "
-                  "convert with `ffmpeg -i in -pix_fmt rgb24 out.ppm`", c1, c1 == '4' || c1 == '1' ? "bitmap" : "ASCII");
+        fatal("%s: P%c (%s) is not supported: only binary P6 (RGB) and P5 (gray); "
+              "convert with `ffmpeg -i in -pix_fmt rgb24 out.ppm`", path, c1, c1 == '4' || c1 == '1' ? "bitmap" : "ASCII");
     } else if (c0 == 'Y' && c1 == 'U') {
         y4m_image_read(im, f, path, is_stdin);
     } else {
-        video_die(path, "unknown image format (expected a binary PPM/PGM, P6/P5, or a Y4M file; "
-                  "convert with `ffmpeg -i in.jpg -pix_fmt rgb24 out.ppm`)");
+        fatal("%s: unknown image format (expected a binary PPM/PGM, P6/P5, or a Y4M file; "
+              "convert with `ffmpeg -i in.jpg -pix_fmt rgb24 out.ppm`)", path);
     }
     if (!is_stdin) fclose(f);
 }
@@ -1212,11 +1192,11 @@ void unpad_window(int orig_h, int orig_w, int cur_h, int cur_w, int* top, int* r
 
 // Pinpoints must be positive multiples of S, or the tiles would not be square.
 static void anyres_check_pinpoints(int S, const int32_t* pinpoints, int n_pinpoints) {
-    if (n_pinpoints < 1) video_die("anyres", "the model has no grid pinpoints, so it cannot take images");
+    if (n_pinpoints < 1) fatal("%s: the model has no grid pinpoints, so it cannot take images", "anyres");
     for (int i = 0; i < n_pinpoints; i++) {
         int ph = pinpoints[2 * i], pw = pinpoints[2 * i + 1];
         if (ph < S || pw < S || ph % S || pw % S || ph > 64 * S || pw > 64 * S)
-            video_die("anyres", "grid pinpoint %dx%d (h x w) is not a multiple of the image size %d (at most 64x)",
+            fatal("%s: grid pinpoint %dx%d (h x w) is not a multiple of the image size %d (at most 64x)", "anyres",
                       ph, pw, S);
     }
 }
@@ -1224,7 +1204,7 @@ static void anyres_check_pinpoints(int S, const int32_t* pinpoints, int n_pinpoi
 void anyres_geometry(ImagePatches* g, int w, int h, int S, const int32_t* pinpoints, int n_pinpoints) {
     memset(g, 0, sizeof(*g));
     if (w < 1 || h < 1 || w > VIDEO_MAX_DIM || h > VIDEO_MAX_DIM)
-        video_die("anyres", "image size %dx%d out of range (1..%d)", w, h, VIDEO_MAX_DIM);
+        fatal("%s: image size %dx%d out of range (1..%d)", "anyres", w, h, VIDEO_MAX_DIM);
     anyres_check_pinpoints(S, pinpoints, n_pinpoints);
     g->width = w;
     g->height = h;
@@ -1252,7 +1232,7 @@ void anyres_patches_u8(const ImagePatches* g, const uint8_t* rgb, uint8_t* out) 
     // patch 0: the base image, the whole original squeezed to S x S
     resize_rgb_u8(rgb, W, H, out, S, S);
     // tiles: resize (aspect kept), then read through the zero padding
-    uint8_t* r = video_malloc((size_t)3 * nw * nh, "anyres");
+    uint8_t* r = xmalloc((size_t)3 * nw * nh);
     resize_rgb_u8(rgb, W, H, r, nw, nh);
     int left = (tw - nw) / 2, top = (th - nh) / 2; // floor: the odd pixel goes right/bottom
     for (int ty = 0; ty < g->rows; ty++)
@@ -1276,11 +1256,11 @@ void preprocess_image(ImagePatches* p, const Image* im, int S, const int32_t* pi
                       const float mean[3], const float std[3]) {
     anyres_geometry(p, im->width, im->height, S, pinpoints, n_pinpoints);
     size_t ss = (size_t)S * S, n = (size_t)p->n_patches * 3 * ss;
-    uint8_t* u8 = video_malloc(n, "anyres");
+    uint8_t* u8 = xmalloc(n);
     anyres_patches_u8(p, im->rgb, u8);
     float table[3][256];
     normalize_table(table, mean, std);
-    p->pixels = video_malloc(n * sizeof(float), "anyres");
+    p->pixels = xmalloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++) p->pixels[i] = table[(i / ss) % 3][u8[i]];
     free(u8);
 }

@@ -41,6 +41,25 @@ for m in tiny_a tiny_b; do
     export_model $m q8 --group-size 8
 done
 
+# The leaves of the unity build depend on base.c and libc alone: each compiles by itself, and names no
+# other file of the project.
+standalone() {
+    p=0 f=0
+    for src in tokenizer.c video.c; do
+        other=$(grep -o '#include "[^"]*"' $src | grep -v '"base.c"')
+        if [ -z "$other" ] && ${CC:-cc} -std=gnu11 -O1 -Wall -Wextra -Werror -Wno-unused-function -c $src -o /dev/null; then
+            echo "  ok   $src compiles alone with base.c"
+            p=$((p + 1))
+        else
+            echo "  FAIL $src does not compile alone with base.c (${other:-compile error})"
+            f=$((f + 1))
+        fi
+    done
+    echo "$p passed, $f failed"
+    [ "$f" -eq 0 ]
+}
+
+run standalone standalone
 run tokenizer build/test_tokenizer
 run video build/test_video
 run matmul build/test_matmul

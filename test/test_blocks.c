@@ -126,7 +126,8 @@ static void test_rope(void) {
     check(fabs(d1 - d2) < 1e-4, "rope: q.k depends only on relative position", fabs(d1 - d2));
 }
 
-// Blocked attention vs a naive T x T softmax(QK^T/sqrt(d) + mask) V with grouped-query heads.
+// attention() (the fast path for this CPU and shape) and attention_ref() (the scalar definition) each vs
+// a naive T x T softmax(QK^T/sqrt(d) + mask) V in double, with grouped-query heads.
 // layout 0: K/V rows (S, KV*hd) as the vision tower has them; 1: the KV cache's (KV, S, hd) in f32;
 // 2: the same in bf16 (the reference then uses the bf16-rounded values).
 static void test_attention_case(int T, int past, int H, int KV, int hd, int causal, int layout) {
@@ -142,8 +143,8 @@ static void test_attention_case(int T, int past, int H, int KV, int hd, int caus
             size_t src = (size_t)s * kvd + (size_t)h * hd, dst = ((size_t)h * S + s) * hd;
             if (layout == 2)
                 for (int i = 0; i < hd; i++) {  // round in place so the reference sees what the cache holds
-                    k[src + i] = mm_bf16_to_f32(mm_f32_to_bf16(k[src + i]));
-                    v[src + i] = mm_bf16_to_f32(mm_f32_to_bf16(v[src + i]));
+                    k[src + i] = bf16_to_f32(f32_to_bf16(k[src + i]));
+                    v[src + i] = bf16_to_f32(f32_to_bf16(v[src + i]));
                 }
             store_kv(kc, dst, k + src, hd, layout == 2);
             store_kv(vc, dst, v + src, hd, layout == 2);
@@ -154,33 +155,38 @@ static void test_attention_case(int T, int past, int H, int KV, int hd, int caus
     if (layout > 0) {
         a.k = kc; a.v = vc; a.kv_stride = hd; a.kv_head_stride = (size_t)S * hd; a.kv_bf16 = layout == 2;
     }
-    attention(&a);
-    double err = 0;
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < H; h++) {
-            int kh = h / (H / KV), n = causal ? past + t + 1 : S;
-            double sc[256], mx = -1e30, sum = 0;
-            for (int s = 0; s < n; s++) {
-                double d = 0;
-                for (int i = 0; i < hd; i++) d += (double)q[t * qd + h * hd + i] * k[s * kvd + kh * hd + i];
-                sc[s] = d / sqrt(hd);
-                mx = fmax(mx, sc[s]);
+    for (int path = 0; path < 2; path++) {
+        memset(out, 0, T * qd * 4);
+        if (path == 0) attention(&a);
+        else attention_ref(&a);
+        double err = 0;
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < H; h++) {
+                int kh = h / (H / KV), n = causal ? past + t + 1 : S;
+                double sc[256], mx = -1e30, sum = 0;
+                for (int s = 0; s < n; s++) {
+                    double d = 0;
+                    for (int i = 0; i < hd; i++) d += (double)q[t * qd + h * hd + i] * k[s * kvd + kh * hd + i];
+                    sc[s] = d / sqrt(hd);
+                    mx = fmax(mx, sc[s]);
+                }
+                for (int s = 0; s < n; s++) sum += sc[s] = exp(sc[s] - mx);
+                for (int i = 0; i < hd; i++) {
+                    double o = 0;
+                    for (int s = 0; s < n; s++) o += sc[s] / sum * v[s * kvd + kh * hd + i];
+                    err = fmax(err, fabs(o - out[t * qd + h * hd + i]));
+                }
             }
-            for (int s = 0; s < n; s++) sum += sc[s] = exp(sc[s] - mx);
-            for (int i = 0; i < hd; i++) {
-                double o = 0;
-                for (int s = 0; s < n; s++) o += sc[s] / sum * v[s * kvd + kh * hd + i];
-                err = fmax(err, fabs(o - out[t * qd + h * hd + i]));
-            }
-        }
-    char what[96];
-    snprintf(what, sizeof(what), "attention T=%d past=%d H=%d KV=%d hd=%d %s %s", T, past, H, KV, hd,
-             causal ? "causal" : "full", layout == 0 ? "rows" : layout == 1 ? "cache" : "cache-bf16");
-    check(err < 1e-5, what, err);
+        char what[112];
+        snprintf(what, sizeof(what), "%s T=%d past=%d H=%d KV=%d hd=%d %s %s", path ? "attention_ref" : "attention",
+                 T, past, H, KV, hd, causal ? "causal" : "full",
+                 layout == 0 ? "rows" : layout == 1 ? "cache" : "cache-bf16");
+        check(err < 1e-5, what, err);
+    }
     free(q); free(k); free(v); free(out); free(kc); free(vc);
 }
 
-// The row path (T < 8), the lane-block path with tails, GQA, head_dim not a multiple of 8, no mask.
+// The row path (T < ATTN_ROW_MAX_T), the lane-block path with tails, GQA, head_dim not a multiple of 8, no mask.
 static void test_attention(void) {
     for (int layout = 0; layout < 3; layout++) {
         test_attention_case(1, 37, 4, 2, 8, 1, layout);
@@ -233,7 +239,7 @@ static void test_prompt(void) {
     s = chat_prompt("Hi", 0, 0);
     check(!strcmp(s, "USER: Hi ASSISTANT:"), "chat template, text only", 0);
     free(s);
-    s = chat_prompt("Q", 2, 1);  // all images first, then the videos (SPEC §2.3)
+    s = chat_prompt("Q", 2, 1);  // all images first, then the videos, as the processor's template
     check(!strcmp(s, "USER: <image>\n<image>\n<video>\nQ ASSISTANT:"), "chat template, two images and a video", 0);
     free(s);
     int* ids = xmalloc(4 * sizeof(int));
@@ -256,11 +262,13 @@ static void test_prompt(void) {
 
 static void test_sampler(void) {
     float logits[6] = {0.1f, 3.0f, 3.0f, -1.0f, 2.9f, 0.0f};
-    Sampler s = {0.0f, 0.9f, 7, xmalloc(6 * sizeof(int)), 6};
+    Sampler s;
+    build_sampler(&s, 6, 0.0f, 0.9f, 7);
     check(sample(&s, logits) == 1, "greedy picks the first maximum (torch.argmax)", 0);
     int counts[6] = {0}, counts2[6] = {0};
-    Sampler a = {1.0f, 0.5f, 123, xmalloc(6 * sizeof(int)), 6}, b = a;
-    b.index = xmalloc(6 * sizeof(int));
+    Sampler a, b;  // the same seed twice: the same draws
+    build_sampler(&a, 6, 1.0f, 0.5f, 123);
+    build_sampler(&b, 6, 1.0f, 0.5f, 123);
     for (int i = 0; i < 2000; i++) {
         float l1[6], l2[6];
         memcpy(l1, logits, sizeof(l1));
@@ -271,7 +279,7 @@ static void test_sampler(void) {
     // top-p 0.5: tokens 1 and 2 each hold ~0.37 of the mass, so the nucleus is {1, 2}
     check(!memcmp(counts, counts2, sizeof(counts)) && counts[0] + counts[3] + counts[4] + counts[5] == 0 &&
           counts[1] > 800 && counts[2] > 800, "top-p: seeded, nucleus only", 0);
-    free(s.index); free(a.index); free(b.index);
+    free_sampler(&s); free_sampler(&a); free_sampler(&b);
 }
 
 static void test_npy(void) {

@@ -256,9 +256,11 @@ int main(int argc, char** argv) {
         free(g);
     }
 
-    build_state(m, T + 64, T < 512 ? T : 512);
+    build_state(m, T + 64, T < PREFILL_CHUNK ? T : PREFILL_CHUNK);
     float* logits = xmalloc((size_t)T * V * sizeof(float));
-    prefill(m, embeds, T, logits);
+    prefill(m, embeds, T, 0, logits);
+    float* last = xmalloc((size_t)V * sizeof(float));  // the last row's logits, for the split prefill below
+    memcpy(last, m->state.logits, (size_t)V * sizeof(float));
     if (file_exists(dir, "logits.npy")) {
         float* g = load_golden(dir, "logits.npy", "<f4", &nd, sh);
         check(sh[0] == T && sh[1] == V, "logits shape", "(%lld, %lld)", (long long)sh[0], (long long)sh[1]);
@@ -291,6 +293,18 @@ int main(int argc, char** argv) {
         check(0, "prompt logits", "%s has none of logits.npy, logits_last.npy, gen_topk_*.npy", dir);
     }
     check_greedy(m, dir, T, loose, tol);
+
+    // Prefill continues from any position of the KV cache: the prompt in two calls (as a second chat turn
+    // appends to the first) gives the logits of the prompt in one call.
+    if (T >= 2) {
+        free_state(&m->state);
+        build_state(m, T, T < PREFILL_CHUNK ? T : PREFILL_CHUNK);
+        int T1 = T / 3 + 1;
+        prefill(m, embeds, T1, 0, NULL);
+        prefill(m, embeds + (size_t)T1 * D, T - T1, T1, NULL);
+        check_tensor("prefill in two calls", m->state.logits, last, (size_t)V, tol);
+    }
+    free(last);
 
     // The real clip through video.c: pixels against the processor's (±1 level is the target).
     char clip[256], frames[32];

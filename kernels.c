@@ -1,0 +1,465 @@
+// kernels.c -- the machine-specific chapter beside matmul.c: attention and the element-wise activations.
+//
+// What it does
+//   Every operation here has two versions side by side: a plain scalar one that DEFINES it (the
+//   formula of the PyTorch module it stands for, one element or one query row at a time) and a fast
+//   one, vectorised with GCC/clang vector extensions sized for the build target (16 floats with
+//   AVX-512, 8 with AVX/AVX2, 4 otherwise: SSE2, NEON, or plain scalars the compiler lowers them to)
+//   and split over matmul.c's thread pool.
+//     activation()  quick_gelu (CLIP), gelu (projector), silu(gate) * up (Llama MLP) over big buffers
+//     attention()   softmax(q k^T * scale [+ causal mask]) v per head, grouped-query heads, keys and
+//                   values f32 or bf16 (the KV cache of bf16/q8 models)
+//   The scalar versions run when the environment says LLAVA_ISA=scalar (as for matmul.c), so a porter
+//   can run the whole model on the plain C of this file and compare.
+//
+// Numerics: the fast paths sum in a different order from the scalar ones (lane-wise partial sums,
+// a polynomial exp), so they agree to float rounding (~1e-6 relative), not bit for bit; each path on
+// its own is deterministic and independent of the thread count (every output element is computed by
+// one task, in a fixed order). test/test_blocks.c checks both against a naive T x T attention.
+//
+// What it does not do: the matmuls (matmul.c), the norms, RoPE and the residual adds (llava.c: plain
+// loops over rows, already fast enough), flash-style tiling over the keys (a task holds one score
+// row per key, keys x 32 floats, which is 640 KB at 5,000 keys: the whole context of this model).
+//
+// Build: #included into llava.c after base.c and matmul.c (it uses pool_for and matmul_isa_name).
+// Target-specific code is selected at compile time by the vector width alone; there are no
+// intrinsics in this file.
+
+#include <math.h>
+
+// LLAVA_ISA=scalar: the scalar definitions run instead of the vectorised code (read once).
+static int kernels_scalar(void) {
+    static int scalar = -1;
+    if (scalar < 0) scalar = strcmp(matmul_isa_name(), "scalar") == 0;
+    return scalar;
+}
+
+// ----------------------------------------------------------------------------
+// The scalar definitions
+
+// softmax over n values in place: exp(x - max) / sum, the sum in double (a vocabulary of 32,064
+// probabilities should not lose its tail to float rounding).
+static void softmax(float* x, int n) {
+    float max = x[0];
+    for (int i = 1; i < n; i++) if (x[i] > max) max = x[i];
+    double sum = 0;
+    for (int i = 0; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
+    float inv = (float)(1.0 / sum);
+    for (int i = 0; i < n; i++) x[i] *= inv;
+}
+
+// Exact GELU, torch.nn.functional.gelu: 0.5 x (1 + erf(x / sqrt 2)). Used by the projector.
+static float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+
+// CLIP's quick_gelu: x * sigmoid(1.702 x).
+static float quick_gelu(float x) { return x / (1.0f + expf(-1.702f * x)); }
+
+// Llama's hidden_act "silu" (torch.nn.functional.silu): x * sigmoid(x).
+static float silu(float x) { return x / (1.0f + expf(-x)); }
+
+// ----------------------------------------------------------------------------
+// The native vector of the build target
+
+// 16 floats with AVX-512, 8 with AVX, 4 otherwise (SSE, NEON, or plain scalars the compiler lowers it
+// to). A block of attention queries is two of them.
+#if defined(__AVX512F__)
+#define VL 16
+#elif defined(__AVX__)
+#define VL 8
+#else
+#define VL 4
+#endif
+typedef float vf __attribute__((vector_size(VL * sizeof(float))));
+typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
+
+// where(m, a, b) lane-wise: m is -1 (all bits set) where true, as vector comparisons return.
+static vf vselect(vi m, vf a, vf b) {
+    return (vf)(((vi)a & m) | ((vi)b & ~m));  // same-size vector casts keep the bits
+}
+
+// exp(x) for x <= 0, lane-wise, to ~1 ulp (Cephes expf: x = n ln2 + r, |r| <= ln2/2, a degree-6
+// polynomial for e^r, then 2^n through the exponent bits). Below -87 it returns 0.
+static vf vexp_neg(vf x) {
+    const vi underflow = x < -87.0f;
+    x = vselect(underflow, (vf){0} - 87.0f, x);
+    vf fx = x * 1.44269504088896341f + 0.5f;
+    vi n = __builtin_convertvector(fx, vi);
+    n += __builtin_convertvector(n, vf) > fx;  // truncation -> floor (a true comparison is -1)
+    vf nf = __builtin_convertvector(n, vf);
+    vf r = x - nf * 0.693359375f - nf * -2.12194440e-4f;
+    vf p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    p = p * (vf)((n + 127) << 23);  // 2^n: n + 127 in the exponent field
+    return vselect(underflow, (vf){0}, p);
+}
+
+// sigmoid(z) = 1 / (1 + e^-z), lane-wise. It uses exp(-|z|) <= 1, so vexp_neg serves both signs:
+// z >= 0 -> 1/(1+e), z < 0 -> e/(1+e), and neither branch can overflow.
+static vf vsigmoid(vf z) {
+    vf e = vexp_neg(vselect(z < 0.0f, z, -z));
+    return vselect(z < 0.0f, e, (vf){0} + 1.0f) / (1.0f + e);
+}
+
+// ----------------------------------------------------------------------------
+// Activations over big buffers, VL lanes at a time and split over the thread pool (the vision MLP
+// alone applies quick_gelu to 4,616 x 4,096 values per layer).
+
+enum { ACT_QUICK_GELU, ACT_GELU, ACT_SILU_MUL };
+typedef struct {
+    float* x;        // (n,) activated in place
+    const float* y;  // (n,) the "up" projection for ACT_SILU_MUL, else unused
+    size_t n;
+    int act;
+} ActArgs;
+// Elements per task: 64 KB of x, big enough that a task costs far more than its dispatch (~1 us),
+// small enough that the 4,616 x 4,096 vision buffer still makes over a thousand tasks to balance.
+#define ACT_CHUNK 16384
+
+static void activation_task(void* ctx, int task) {
+    const ActArgs* a = ctx;
+    size_t i0 = (size_t)task * ACT_CHUNK, i1 = i0 + ACT_CHUNK < a->n ? i0 + ACT_CHUNK : a->n, i = i0;
+    // erf has no vector form here, so the projector's GELU (4096 x rows, small) runs the scalar loop
+    if (a->act != ACT_GELU && !kernels_scalar())
+        for (; i + VL <= i1; i += VL) {
+            vf x;
+            memcpy(&x, a->x + i, sizeof(x));
+            if (a->act == ACT_QUICK_GELU) {
+                x = x * vsigmoid(1.702f * x);
+            } else {  // silu(gate) * up
+                vf y;
+                memcpy(&y, a->y + i, sizeof(y));
+                x = x * vsigmoid(x) * y;
+            }
+            memcpy(a->x + i, &x, sizeof(x));
+        }
+    for (; i < i1; i++)  // the tail, or everything with LLAVA_ISA=scalar
+        a->x[i] = a->act == ACT_QUICK_GELU ? quick_gelu(a->x[i])
+                : a->act == ACT_GELU     ? gelu(a->x[i])
+                                         : silu(a->x[i]) * a->y[i];
+}
+
+// x = act(x), or x = silu(x) * y.
+static void activation(float* x, const float* y, size_t n, int act) {
+    ActArgs a = {x, y, n, act};
+    pool_for((int)((n + ACT_CHUNK - 1) / ACT_CHUNK), activation_task, &a);
+}
+
+// ----------------------------------------------------------------------------
+// Attention: softmax(q k^T * scale + causal mask) v per head, for the vision tower (no mask) and the
+// language model (causal, grouped-query, keys from the KV cache).
+//
+// Three paths, one result up to float rounding:
+//   attention_ref         one (query row, head) per task: scores, softmax, weighted sum of the values,
+//                         scalar loops. The definition; what LLAVA_ISA=scalar runs.
+//   attention_row_task    the same per row, with the dot products and the weighted sum vectorised
+//                         over head_dim: decode (one query row) and very short prompts.
+//   attention_block_task  prefill and the vision tower. Work is split into (head, block of
+//                         ATTN_LANES query rows) tasks, all blocks of a head back to back so its K and
+//                         V stay in cache. Within a task the queries are the lanes of two native
+//                         vectors (32 lanes as a zmm pair with AVX-512, 16 as a ymm pair with AVX, 8
+//                         otherwise), so the score block is kept transposed, S^T (keys x lanes), and
+//                         the softmax is lane-wise: max, exp and sum run down the key rows with no
+//                         horizontal reductions. A task's scratch is keys x lanes floats (640 KB at
+//                         5,000 keys with AVX-512), never the T x T matrix.
+
+#define ATTN_LANES (2 * VL)  // queries per block: two vectors
+#define ATTN_CHUNK 128       // keys per copied chunk of the K or V cache (64 KB at head_dim 128: stays in L2)
+#define ATTN_KB 8            // rows per register block: 8 x 2 accumulators + 2 operands + 8 broadcasts
+// Below this many query rows the block path would leave most of its ATTN_LANES lanes idle, and the
+// row path, vectorised over head_dim instead, is faster (decode is T = 1).
+#define ATTN_ROW_MAX_T 8
+
+// One attention call: T query rows against the keys/values of one sequence. Strides are in elements,
+// so the same struct describes the CLIP layout (rows of all heads) and the KV cache (per-head rows).
+typedef struct {
+    float* out;        // (T, n_heads*head_dim), row stride out_stride
+    const float* q;    // (T, n_heads*head_dim), row stride q_stride
+    const void* k;     // keys of positions 0..S-1: head h, position s at k[h*kv_head_stride + s*kv_stride]
+    const void* v;     // values, the same layout
+    int kv_bf16;       // k and v hold bf16 (uint16) instead of f32
+    int T, n_heads, n_kv_heads, head_dim;
+    size_t q_stride, kv_stride, kv_head_stride, out_stride;
+    int causal_offset; // causal: query t sees keys 0..causal_offset+t; -1 = no mask (CLIP)
+    int n_keys;        // keys when there is no mask
+    float scale;       // 1/sqrt(head_dim)
+} AttnArgs;
+
+// Per-thread scratch that grows as needed and is kept for the next call (a malloc per task would page-
+// fault its way through hundreds of KB every time).
+static float* attn_scratch(size_t floats) {
+    static _Thread_local float* buf;
+    static _Thread_local size_t cap;
+    if (floats > cap) {
+        free(buf);
+        cap = floats + floats / 4;
+        buf = aligned_alloc(64, align_up(cap * sizeof(float), 64));  // aligned_alloc wants a multiple of 64
+        if (!buf) fatal("out of memory for attention scratch (%zu floats)", cap);
+    }
+    return buf;
+}
+
+static int attn_blocks(const AttnArgs* a) { return (a->T + ATTN_LANES - 1) / ATTN_LANES; }
+
+// n rows of head_dim keys or values starting at element `first` of `base`, as contiguous f32: in place
+// when they already are (an f32 KV cache), else copied (strided rows) or widened (bf16) into `scratch`.
+static const float* kv_rows(const AttnArgs* a, const void* base, size_t first, int n, float* scratch) {
+    int hd = a->head_dim;
+    if (!a->kv_bf16 && a->kv_stride == (size_t)hd) return (const float*)base + first;
+    for (int r = 0; r < n; r++) {
+        size_t at = first + (size_t)r * a->kv_stride;
+        float* dst = scratch + (size_t)r * hd;
+        if (a->kv_bf16)
+            for (int i = 0; i < hd; i++) dst[i] = bf16_to_f32(((const uint16_t*)base)[at + i]);
+        else
+            memcpy(dst, (const float*)base + at, hd * sizeof(float));
+    }
+    return scratch;
+}
+
+static void attention_block_task(void* ctx, int task) {
+    const AttnArgs* a = ctx;
+    int blocks = attn_blocks(a);
+    // All blocks of a head run back to back (its K and V stay in cache), the longest causal block first.
+    int h = task / blocks, b = blocks - 1 - task % blocks;
+    int t0 = b * ATTN_LANES, nq = a->T - t0 < ATTN_LANES ? a->T - t0 : ATTN_LANES;
+    int hd = a->head_dim, kvh = h / (a->n_heads / a->n_kv_heads);  // GQA: n_heads/n_kv_heads share a kv head
+    int n = a->causal_offset >= 0 ? a->causal_offset + t0 + nq : a->n_keys;  // keys any lane can see
+    size_t ks = a->kv_stride;
+    size_t head = (size_t)kvh * a->kv_head_stride;
+
+    // Scratch: Q^T (hd rows of two vectors), S^T (n rows), O^T (hd rows), and a chunk of K or V rows
+    // copied out of the strided cache (its rows are a page apart: reading them in place thrashes the TLB).
+    vf* qt = (vf*)attn_scratch((size_t)(2 * hd + n) * ATTN_LANES + (size_t)ATTN_CHUNK * hd);
+    vf* st = qt + 2 * hd;
+    vf* ot = st + 2 * (size_t)n;
+    float* kv = (float*)(ot + 2 * hd);  // (ATTN_CHUNK, hd)
+    // Q^T; lanes past the last query are zero (their results are never written).
+    for (int i = 0; i < hd; i++) {
+        float* row = (float*)&qt[2 * i];
+        for (int j = 0; j < ATTN_LANES; j++)
+            row[j] = j < nq ? a->q[(size_t)(t0 + j) * a->q_stride + (size_t)h * hd + i] : 0.0f;
+    }
+    // S^T = K Q^T * scale.
+    for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
+        int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK;
+        const float* kr = kv_rows(a, a->k, head + (size_t)c0 * ks, cn, kv);
+        int r = 0;
+        for (; r + ATTN_KB <= cn; r += ATTN_KB) {  // ATTN_KB key rows share each Q^T load
+            const float* k0 = kr + (size_t)r * hd;
+            vf c[ATTN_KB][2] = {{{0}}};
+            for (int i = 0; i < hd; i++) {
+                vf q0 = qt[2 * i], q1 = qt[2 * i + 1];
+#pragma GCC unroll 8
+                for (int u = 0; u < ATTN_KB; u++) {
+                    float x = k0[(size_t)u * hd + i];
+                    c[u][0] += x * q0;
+                    c[u][1] += x * q1;
+                }
+            }
+            vf* o = st + 2 * (size_t)(c0 + r);
+#pragma GCC unroll 8
+            for (int u = 0; u < ATTN_KB; u++) {
+                o[2 * u] = c[u][0] * a->scale;
+                o[2 * u + 1] = c[u][1] * a->scale;
+            }
+        }
+        for (; r < cn; r++) {
+            const float* k0 = kr + (size_t)r * hd;
+            vf c0v = {0}, c1v = {0};
+            for (int i = 0; i < hd; i++) { c0v += k0[i] * qt[2 * i]; c1v += k0[i] * qt[2 * i + 1]; }
+            st[2 * (size_t)(c0 + r)] = c0v * a->scale;
+            st[2 * (size_t)(c0 + r) + 1] = c1v * a->scale;
+        }
+    }
+    // Causal mask: query lane j (position causal_offset + t0 + j) sees keys up to its own position.
+    if (a->causal_offset >= 0)
+        for (int j = 0; j < nq; j++)
+            for (int k = a->causal_offset + t0 + j + 1; k < n; k++) ((float*)&st[2 * k])[j] = -INFINITY;
+    // Lane-wise softmax numerator and sum (the division by the sum is applied to O at the end).
+    vf m0 = st[0], m1 = st[1], sum0 = {0}, sum1 = {0};
+    for (int k = 1; k < n; k++) {
+        m0 = vselect(st[2 * k] > m0, st[2 * k], m0);
+        m1 = vselect(st[2 * k + 1] > m1, st[2 * k + 1], m1);
+    }
+    for (int k = 0; k < n; k++) {
+        st[2 * k] = vexp_neg(st[2 * k] - m0);
+        st[2 * k + 1] = vexp_neg(st[2 * k + 1] - m1);
+        sum0 += st[2 * k];
+        sum1 += st[2 * k + 1];
+    }
+    // O^T = V^T P^T.
+    for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
+    for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
+        int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK;
+        const float* vr = kv_rows(a, a->v, head + (size_t)c0 * ks, cn, kv);
+        const vf* p = st + 2 * (size_t)c0;
+        int i = 0;
+        for (; i + ATTN_KB <= hd; i += ATTN_KB) {  // ATTN_KB head_dim rows share each P row load
+            vf c[ATTN_KB][2];
+#pragma GCC unroll 8
+            for (int u = 0; u < ATTN_KB; u++) {
+                c[u][0] = ot[2 * (i + u)];
+                c[u][1] = ot[2 * (i + u) + 1];
+            }
+            for (int k = 0; k < cn; k++) {
+                const float* vk = vr + (size_t)k * hd + i;
+                vf p0 = p[2 * k], p1 = p[2 * k + 1];
+#pragma GCC unroll 8
+                for (int u = 0; u < ATTN_KB; u++) {
+                    c[u][0] += vk[u] * p0;
+                    c[u][1] += vk[u] * p1;
+                }
+            }
+#pragma GCC unroll 8
+            for (int u = 0; u < ATTN_KB; u++) {
+                ot[2 * (i + u)] = c[u][0];
+                ot[2 * (i + u) + 1] = c[u][1];
+            }
+        }
+        for (; i < hd; i++)
+            for (int k = 0; k < cn; k++) {
+                ot[2 * i] += vr[(size_t)k * hd + i] * p[2 * k];
+                ot[2 * i + 1] += vr[(size_t)k * hd + i] * p[2 * k + 1];
+            }
+    }
+    for (int i = 0; i < hd; i++) {
+        ot[2 * i] /= sum0;
+        ot[2 * i + 1] /= sum1;
+    }
+    for (int j = 0; j < nq; j++) {
+        float* o = a->out + (size_t)(t0 + j) * a->out_stride + (size_t)h * hd;
+        for (int d = 0; d < hd; d++) o[d] = ((const float*)&ot[2 * d])[j];
+    }
+}
+
+
+// Dot product and y += a*x over n floats, VL at a time (unaligned loads through memcpy), scalar tail.
+static float dot_f32(const float* a, const float* b, int n) {
+    vf acc = {0};
+    int i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf x, y;
+        memcpy(&x, a + i, sizeof(x));
+        memcpy(&y, b + i, sizeof(y));
+        acc += x * y;
+    }
+    float sum = 0;
+    for (int j = 0; j < VL; j++) sum += acc[j];
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+static void axpy_f32(float* y, float a, const float* x, int n) {
+    int i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf xv, yv;
+        memcpy(&xv, x + i, sizeof(xv));
+        memcpy(&yv, y + i, sizeof(yv));
+        yv += a * xv;
+        memcpy(y + i, &yv, sizeof(yv));
+    }
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+// The same over a bf16 row (a KV cache of a bf16/q8 model): widen VL halves to f32 in registers.
+typedef uint16_t vh __attribute__((vector_size(VL * sizeof(uint16_t))));
+
+static vf widen_bf16(const uint16_t* p) {
+    vh h;
+    memcpy(&h, p, sizeof(h));
+    return (vf)(__builtin_convertvector(h, vi) << 16);
+}
+
+static float dot_bf16(const float* a, const uint16_t* b, int n) {
+    vf acc = {0};
+    int i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf x;
+        memcpy(&x, a + i, sizeof(x));
+        acc += x * widen_bf16(b + i);
+    }
+    float sum = 0;
+    for (int j = 0; j < VL; j++) sum += acc[j];
+    for (; i < n; i++) sum += a[i] * bf16_to_f32(b[i]);
+    return sum;
+}
+
+static void axpy_bf16(float* y, float a, const uint16_t* x, int n) {
+    int i = 0;
+    for (; i + VL <= n; i += VL) {
+        vf yv;
+        memcpy(&yv, y + i, sizeof(yv));
+        yv += a * widen_bf16(x + i);
+        memcpy(y + i, &yv, sizeof(yv));
+    }
+    for (; i < n; i++) y[i] += a * bf16_to_f32(x[i]);
+}
+
+// One query row (decode): scores over the keys, then a weighted sum of the values. Memory-bound on
+// the KV cache; the keys of a long prompt are read once per head. Task = t * n_heads + h.
+static void attention_row_task(void* ctx, int task) {
+    const AttnArgs* a = ctx;
+    int h = task % a->n_heads, t = task / a->n_heads;
+    int hd = a->head_dim, kvh = h / (a->n_heads / a->n_kv_heads);
+    int n = a->causal_offset >= 0 ? a->causal_offset + t + 1 : a->n_keys;
+    float* att = attn_scratch((size_t)n + 16);
+    const float* q = a->q + (size_t)t * a->q_stride + (size_t)h * hd;
+    size_t head = (size_t)kvh * a->kv_head_stride;
+    for (int s = 0; s < n; s++) {
+        size_t at = head + (size_t)s * a->kv_stride;
+        float dot = a->kv_bf16 ? dot_bf16(q, (const uint16_t*)a->k + at, hd) : dot_f32(q, (const float*)a->k + at, hd);
+        att[s] = dot * a->scale;
+    }
+    softmax(att, n);
+    float* o = a->out + (size_t)t * a->out_stride + (size_t)h * hd;
+    memset(o, 0, hd * sizeof(float));
+    for (int s = 0; s < n; s++) {
+        size_t at = head + (size_t)s * a->kv_stride;
+        if (a->kv_bf16) axpy_bf16(o, att[s], (const uint16_t*)a->v + at, hd);
+        else axpy_f32(o, att[s], (const float*)a->v + at, hd);
+    }
+}
+
+
+// The definition, one (query row t, head h) per task, task = t * n_heads + h: scores s_j = q . k_j *
+// scale for the keys the row may see, p = softmax(s), out = sum_j p_j v_j. Scalar loops, f32
+// accumulation (bf16 keys and values are widened exactly).
+static void attention_ref_task(void* ctx, int task) {
+    const AttnArgs* a = ctx;
+    int h = task % a->n_heads, t = task / a->n_heads;
+    int hd = a->head_dim, kvh = h / (a->n_heads / a->n_kv_heads);  // GQA: n_heads/n_kv_heads share a kv head
+    int n = a->causal_offset >= 0 ? a->causal_offset + t + 1 : a->n_keys;  // the causal mask: keys 0..pos
+    float* p = attn_scratch((size_t)n);  // (n,) scores, then probabilities
+    const float* q = a->q + (size_t)t * a->q_stride + (size_t)h * hd;
+    const float* k32 = a->k; const uint16_t* k16 = a->k;  // the keys as f32 or as bf16, per kv_bf16
+    const float* v32 = a->v; const uint16_t* v16 = a->v;
+    size_t head = (size_t)kvh * a->kv_head_stride;
+    for (int j = 0; j < n; j++) {
+        size_t at = head + (size_t)j * a->kv_stride;
+        float dot = 0.0f;
+        for (int i = 0; i < hd; i++) dot += q[i] * (a->kv_bf16 ? bf16_to_f32(k16[at + i]) : k32[at + i]);
+        p[j] = dot * a->scale;
+    }
+    softmax(p, n);
+    float* o = a->out + (size_t)t * a->out_stride + (size_t)h * hd;
+    for (int i = 0; i < hd; i++) o[i] = 0.0f;
+    for (int j = 0; j < n; j++) {
+        size_t at = head + (size_t)j * a->kv_stride;
+        for (int i = 0; i < hd; i++) o[i] += p[j] * (a->kv_bf16 ? bf16_to_f32(v16[at + i]) : v32[at + i]);
+    }
+}
+
+static void attention_ref(const AttnArgs* a) {
+    pool_for(a->T * a->n_heads, attention_ref_task, (void*)a);
+}
+
+// The fast path for the CPU and the shape at hand (see above).
+static void attention(const AttnArgs* a) {
+    if (kernels_scalar()) attention_ref(a);
+    else if (a->T < ATTN_ROW_MAX_T) pool_for(a->T * a->n_heads, attention_row_task, (void*)a);
+    else pool_for(attn_blocks(a) * a->n_heads, attention_block_task, (void*)a);
+}
