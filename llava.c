@@ -251,6 +251,8 @@ static Matrix* take_matrices(Cursor* c, int n_stack, int rows, int cols, DType t
     return m;
 }
 
+// Refuses a header that is not ours, or whose numbers would make the forward passes read out of
+// bounds, overflow a size product, or divide by zero. Everything after it may trust the Config.
 static void check_config(const Config* p, const char* path) {
     if (p->magic != LLAVA_MAGIC)
         fatal("%s: not a llava.c model file (bad magic; convert a Hugging Face checkpoint with export.py)", path);
@@ -275,10 +277,13 @@ static void check_config(const Config* p, const char* path) {
     for (size_t i = 0; i < sizeof(r) / sizeof(r[0]); i++)
         if (r[i].v < r[i].lo || r[i].v > r[i].hi)
             fatal("%s: header field %s = %d is outside [%d, %d]", path, r[i].name, r[i].v, r[i].lo, r[i].hi);
+    // Shapes the blocks rely on: GQA needs whole groups of query heads per kv head, RoPE pairs
+    // dimension j with j + head_dim/2, CLIP splits v_dim into equal heads.
     if (p->n_heads % p->n_kv_heads || p->head_dim % 2)
         fatal("%s: %d heads is not a multiple of %d kv heads, or head_dim %d is odd", path, p->n_heads,
               p->n_kv_heads, p->head_dim);
     if (p->v_dim % p->v_heads) fatal("%s: v_dim %d is not a multiple of v_heads %d", path, p->v_dim, p->v_heads);
+    // The patch grid (24 x 24 for 336 / 14) must cut evenly into patches and into pooling windows.
     int grid = p->image_size / p->patch_size;
     if (p->image_size % p->patch_size || grid % p->pool_stride)
         fatal("%s: image_size %d, patch_size %d and pool_stride %d do not tile", path, p->image_size,
@@ -288,12 +293,13 @@ static void check_config(const Config* p, const char* path) {
         if (ph < s || pw < s || ph % s || pw % s || ph > 64 * s || pw > 64 * s)
             fatal("%s: grid pinpoint %dx%d (h x w) is not a multiple of image_size %d (at most 64x)", path, ph, pw, s);
     }
+    // hidden_states has v_layers + 1 entries (the embeddings, then each layer), indexed like Python
     if (p->feature_layer < -(p->v_layers + 1) || p->feature_layer > p->v_layers)
         fatal("%s: feature_layer %d out of range for %d vision layers", path, p->feature_layer, p->v_layers);
     const int ids[] = {p->bos, p->eos, p->image_token, p->video_token};
     for (int i = 0; i < 4; i++)
         if (ids[i] < 0 || ids[i] >= p->n_tokens) fatal("%s: special token id %d outside the tokenizer", path, ids[i]);
-    if (p->weight_type == DT_Q8) {
+    if (p->weight_type == DT_Q8) {  // every matmul's input width must hold whole quantization groups
         const int ks[] = {p->v_dim, p->v_hidden_dim, p->dim, p->n_heads * p->head_dim, p->hidden_dim};
         for (int i = 0; i < 5; i++)
             if (ks[i] % p->group_size) fatal("%s: dimension %d is not a multiple of the q8 group %d", path, ks[i],
@@ -411,6 +417,9 @@ static void for_each_matrix(Model* m, void (*fn)(Matrix*)) {
     fn(&m->llm.lm_head);
 }
 
+// Opens and maps a model file: header (1024 bytes) | tokenizer blob | tensors, each 64-byte aligned, in
+// export.py's order. The weights stay in the page cache, shared and read-only (MAP_PRIVATE: never
+// written); the matmul weights are then packed for the kernels and their file pages released.
 static void build_model(Model* m, const char* path) {
     memset(m, 0, sizeof(*m));
     m->path = path;
@@ -423,7 +432,7 @@ static void build_model(Model* m, const char* path) {
     m->data = mmap(NULL, m->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m->data == MAP_FAILED) fatal("%s: mmap failed: %s", path, strerror(errno));
-    memcpy(&m->config, m->data, sizeof(Config));
+    memcpy(&m->config, m->data, sizeof(Config));  // a copy: the header is read as a struct, fields in file order
     check_config(&m->config, path);
 
     Cursor c = {path, m->data, m->file_size, HEADER_SIZE};
@@ -436,6 +445,7 @@ static void build_model(Model* m, const char* path) {
     for_each_matrix(m, pack_and_release);  // the kernels' panel layout, packed once
 }
 
+// Frees the packed weights, the per-layer Matrix arrays and the tokenizer, and unmaps the file.
 static void free_model(Model* m) {
     for_each_matrix(m, unpack_matrix);
     VisionWeights* v = &m->vision;
@@ -448,7 +458,10 @@ static void free_model(Model* m) {
 
 
 // ----------------------------------------------------------------------------
-// Neural-net blocks, each the plain formula of the PyTorch module it stands for
+// Neural-net blocks, each the plain formula of the PyTorch module it stands for. The ones that need
+// SIMD to be fast, the activations (quick_gelu, gelu, silu) and attention, are in kernels.c, each
+// with its scalar definition beside it; the norms, RoPE and the residual adds stay here as plain
+// loops (they touch each value once or twice and are bound by memory, not arithmetic).
 
 // torch.nn.LayerNorm over the last dim: biased variance, in f32.
 static void layernorm(float* out, const float* x, const float* w, const float* b, int n, float eps) {
@@ -472,9 +485,14 @@ static void rmsnorm(float* out, const float* x, const float* w, int n, float eps
 
 // Row-wise passes over (T, n) buffers, split over the thread pool by blocks of rows (each row is
 // computed alone, so any split gives the same bits). At 4,616 vision rows they are not negligible.
+// 32 rows of 1,024-4,096 floats is 128-512 KB per task: big enough to amortise a dispatch, small
+// enough that 4,616 rows make ~145 tasks to balance over the threads.
 #define ROWS_PER_TASK 32
 typedef struct {
-    float* y; const float* x; const float* w; const float* b;
+    float* y;        // (T, n) output, or the accumulator for ROWS_ADD
+    const float* x;  // (T, n) input rows (may be NULL for ROWS_ADD)
+    const float* w;  // (n,) norm weight
+    const float* b;  // (n,) LayerNorm or linear bias, or NULL
     int T, n;
     float eps;
     int kind;  // ROWS_LAYERNORM, ROWS_RMSNORM: y = norm(x); ROWS_ADD: y += x + b (either may be NULL)
@@ -532,7 +550,8 @@ static void rope_angles(float* cos_t, float* sin_t, int pos, const float* inv_fr
     }
 }
 
-// Row `row` of a weight matrix as f32 (the embedding lookup, whatever the weight type).
+// Row `row` of a weight matrix as f32 (the embedding lookup, whatever the weight type): out (cols,).
+// q8 is the int8 value times its group's scale, exactly what the matmuls compute with.
 static void dequantize_row(float* out, const Matrix* w, int row) {
     size_t off = (size_t)row * w->cols;
     if (w->type == DT_F32) {
@@ -719,13 +738,16 @@ static void multi_modal_projector(Model* m, float* out, const float* in, int T) 
 // .npy files (numpy's format: a magic, a Python-dict header, raw little-endian data) for --dump
 // and for the test hooks that feed golden inputs.
 
+// Writes data (shape[0] x ... x shape[ndim-1] elements of elem bytes) as DIR/NAME, version 1.0 of the
+// format: "\x93NUMPY", version 1 0, a little-endian u16 header length, then the header, a Python dict
+// literal padded with spaces and ended by '\n'. descr is numpy's dtype string ('<f4', '<i4').
 static void write_npy(const char* dir, const char* name, const char* descr, const void* data, size_t elem,
                       int ndim, const int64_t* shape) {
     char path[4096];
     snprintf(path, sizeof(path), "%s/%s", dir, name);
     FILE* f = fopen(path, "wb");
     if (!f) fatal("%s: cannot write: %s", path, strerror(errno));
-    char header[256], dims[160] = "";
+    char header[256], dims[160] = "";  // dims: "2, 3" (a 1-tuple needs its comma: "5,")
     size_t count = 1;
     for (int i = 0; i < ndim; i++) {
         char d[32];
@@ -1302,6 +1324,10 @@ static int cmp_prob_desc(const void* a, const void* b) {
     return pa > pb ? -1 : pa < pb ? 1 : *(const int*)a - *(const int*)b;
 }
 
+// The next token from the logits of the last position (overwritten: they become probabilities).
+// Greedy is argmax, as HF's generate with do_sample=False. Otherwise the logits are divided by the
+// temperature, softmaxed, and one uniform draw r in [0, 1) picks the token where the running sum of
+// the probabilities first exceeds r (or of the top-p nucleus, renormalised).
 static int sample(Sampler* s, float* logits) {
     if (s->temperature == 0.0f) return argmax(logits, s->vocab);
     for (int i = 0; i < s->vocab; i++) logits[i] /= s->temperature;
@@ -1322,13 +1348,13 @@ static int sample(Sampler* s, float* logits) {
     for (int i = 0; i < s->vocab; i++) if (logits[i] >= cutoff) s->index[n++] = i;
     g_sort_probs = logits;
     qsort(s->index, n, sizeof(int), cmp_prob_desc);
-    float mass = 0;
+    float mass = 0;  // probability of the nucleus: the sorted head up to and including `last`
     int last = n - 1;
     for (int i = 0; i < n; i++) {
         mass += logits[s->index[i]];
         if (mass > s->topp) { last = i; break; }
     }
-    float x = r * mass, cdf = 0;
+    float x = r * mass, cdf = 0;  // r scaled to the nucleus mass: sampling from the renormalised head
     for (int i = 0; i <= last; i++) {
         cdf += logits[s->index[i]];
         if (x < cdf) return s->index[i];
@@ -1444,20 +1470,26 @@ static void usage(int code) {
     exit(code);
 }
 
+// The command line, parsed (see usage() for each flag's meaning and default).
 typedef struct {
     const char* model_path;
-    const char* prompt;
+    const char* prompt;                  // -p
     const char* image_paths[MAX_MEDIA];  // -i, in order
     const char* video_paths[MAX_MEDIA];  // -v, in order
     int n_images, n_videos;
-    const char* ids;
-    const char* pixels_path;
-    const char* dump_dir;
-    const char* mode;
-    int raw, frames, raw_w, raw_h, steps, ctx, threads;
-    int stdin_media;  // how many -i/-v inputs are "-"
-    float temperature, topp;
-    uint64_t seed;
+    const char* ids;                     // --ids: the prompt as token ids
+    const char* pixels_path;             // --pixels (test hook)
+    const char* dump_dir;                // --dump
+    const char* mode;                    // -m generate | encode | decode
+    int raw;                             // --raw: -p without the chat template
+    int frames;                          // -f: frames sampled per video
+    int raw_w, raw_h;                    // -W, -H: raw RGB24 video size
+    int steps;                           // -n: max new tokens
+    int ctx;                             // -c: context length (0: the model's max_pos)
+    int threads;                         // --threads (0: all cores)
+    int stdin_media;                     // how many -i/-v inputs are "-"
+    float temperature, topp;             // -t, -k
+    uint64_t seed;                       // -s
 } Args;
 
 static int parse_int(const char* flag, const char* s, int lo, int hi) {
