@@ -274,7 +274,8 @@ def open_safetensors(hf_dir):
 
 def canonical_name(key):
     """Map both the legacy (4.42-style, what save_pretrained writes) and the in-memory 4.52+/5.x names
-    (SPEC §10), and transformers 5.x's save format (no "vision_model." level), onto one spelling: vision.*, projector.*, image_newline, lm.*, lm_head."""
+    (doc/model.md#checkpoint-and-config), and transformers 5.x's save format (no "vision_model." level), onto one
+    spelling: vision.*, projector.*, image_newline, lm.*, lm_head."""
     for prefix, new in [("model.vision_tower.vision_model.", "vision."), ("vision_tower.vision_model.", "vision."),
                         ("model.vision_tower.", "vision."), ("vision_tower.", "vision."),  # 5.x drops vision_model.
                         ("model.multi_modal_projector.", "projector."), ("multi_modal_projector.", "projector."),
@@ -349,7 +350,7 @@ def read_config(hf_dir):
         die("%s: Llama with attention/mlp biases is not supported" % p)
 
     # Missing keys take the transformers class defaults (LlamaConfig, CLIPVisionConfig), as the hub
-    # config of the 7B model leaves most of them out (SPEC §1.2-1.3).
+    # config of the 7B model leaves most of them out (doc/model.md#checkpoint-and-config).
     h = {}
     h["dim"] = tc.get("hidden_size", 4096)
     h["hidden_dim"] = tc.get("intermediate_size", 11008)
@@ -392,7 +393,8 @@ def read_config(hf_dir):
     h["v_act"] = ACTS[v_act]
     grid = h["image_size"] // h["patch_size"]
     if h["image_size"] % h["patch_size"] or grid % 2:
-        die("%s: image_size/patch_size must be an even integer (SPEC §11)" % p)
+        # the 2x2 pool floors an odd grid while the processor counts grid^2 // 4 tokens per frame
+        die("%s: image_size/patch_size must be an even integer (the 2x2 video pooling needs an even patch grid)" % p)
 
     fl = cfg.get("vision_feature_layer", -2)
     if not isinstance(fl, int):

@@ -4,10 +4,10 @@ weights, for speed measurements without downloading 14 GB.
 
     python3 bench/make_random_model.py OUT.bin [--dtype q8|bf16|f32] [--group-size 64]
 
-It writes a config.json with the values of the hub's llava-hf/LLaVA-NeXT-Video-7B-hf (SPEC §1; the
-keys the hub file leaves out take transformers' defaults in export.py, as for the real checkpoint) and
-runs export.py's own writer over random N(0, 0.02) tensors, so the file layout is exactly what the
-real checkpoint exports to. Needs numpy; a 7B q8 file takes a few minutes and ~7.5 GB of disk.
+It writes a config.json with the values of the hub's llava-hf/LLaVA-NeXT-Video-7B-hf (listed in
+doc/model.md#checkpoint-and-config; the keys the hub file leaves out take transformers' defaults in
+export.py, as for the real checkpoint) and runs export.py's own writer over random N(0, 0.02) tensors,
+so the file layout is exactly what the real checkpoint exports to. Needs numpy; a 7B q8 file takes a few minutes and ~7.5 GB of disk.
 """
 import argparse
 import json

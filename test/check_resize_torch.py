@@ -4,7 +4,8 @@ Not run by `make test` (needs torch); run from the repository root:
 
     python3 test/check_resize_torch.py
 
-1. SPEC_PREPROCESS.md §7.3 snippet: LCG 1280x720 -> 597x336 hash with torchvision.
+1. The LCG test image (doc/preprocessing.md#test-vectors), 1280x720 -> 597x336 with torchvision: its hash and
+   sum must be the ones test/test_video.c expects of video.c.
 2. resize_plane_u8 / resize_rgb_u8 vs torchvision.transforms.v2.functional.resize(uint8 CHW,
    BICUBIC, antialias=True), byte for byte, on real frames (ffmpeg RGB24 of the test clips)
    and random images, for up- and downscales to many sizes.
@@ -81,13 +82,13 @@ print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, transf
       f"cpu capability {torch.backends.cpu.get_cpu_capability()}")
 fails = 0
 
-# 1. the spec's snippet
+# 1. the LCG image of test/test_video.c, resized by torchvision
 t = torch.from_numpy(np.ascontiguousarray(lcg(720, 1280).transpose(2, 0, 1)))[None]
 r = tvF.resize(t, [336, 597], interpolation=tvF.InterpolationMode.BICUBIC, antialias=True)[0]
 h, s = fnv(r.numpy().tobytes()), int(r.sum())
 ok = (h, s) == (0x49840dae, 76768151)
 fails += not ok
-print(f"[{'ok' if ok else 'FAIL'}] §7.3 snippet: {h:#010x} {s} (spec 0x49840dae 76768151)")
+print(f"[{'ok' if ok else 'FAIL'}] LCG 1280x720 -> 597x336: {h:#010x} {s} (test_video.c expects 0x49840dae 76768151)")
 
 # 2. resize vs torchvision on real frames and random images
 frames = []

@@ -16,7 +16,7 @@ card: indices = np.arange(0, total, total/N).astype(int), then read_video_pyav k
 
 tiny_a is written in the layout of the real hub checkpoint (vision_tower.vision_model.* keys, rope_scaling),
 tiny_b exactly as transformers 5.x save_pretrained writes it (vision_tower.* keys, rope_parameters); see
-MODEL_SPECS. Both dirs ship tokenizer.model instead of the 3.6 MB tokenizer.json (HF rebuilds the same tokenizer),
+TINY_MODELS. Both dirs ship tokenizer.model instead of the 3.6 MB tokenizer.json (HF rebuilds the same tokenizer),
 as a relative symlink to test/data/tokenizer.model (one 0.5 MB copy in git).
 
 Images (anyres): the photos in test/data (PHOTOS) are opened with PIL's Image.open, as the reference pipeline does, and
@@ -79,8 +79,9 @@ VERSIONS = {
 VIDEO_ID, IMAGE_ID = 32000, 32001
 VOCAB = 32064
 
-# Chat template of LLaVA-NeXT-Video-7B-hf (SPEC §2.3): role prefix (none for system), all images, then all
-# videos, then each text + ' ' (assistant text in a generation block), 'ASSISTANT:' as generation prompt.
+# Chat template of LLaVA-NeXT-Video-7B-hf (doc/model.md#prompt-and-chat-template): role prefix (none for system),
+# all images, then all videos, then each text + ' ' (assistant text in a generation block), 'ASSISTANT:' as
+# generation prompt.
 CHAT_TEMPLATE = (
     r"{% for message in messages %}"
     r"{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
@@ -103,10 +104,10 @@ CHAT_TEMPLATE = (
 # them fails): matrices/embeddings N(0, INIT_STD), biases N(0, BIAS_STD), norm weights 1 + N(0, NORM_STD).
 INIT_STD, BIAS_STD, NORM_STD = 0.2, 0.1, 0.2
 
-MODEL_SPECS = {
-    # hub_layout: rewrite the saved checkpoint into the layout of the real hub repo (SPEC §1.3, §10): weight
-    # keys `vision_tower.vision_model.*` and text_config `rope_scaling: {factor, type: linear}` with rope_theta
-    # left at its default. Otherwise the directory is exactly what transformers 5.x save_pretrained writes
+TINY_MODELS = {
+    # hub_layout: rewrite the saved checkpoint into the layout of the real hub repo
+    # (doc/model.md#checkpoint-and-config): weight keys `vision_tower.vision_model.*` and text_config
+    # `rope_scaling: {factor, type: linear}` with rope_theta left at its default. Otherwise the directory is exactly what transformers 5.x save_pretrained writes
     # (keys `vision_tower.*`, text_config `rope_parameters: {rope_type, factor, rope_theta}`).
     # A converter must read both.
     "tiny_a": dict(
@@ -171,7 +172,7 @@ LOGITS_LAST = 4
 
 IMAGE_QUESTION = "What is shown in this image?"
 MIXED_QUESTION = "What do the image and the video show?"
-# photo name -> file in test/data (copies of /work/shared/data, see test/data/README.md)
+# photo name -> file in test/data (public photos; where they come from is in test/data/README.md)
 PHOTOS = {
     "flower_small_510x532": "flower_small_510x532.ppm",
     "flower_small_510x532_gray": "flower_small_510x532_gray.pgm",
@@ -397,7 +398,8 @@ def init_weights(model, seed):
 
 def hub_key(k):
     # save_pretrained (transformers 5.x) writes CLIP keys without the `vision_model.` level; the real
-    # LLaVA-NeXT-Video checkpoints have `vision_tower.vision_model.*` (SPEC §10). Use the hub layout.
+    # LLaVA-NeXT-Video checkpoints have `vision_tower.vision_model.*` (doc/model.md#checkpoint-and-config).
+    # Use the hub layout.
     if k.startswith("vision_tower.") and not k.startswith("vision_tower.vision_model."):
         return "vision_tower.vision_model." + k[len("vision_tower."):]
     return k
@@ -446,7 +448,7 @@ def build_model_dir(name, spec, tok):
     for k in ("is_local", "local_files_only", "name_or_path"):
         d.pop(k, None)
     # Without tokenizer.json these are needed to rebuild the same tokenizer (BOS, Metaspace "first"); the hub
-    # tokenizer_config.json has them too (SPEC §2.1).
+    # tokenizer_config.json has them too (doc/model.md#tokenizer).
     d.update({"add_bos_token": True, "add_eos_token": False, "legacy": False})
     save_json(tcfg, d)
 
@@ -514,12 +516,12 @@ def common_meta(name, model, proc, prompt):
         "model": name,
         "model_dir": f"test/models/{name}",
         "checkpoint_layout": "hub (vision_tower.vision_model.* keys, text_config.rope_scaling)"
-                             if MODEL_SPECS[name]["hub_layout"] else
+                             if TINY_MODELS[name]["hub_layout"] else
                              "transformers 5.x save_pretrained (vision_tower.* keys, text_config.rope_parameters)",
         "versions": VERSIONS,
         "compute": "CPU float32, attn_implementation=eager, torch.set_num_threads(1); weights = the saved "
                    "float16 safetensors reloaded and cast to float32",
-        "weights_init": {"seed": MODEL_SPECS[name]["seed"], "matrices_std": INIT_STD, "bias_std": BIAS_STD,
+        "weights_init": {"seed": TINY_MODELS[name]["seed"], "matrices_std": INIT_STD, "bias_std": BIAS_STD,
                          "norm_weight": f"1 + N(0, {NORM_STD})",
                          "note": "own init over model.named_parameters() in order (see init_weights). std 0.2 "
                                  "chosen over 0.1 because 0.1 gave greedy loops of one repeated token. tiny_b's "
@@ -987,10 +989,11 @@ GEOMETRIES = {
     "real": "tiny_a",
     "tiny_b": "tiny_b",
 }
-# Named image sizes (W, H) for the token-count sweep: SPEC §4.6 examples, degenerate shapes, the photos, a float64
-# ceil case of get_patch_output_size (300x400, SPEC_PREPROCESS §5) and sizes found by search where float fuzz
-# matters: x = h*scale lands within 1e-9 of an integer in get_patch_output_size, or int(round(x, 7)) != int(x) in
-# the unpad rule (first hits with W, H <= 2000 for each geometry, from a numpy scan).
+# Named image sizes (W, H) for the token-count sweep: the examples of doc/model.md#placeholder-expansion, degenerate
+# shapes, the photos, a float64 ceil case of get_patch_output_size (300x400, doc/preprocessing.md#anyres-tiles) and
+# sizes found by search where float fuzz matters: x = h*scale lands within 1e-9 of an integer in
+# get_patch_output_size, or int(round(x, 7)) != int(x) in the unpad rule (first hits with W, H <= 2000 for each
+# geometry, from a numpy scan).
 SWEEP_NAMED = [(1, 1), (1, 2), (2, 1), (1, 2000), (2000, 1), (336, 336), (337, 336), (336, 337), (640, 480),
                (1280, 720), (375, 500), (300, 400), (510, 532), (451, 300), (672, 672), (1008, 336), (336, 1008),
                (16384, 1), (1, 16384), (16384, 16384)]
@@ -1126,7 +1129,7 @@ def main():
     tok = build_tokenizer()
 
     models = {}
-    for name, spec in MODEL_SPECS.items():
+    for name, spec in TINY_MODELS.items():
         model, proc = build_model_dir(name, spec, tok)
         models[name] = (model, load_sdpa(name), proc)
 
@@ -1157,7 +1160,7 @@ def main():
             f"gen={meta['generated']}")
     log("\nsizes:")
     total = 0
-    dirs = [os.path.join(MODELS, n) for n in MODEL_SPECS] + [os.path.join(GOLDENS, c) for c in summary]
+    dirs = [os.path.join(MODELS, n) for n in TINY_MODELS] + [os.path.join(GOLDENS, c) for c in summary]
     for d in dirs:
         s = dir_size(d)
         total += s

@@ -6,7 +6,7 @@ Writes the Hugging Face tokenizer goldens that test/test_tokenizer.c compares to
 
 The reference is the HF tokenizer of LLaVA-NeXT-Video-7B rebuilt offline from test/data/tokenizer.model
 (the Llama-2 SentencePiece model, which Vicuna-7B v1.5 and so this model use) with the settings of the
-hub's tokenizer_config.json (SPEC §2.1): legacy=False, add_prefix_space=True, add_bos_token=True, plus the
+hub's tokenizer_config.json (doc/model.md#tokenizer): legacy=False, add_prefix_space=True, add_bos_token=True, plus the
 two added tokens <video> = 32000 and <image> = 32001 (special=True, normalized=False). Its BPE merges are
 ranked by piece score, as in the hub's tokenizer.json (see build_hf_tokenizers for why that matters).
 
@@ -42,7 +42,7 @@ DATA = os.path.join(ROOT, "test", "data")
 GOLD = os.path.join(ROOT, "test", "goldens")
 
 
-CONFIG = {  # the keys of the hub's tokenizer_config.json that matter here (SPEC §2.1)
+CONFIG = {  # the keys of the hub's tokenizer_config.json that matter here (doc/model.md#tokenizer)
     "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
     "add_prefix_space": True, "legacy": False, "bos_token": "<s>", "eos_token": "</s>",
     "unk_token": "<unk>", "pad_token": "<unk>", "clean_up_tokenization_spaces": False,
@@ -59,7 +59,8 @@ def load_dir(files):
         else:
             with open(os.path.join(tmp, name), "w") as f:
                 json.dump(src, f)
-    # from_slow=True: 4.x LlamaTokenizerFast rebuilds from tokenizer.model when add_prefix_space is set (SPEC §2.2).
+    # from_slow=True: 4.x LlamaTokenizerFast rebuilds from tokenizer.model when add_prefix_space is set
+    # (LlamaConverter in convert_slow_tokenizer.py, Metaspace prepend_scheme "first"; doc/model.md#tokenizer).
     tok = AutoTokenizer.from_pretrained(tmp, legacy=False, add_prefix_space=True, from_slow="tokenizer.json" not in files)
     shutil.rmtree(tmp)
     tok.add_tokens([AddedToken("<video>", special=True, normalized=False),
@@ -95,8 +96,9 @@ def build_hf_tokenizers():
     return hub, by_id
 
 
-# Prompts: chat template forms (SPEC §2.3), text glued to special tokens, special-token strings inside text,
-# partial matches, whitespace at the edges, control characters, scripts, emoji, digits.
+# Prompts: chat template forms (doc/model.md#prompt-and-chat-template), text glued to special tokens,
+# special-token strings inside text, partial matches, whitespace at the edges, control characters, scripts,
+# emoji, digits.
 PROMPTS = [
     ("template_video", "USER: <video>\nWhy is this video funny? ASSISTANT:"),
     ("template_image", "USER: <image>\nWhat is shown in this image? ASSISTANT:"),

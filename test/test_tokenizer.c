@@ -16,7 +16,9 @@ What is checked (exit status 1 on any failure, "N passed, N failed" at the end):
     with BOS gives HF's ids and decode_ids() gives HF decode(skip_special_tokens=True), on hand-picked
     prompts (chat template, special tokens, edge cases), decode-only id lists, and every sentencepiece text.
     The streaming Detokenizer gives the same text, in chunks that are whole UTF-8 characters.
- 4. The SPEC §2.4 prompts, buffer limits, and speed (a 5,000-token prompt must take well under a second).
+ 4. Template prompts with their ids written out (doc/model.md#tokenizer, #placeholder-expansion):
+    "USER: <video>\nHi", and the model card's question with 1 and with 1152 (8 frames x 144) <video> tokens;
+    buffer limits; and speed (a 5,000-token prompt must take well under a second).
 */
 #define TESTING
 #include "../llava.c"
@@ -377,9 +379,9 @@ static void test_hf_file(Tokenizer* t, const char* path) {
 }
 
 // ----------------------------------------------------------------------------
-// 4. SPEC §2.4 prompts, limits, speed
+// 4. Template prompts with known ids, limits, speed
 
-static void test_spec_prompts(Tokenizer* t) {
+static void test_template_prompts(Tokenizer* t) {
     int shown = 0;
     const char* a = "USER: <video>\nHi";
     int want_a[] = { 1, 3148, 1001, 29901, 29871, 32000, 13, 18567 };
@@ -401,7 +403,7 @@ static void test_spec_prompts(Tokenizer* t) {
                  memcmp(got + 5 + copies, tail, sizeof(tail)) == 0;
         for (int i = 0; i < copies && ok; i++) ok = got[5 + i] == 32000;
         char what[64];
-        snprintf(what, sizeof(what), "SPEC 2.4 prompt with %d <video> (%d ids)", copies, n);
+        snprintf(what, sizeof(what), "template prompt with %d <video> (%d ids)", copies, n);
         check(ok, &shown, "  FAIL %s\n", what);
         if (copies == 1152) {  // exactly enough room is fine
             int exact = encode(t, prompt, len, 1, got, 1170);
@@ -417,7 +419,7 @@ static void test_spec_prompts(Tokenizer* t) {
     check(need == 11 && strcmp(small, "Hello") == 0, &shown, "  FAIL %s\n", "decode_ids truncation");
     check(strcmp(token_piece(t, 15043), "▁Hello") == 0 && strcmp(token_piece(t, 32063), "") == 0, &shown,
           "  FAIL %s\n", "token_piece");
-    printf("%-40s %4d checks, %d failed\n", "SPEC 2.4 prompts and limits", 7, shown);
+    printf("%-40s %4d checks, %d failed\n", "template prompts and limits", 7, shown);
 }
 
 static double now_s(void) {
@@ -481,7 +483,7 @@ int main(int argc, char** argv) {
     test_llamacpp(&t, "test/data/ggml-vocab-llama-spm.gguf.inp", "test/data/ggml-vocab-llama-spm.gguf.out");
     test_hf_file(&t, "test/goldens/tokenizer_hf.jsonl");
     test_hf_file(&t, "test/goldens/tokenizer_hf_sp_texts.jsonl");
-    test_spec_prompts(&t);
+    test_template_prompts(&t);
     test_speed(&t);
 
     free_tokenizer(&t);

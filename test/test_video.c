@@ -5,7 +5,8 @@
 // Build and run from the repository root (the fixtures are found relative to it):
 //   gcc -O3 -march=native -Wall -Wextra -o /tmp/test_video test/test_video.c -lm && /tmp/test_video
 //   gcc -O0 -g -fsanitize=address,undefined -Wall -Wextra -o /tmp/test_video_asan test/test_video.c -lm && /tmp/test_video_asan
-// Expected values: SPEC_PREPROCESS.md §7 (resize/normalize), ffmpeg 5.1.9 RGB24
+// Expected values: the resize/normalize vectors of doc/preprocessing.md#test-vectors
+// (torch's uint8 antialiased bicubic, cross-checked by test/check_resize_torch.py), ffmpeg 5.1.9 RGB24
 // (test/data/*.rgb24, see test/data/README.md), numpy
 // (test/data/sample_indices_numpy.txt from test/gen_sample_table.py), Pillow and
 // transformers' LlavaNextImageProcessor (test/goldens/image_tables.txt from
@@ -68,7 +69,8 @@ static void write_all(const char* path, const void* p, size_t n) {
     fclose(f);
 }
 
-// The LCG test image of SPEC_PREPROCESS.md §7.3, returned as (C, H, W) planes.
+// The LCG test image (doc/preprocessing.md#test-vectors): s = s*1103515245 + 12345 mod 2^32, sample
+// (s >> 16) & 255, generated in HWC order, returned as (C, H, W) planes.
 static uint8_t* lcg_image(int w, int h, int c, uint32_t seed) {
     uint8_t* img = malloc((size_t)w * h * c);
     uint32_t s = seed;
@@ -98,7 +100,8 @@ static const float CLIP_MEAN[3] = {0.48145466f, 0.4578275f, 0.40821073f};
 static const float CLIP_STD[3] = {0.26862954f, 0.26130258f, 0.27577711f};
 
 // ----------------------------------------------------------------------------
-// SPEC_PREPROCESS.md §1.3 / §7.3: normalization constants and table
+// Normalization constants and table: float32 mean*255 and std*255, then (u8 - M) / S
+// (doc/preprocessing.md#crop-and-normalize)
 
 static void test_normalize(void) {
     const uint32_t M[3] = {0x42f58ab9, 0x42e97df6, 0x42d02ffe};
@@ -113,7 +116,7 @@ static void test_normalize(void) {
         {0, 0, 0xbfe568dc}, {0, 1, 0xbfe38a80}, {0, 128, 0x3d9c560e}, {0, 255, 0x3ff71542},
         {1, 0, 0xbfe044b7}, {1, 128, 0x3e2cf360}, {1, 255, 0x4004cae4},
         {2, 0, 0xbfbd77d8}, {2, 128, 0x3eae0dc1}, {2, 255, 0x40095661},
-        // §7.3 sample values (u8 -> float)
+        // the levels met in test_end_to_end's 1280x720 LCG crop (u8 -> float)
         {0, 199, 0x3f8e7107}, {1, 106, 0xbe2524f1}, {2, 106, 0x3cde0ff5},
         {0, 148, 0x3ebc9269}, {1, 184, 0x3f8131cb}, {2, 115, 0x3e1ecf57},
     };
@@ -123,7 +126,8 @@ static void test_normalize(void) {
 }
 
 // ----------------------------------------------------------------------------
-// SPEC_PREPROCESS.md §7.1: per-axis tables
+// Per-axis tables of the resize: first tap, tap count and int16 weights of some outputs, and the
+// fixed-point precision (doc/preprocessing.md#resize)
 
 typedef struct { int out, lo, n; int w[11]; } AxisRow;
 
@@ -186,7 +190,7 @@ static void test_axes(void) {
 }
 
 // ----------------------------------------------------------------------------
-// SPEC_PREPROCESS.md §7.2: the 6x8 example
+// A 6x8 one-plane example (LCG seed 7): each pass, the weights, a downscale and an upscale
 
 static void test_small_example(void) {
     uint8_t* src = lcg_image(8, 6, 1, 7);
@@ -206,7 +210,7 @@ static void test_small_example(void) {
     const uint8_t first[11] = {114, 86, 78, 113, 157, 82, 4, 37, 25, 30, 46};
     const uint8_t last[11] = {83, 45, 25, 51, 80, 188, 237, 115, 90, 136, 195};
     check(memcmp(up, first, 11) == 0 && memcmp(up + 88, last, 11) == 0, "6x8 -> 9x11 first/last rows");
-    // weights listed in §7.2
+    // the weights of both axes
     ResizeAxis ax, ay;
     resize_axis_build(&ax, 8, 5, 0, 5);
     resize_axis_build(&ay, 6, 4, 0, 4);
@@ -223,7 +227,8 @@ static void test_small_example(void) {
 }
 
 // ----------------------------------------------------------------------------
-// SPEC_PREPROCESS.md §7.3: end-to-end hashes (video frames and the image path)
+// End-to-end hashes (video frames and the image path) of the LCG and gradient images
+// (doc/preprocessing.md#test-vectors)
 
 static void test_end_to_end(void) {
     struct { int w, h, grad; int rw, rh; uint32_t rhash; uint64_t rsum; uint32_t chash; uint64_t csum; } c[] = {
@@ -260,7 +265,7 @@ static void test_end_to_end(void) {
                 same &= memcmp(crop + ((size_t)ch * 336 + y) * 336, r + ((size_t)ch * nh + y0 + y) * nw + x0, 336) == 0;
         check(same, "%dx%d: windowed crop equals slice of full resize", c[i].w, c[i].h);
         if (i == 0) {
-            // §7.3 sample normalized values of the 1280x720 lcg crop
+            // some normalized values of the 1280x720 lcg crop
             float t[3][256];
             normalize_table(t, CLIP_MEAN, CLIP_STD);
             struct { int c, y, x; int u8; uint32_t bits; } s[] = {
@@ -275,7 +280,7 @@ static void test_end_to_end(void) {
         free(r);
         free(img);
     }
-    // anyres image path (resize_rgb_u8 reused; zero padding done here): §5, §7.3 last paragraph
+    // anyres image path (resize_rgb_u8 reused; zero padding done here): doc/preprocessing.md#anyres-tiles
     struct { int w, h, grad, rw, rh, tw, th; uint32_t rhash, phash, bhash; } im[] = {
         {640, 480, 0, 672, 504, 672, 672, 0x703bb606, 0x9c909806, 0xef87c44a},
         {300, 400, 0, 336, 449, 336, 672, 0xdf6d2dc0, 0x8a01fc00, 0x746e0e34},
@@ -362,7 +367,8 @@ static void test_yuv_vs_ffmpeg(void) {
     }
 }
 
-// Y planes of the 4:2:0/4:4:4/4:2:2/mono slices are the same bytes (shared README §2);
+// Y planes of the 4:2:0/4:4:4/4:2:2/mono slices are the same bytes (they come from one 4:4:4 master,
+// test/data/README.md);
 // mono decodes like YUV with neutral chroma (range conversion applied); the
 // interlaced and high-bit-depth headers are read.
 static void test_y_planes_and_mono(void) {
@@ -941,15 +947,16 @@ static void test_image_tables(void) {
     free(text);
 }
 
-// SPEC.md §4.6 examples, real geometry (W x H).
-static void test_spec_token_counts(void) {
+// <image> token counts of doc/model.md#placeholder-expansion, real geometry (W x H).
+static void test_image_token_counts(void) {
     const int32_t pins[] = {336, 672, 672, 336, 672, 672, 1008, 336, 336, 1008};
     struct { int w, h, n; } c[] = {{640, 480, 2340}, {1280, 720, 1948}, {375, 500, 2352}, {336, 336, 1176}};
     for (int i = 0; i < 4; i++) {
         int got = image_num_tokens(c[i].h, c[i].w, 336, 14, pins, 5);
-        check(got == c[i].n, "SPEC §4.6: %dx%d -> %d tokens (want %d)", c[i].w, c[i].h, got, c[i].n);
+        check(got == c[i].n, "image tokens: %dx%d -> %d tokens (want %d)", c[i].w, c[i].h, got, c[i].n);
     }
-    // 336x336 (W x H) picks (336, 672) on the tie (SPEC §4.1); 300x400 rounds 448.00000000000006 up to 449
+    // 336x336 (W x H) picks (336, 672) on the tie (select_best_resolution keeps the earlier pinpoint);
+    // 300x400 rounds 448.00000000000006 up to 449
     int bh, bw, nh, nw;
     select_best_resolution(336, 336, pins, 5, &bh, &bw);
     check(bh == 336 && bw == 672, "336x336: best %dx%d (h x w)", bh, bw);
@@ -1099,7 +1106,7 @@ int main(void) {
     test_errors();
     test_load_video();
     test_extreme_sizes();
-    test_spec_token_counts();
+    test_image_token_counts();
     test_image_tables();
     test_image_reader();
     test_image_errors();

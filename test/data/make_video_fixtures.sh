@@ -1,18 +1,26 @@
 #!/bin/sh
 # Makes the video test fixtures in test/data/ (used by test/test_video.c).
-# Run from the repository root: sh test/data/make_video_fixtures.sh [SHARED_DATA_DIR]
+# Run from the repository root: sh test/data/make_video_fixtures.sh SRC_DIR
 #
-# 1. Byte-exact slices (first frames, via head -c) of the clips and of ffmpeg's
-#    reference RGB24 in the shared data folder (see its README §2). A Y4M slice
-#    is the header line plus the first N "FRAME\n"+planes records; an RGB24 slice
-#    is the first N*W*H*3 bytes. No pixel is changed.
-# 2. RGB24 references for formats the shared folder has no reference for, made
-#    from those slices by ffmpeg 7:5.1.9-0+deb12u1 (Debian bookworm; the build
-#    that made the shared references) with the same flags as the shared
+# SRC_DIR holds the longer source clips and their ffmpeg RGB24 references, made
+# from the public CC0 clip described in test/data/README.md, under the names
+# read below (city_*_16f.y4m, city_352x288_420paldv_Ib_8f.y4m, *.rgb24).
+#
+# 1. Byte-exact slices (first frames, via head -c) of those clips and of their
+#    reference RGB24. A Y4M slice is the header line plus the first N
+#    "FRAME\n"+planes records; an RGB24 slice is the first N*W*H*3 bytes. No
+#    pixel is changed.
+# 2. RGB24 references for the formats SRC_DIR has no reference for, made from
+#    those slices by ffmpeg 7:5.1.9-0+deb12u1 (Debian bookworm; the build that
+#    made the source references) with the same flags as the source
 #    *_neighbor_accurate.rgb24:  -sws_flags neighbor+accurate_rnd+full_chroma_int+bitexact
 #    and a 10-bit clip converted from the 4:4:4 master by ffmpeg.
 set -eu
-S=${1:-../shared/data}
+if [ $# -ne 1 ] || [ ! -d "$1" ]; then
+    echo "usage: sh test/data/make_video_fixtures.sh SRC_DIR  (a folder with the source clips, see test/data/README.md)" >&2
+    exit 1
+fi
+S=$1
 O=test/data
 FL="-sws_flags neighbor+accurate_rnd+full_chroma_int+bitexact"
 
@@ -21,7 +29,7 @@ slice() {
     hdr=$(head -n 1 "$1" | wc -c)
     head -c $((hdr + $3 * (6 + $4))) "$1" > "$2"
 }
-# 4 frames of the two clips with shared references
+# 4 frames of the two clips that have a source reference
 slice "$S/city_320x240_420jpeg_16f.y4m" $O/city_320x240_420jpeg_4f.y4m 4 115200
 head -c $((4 * 320 * 240 * 3)) "$S/city_320x240_420jpeg_16f.ffmpeg_neighbor_accurate.rgb24" > $O/city_320x240_420jpeg_4f.ffmpeg_neighbor_accurate.rgb24
 slice "$S/city_333x187_420jpeg_16f.y4m" $O/city_333x187_420jpeg_4f.y4m 4 93667
