@@ -8,7 +8,7 @@ export.py writes after the model header (or alone into a .tok file): for each to
 f32 score, i32 type, u32 len, then len bytes of the piece ("▁Hello", "<0x0A>", "<s>", "<video>").
 Piece types are sentencepiece's: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte.
 
-Encoding (SPEC §2.2), what HF does:
+Encoding (doc/model.md, "Tokenizer"), what HF does:
   1. Split the input on the special tokens, i.e. every piece of type 2, 3 or 4 (<unk>, <s>, </s>, <video>,
      <image>): exact byte match, leftmost then longest, spaces around them kept. Each becomes its id.
   2. In every text piece in between, ' ' becomes '▁' (U+2581). Only the piece that starts at offset 0 of

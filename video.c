@@ -10,12 +10,12 @@
 //   3. picks frames like the model card: np.arange(0, total, total/N).astype(int),
 //      then keeps what its read_video_pyav keeps (distinct indices < total);
 //   4. preprocesses each picked frame like transformers' torchvision video
-//      processor (SPEC_PREPROCESS.md §6): shortest-edge resize to S with torch's
+//      processor (doc/preprocessing.md, "Video frames, end to end"): shortest-edge resize to S with torch's
 //      uint8 antialiased bicubic kernel, center crop S×S (floor offsets, 4.57+),
 //      then (float(u8) - mean*255) / (std*255) in float32, CHW;
 //   5. reads still images (binary PPM/PGM exactly as Pillow decodes them, or
 //      the first frame of a Y4M) and cuts them into LLaVA-NeXT "anyres" patches
-//      like transformers' LlavaNextImageProcessor (SPEC.md §4): best grid
+//      like transformers' LlavaNextImageProcessor (doc/preprocessing.md, "Anyres tiles"): best grid
 //      pinpoint, aspect-keeping resize, zero padding, S×S tiles plus the whole
 //      image squeezed to S×S; and counts the <image> tokens an image takes.
 //
@@ -172,7 +172,7 @@ int video_frame_list(int total, int n, int* out) {
 }
 
 // ----------------------------------------------------------------------------
-// Resize: torch's CPU uint8 antialiased bicubic (SPEC_PREPROCESS.md §3)
+// Resize: torch's CPU uint8 antialiased bicubic (doc/preprocessing.md, "Resize")
 //
 // Separable: horizontal pass first into a uint8 buffer (rounded and saturated),
 // then vertical. A pass whose size does not change is skipped. Per axis the
@@ -355,7 +355,7 @@ void resize_crop_rgb_u8(const uint8_t* rgb, int w, int h, int S, uint8_t* out) {
     int nw, nh;
     shortest_edge_size(w, h, S, &nw, &nh);
     // center crop, transformers >= 4.57: int((n - S) / 2.0) = floor for n >= S
-    // (4.52-4.56 rounded half to even instead; see SPEC_PREPROCESS.md §1.2)
+    // (4.52-4.56 rounded half to even instead; see doc/preprocessing.md, "Crop and normalize")
     int x0 = (nw - S) / 2, y0 = (nh - S) / 2;
     uint8_t* tmp = xmalloc((size_t)h * S);
     for (int c = 0; c < 3; c++)
@@ -365,7 +365,7 @@ void resize_crop_rgb_u8(const uint8_t* rgb, int w, int h, int S, uint8_t* out) {
 }
 
 // ----------------------------------------------------------------------------
-// Normalization (SPEC_PREPROCESS.md §1.3)
+// Normalization (doc/preprocessing.md, "Crop and normalize")
 //
 // transformers fuses rescale and normalize: M = f32(mean) * 255, S = f32(std) * 255
 // (float32 products; 255 = 1/rescale_factor exactly), then per element
@@ -1108,7 +1108,8 @@ void free_image(Image* im) {
 }
 
 // ----------------------------------------------------------------------------
-// Anyres image preprocessing (LLaVA-NeXT; SPEC.md §4, SPEC_PREPROCESS.md §5)
+// Anyres image preprocessing (LLaVA-NeXT; doc/preprocessing.md, "Anyres tiles"; the model side in
+// doc/model.md, "Images (anyres)")
 //
 // transformers 5.x LlavaNextImageProcessor (the torchvision backend, the
 // default class) does, for an image of W x H and tile size S (336):
