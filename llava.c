@@ -254,14 +254,38 @@ static Matrix* take_matrices(Cursor* c, int n_stack, int rows, int cols, DType t
 // Refuses a header that is not ours, or whose numbers would make the forward passes read out of
 // bounds, overflow a size product, or divide by zero. Everything after it may trust the Config.
 static void check_config(const Config* p, const char* path) {
+    // The file is little-endian (export.py writes '<' structs and numpy's little-endian arrays). On a
+    // big-endian host the magic reads byte-swapped: say so instead of calling the file foreign.
+    if (p->magic == __builtin_bswap32(LLAVA_MAGIC))
+        fatal("%s: this is a llava.c model file, but this host is big-endian and the file is little-endian; "
+              "big-endian hosts are not supported", path);
     if (p->magic != LLAVA_MAGIC)
         fatal("%s: not a llava.c model file (bad magic; convert a Hugging Face checkpoint with export.py)", path);
     if (p->version != LLAVA_VERSION)
         fatal("%s: file format version %d, this build reads version %d (re-export with this export.py)",
               path, p->version, LLAVA_VERSION);
     if (p->weight_type < 0 || p->weight_type > 2) fatal("%s: unknown weight type %d", path, p->weight_type);
-    if (p->weight_type == DT_Q8 && (p->group_size <= 0 || p->group_size % 4))
-        fatal("%s: bad q8 group size %d", path, p->group_size);
+    if (p->weight_type == DT_Q8 && (p->group_size <= 0 || p->group_size % 4 || p->group_size > 65536))
+        fatal("%s: bad q8 group size %d (a positive multiple of 4)", path, p->group_size);
+    if (p->weight_type != DT_Q8 && p->group_size != 0)
+        fatal("%s: group size %d on a %s file (only q8 files have groups; export.py writes 0)", path,
+              p->group_size, p->weight_type == DT_F32 ? "f32" : "bf16");
+    // Enums: what the forward passes know how to compute.
+    if (p->v_act != 0 && p->v_act != 1) fatal("%s: unknown vision activation %d (0 quick_gelu, 1 gelu)", path, p->v_act);
+    if (p->proj_act != 0) fatal("%s: unknown projector activation %d (0 gelu)", path, p->proj_act);
+    if (p->select_strategy != 0 && p->select_strategy != 1)
+        fatal("%s: unknown vision feature select strategy %d (0 default, 1 full)", path, p->select_strategy);
+    // Floats: finite and in the range where the formulas mean something (NaN fails every comparison).
+    const struct { const char* name; float v, lo, hi; } fr[] = {
+        {"rms_eps", p->rms_eps, 1e-12f, 1.0f}, {"v_eps", p->v_eps, 1e-12f, 1.0f},
+        {"rope_theta", p->rope_theta, 1.0f, 1e12f}, {"rope_scale", p->rope_scale, 1e-3f, 1e6f},
+        {"image_mean[0]", p->image_mean[0], 0.0f, 1.0f}, {"image_mean[1]", p->image_mean[1], 0.0f, 1.0f},
+        {"image_mean[2]", p->image_mean[2], 0.0f, 1.0f}, {"image_std[0]", p->image_std[0], 1e-6f, 1e3f},
+        {"image_std[1]", p->image_std[1], 1e-6f, 1e3f}, {"image_std[2]", p->image_std[2], 1e-6f, 1e3f},
+    };
+    for (size_t i = 0; i < sizeof(fr) / sizeof(fr[0]); i++)
+        if (!(fr[i].v >= fr[i].lo && fr[i].v <= fr[i].hi))
+            fatal("%s: header field %s = %g is outside [%g, %g]", path, fr[i].name, fr[i].v, fr[i].lo, fr[i].hi);
     // Bounds that keep every size product far from overflow and every loop sane.
     const struct { const char* name; int v, lo, hi; } r[] = {
         {"dim", p->dim, 1, 65536}, {"hidden_dim", p->hidden_dim, 1, 262144}, {"n_layers", p->n_layers, 1, 1024},
@@ -296,9 +320,16 @@ static void check_config(const Config* p, const char* path) {
     // hidden_states has v_layers + 1 entries (the embeddings, then each layer), indexed like Python
     if (p->feature_layer < -(p->v_layers + 1) || p->feature_layer > p->v_layers)
         fatal("%s: feature_layer %d out of range for %d vision layers", path, p->feature_layer, p->v_layers);
-    const int ids[] = {p->bos, p->eos, p->image_token, p->video_token};
+    // Token ids: inside the tokenizer (pad and unk may be -1: none), and the four that steer the
+    // pipeline distinct from each other (a placeholder that is also EOS would end every answer).
+    const char* id_names[] = {"bos", "eos", "image_token", "video_token", "pad", "unk"};
+    const int ids[] = {p->bos, p->eos, p->image_token, p->video_token, p->pad, p->unk};
+    for (int i = 0; i < 6; i++)
+        if (ids[i] < (i >= 4 ? -1 : 0) || ids[i] >= p->n_tokens)
+            fatal("%s: header field %s = %d is outside the tokenizer's %d tokens", path, id_names[i], ids[i], p->n_tokens);
     for (int i = 0; i < 4; i++)
-        if (ids[i] < 0 || ids[i] >= p->n_tokens) fatal("%s: special token id %d outside the tokenizer", path, ids[i]);
+        for (int j = i + 1; j < 4; j++)
+            if (ids[i] == ids[j]) fatal("%s: header fields %s and %s are the same token %d", path, id_names[i], id_names[j], ids[i]);
     if (p->weight_type == DT_Q8) {  // every matmul's input width must hold whole quantization groups
         const int ks[] = {p->v_dim, p->v_hidden_dim, p->dim, p->n_heads * p->head_dim, p->hidden_dim};
         for (int i = 0; i < 5; i++)
@@ -417,13 +448,24 @@ static void for_each_matrix(Model* m, void (*fn)(Matrix*)) {
     fn(&m->llm.lm_head);
 }
 
+// Bytes of memory this process may use: physical RAM, or less under an address-space limit (ulimit -v).
+static size_t memory_available(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    size_t ram = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : SIZE_MAX;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_AS, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (size_t)rl.rlim_cur < ram) ram = rl.rlim_cur;
+    return ram;
+}
+
 // Opens and maps a model file: header (1024 bytes) | tokenizer blob | tensors, each 64-byte aligned, in
 // export.py's order. The weights stay in the page cache, shared and read-only (MAP_PRIVATE: never
 // written); the matmul weights are then packed for the kernels and their file pages released.
 static void build_model(Model* m, const char* path) {
     memset(m, 0, sizeof(*m));
     m->path = path;
-    int fd = open(path, O_RDONLY);
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait forever for a writer; it is refused
+    // by the regular-file check right after. (It does not affect reading a regular file or mmap.)
+    int fd = open(path, O_RDONLY | O_NONBLOCK);
     if (fd < 0) fatal("%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) fatal("%s: not a regular file", path);
@@ -442,6 +484,12 @@ static void build_model(Model* m, const char* path) {
                     m->config.n_tokens, path);
     c.offset += m->config.tokenizer_bytes;
     memory_map_weights(m, &c);
+    // Packing copies every matmul weight into RAM (the file pages are released as it goes), so the
+    // file must fit in memory: refuse before packing gigabytes, not halfway through.
+    size_t have = memory_available();
+    if (m->file_size > have)
+        fatal("%s: the model needs %.1f GB of memory for its weights, this machine has %.1f GB", path,
+              m->file_size / 1e9, have / 1e9);
     for_each_matrix(m, pack_and_release);  // the kernels' panel layout, packed once
 }
 
@@ -779,7 +827,8 @@ static void* read_npy(const char* path, char* descr_out, int* ndim, int64_t shap
     if (fread(h, 1, hl, f) != hl) fatal("%s: truncated .npy header", path);
     const char* d = strstr(h, "'descr': '");
     const char* s = strstr(h, "'shape': (");
-    if (!d || !s || strstr(h, "'fortran_order': True")) fatal("%s: unsupported .npy header", path);
+    if (!d || !s || strstr(h, "'fortran_order': True") || strnlen(d + 10, 3) < 3)  // 3: "<f4"
+        fatal("%s: unsupported .npy header", path);
     memcpy(descr_out, d + 10, 3);
     descr_out[3] = 0;
     size_t elem = !strcmp(descr_out, "<f4") || !strcmp(descr_out, "<i4") ? 4 : !strcmp(descr_out, "|u1") ? 1 : 0;
@@ -906,8 +955,8 @@ static void load_pixels(Model* m, Media* md, const char* path) {
     int ndim;
     int64_t shape[8];
     void* data = read_npy(path, descr, &ndim, shape);
-    if (ndim != 4 || shape[1] != C || shape[2] != S || shape[3] != S)
-        fatal("%s: expected pixels of shape (F, %d, %d, %d)", path, C, S, S);
+    if (ndim != 4 || shape[0] < 1 || shape[0] > 4096 || shape[1] != C || shape[2] != S || shape[3] != S)
+        fatal("%s: expected pixels of shape (F, %d, %d, %d) with 1 <= F <= 4096", path, C, S, S);
     VideoFeatures* vf = &md->videos;
     vf->F = (int)shape[0];
     md->n_videos = 1;
@@ -1166,6 +1215,10 @@ static void build_state(Model* m, int ctx, int max_rows) {
     s->logits = xcalloc(p->vocab_size, sizeof(float));
     s->kv_bf16 = p->weight_type != DT_F32;
     size_t kv_elem = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
+    size_t kv_bytes = 2 * (size_t)p->n_layers * ctx * kvd * kv_elem, have = memory_available();
+    if (kv_bytes > have / 2)  // the weights take (most of) the rest
+        fatal("%s: a KV cache of %d positions needs %.1f GB, more than half of the %.1f GB of memory; "
+              "lower the context with -c", m->path, ctx, kv_bytes / 1e9, have / 1e9);
     s->key_cache = xcalloc((size_t)p->n_layers * ctx * kvd, kv_elem);
     s->value_cache = xcalloc((size_t)p->n_layers * ctx * kvd, kv_elem);
     // inv_freq[j] = 1 / theta^(2j/head_dim), then / factor for linear scaling; f32 like
@@ -1329,8 +1382,16 @@ static int cmp_prob_desc(const void* a, const void* b) {
 // temperature, softmaxed, and one uniform draw r in [0, 1) picks the token where the running sum of
 // the probabilities first exceeds r (or of the top-p nucleus, renormalised).
 static int sample(Sampler* s, float* logits) {
+    for (int i = 0; i < s->vocab; i++)  // NaN or inf: the model's arithmetic broke down, no token is right
+        if (!isfinite(logits[i]))
+            fatal("the logits hold %s (token %d): the model's activations overflowed (a broken or "
+                  "mis-exported weight file?)", isnan(logits[i]) ? "NaN" : "inf", i);
     if (s->temperature == 0.0f) return argmax(logits, s->vocab);
+    int best = argmax(logits, s->vocab);
     for (int i = 0; i < s->vocab; i++) logits[i] /= s->temperature;
+    // A temperature so small that logit/t overflows (t = 1e-40) is greedy in the limit.
+    for (int i = 0; i < s->vocab; i++)
+        if (!isfinite(logits[i])) return best;
     softmax(logits, s->vocab);
     float r = random_f32(&s->rng);
     if (s->topp <= 0.0f || s->topp >= 1.0f) {  // plain multinomial sampling
@@ -1346,6 +1407,8 @@ static int sample(Sampler* s, float* logits) {
     float cutoff = (1.0f - s->topp) / (s->vocab - 1);
     int n = 0;
     for (int i = 0; i < s->vocab; i++) if (logits[i] >= cutoff) s->index[n++] = i;
+    if (n == 0) return best;  // cannot happen with finite probabilities (the largest is >= 1/vocab), but
+                              // never index[-1]
     g_sort_probs = logits;
     qsort(s->index, n, sizeof(int), cmp_prob_desc);
     float mass = 0;  // probability of the nucleus: the sorted head up to and including `last`
@@ -1466,7 +1529,9 @@ static void usage(int code) {
         "  --ids \"1 2 ..\" the prompt as token ids (placeholders included), no tokenizer or template\n"
         "  --pixels FILE  test hook: preprocessed frames as .npy, (F,C,S,S) float32 or uint8 levels\n"
         "  --dump DIR     write the intermediate tensors of the run as .npy files into DIR\n"
-        "  --threads N    worker threads (default: all cores)\n");
+        "  --threads N    worker threads (default: all cores)\n"
+        "  --max-stream-frames N  frames a -v - stream may have (default 18000: 10 min at 30 fps; each\n"
+        "                 is spooled to a temporary file, 339 KB at 336x336)\n");
     exit(code);
 }
 
@@ -1506,6 +1571,16 @@ static float parse_float(const char* flag, const char* s, float lo, float hi) {
     return v;
 }
 
+// A seed: a decimal integer in [0, 2^64). strtoull alone would take "-1" (as 2^64 - 1) and "abc" (as 0).
+static uint64_t parse_seed(const char* flag, const char* s) {
+    char* end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (!isdigit((unsigned char)s[0]) || *end != 0 || errno == ERANGE)
+        fatal("%s expects an integer in [0, 18446744073709551615], got '%s'", flag, s);
+    return (uint64_t)v;
+}
+
 static Args parse_args(int argc, char** argv) {
     Args a = {0};
     a.frames = 8;
@@ -1535,13 +1610,14 @@ static Args parse_args(int argc, char** argv) {
         else if (!strcmp(f, "-n")) a.steps = parse_int(f, v, 0, 1 << 24);
         else if (!strcmp(f, "-t")) a.temperature = parse_float(f, v, 0.0f, 100.0f);
         else if (!strcmp(f, "-k")) a.topp = parse_float(f, v, 0.0f, 1.0f);
-        else if (!strcmp(f, "-s")) a.seed = (uint64_t)strtoull(v, NULL, 10);
+        else if (!strcmp(f, "-s")) a.seed = parse_seed(f, v);
         else if (!strcmp(f, "-c")) a.ctx = parse_int(f, v, 1, 1 << 24);
         else if (!strcmp(f, "-m")) a.mode = v;
         else if (!strcmp(f, "--ids")) a.ids = v;
         else if (!strcmp(f, "--pixels")) a.pixels_path = v;
         else if (!strcmp(f, "--dump")) a.dump_dir = v;
         else if (!strcmp(f, "--threads")) a.threads = parse_int(f, v, 1, 1024);
+        else if (!strcmp(f, "--max-stream-frames")) video_max_stream_frames = parse_int(f, v, 1, 1 << 30);
         else fatal("unknown option %s (see ./llava -h)", f);
     }
     if (strcmp(a.mode, "generate") && strcmp(a.mode, "encode") && strcmp(a.mode, "decode"))

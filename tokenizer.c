@@ -100,6 +100,12 @@ static int tok_is_special_type(int type) {
 // Parses the blob (see the top of the file). n_tokens >= 0: exactly that many records, and anything after
 // them must be zero padding. n_tokens < 0: as many records as the blob holds (a .tok file).
 // path_for_errors names the file in error messages.
+typedef struct { int len, id; } TokSpecial;
+static int tok_cmp_special(const void* a, const void* b) {  // longer first, then lower id
+    const TokSpecial *x = a, *y = b;
+    return x->len != y->len ? (x->len > y->len ? -1 : 1) : (x->id > y->id) - (x->id < y->id);
+}
+
 void build_tokenizer(Tokenizer* t, const unsigned char* blob, size_t blob_size, int n_tokens,
                      const char* path_for_errors) {
     const char* path = path_for_errors ? path_for_errors : "tokenizer";
@@ -191,12 +197,13 @@ void build_tokenizer(Tokenizer* t, const unsigned char* blob, size_t blob_size, 
         t->special_first[(unsigned char)t->vocab[id][0]] = 1;
     }
     // Longest first, so the first special piece that matches at a position is the longest one there
-    // (HF matches added tokens leftmost-longest). Insertion sort: there are only a handful.
-    for (int i = 1; i < t->n_specials; i++) {
-        int id = t->specials[i], j = i;
-        while (j > 0 && t->vocab_len[t->specials[j - 1]] < t->vocab_len[id]) { t->specials[j] = t->specials[j - 1]; j--; }
-        t->specials[j] = id;
-    }
+    // (HF matches added tokens leftmost-longest); equal lengths keep id order. qsort, not an insertion
+    // sort: a hostile file may declare millions of special pieces.
+    TokSpecial* order = xmalloc((size_t)(t->n_specials ? t->n_specials : 1) * sizeof(TokSpecial));
+    for (int i = 0; i < t->n_specials; i++) order[i] = (TokSpecial){t->vocab_len[t->specials[i]], t->specials[i]};
+    qsort(order, (size_t)t->n_specials, sizeof(TokSpecial), tok_cmp_special);
+    for (int i = 0; i < t->n_specials; i++) t->specials[i] = order[i].id;
+    free(order);
 }
 
 void free_tokenizer(Tokenizer* t) {

@@ -658,6 +658,12 @@ static void yuv_to_rgb(const Y4mInfo* y, const uint8_t* frame, uint8_t* rgb) {
 // one frame of RAM. A regular file redirected to stdin is seekable and takes
 // the file path.
 
+// A stream is spooled to disk frame by frame until it ends: an endless one (cat /dev/zero, a camera)
+// would fill the disk. The cap, 18,000 frames (10 minutes at 30 fps, 6.1 GB of spool at S = 336), ends
+// such a stream with an error instead; --max-stream-frames raises it.
+#define VIDEO_MAX_STREAM_FRAMES 18000
+static int video_max_stream_frames = VIDEO_MAX_STREAM_FRAMES;
+
 typedef struct {
     const char* path;     // for messages
     FILE* f;
@@ -900,7 +906,10 @@ void load_video(Video* v, const char* path, int raw_w, int raw_h, int n_frames,
             video_frame_to_rgb(&s, buf, rgb);
             resize_crop_rgb_u8(rgb, W, H, S, crop);
             if (fwrite(crop, 1, ss3, spool) != ss3) fatal("%s: cannot write the temporary spool file (disk full?)", path);
-            if (++total >= (1 << 30)) fatal("%s: too many frames", path);
+            if (++total > video_max_stream_frames)
+                fatal("%s: the stream has more than %d frames (%.1f GB of temporary spool); raise the limit "
+                      "with --max-stream-frames, or cut the video first (ffmpeg -t SECONDS)", path,
+                      video_max_stream_frames, (double)video_max_stream_frames * ss3 / 1e9);
         }
         free(line);
         if (total == 0) fatal("%s: no frames", path);

@@ -31,7 +31,7 @@ def check(ok, what, detail=""):
 
 
 def run(args, stdin=b""):
-    p = subprocess.run([LLAVA] + args, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+    p = subprocess.run([LLAVA] + args, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -194,11 +194,113 @@ def test_errors(tmp):
     check(rc == 0 and out == b"", "-n 0 runs the prompt and prints nothing")
 
 
+def header_offsets():
+    """Byte offset of every header field, from export.py's HEADER_FIELDS (the one definition)."""
+    import struct
+    sys.path.insert(0, ".")
+    import export
+    offs, at = {}, 0
+    for name, fmt in export.HEADER_FIELDS:
+        offs[name] = at
+        at += struct.calcsize("<" + fmt)
+    return offs
+
+
+def patched(tmp, src, name, edits):
+    """A copy of model src with header fields overwritten: edits = {field: (struct format, value)}."""
+    import struct
+    data = bytearray(open(src, "rb").read())
+    offs = header_offsets()
+    for field, (fmt, value) in edits.items():
+        values = value if isinstance(value, tuple) else (value,)
+        struct.pack_into(fmt if fmt[0] in "<>" else "<" + fmt, data, offs[field], *values)
+    path = os.path.join(tmp, name)
+    open(path, "wb").write(bytes(data))
+    return path
+
+
+def test_hostile(tmp):
+    """Inputs that once crashed, hung or produced silent garbage (each now one error line, or a sane answer)."""
+    print("hostile input")
+    good = "build/models/tiny_b_f32.bin"
+    nan = float("nan")
+    for i, (field, fmt, value, needle) in enumerate([
+            ("rms_eps", "f", nan, "rms_eps"), ("v_eps", "f", 0.0, "v_eps"), ("rope_theta", "f", float("inf"), "rope_theta"),
+            ("rope_scale", "f", -2.5, "rope_scale"), ("v_act", "i", 7, "vision activation"),
+            ("proj_act", "i", 3, "projector activation"), ("group_size", "i", 8, "group size"),
+            ("unk", "i", 1 << 20, "unk"), ("select_strategy", "i", 5, "select strategy")]):
+        bad = patched(tmp, good, "bad%d.bin" % i, {field: (fmt, value)})
+        expect_error("header %s = %r refused" % (field, value), [bad, "-p", "hi"], needle=needle)
+    bad = patched(tmp, good, "bad_mean.bin", {"image_mean": ("3f", (0.5, nan, 0.5))})
+    expect_error("header image_mean with a NaN refused", [bad, "-p", "hi"], needle="image_mean")
+    bad = patched(tmp, good, "bad_std.bin", {"image_std": ("3f", (0.5, 0.0, 0.5))})
+    expect_error("header image_std of 0 refused", [bad, "-p", "hi"], needle="image_std")
+    bad = patched(tmp, good, "same_tokens.bin", {"image_token": ("i", 32000), "video_token": ("i", 32000)})
+    expect_error("image_token == video_token refused", [bad, "-p", "hi"], needle="same token")
+    swapped = patched(tmp, good, "bigendian.bin", {"magic": (">I", 0x41564C4C)})
+    expect_error("a byte-swapped (big-endian) file is named as such", [swapped, "-p", "hi"], needle="endian")
+
+    # A huge (~150 GB), self-consistent header over a sparse file: refused for memory before packing anything.
+    huge = patched(tmp, good, "huge.bin", {"dim": ("i", 8192), "hidden_dim": ("i", 32768),
+                                           "n_layers": ("i", 32)})
+    with open(huge, "r+b") as f:
+        f.truncate(1 << 42)  # 4 TB, sparse: the loader reports how much of it is unexpected
+    rc, out, err = run([huge, "-p", "hi"])
+    import re
+    m = re.search(rb"(\d+) bytes of unexpected data", err)
+    if m:
+        with open(huge, "r+b") as f:
+            f.truncate((1 << 42) - int(m.group(1)))
+        expect_error("a self-consistent 150 GB model is refused for memory", [huge, "-p", "hi"], needle="memory")
+    else:
+        check(False, "a self-consistent 150 GB model is refused for memory", err.decode(errors="replace")[-80:])
+    os.unlink(huge)
+
+    # logits that turn NaN: the last rows of lm_head (the file's last tensor) set to NaN
+    data = bytearray(open(good, "rb").read())
+    data[-4096:] = np.full(1024, np.nan, dtype=np.float32).tobytes()
+    nanmodel = os.path.join(tmp, "nan_logits.bin")
+    open(nanmodel, "wb").write(bytes(data))
+    expect_error("NaN logits: an error, not token 0", [nanmodel, "-p", "hi", "-n", "4"], needle="NaN")
+    expect_error("NaN logits with sampling", [nanmodel, "-p", "hi", "-n", "4", "-t", "0.7"], needle="NaN")
+
+    # a temperature whose logit/t overflows is greedy in the limit (it read index[-1] before)
+    rc0, out0, _ = run([good, "-p", "Hi", "-n", "8"])
+    rc1, out1, _ = run([good, "-p", "Hi", "-n", "8", "-t", "1e-40", "-k", "0.9"])
+    check(rc0 == 0 and rc1 == 0 and out0 == out1, "-t 1e-40 -k 0.9 samples like greedy")
+
+    for seed in ["abc", "-1", "nan", "", "1x", "99999999999999999999999"]:
+        expect_error("-s %r refused" % seed, [good, "-p", "hi", "-s", seed], needle="-s")
+
+    fifo = os.path.join(tmp, "model.fifo")
+    os.mkfifo(fifo)
+    try:
+        expect_error("a FIFO as the model: refused, no hang", [fifo, "-p", "hi"], needle="regular file")
+    except subprocess.TimeoutExpired:
+        check(False, "a FIFO as the model: refused, no hang", "timed out")
+
+    # an endless stream is cut at --max-stream-frames, with an error
+    expect_error("an endless stdin stream stops at the frame cap",
+                 [good, "-W", "16", "-H", "16", "-v", "-", "-p", "hi", "--max-stream-frames", "50"],
+                 stdin=b"\0" * (16 * 16 * 3 * 200), needle="max-stream-frames")
+
+    # .npy headers that end early, and zero frames
+    for name, header in [("cut_descr", b"{'descr': '"), ("cut_descr2", b"{'shape': (1,), 'descr': '<f")]:
+        path = os.path.join(tmp, name + ".npy")
+        open(path, "wb").write(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header)
+        expect_error(".npy header ending inside 'descr' (%s)" % name, [good, "--pixels", path, "-p", "hi"],
+                     needle=path)
+    zero = os.path.join(tmp, "zero_frames.npy")
+    np.save(zero, np.zeros((0, 3, 32, 32), dtype=np.float32))
+    expect_error("--pixels with 0 frames refused", [good, "--pixels", zero, "-p", "hi"], needle=zero)
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         for d, case, meta in golden_cases():
             test_case(d, case, meta, tmp)
         test_errors(tmp)
+        test_hostile(tmp)
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
 
