@@ -1,18 +1,33 @@
 # llava.c: `make` builds ./llava; `make test` checks it against transformers' goldens; `make bench` times it.
+#   make CC=clang CFLAGS=-O3   any compiler and flags (the warnings below are always added)
+#   make OPENMP=1              OpenMP threads instead of the built-in pthread pool
+#   make test SANITIZE=1       the tests under AddressSanitizer + UndefinedBehaviorSanitizer (+ LeakSanitizer)
 CC ?= gcc
+ifeq ($(origin CC),default)
+CC = gcc
+endif
 CFLAGS ?= -O3 -march=native
-CFLAGS += -Wall -Wextra
+override CFLAGS += -Wall -Wextra
 ifeq ($(OPENMP),1)
-CFLAGS += -fopenmp   # `make OPENMP=1`: OpenMP threads instead of the built-in pthread pool
+override CFLAGS += -fopenmp
+endif
+ifeq ($(SANITIZE),1)
+override CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
 endif
 LDLIBS = -lm -pthread
 SRC = llava.c base.c matmul.c kernels.c tokenizer.c video.c
 PYTHON ?= python3
 
-llava: $(SRC)
+# Every binary depends on the compiler and flags it was built with: changing CC, CFLAGS, OPENMP or
+# SANITIZE rebuilds everything (make has no memory of flags otherwise).
+FLAGS = build/.flags
+$(FLAGS): FORCE | build
+	@echo '$(CC) $(CFLAGS) $(LDLIBS)' | cmp -s - $@ || echo '$(CC) $(CFLAGS) $(LDLIBS)' > $@
+
+llava: $(SRC) $(FLAGS)
 	$(CC) $(CFLAGS) -o $@ llava.c $(LDLIBS)
 
-build/%: test/%.c $(SRC) | build
+build/%: test/%.c $(SRC) $(FLAGS) | build
 	$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
 build:
@@ -29,7 +44,7 @@ bench: llava build/bench
 	./build/bench
 	sh bench/e2e.sh
 
-build/bench: bench/bench.c $(SRC) | build
+build/bench: bench/bench.c $(SRC) $(FLAGS) | build
 	$(CC) $(CFLAGS) -o $@ bench/bench.c $(LDLIBS)
 
 bench-torch: build/bench
@@ -38,4 +53,5 @@ bench-torch: build/bench
 clean:
 	rm -rf llava build
 
-.PHONY: test bench bench-torch clean
+FORCE:
+.PHONY: test bench bench-torch clean FORCE

@@ -709,7 +709,7 @@ static void video_read_exact(VideoSource* s, uint8_t* buf, size_t n, int index) 
 
 // Scans all FRAME lines of a seekable Y4M, recording payload offsets.
 static void y4m_scan(VideoSource* s) {
-    char* line = xmalloc(Y4M_MAX_LINE);
+    char line[Y4M_MAX_LINE];  // on the stack: an error exit leaks nothing
     int cap = 64, n = 0;
     long* off = xmalloc((size_t)cap * sizeof(long));
     if (fseek(s->f, s->data_start, SEEK_SET) != 0) fatal("%s: seek failed", s->path);
@@ -729,7 +729,6 @@ static void y4m_scan(VideoSource* s) {
         off[n++] = pos;
         if (fseek(s->f, pos + (long)s->y.frame_bytes, SEEK_SET) != 0) fatal("%s: seek failed", s->path);
     }
-    free(line);
     free(s->offsets);
     s->offsets = off;
     s->total = n;
@@ -757,12 +756,11 @@ static int video_open(VideoSource* s, const char* path, int raw_w, int raw_h) {
         if (got != 9 || memcmp(magic, "YUV4MPEG2", 9) != 0)
             fatal("%s: %s", path, got == 0 ? "empty input (expected a YUV4MPEG2 header)"
                                            : "not a YUV4MPEG2 file (bad magic; raw RGB24 needs -W and -H)");
-        char* line = xmalloc(Y4M_MAX_LINE);
+        char line[Y4M_MAX_LINE];  // on the stack: an error exit leaks nothing
         memcpy(line, "YUV4MPEG2", 9);
         if (video_read_line(s, line + 9, Y4M_MAX_LINE - 9, "header") < 0)
             fatal("%s: truncated Y4M header", path);
         y4m_parse_header(path, line, &s->y);
-        free(line);
     }
     long here = ftell(s->f);
     s->data_start = here < 0 ? 0 : here;
@@ -900,7 +898,7 @@ void load_video(Video* v, const char* path, int raw_w, int raw_h, int n_frames,
         // stream: process every frame, spool the crops, pick at EOF
         FILE* spool = tmpfile();
         if (!spool) fatal("%s: cannot create a temporary file to spool the stream", path);
-        char* line = xmalloc(Y4M_MAX_LINE);
+        char line[Y4M_MAX_LINE];  // on the stack: an error exit leaks nothing
         int total = 0;
         while (video_read_next(&s, buf, total, line)) {
             video_frame_to_rgb(&s, buf, rgb);
@@ -911,7 +909,6 @@ void load_video(Video* v, const char* path, int raw_w, int raw_h, int n_frames,
                       "with --max-stream-frames, or cut the video first (ffmpeg -t SECONDS)", path,
                       video_max_stream_frames, (double)video_max_stream_frames * ss3 / 1e9);
         }
-        free(line);
         if (total == 0) fatal("%s: no frames", path);
         s.total = total;
         int F = video_frame_list(total, n_frames, idx);
@@ -1074,7 +1071,7 @@ static void y4m_image_read(Image* im, FILE* f, const char* path, int is_stdin) {
     s.path = path;
     s.f = f;
     s.is_stdin = is_stdin;
-    char* line = xmalloc(Y4M_MAX_LINE);
+    char line[Y4M_MAX_LINE];  // on the stack: an error exit leaks nothing
     memcpy(line, "YU", 2);
     if (fread(line + 2, 1, 7, f) != 7 || memcmp(line, "YUV4MPEG2", 9) != 0)
         fatal("%s: unknown image format (expected a binary PPM/PGM, P6/P5, or a Y4M file)", path);
@@ -1087,7 +1084,6 @@ static void y4m_image_read(Image* im, FILE* f, const char* path, int is_stdin) {
     im->rgb = xmalloc((size_t)3 * im->width * im->height);
     video_frame_to_rgb(&s, buf, im->rgb);
     free(buf);
-    free(line);
 }
 
 void load_image(Image* im, const char* path) {

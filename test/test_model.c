@@ -342,6 +342,11 @@ int main(int argc, char** argv) {
         }
     }
 
+    free(logits); free(embeds); free(ids); free(gold_u8);
+    free(vf.pixel_values); free(vf.vision_features); free(vf.video_features);
+    free_image_features(&imf);
+    free_state(&m->state);
+    free_model(m);
     printf("%d passed, %d failed\n", g_pass, g_fail);
     return g_fail ? 1 : 0;
 }
