@@ -831,6 +831,45 @@ MM_TGT_AVX2 static void mm_kernel_q8_avx2(const uint32_t* a, const float* as, co
         for (int i = 0; i < MM_A2_Q8_MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
         const uint32_t* wg = w + (size_t)g * G4 * 32;
         const uint32_t* ag = a + (size_t)g * G4 * MM_A2_Q8_MR;
+#if defined(__GNUC__) && !defined(__clang__)
+        // GCC 12 spills accumulators of this loop to the stack (a load-add-store chain per step,
+        // measured 40 % of the vpmaddubsw peak), so the group loop is written out with a fixed
+        // register plan: acc in 8 registers the compiler picks (ymm0-7 by elimination), signed
+        // weights ymm8/9, |w| ymm10/11, activation broadcast ymm12, temp ymm13, ones ymm14, 0x80 ymm15.
+        // AT&T operand order: vpsignb s, q, t is t = sign(q, s); vpmaddubsw t, |w|, t multiplies u8 |w|
+        // by s8 t.
+        const uint32_t* wend = wg + (size_t)G4 * 32;
+        __asm__(
+            "vmovdqa %[ones], %%ymm14\n\t"
+            "vmovdqa %[flip], %%ymm15\n\t"
+            "1:\n\t"
+            "vpxor (%[w]), %%ymm15, %%ymm8\n\t"
+            "vpxor 32(%[w]), %%ymm15, %%ymm9\n\t"
+            "vpabsb %%ymm8, %%ymm10\n\t"
+            "vpabsb %%ymm9, %%ymm11\n\t"
+#define MM_A2_Q8_ROW(off, c0, c1)                                                                       \
+            "vpbroadcastd " off "(%[a]), %%ymm12\n\t"                                                   \
+            "vpsignb %%ymm8, %%ymm12, %%ymm13\n\t"                                                      \
+            "vpmaddubsw %%ymm13, %%ymm10, %%ymm13\n\t"                                                  \
+            "vpmaddwd %%ymm14, %%ymm13, %%ymm13\n\t"                                                    \
+            "vpaddd %%ymm13, %[" c0 "], %[" c0 "]\n\t"                                                  \
+            "vpsignb %%ymm9, %%ymm12, %%ymm13\n\t"                                                      \
+            "vpmaddubsw %%ymm13, %%ymm11, %%ymm13\n\t"                                                  \
+            "vpmaddwd %%ymm14, %%ymm13, %%ymm13\n\t"                                                    \
+            "vpaddd %%ymm13, %[" c1 "], %[" c1 "]\n\t"
+            MM_A2_Q8_ROW("0", "c00", "c01") MM_A2_Q8_ROW("4", "c10", "c11")
+            MM_A2_Q8_ROW("8", "c20", "c21") MM_A2_Q8_ROW("12", "c30", "c31")
+#undef MM_A2_Q8_ROW
+            "subq $-128, %[w]\n\t"
+            "addq $16, %[a]\n\t"
+            "cmpq %[wend], %[w]\n\t"
+            "jne 1b\n\t"
+            : [c00] "+x"(acc[0][0]), [c01] "+x"(acc[0][1]), [c10] "+x"(acc[1][0]), [c11] "+x"(acc[1][1]),
+              [c20] "+x"(acc[2][0]), [c21] "+x"(acc[2][1]), [c30] "+x"(acc[3][0]), [c31] "+x"(acc[3][1]),
+              [w] "+r"(wg), [a] "+r"(ag)
+            : [wend] "r"(wend), [ones] "m"(ones), [flip] "m"(flip)
+            : "cc", "memory", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+#else
         for (int q = 0; q < G4; q++) {
             __m256i s0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32)), flip);
             __m256i s1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32 + 8)), flip);
@@ -842,6 +881,7 @@ MM_TGT_AVX2 static void mm_kernel_q8_avx2(const uint32_t* a, const float* as, co
                 acc[i][1] = mm_dot4_avx2(acc[i][1], a1, s1, qb, ones);
             }
         }
+#endif
         __m256 sw0 = _mm256_loadu_ps(ws + (size_t)g * 32), sw1 = _mm256_loadu_ps(ws + (size_t)g * 32 + 8);
 #pragma GCC unroll 4
         for (int i = 0; i < MM_A2_Q8_MR; i++) {
@@ -869,6 +909,34 @@ MM_TGT_AVXVNNI static void mm_kernel_q8_avxvnni(const uint32_t* a, const float* 
         for (int i = 0; i < MM_AVNNI_MR; i++) acc[i][0] = acc[i][1] = _mm256_set1_epi32(ac[g * MM_AVNNI_MR + i]);
         const uint32_t* wg = w + (size_t)g * G4 * 32;
         const uint32_t* ag = a + (size_t)g * G4 * MM_AVNNI_MR;
+#if defined(__GNUC__) && !defined(__clang__)
+        // As in mm_kernel_q8: GCC wraps every vpdpbusd of an unrolled tile in register copies
+        // (measured 25-35 % of the AVX-VNNI peak), so the group loop is written out: weights in
+        // ymm14/15, the activation broadcast in ymm13 (VEX has no {1to8} memory broadcast), 12
+        // accumulators in the remaining registers. %{vex%} ({vex}) selects the AVX-VNNI encoding.
+        const uint32_t* wend = wg + (size_t)G4 * 32;
+        __asm__(
+            "1:\n\t"
+            "vmovdqu (%[w]), %%ymm14\n\t"
+            "vmovdqu 32(%[w]), %%ymm15\n\t"
+#define MM_AVNNI_ROW(off, c0, c1)                                                                       \
+            "vpbroadcastd " off "(%[a]), %%ymm13\n\t"                                                   \
+            "%{vex%} vpdpbusd %%ymm13, %%ymm14, %[" c0 "]\n\t"                                            \
+            "%{vex%} vpdpbusd %%ymm13, %%ymm15, %[" c1 "]\n\t"
+            MM_AVNNI_ROW("0", "c00", "c01") MM_AVNNI_ROW("4", "c10", "c11") MM_AVNNI_ROW("8", "c20", "c21")
+            MM_AVNNI_ROW("12", "c30", "c31") MM_AVNNI_ROW("16", "c40", "c41") MM_AVNNI_ROW("20", "c50", "c51")
+#undef MM_AVNNI_ROW
+            "subq $-128, %[w]\n\t"
+            "addq $24, %[a]\n\t"
+            "cmpq %[wend], %[w]\n\t"
+            "jne 1b\n\t"
+            : [c00] "+x"(acc[0][0]), [c01] "+x"(acc[0][1]), [c10] "+x"(acc[1][0]), [c11] "+x"(acc[1][1]),
+              [c20] "+x"(acc[2][0]), [c21] "+x"(acc[2][1]), [c30] "+x"(acc[3][0]), [c31] "+x"(acc[3][1]),
+              [c40] "+x"(acc[4][0]), [c41] "+x"(acc[4][1]), [c50] "+x"(acc[5][0]), [c51] "+x"(acc[5][1]),
+              [w] "+r"(wg), [a] "+r"(ag)
+            : [wend] "r"(wend)
+            : "cc", "memory", "xmm13", "xmm14", "xmm15");
+#else
         for (int q = 0; q < G4; q++) {
             __m256i w0 = _mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32));
             __m256i w1 = _mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32 + 8));
@@ -879,6 +947,7 @@ MM_TGT_AVXVNNI static void mm_kernel_q8_avxvnni(const uint32_t* a, const float* 
                 acc[i][1] = _mm256_dpbusd_avx_epi32(acc[i][1], w1, qb);
             }
         }
+#endif
         __m256 sw0 = _mm256_loadu_ps(ws + (size_t)g * 32), sw1 = _mm256_loadu_ps(ws + (size_t)g * 32 + 8);
 #pragma GCC unroll 6
         for (int i = 0; i < MM_AVNNI_MR; i++) {
