@@ -26,13 +26,33 @@
 //             Measured ~98 % of the read-bandwidth reference against ~71-79 % for widening when the
 //             VM gives 50+ GB/s (widening chains 4 dependent FMAs per 128-byte panel step: 16
 //             cycles, ~8 B/cycle per core, too little headroom at that bandwidth).
-//             Without VNNI (AVX-512 or AVX2 only) q8 GEMV widens int8 -> f32 (exact) and FMAs with
-//             f32 activations (matmul_ref's semantics, no activation quantization).
+//             Without AVX512-VNNI, q8 GEMV runs the avx2 vpmaddubsw kernel on the same quantized
+//             activations (same bits); the zmm widening kernel (int8 -> f32, f32 activations) stays
+//             as a bench/test knob (mm_q8_gemv_vnni = 0).
 //   * Portable scalar code when the CPU has no AVX2 (or on non-x86): matmul_ref's loops, threaded.
-//   The instruction set is detected at run time (__builtin_cpu_supports / cpuid); kernels use
-//   function-level target attributes, so the file builds with plain -O3 as well as -march=native, and
-//   on non-x86 compilers the SIMD code compiles out. LLAVA_ISA=scalar|avx2|avx512 in the environment
-//   caps the instruction set (for testing fallbacks).
+//
+// Instruction-set levels (mm_detect_isa; LLAVA_ISA=scalar|avx2|avxvnni|avx512 caps the level, never
+// raises it; matmul_isa_name() names what runs). The kernels above are the AVX-512 level. Below it:
+//   avx2     (Haswell+, Zen 1-3; 16 ymm registers) the same packed panels, half a panel per GEMM call:
+//            f32 6x16 FMA tile; bf16 6x16 tile with the weight pairs widened in registers (shift /
+//            and, exact) times f32 activations (matmul_ref's semantics: there is no bf16 dot); q8 4x16
+//            tile of vpmaddubsw + vpmaddwd on |w| x sign(q, w) (never saturates, exact), on the SAME
+//            quantized activations as the VNNI path; GEMV over full panels with prefetch and guided
+//            chunks (T <= 2).
+//   avxvnni  (Alder Lake+, Zen 5) avx2 plus a 6x16 q8 GEMM tile of ymm vpdpbusd with the -128*sum(q)
+//            compensation, like AVX512-VNNI. q8 decode stays on vpmaddubsw (memory bound).
+//   AVX-512 machines without AVX512-VNNI run q8 on the avx2 int8 kernels, and without AVX512-BF16
+//            the bf16 GEMM on the avx2 tile.
+// A q8 model gives the same bits on every SIMD level (avx2, avxvnni, avx512 with or without VNNI)
+// and on either path (GEMV or GEMM): one quantization (mm_quantize_group), the exact int32 dot of
+// each group (computed three ways, always the same integer), then f += float(dot) * (s_w * s_x)
+// in group order (tested bit for bit). f32 and bf16 results differ between levels by summation
+// order only (and bf16 GEMM on AVX512-BF16 rounds the activations to bf16). The scalar level keeps
+// matmul_ref's f32-activation semantics for q8.
+// Measuring avx2 on an AVX-512 machine: build with -march=x86-64-v3 (not -march=native, which lets
+// GCC give the target("avx2") functions 32 EVEX registers) and cap the level (bench --isa avx2).
+// SIMD code is compiled for x86-64 only (__x86_64__): the 32-bit x86 build is portable C (the q8
+// asm names zmm30/31, which 32-bit mode lacks).
 //
 // Determinism: work is split over N only, in tasks of whole 32-column panels (claimed dynamically
 // by the threads), and every output element is computed by one kernel call over the full K in a
