@@ -26,13 +26,33 @@
 //             Measured ~98 % of the read-bandwidth reference against ~71-79 % for widening when the
 //             VM gives 50+ GB/s (widening chains 4 dependent FMAs per 128-byte panel step: 16
 //             cycles, ~8 B/cycle per core, too little headroom at that bandwidth).
-//             Without VNNI (AVX-512 or AVX2 only) q8 GEMV widens int8 -> f32 (exact) and FMAs with
-//             f32 activations (matmul_ref's semantics, no activation quantization).
+//             Without AVX512-VNNI, q8 GEMV runs the avx2 vpmaddubsw kernel on the same quantized
+//             activations (same bits); the zmm widening kernel (int8 -> f32, f32 activations) stays
+//             as a bench/test knob (mm_q8_gemv_vnni = 0).
 //   * Portable scalar code when the CPU has no AVX2 (or on non-x86): matmul_ref's loops, threaded.
-//   The instruction set is detected at run time (__builtin_cpu_supports / cpuid); kernels use
-//   function-level target attributes, so the file builds with plain -O3 as well as -march=native, and
-//   on non-x86 compilers the SIMD code compiles out. LLAVA_ISA=scalar|avx2|avx512 in the environment
-//   caps the instruction set (for testing fallbacks).
+//
+// Instruction-set levels (mm_detect_isa; LLAVA_ISA=scalar|avx2|avxvnni|avx512 caps the level, never
+// raises it; matmul_isa_name() names what runs). The kernels above are the AVX-512 level. Below it:
+//   avx2     (Haswell+, Zen 1-3; 16 ymm registers) the same packed panels, half a panel per GEMM call:
+//            f32 6x16 FMA tile; bf16 6x16 tile with the weight pairs widened in registers (shift /
+//            and, exact) times f32 activations (matmul_ref's semantics: there is no bf16 dot); q8 4x16
+//            tile of vpmaddubsw + vpmaddwd on |w| x sign(q, w) (never saturates, exact), on the SAME
+//            quantized activations as the VNNI path; GEMV over full panels with prefetch and guided
+//            chunks (T <= 2).
+//   avxvnni  (Alder Lake+, Zen 5) avx2 plus a 6x16 q8 GEMM tile of ymm vpdpbusd with the -128*sum(q)
+//            compensation, like AVX512-VNNI. q8 decode stays on vpmaddubsw (memory bound).
+//   AVX-512 machines without AVX512-VNNI run q8 on the avx2 int8 kernels, and without AVX512-BF16
+//            the bf16 GEMM on the avx2 tile.
+// A q8 model gives the same bits on every SIMD level (avx2, avxvnni, avx512 with or without VNNI)
+// and on either path (GEMV or GEMM): one quantization (mm_quantize_group), the exact int32 dot of
+// each group (computed three ways, always the same integer), then f += float(dot) * (s_w * s_x)
+// in group order (tested bit for bit). f32 and bf16 results differ between levels by summation
+// order only (and bf16 GEMM on AVX512-BF16 rounds the activations to bf16). The scalar level keeps
+// matmul_ref's f32-activation semantics for q8.
+// Measuring avx2 on an AVX-512 machine: build with -march=x86-64-v3 (not -march=native, which lets
+// GCC give the target("avx2") functions 32 EVEX registers) and cap the level (bench --isa avx2).
+// SIMD code is compiled for x86-64 only (__x86_64__): the 32-bit x86 build is portable C (the q8
+// asm names zmm30/31, which 32-bit mode lacks).
 //
 // Determinism: work is split over N only, in tasks of whole 32-column panels (claimed dynamically
 // by the threads), and every output element is computed by one kernel call over the full K in a
@@ -59,7 +79,7 @@
 #include <string.h>
 #include <time.h>
 
-#if defined(__x86_64__) || defined(__i386__)
+#if defined(__x86_64__)   // SIMD kernels: x86-64 only (the q8 GEMM's asm uses zmm30/31, absent in 32-bit mode)
 #include <cpuid.h>
 #include <immintrin.h>
 #define MM_X86 1
@@ -265,30 +285,46 @@ void pool_for(int n_tasks, void (*fn)(void* ctx, int task), void* ctx) {
 // ----------------------------------------------------------------------------
 // CPU features, run-time dispatch
 
-enum { MM_SCALAR = 0, MM_AVX2 = 1, MM_AVX512 = 2 };
-static int mm_isa = -1;                     // MM_SCALAR / MM_AVX2 / MM_AVX512, -1 = not detected yet
+// Levels, lowest to highest. Each level may use everything below it (AVX-512 machines run the AVX2
+// int8 kernels when they lack AVX512-VNNI, for example).
+//   MM_SCALAR   portable C (matmul_ref's loops, threaded)
+//   MM_AVX2     AVX2 + FMA, 16 ymm registers: f32/bf16 FMA tiles, int8 dots with vpmaddubsw + vpmaddwd
+//   MM_AVXVNNI  MM_AVX2 + AVX-VNNI (VEX-encoded vpdpbusd on ymm: Alder Lake and later, Zen 5)
+//   MM_AVX512   AVX-512 F/BW/VL/DQ, 32 zmm registers; optionally AVX512-VNNI and AVX512-BF16
+enum { MM_SCALAR = 0, MM_AVX2 = 1, MM_AVXVNNI = 2, MM_AVX512 = 3 };
+static int mm_isa = -1;                     // MM_SCALAR .. MM_AVX512, -1 = not detected yet
 static int mm_has_vnni, mm_has_bf16;        // AVX512-VNNI, AVX512-BF16 (only with MM_AVX512)
+static int mm_cpu_avxvnni;                  // the CPU has AVX-VNNI (ymm vpdpbusd), whatever the level
 
 static void mm_detect_isa(void) {
     if (mm_isa >= 0) return;
-    int isa = MM_SCALAR, vnni = 0, bf16 = 0;
+    int isa = MM_SCALAR, vnni = 0, bf16 = 0, avxvnni = 0;
 #if MM_X86
     __builtin_cpu_init();
+    unsigned a = 0, b = 0, c = 0, d = 0;    // CPUID.(7,1):EAX bit 4 = AVX-VNNI, bit 5 = AVX512_BF16
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) { avxvnni = (a >> 4) & 1; bf16 = (a >> 5) & 1; }
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) isa = MM_AVX2;
-    if (isa == MM_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+    if (isa == MM_AVX2 && avxvnni) isa = MM_AVXVNNI;
+    if (isa >= MM_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
         isa = MM_AVX512;
         vnni = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
-        unsigned a, b, c, d;                // AVX512_BF16 is CPUID.(7,1):EAX bit 5
-        if (__get_cpuid_count(7, 1, &a, &b, &c, &d)) bf16 = (a >> 5) & 1;
     }
+    if (isa < MM_AVX2) avxvnni = 0;         // VEX ymm instructions need the OS's AVX state too
 #endif
     const char* env = getenv("LLAVA_ISA");  // cap only, never raise
-    if (env && strcmp(env, "scalar") == 0) isa = MM_SCALAR;
-    if (env && strcmp(env, "avx2") == 0 && isa > MM_AVX2) isa = MM_AVX2;
+    if (env) {
+        int cap = !strcmp(env, "scalar") ? MM_SCALAR : !strcmp(env, "avx2") ? MM_AVX2
+                : !strcmp(env, "avxvnni") ? MM_AVXVNNI : MM_AVX512;
+        if (cap < isa) isa = cap;
+        // AVX512 and AVX-VNNI are independent extensions: a cap at avxvnni on a CPU with AVX-512 but
+        // without AVX-VNNI (Ice Lake, Zen 4) leaves AVX2
+        if (isa == MM_AVXVNNI && !avxvnni) isa = MM_AVX2;
+    }
     if (isa < MM_AVX512) vnni = bf16 = 0;
     mm_has_vnni = vnni;
     mm_has_bf16 = bf16;
+    mm_cpu_avxvnni = avxvnni;
     mm_isa = isa;
 }
 
@@ -298,6 +334,7 @@ void matmul_set_isa(int level, int vnni, int bf16) {
     mm_isa = -1;
     mm_detect_isa();
     if (level < mm_isa) mm_isa = level;
+    if (mm_isa == MM_AVXVNNI && !mm_cpu_avxvnni) mm_isa = MM_AVX2;
     mm_has_vnni = mm_isa == MM_AVX512 && vnni && mm_has_vnni;
     mm_has_bf16 = mm_isa == MM_AVX512 && bf16 && mm_has_bf16;
 }
@@ -307,11 +344,12 @@ const char* matmul_isa_name(void) {
     if (mm_isa == MM_AVX512)
         return mm_has_vnni && mm_has_bf16 ? "avx512+vnni+bf16" : mm_has_vnni ? "avx512+vnni"
              : mm_has_bf16 ? "avx512+bf16" : "avx512";
-    return mm_isa == MM_AVX2 ? "avx2+fma" : "scalar";
+    return mm_isa == MM_AVXVNNI ? "avx2+fma+avxvnni" : mm_isa == MM_AVX2 ? "avx2+fma" : "scalar";
 }
 
 #if MM_X86
 #define MM_TGT_AVX2 __attribute__((target("avx2,fma")))
+#define MM_TGT_AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
 #define MM_TGT_512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")))
 #define MM_TGT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512vnni")))
 #define MM_TGT_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,avx512bf16")))
@@ -554,6 +592,11 @@ typedef struct {
     float* as;              // q8: activation scales (ntiles, ng, 6)
     int32_t* ac;            // q8: compensation -128 * sum(q) (ntiles, ng, 6)
     const int* bounds;      // if set: task t covers panels [bounds[t], bounds[t+1]) (guided schedule)
+    int mr;                 // AVX2 GEMM: tile rows (MM_A2_MR, MM_A2_Q8_MR or MM_AVNNI_MR)
+    int avxvnni;            // AVX2 q8 GEMM: 1 = AVX-VNNI kernel, 0 = vpmaddubsw kernel
+    int8_t* q;              // AVX2 q8: quantized activations (T rounded up to tiles, K) row-major
+    float* asr;             // AVX2 q8: their scales (rows, ng) row-major
+    int32_t* acr;           // AVX2 q8: their compensation -128 * sum(q) (rows, ng) row-major
 } MMJob;
 
 // contiguous share [*a, *b) of n items for task `task` of n_tasks
@@ -569,6 +612,37 @@ static inline void mm_task_panels(const MMJob* j, int task, int* p0, int* p1) {
     *p1 = mm_min(j->p->np, *p0 + j->chunk);
 }
 
+static void* mm_scratch;            // GEMM packed activations, grown on demand, reused across calls
+static size_t mm_scratch_bytes;
+
+// Scratch of `need` bytes: the shared buffer, or (own: a nested call from inside a pool task) a
+// private one that the caller frees.
+static void* mm_get_scratch(size_t need, int own) {
+    if (own) return mm_alloc(need);
+    if (need > mm_scratch_bytes) {
+        free(mm_scratch);
+        mm_scratch_bytes = need + need / 4;
+        mm_scratch = mm_alloc(mm_scratch_bytes);
+    }
+    return mm_scratch;
+}
+
+// Guided schedule over np panels for the GEMV paths: each task takes 1/(2 nth) of the panels left,
+// so the first tasks are long sequential streams and the last ones single panels that even out the
+// finish (a decode matmul is only a few MB, so idle time at the join shows). Returns the task count;
+// task t covers panels [bounds[t], bounds[t+1]).
+static int mm_guided_bounds(int np, int nth, int bounds[MM_MAX_GUIDED + 1]) {
+    int nt = 0, at = 0;
+    bounds[0] = 0;
+    while (at < np) {
+        int c = (np - at + 2 * nth - 1) / (2 * nth);
+        if (nt == MM_MAX_GUIDED - 1) c = np - at;
+        at += c;
+        bounds[++nt] = at;
+    }
+    return nt;
+}
+
 // Portable path: the reference loops over a column range.
 static void mm_task_scalar(void* v, int task) {
     MMJob* j = v;
@@ -579,9 +653,31 @@ static void mm_task_scalar(void* v, int task) {
 
 #if MM_X86
 // ----------------------------------------------------------------------------
-// AVX2 + FMA fallback: widening kernels for every T (weights widened to f32 in registers, f32
-// activations read straight from x). 16 columns (half a panel) x up to MR rows per call.
+// AVX2 level: AVX2 + FMA, and AVX-VNNI where the CPU has it (also the q8 kernels of AVX-512 machines
+// without AVX512-VNNI: they give the same bits as every other q8 level).
+//
+// The same packed panels as AVX-512. A ymm register holds 8 lanes, so one 32-column panel row is 4
+// ymm loads; with only 16 ymm registers the GEMM tiles take half a panel (16 columns = 2 ymm) per
+// call, and the register budget decides the tile height (written next to each kernel).
+//   GEMM (T > mm_gemv_max_t_avx2[type]): activations packed per call into row tiles, then
+//     f32   6x16 tile, vfmadd231ps on f32 activations (exact up to summation order);
+//     bf16  6x16 tile, bf16 weight pairs widened in registers (shift / and: exact) and FMA'd with
+//           f32 activations: matmul_ref's semantics (no bf16 dot instruction before AVX512-BF16);
+//     q8    activations quantized per group exactly as on AVX-512 (mm_quantize_group's rounding),
+//           exact int32 dot per group, the same f32 epilogue: the same bits as the AVX512-VNNI path.
+//           AVX2: 4x16 tile of vpmaddubsw + vpmaddwd; AVX-VNNI: 6x16 tile of ymm vpdpbusd.
+//   GEMV (T <= 2: decode): one full panel per step (4 ymm = 128 bytes, sequential), 1 or 2 rows,
+//     weights prefetched ahead, guided chunks; q8 uses the same quantized activations and per-group
+//     arithmetic as the GEMM (vpmaddubsw on every level: memory bound, so VNNI would not help).
 
+#define MM_A2_MR 6        // f32/bf16 GEMM tile rows: 12 accumulators + 2 weights + 1 broadcast = 15 ymm
+#define MM_A2_Q8_MR 4     // q8 vpmaddubsw tile rows: 8 acc + 4 weight forms + ones + broadcast + temp = 15
+#define MM_AVNNI_MR 6     // q8 AVX-VNNI tile rows: 12 acc + 2 weights + 1 broadcast = 15
+#define MM_A2_NCP 8       // panels per weight block (256 columns), as in the AVX-512 GEMM
+static int mm_gemv_max_t_avx2[3] = { 2, 2, 2 };   // largest T on the AVX2 GEMV path, per DType
+static int mm_gemv_pf_avx2 = 1024;                // GEMV weight prefetch distance, bytes (0 = none)
+
+// Store 16 floats (two ymm) to y, only the first nc of them (nc < 16 at the last panel of a matrix).
 MM_INLINE MM_TGT_AVX2 void mm_avx2_store16(float* y, __m256 lo, __m256 hi, int nc) {
     if (nc >= 16) { _mm256_storeu_ps(y, lo); _mm256_storeu_ps(y + 8, hi); return; }
     float tmp[16];
@@ -590,124 +686,543 @@ MM_INLINE MM_TGT_AVX2 void mm_avx2_store16(float* y, __m256 lo, __m256 hi, int n
     for (int c = 0; c < nc; c++) y[c] = tmp[c];
 }
 
-// f32/bf16 panel half (16 columns), MR rows of x (row stride K).
-MM_INLINE MM_TGT_AVX2 void mm_avx2_fb(const MMJob* j, const float* x, const uint32_t* w, float* y,
-                                      int nc, int is_bf16, const int MR) {
-    int K = j->K;
-    __m256 acc[4][2];
+// The int8 dot step without VNNI, for 8 columns and one row: acc (8 x int32) += sum_{j<4} w_j * q_j
+// where the ymm `ws` holds 4 signed weight bytes per column lane and `q4` the row's 4 activation
+// bytes broadcast to every lane. vpmaddubsw multiplies unsigned by signed bytes and adds adjacent
+// pairs into int16 WITH SATURATION, so the operands are arranged to never saturate:
+//   unsigned operand |w|      (0..128: vpabsb of -128 is 0x80, read as unsigned 128 -- exact)
+//   signed operand   sign(q, w) = q with w's sign folded in (q in -127..127, so negating is exact)
+//   |w| * sign(q, w) = w * q, and a pair sum is at most 2 * 128 * 127 = 32512 < 32767.
+// vpmaddwd with ones then adds the int16 pairs into int32 lanes (exact). Cost: vpsignb + vpmaddubsw +
+// vpmaddwd + vpaddd per (row, 8 columns, 4 k) where VNNI needs one vpdpbusd.
+MM_INLINE MM_TGT_AVX2 __m256i mm_dot4_avx2(__m256i acc, __m256i wabs, __m256i ws, __m256i q4, __m256i ones16) {
+    __m256i pairs = _mm256_maddubs_epi16(wabs, _mm256_sign_epi8(q4, ws));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones16));
+}
+
+// The per-group f32 epilogue of every q8 kernel (AVX-512 included), in this order so that all levels
+// round identically: f += float(exact int32 dot) * (scale_w * scale_x), one vmulps then one FMA.
+MM_INLINE MM_TGT_AVX2 __m256 mm_q8_epilogue_avx2(__m256 f, __m256i dot, __m256 sw, float sx) {
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(sw, _mm256_set1_ps(sx)), f);
+}
+
+// max |x| over one group of G inputs (G % 4 == 0; exact, so every quantizer derives the same scale),
+// and whether the group holds a NaN.
+MM_INLINE MM_TGT_AVX2 float mm_group_absmax_avx2(const float* xg, int G, int* has_nan) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 mx = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= G; k += 8) {
+        __m256 xv = _mm256_loadu_ps(xg + k);
+        nan = _mm256_or_ps(nan, _mm256_cmp_ps(xv, xv, _CMP_UNORD_Q));
+        mx = _mm256_max_ps(_mm256_and_ps(xv, absmask), mx);
+    }
+    float m[8];
+    _mm256_storeu_ps(m, mx);
+    float amax = 0.0f;
+    for (int i = 0; i < 8; i++) amax = m[i] > amax ? m[i] : amax;
+    int bad = _mm256_movemask_ps(nan) != 0;
+    for (; k < G; k++) {                    // G % 8 == 4: the last 4
+        float a = fabsf(xg[k]);
+        if (a != a) bad = 1;
+        else if (a > amax) amax = a;
+    }
+    *has_nan = bad;
+    return amax;
+}
+
+// Quantize rows x (T, K) to q (T, K) s8, as (T, ng) scales, ac (T, ng) = -128 * sum(q) (the VNNI
+// compensation): mm_quantize_group per (row, group), 8 lanes at a time -- the same absmax, iscale =
+// 127/absmax, rint via vcvtps2dq (round to nearest even, as rintf), clamp to +-127, bit for bit.
+MM_TGT_AVX2 static void mm_quantize_rows_q8_avx2(const float* x, int T, int K, int G, int8_t* q, float* as,
+                                                 int32_t* ac) {
+    int ng = K / G;
+    // byte 0 of each int32 lane -> bytes 0..3 of each 128-bit half (the rest zeroed, 0x80 = zero)
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -128, -128, -128, -128, -128, -128, -128, -128, -128,
+                                          -128, -128, -128, 0, 4, 8, 12, -128, -128, -128, -128, -128, -128,
+                                          -128, -128, -128, -128, -128, -128);
+    for (int t = 0; t < T; t++) {
+        for (int g = 0; g < ng; g++) {
+            const float* xg = x + (size_t)t * K + (size_t)g * G;
+            int8_t* qg = q + (size_t)t * K + (size_t)g * G;
+            int nan;
+            float amax = mm_group_absmax_avx2(xg, G, &nan);
+            if (nan || amax < 1e-30f || amax > 3.4028235e38f) {     // zero, tiny, inf or NaN group
+                memset(qg, 0, (size_t)G);
+                as[(size_t)t * ng + g] = nan ? NAN : amax < 1e-30f ? 0.0f : INFINITY;
+                ac[(size_t)t * ng + g] = 0;
+                continue;
+            }
+            float iscale = 127.0f / amax;
+            __m256 vis = _mm256_set1_ps(iscale);
+            __m256i sum = _mm256_setzero_si256();
+            int k = 0, total = 0;
+            for (; k + 8 <= G; k += 8) {
+                __m256i qi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + k), vis));
+                qi = _mm256_max_epi32(_mm256_min_epi32(qi, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
+                sum = _mm256_add_epi32(sum, qi);
+                __m256i b = _mm256_shuffle_epi8(qi, pick);
+                int32_t lo = _mm_cvtsi128_si32(_mm256_castsi256_si128(b));
+                int32_t hi = _mm_cvtsi128_si32(_mm256_extracti128_si256(b, 1));
+                memcpy(qg + k, &lo, 4);
+                memcpy(qg + k + 4, &hi, 4);
+            }
+            for (; k < G; k++) {            // G % 8 == 4: mm_quantize_group's scalar arithmetic
+                float v = rintf(xg[k] * iscale);
+                v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+                qg[k] = (int8_t)v;
+                total += qg[k];
+            }
+            int32_t s8[8];
+            _mm256_storeu_si256((__m256i*)s8, sum);
+            for (int i = 0; i < 8; i++) total += s8[i];
+            as[(size_t)t * ng + g] = amax / 127.0f;
+            ac[(size_t)t * ng + g] = -128 * total;
+        }
+    }
+}
+
+// ---- GEMM microkernels: one row tile x half a panel (16 columns) over the full K. Tile rows past T
+// are zero in the packed activations; their results (and columns past N) are not stored.
+
+// f32 6x16: per k, 2 weight loads + 6 broadcasts feed 12 FMAs (6 cycles at 2 FMA/cycle).
+MM_TGT_AVX2 static void mm_kernel_f32_avx2(const float* a, const float* w, int K, float* y, int ldy, int mr, int nc) {
+    __m256 acc[MM_A2_MR][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_A2_MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        __m256 w0 = _mm256_loadu_ps(w + (size_t)k * 32), w1 = _mm256_loadu_ps(w + (size_t)k * 32 + 8);
+        const float* ak = a + (size_t)k * MM_A2_MR;
+#pragma GCC unroll 6
+        for (int i = 0; i < MM_A2_MR; i++) {
+            __m256 av = _mm256_broadcast_ss(ak + i);
+            acc[i][0] = _mm256_fmadd_ps(av, w0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(av, w1, acc[i][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_A2_MR; i++)
+        if (i < mr) mm_avx2_store16(y + (size_t)i * ldy, acc[i][0], acc[i][1], nc);
+}
+
+// bf16 6x16: a panel word holds the bf16 weights of k = 2kk (low half) and 2kk+1 (high half); a
+// bf16 is the top 16 bits of an f32, so `word << 16` is the even weight and `word & 0xffff0000`
+// the odd one, both exact f32. One 8-column word vector at a time (e, o: 2 registers), so that
+// 12 accumulators + e + o + broadcast fit; the activation tile is f32 (K rounded up to even, the
+// padding zero), and each broadcast is loaded twice per k pair (once per 8-column half).
+MM_TGT_AVX2 static void mm_kernel_bf16_avx2(const float* a, const uint32_t* w, int kw, float* y, int ldy, int mr,
+                                            int nc) {
+    const __m256i hi16 = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 acc[MM_A2_MR][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_A2_MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int kk = 0; kk < kw; kk++) {
+        const float* ae = a + (size_t)2 * kk * MM_A2_MR;           // k = 2kk; k = 2kk+1 follows
+#pragma GCC unroll 2
+        for (int c = 0; c < 2; c++) {
+            __m256i v = _mm256_loadu_si256((const __m256i*)(w + (size_t)kk * 32 + 8 * c));
+            __m256 e = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+            __m256 o = _mm256_castsi256_ps(_mm256_and_si256(v, hi16));
+#pragma GCC unroll 6
+            for (int i = 0; i < MM_A2_MR; i++) acc[i][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + i), e, acc[i][c]);
+#pragma GCC unroll 6
+            for (int i = 0; i < MM_A2_MR; i++)
+                acc[i][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + MM_A2_MR + i), o, acc[i][c]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_A2_MR; i++)
+        if (i < mr) mm_avx2_store16(y + (size_t)i * ldy, acc[i][0], acc[i][1], nc);
+}
+
+// q8 4x16 with vpmaddubsw (mm_dot4_avx2). Per k4 step: 2 weight loads, xor 0x80 (u8 = w+128 back to
+// s8) and vpabsb once per 8-column vector, shared by the 4 rows; then 8 dot steps of 4 instructions.
+// The int32 accumulators start at 0 (signed weights need no -128 compensation) and hold the exact
+// group dot; the f32 sums f (8 ymm) stay in L1 between groups (no room in the registers).
+MM_TGT_AVX2 static void mm_kernel_q8_avx2(const uint32_t* a, const float* as, const uint32_t* w, const float* ws,
+                                          int ng, int G4, float* y, int ldy, int mr, int nc) {
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    __m256 f[MM_A2_Q8_MR][2];
 #pragma GCC unroll 4
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int i = 0; i < MM_A2_Q8_MR; i++) f[i][0] = f[i][1] = _mm256_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m256i acc[MM_A2_Q8_MR][2];
+#pragma GCC unroll 4
+        for (int i = 0; i < MM_A2_Q8_MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+        const uint32_t* wg = w + (size_t)g * G4 * 32;
+        const uint32_t* ag = a + (size_t)g * G4 * MM_A2_Q8_MR;
+#if defined(__GNUC__) && !defined(__clang__)
+        // GCC 12 spills accumulators of this loop to the stack (a load-add-store chain per step,
+        // measured 40 % of the vpmaddubsw peak), so the group loop is written out with a fixed
+        // register plan: acc in 8 registers the compiler picks (ymm0-7 by elimination), signed
+        // weights ymm8/9, |w| ymm10/11, activation broadcast ymm12, temp ymm13, ones ymm14, 0x80 ymm15.
+        // AT&T operand order: vpsignb s, q, t is t = sign(q, s); vpmaddubsw t, |w|, t multiplies u8 |w|
+        // by s8 t.
+        const uint32_t* wend = wg + (size_t)G4 * 32;
+        __asm__(
+            "vmovdqa %[ones], %%ymm14\n\t"
+            "vmovdqa %[flip], %%ymm15\n\t"
+            "1:\n\t"
+            "vpxor (%[w]), %%ymm15, %%ymm8\n\t"
+            "vpxor 32(%[w]), %%ymm15, %%ymm9\n\t"
+            "vpabsb %%ymm8, %%ymm10\n\t"
+            "vpabsb %%ymm9, %%ymm11\n\t"
+#define MM_A2_Q8_ROW(off, c0, c1)                                                                       \
+            "vpbroadcastd " off "(%[a]), %%ymm12\n\t"                                                   \
+            "vpsignb %%ymm8, %%ymm12, %%ymm13\n\t"                                                      \
+            "vpmaddubsw %%ymm13, %%ymm10, %%ymm13\n\t"                                                  \
+            "vpmaddwd %%ymm14, %%ymm13, %%ymm13\n\t"                                                    \
+            "vpaddd %%ymm13, %[" c0 "], %[" c0 "]\n\t"                                                  \
+            "vpsignb %%ymm9, %%ymm12, %%ymm13\n\t"                                                      \
+            "vpmaddubsw %%ymm13, %%ymm11, %%ymm13\n\t"                                                  \
+            "vpmaddwd %%ymm14, %%ymm13, %%ymm13\n\t"                                                    \
+            "vpaddd %%ymm13, %[" c1 "], %[" c1 "]\n\t"
+            MM_A2_Q8_ROW("0", "c00", "c01") MM_A2_Q8_ROW("4", "c10", "c11")
+            MM_A2_Q8_ROW("8", "c20", "c21") MM_A2_Q8_ROW("12", "c30", "c31")
+#undef MM_A2_Q8_ROW
+            "subq $-128, %[w]\n\t"
+            "addq $16, %[a]\n\t"
+            "cmpq %[wend], %[w]\n\t"
+            "jne 1b\n\t"
+            : [c00] "+x"(acc[0][0]), [c01] "+x"(acc[0][1]), [c10] "+x"(acc[1][0]), [c11] "+x"(acc[1][1]),
+              [c20] "+x"(acc[2][0]), [c21] "+x"(acc[2][1]), [c30] "+x"(acc[3][0]), [c31] "+x"(acc[3][1]),
+              [w] "+r"(wg), [a] "+r"(ag)
+            : [wend] "r"(wend), [ones] "m"(ones), [flip] "m"(flip)
+            : "cc", "memory", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
+#else
+        for (int q = 0; q < G4; q++) {
+            __m256i s0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32)), flip);
+            __m256i s1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32 + 8)), flip);
+            __m256i a0 = _mm256_abs_epi8(s0), a1 = _mm256_abs_epi8(s1);
+#pragma GCC unroll 4
+            for (int i = 0; i < MM_A2_Q8_MR; i++) {
+                __m256i qb = _mm256_set1_epi32((int)ag[q * MM_A2_Q8_MR + i]);
+                acc[i][0] = mm_dot4_avx2(acc[i][0], a0, s0, qb, ones);
+                acc[i][1] = mm_dot4_avx2(acc[i][1], a1, s1, qb, ones);
+            }
+        }
+#endif
+        __m256 sw0 = _mm256_loadu_ps(ws + (size_t)g * 32), sw1 = _mm256_loadu_ps(ws + (size_t)g * 32 + 8);
+#pragma GCC unroll 4
+        for (int i = 0; i < MM_A2_Q8_MR; i++) {
+            f[i][0] = mm_q8_epilogue_avx2(f[i][0], acc[i][0], sw0, as[g * MM_A2_Q8_MR + i]);
+            f[i][1] = mm_q8_epilogue_avx2(f[i][1], acc[i][1], sw1, as[g * MM_A2_Q8_MR + i]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MM_A2_Q8_MR; i++)
+        if (i < mr) mm_avx2_store16(y + (size_t)i * ldy, f[i][0], f[i][1], nc);
+}
+
+// q8 6x16 with AVX-VNNI: the AVX512-VNNI kernel in ymm. Lanes start at the compensation -128*sum(q)
+// and take G/4 vpdpbusd steps of u8 panel words (w+128) x the broadcast s8 activation word, so they
+// end at the exact group dot sum w*q -- the same integer as mm_kernel_q8_avx2 computes another way.
+MM_TGT_AVXVNNI static void mm_kernel_q8_avxvnni(const uint32_t* a, const float* as, const int32_t* ac,
+                                                const uint32_t* w, const float* ws, int ng, int G4, float* y,
+                                                int ldy, int mr, int nc) {
+    __m256 f[MM_AVNNI_MR][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_AVNNI_MR; i++) f[i][0] = f[i][1] = _mm256_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m256i acc[MM_AVNNI_MR][2];
+#pragma GCC unroll 6
+        for (int i = 0; i < MM_AVNNI_MR; i++) acc[i][0] = acc[i][1] = _mm256_set1_epi32(ac[g * MM_AVNNI_MR + i]);
+        const uint32_t* wg = w + (size_t)g * G4 * 32;
+        const uint32_t* ag = a + (size_t)g * G4 * MM_AVNNI_MR;
+#if defined(__GNUC__) && !defined(__clang__)
+        // As in mm_kernel_q8: GCC wraps every vpdpbusd of an unrolled tile in register copies
+        // (measured 25-35 % of the AVX-VNNI peak), so the group loop is written out: weights in
+        // ymm14/15, the activation broadcast in ymm13 (VEX has no {1to8} memory broadcast), 12
+        // accumulators in the remaining registers. %{vex%} ({vex}) selects the AVX-VNNI encoding.
+        const uint32_t* wend = wg + (size_t)G4 * 32;
+        __asm__(
+            "1:\n\t"
+            "vmovdqu (%[w]), %%ymm14\n\t"
+            "vmovdqu 32(%[w]), %%ymm15\n\t"
+#define MM_AVNNI_ROW(off, c0, c1)                                                                       \
+            "vpbroadcastd " off "(%[a]), %%ymm13\n\t"                                                   \
+            "%{vex%} vpdpbusd %%ymm13, %%ymm14, %[" c0 "]\n\t"                                            \
+            "%{vex%} vpdpbusd %%ymm13, %%ymm15, %[" c1 "]\n\t"
+            MM_AVNNI_ROW("0", "c00", "c01") MM_AVNNI_ROW("4", "c10", "c11") MM_AVNNI_ROW("8", "c20", "c21")
+            MM_AVNNI_ROW("12", "c30", "c31") MM_AVNNI_ROW("16", "c40", "c41") MM_AVNNI_ROW("20", "c50", "c51")
+#undef MM_AVNNI_ROW
+            "subq $-128, %[w]\n\t"
+            "addq $24, %[a]\n\t"
+            "cmpq %[wend], %[w]\n\t"
+            "jne 1b\n\t"
+            : [c00] "+x"(acc[0][0]), [c01] "+x"(acc[0][1]), [c10] "+x"(acc[1][0]), [c11] "+x"(acc[1][1]),
+              [c20] "+x"(acc[2][0]), [c21] "+x"(acc[2][1]), [c30] "+x"(acc[3][0]), [c31] "+x"(acc[3][1]),
+              [c40] "+x"(acc[4][0]), [c41] "+x"(acc[4][1]), [c50] "+x"(acc[5][0]), [c51] "+x"(acc[5][1]),
+              [w] "+r"(wg), [a] "+r"(ag)
+            : [wend] "r"(wend)
+            : "cc", "memory", "xmm13", "xmm14", "xmm15");
+#else
+        for (int q = 0; q < G4; q++) {
+            __m256i w0 = _mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32));
+            __m256i w1 = _mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32 + 8));
+#pragma GCC unroll 6
+            for (int i = 0; i < MM_AVNNI_MR; i++) {
+                __m256i qb = _mm256_set1_epi32((int)ag[q * MM_AVNNI_MR + i]);
+                acc[i][0] = _mm256_dpbusd_avx_epi32(acc[i][0], w0, qb);
+                acc[i][1] = _mm256_dpbusd_avx_epi32(acc[i][1], w1, qb);
+            }
+        }
+#endif
+        __m256 sw0 = _mm256_loadu_ps(ws + (size_t)g * 32), sw1 = _mm256_loadu_ps(ws + (size_t)g * 32 + 8);
+#pragma GCC unroll 6
+        for (int i = 0; i < MM_AVNNI_MR; i++) {
+            f[i][0] = mm_q8_epilogue_avx2(f[i][0], acc[i][0], sw0, as[g * MM_AVNNI_MR + i]);
+            f[i][1] = mm_q8_epilogue_avx2(f[i][1], acc[i][1], sw1, as[g * MM_AVNNI_MR + i]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_AVNNI_MR; i++)
+        if (i < mr) mm_avx2_store16(y + (size_t)i * ldy, f[i][0], f[i][1], nc);
+}
+
+// ---- Activation packing for the AVX2 GEMM (per call; tasks split the row tiles). MR = the tile rows.
+//   f32, bf16  a: (ntiles, K2, MR) f32, K2 = K rounded up to even; rows past T and k = K are zero
+//   q8         q: (ntiles*MR, K) s8 row-major (mm_quantize_rows_q8_avx2), then
+//              a: (ntiles, K/4, MR) uint32 = 4 x s8;  as, ac: (ntiles, ng, MR)  (zero past T)
+MM_TGT_AVX2 static void mm_task_pack_avx2(void* v, int task) {
+    MMJob* j = v;
+    int K = j->K, T = j->T, MR = j->mr, ta, tb;
+    mm_split(j->ntiles, task, j->n_tasks, &ta, &tb);
+    for (int it = ta; it < tb; it++) {
+        int t0 = it * MR, mr = mm_min(MR, T - t0);
+        if (j->w->type != DT_Q8) {
+            int K2 = (K + 1) / 2 * 2;
+            float* a = (float*)j->a + (size_t)it * K2 * MR;
+            for (int k = 0; k < K2; k++)                // k outer: sequential stores, MR read streams
+                for (int i = 0; i < MR; i++) a[(size_t)k * MR + i] = i < mr && k < K ? j->x[(size_t)(t0 + i) * K + k] : 0.0f;
+            continue;
+        }
+        int ng = j->p->ng, kw = K / 4;
+        int8_t* q = j->q + (size_t)t0 * K;
+        float* asr = j->asr + (size_t)t0 * ng;
+        int32_t* acr = j->acr + (size_t)t0 * ng;
+        mm_quantize_rows_q8_avx2(j->x + (size_t)t0 * K, mr, K, j->p->G, q, asr, acr);
+        uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MR;
+        for (int kq = 0; kq < kw; kq++)
+            for (int i = 0; i < MR; i++) {
+                uint32_t word = 0;
+                if (i < mr) memcpy(&word, q + (size_t)i * K + 4 * kq, 4);
+                a[(size_t)kq * MR + i] = word;
+            }
+        for (int g = 0; g < ng; g++)
+            for (int i = 0; i < MR; i++) {
+                j->as[((size_t)it * ng + g) * MR + i] = i < mr ? asr[(size_t)i * ng + g] : 0.0f;
+                j->ac[((size_t)it * ng + g) * MR + i] = i < mr ? acr[(size_t)i * ng + g] : 0;
+            }
+    }
+}
+
+// GEMM loop nest per task (one weight block of <= MM_A2_NCP panels): row tiles -> panels -> the two
+// 16-column halves -> kernel over the full K. The tile's activations (MR x K) stay in L1/L2 and are
+// reused by every panel of the block.
+MM_TGT_AVX2 static void mm_task_gemm_avx2(void* v, int task) {
+    MMJob* j = v;
+    const MMPacked* p = j->p;
+    int type = j->w->type, N = j->N, MR = j->mr, K2 = (j->K + 1) / 2 * 2;
+    int p0, p1;
+    mm_task_panels(j, task, &p0, &p1);
+    for (int it = 0; it < j->ntiles; it++) {
+        int t0 = it * MR, mr = mm_min(MR, j->T - t0);
+        for (int pi = p0; pi < p1; pi++)
+            for (int h = 0; h < 2; h++) {
+                int n0 = pi * 32 + h * 16, nc = N - n0;
+                if (nc <= 0) break;
+                const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32 + h * 16;
+                float* y = j->y + (size_t)t0 * N + n0;
+                if (type == DT_F32)
+                    mm_kernel_f32_avx2((const float*)j->a + (size_t)it * K2 * MR, (const float*)wp, j->K, y, N, mr, nc);
+                else if (type == DT_BF16)
+                    mm_kernel_bf16_avx2((const float*)j->a + (size_t)it * K2 * MR, wp, p->kw, y, N, mr, nc);
+                else {
+                    const uint32_t* a = (const uint32_t*)j->a + (size_t)it * p->kw * MR;
+                    const float* as = j->as + (size_t)it * p->ng * MR;
+                    const float* ws = p->s + (size_t)pi * p->ng * 32 + h * 16;
+                    if (j->avxvnni)
+                        mm_kernel_q8_avxvnni(a, as, j->ac + (size_t)it * p->ng * MR, wp, ws, p->ng, p->G / 4, y, N, mr, nc);
+                    else
+                        mm_kernel_q8_avx2(a, as, wp, ws, p->ng, p->G / 4, y, N, mr, nc);
+                }
+            }
+    }
+}
+
+// ---- GEMV (decode): one full panel (32 columns, 4 ymm per panel row, 128 sequential bytes) x MR = 1
+// or 2 rows per call. Memory bound: the weights stream once, prefetched mm_gemv_pf_avx2 bytes ahead.
+
+// f32 / bf16 with f32 activations (matmul_ref's semantics and summation order). Registers: 4*MR
+// accumulators + MR broadcasts (x2 for bf16) + the weight vector(s).
+MM_INLINE MM_TGT_AVX2 void mm_gemv_fb_avx2(const float* x, int K, const uint32_t* w, int is_bf16, float* y, int ldy,
+                                           int nc, const int MR) {
+    const int pf = mm_gemv_pf_avx2;
+    __m256 acc[2][4];
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm256_setzero_ps();
     if (!is_bf16) {
         const float* wf = (const float*)w;
         for (int k = 0; k < K; k++) {
-            __m256 w0 = _mm256_loadu_ps(wf + (size_t)k * 32), w1 = _mm256_loadu_ps(wf + (size_t)k * 32 + 8);
+            const float* wk = wf + (size_t)k * 32;
+            if (pf) { _mm_prefetch((const char*)wk + pf, _MM_HINT_T0); _mm_prefetch((const char*)wk + pf + 64, _MM_HINT_T0); }
+            __m256 xb[2];
+#pragma GCC unroll 2
+            for (int i = 0; i < MR; i++) xb[i] = _mm256_broadcast_ss(x + (size_t)i * K + k);
 #pragma GCC unroll 4
-            for (int i = 0; i < MR; i++) {
-                __m256 xv = _mm256_broadcast_ss(x + (size_t)i * K + k);
-                acc[i][0] = _mm256_fmadd_ps(w0, xv, acc[i][0]);
-                acc[i][1] = _mm256_fmadd_ps(w1, xv, acc[i][1]);
+            for (int c = 0; c < 4; c++) {
+                __m256 wv = _mm256_loadu_ps(wk + 8 * c);
+#pragma GCC unroll 2
+                for (int i = 0; i < MR; i++) acc[i][c] = _mm256_fmadd_ps(wv, xb[i], acc[i][c]);
             }
         }
     } else {
         const __m256i hi16 = _mm256_set1_epi32((int)0xffff0000u);
-        int kh = K / 2;
-        for (int kk = 0; kk < (K + 1) / 2; kk++) {
-            __m256i v0 = _mm256_loadu_si256((const __m256i*)(w + (size_t)kk * 32));
-            __m256i v1 = _mm256_loadu_si256((const __m256i*)(w + (size_t)kk * 32 + 8));
-            __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16));
-            __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16));
-            __m256 o0 = _mm256_castsi256_ps(_mm256_and_si256(v0, hi16));
-            __m256 o1 = _mm256_castsi256_ps(_mm256_and_si256(v1, hi16));
-#pragma GCC unroll 4
+        int kw = (K + 1) / 2;
+        for (int kk = 0; kk < kw; kk++) {
+            const uint32_t* wk = w + (size_t)kk * 32;
+            if (pf) { _mm_prefetch((const char*)wk + pf, _MM_HINT_T0); _mm_prefetch((const char*)wk + pf + 64, _MM_HINT_T0); }
+            int odd = 2 * kk + 1 < K;           // odd K: the last pair has no odd input (weight 0)
+            __m256 xe[2], xo[2];
+#pragma GCC unroll 2
             for (int i = 0; i < MR; i++) {
-                __m256 xe = _mm256_broadcast_ss(x + (size_t)i * K + 2 * kk);
-                acc[i][0] = _mm256_fmadd_ps(e0, xe, acc[i][0]);
-                acc[i][1] = _mm256_fmadd_ps(e1, xe, acc[i][1]);
-                if (kk < kh) {              // odd K: the last pair has no odd element
-                    __m256 xo = _mm256_broadcast_ss(x + (size_t)i * K + 2 * kk + 1);
-                    acc[i][0] = _mm256_fmadd_ps(o0, xo, acc[i][0]);
-                    acc[i][1] = _mm256_fmadd_ps(o1, xo, acc[i][1]);
-                }
+                xe[i] = _mm256_broadcast_ss(x + (size_t)i * K + 2 * kk);
+                xo[i] = odd ? _mm256_broadcast_ss(x + (size_t)i * K + 2 * kk + 1) : _mm256_setzero_ps();
+            }
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                __m256i v = _mm256_loadu_si256((const __m256i*)(wk + 8 * c));
+                __m256 e = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+                __m256 o = _mm256_castsi256_ps(_mm256_and_si256(v, hi16));
+#pragma GCC unroll 2
+                for (int i = 0; i < MR; i++) acc[i][c] = _mm256_fmadd_ps(o, xo[i], _mm256_fmadd_ps(e, xe[i], acc[i][c]));
             }
         }
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < MR; i++) mm_avx2_store16(y + (size_t)i * j->N, acc[i][0], acc[i][1], nc);
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; i++) {
+        mm_avx2_store16(y + (size_t)i * ldy, acc[i][0], acc[i][1], nc);
+        mm_avx2_store16(y + (size_t)i * ldy + 16, acc[i][2], acc[i][3], nc - 16);
+    }
 }
 
-// q8 panel half: int8 -> f32 per 4-byte lane (xor 0x80 undoes the +128, shifts sign-extend byte jj),
-// f32 sums per group, then acc += scale * group sum (the reference order).
-MM_INLINE MM_TGT_AVX2 void mm_avx2_q8(const MMJob* j, const float* x, const uint32_t* w, const float* s,
-                                      float* y, int nc, const int MR) {
-    int K = j->K, G4 = j->p->G / 4, ng = j->p->ng;
-    const __m256i flip = _mm256_set1_epi32((int)0x80808080u);
-    __m256 acc[2][2];
+// q8 with the quantized activations q (T, K), as (T, ng) of mm_quantize_rows_q8_avx2: the GEMM's
+// per-group arithmetic (exact int32 dot via mm_dot4_avx2, then mm_q8_epilogue_avx2), so each row
+// gives the same bits as in a GEMM, on every level. Registers: 4*MR int32 accumulators, the signed
+// and absolute weight vector, MR activation broadcasts, ones; the f32 sums go through L1 at MR = 2.
+MM_INLINE MM_TGT_AVX2 void mm_gemv_q8_avx2(const int8_t* q, const float* as, int K, int ng, int G4, const uint32_t* w,
+                                           const float* s, float* y, int ldy, int nc, const int MR) {
+    const int pf = mm_gemv_pf_avx2;
+    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+    __m256 f[2][4];
 #pragma GCC unroll 2
-    for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+    for (int i = 0; i < MR; i++) f[i][0] = f[i][1] = f[i][2] = f[i][3] = _mm256_setzero_ps();
     for (int g = 0; g < ng; g++) {
-        __m256 ps[2][2];
+        __m256i acc[2][4];
 #pragma GCC unroll 2
-        for (int i = 0; i < MR; i++) ps[i][0] = ps[i][1] = _mm256_setzero_ps();
+        for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm256_setzero_si256();
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
-            __m256i v0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(w + (size_t)kq * 32)), flip);
-            __m256i v1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(w + (size_t)kq * 32 + 8)), flip);
-#pragma GCC unroll 4
-            for (int jj = 0; jj < 4; jj++) {
-                __m256 w0 = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v0, 24 - 8 * jj), 24));
-                __m256 w1 = _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v1, 24 - 8 * jj), 24));
+            const uint32_t* wk = w + (size_t)kq * 32;
+            if (pf) { _mm_prefetch((const char*)wk + pf, _MM_HINT_T0); _mm_prefetch((const char*)wk + pf + 64, _MM_HINT_T0); }
+            __m256i qb[2];
 #pragma GCC unroll 2
-                for (int i = 0; i < MR; i++) {
-                    __m256 xv = _mm256_broadcast_ss(x + (size_t)i * K + 4 * kq + jj);
-                    ps[i][0] = _mm256_fmadd_ps(w0, xv, ps[i][0]);
-                    ps[i][1] = _mm256_fmadd_ps(w1, xv, ps[i][1]);
-                }
+            for (int i = 0; i < MR; i++) {
+                int32_t a4;                 // 4 s8 activations (memcpy: no type punning)
+                memcpy(&a4, q + (size_t)i * K + 4 * kq, 4);
+                qb[i] = _mm256_set1_epi32(a4);
+            }
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                __m256i ws = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(wk + 8 * c)), flip);
+                __m256i wa = _mm256_abs_epi8(ws);
+#pragma GCC unroll 2
+                for (int i = 0; i < MR; i++) acc[i][c] = mm_dot4_avx2(acc[i][c], wa, ws, qb[i], ones);
             }
         }
-        __m256 s0 = _mm256_loadu_ps(s + (size_t)g * 32), s1 = _mm256_loadu_ps(s + (size_t)g * 32 + 8);
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m256 sw = _mm256_loadu_ps(s + (size_t)g * 32 + 8 * c);
 #pragma GCC unroll 2
-        for (int i = 0; i < MR; i++) {
-            acc[i][0] = _mm256_fmadd_ps(s0, ps[i][0], acc[i][0]);
-            acc[i][1] = _mm256_fmadd_ps(s1, ps[i][1], acc[i][1]);
+            for (int i = 0; i < MR; i++) f[i][c] = mm_q8_epilogue_avx2(f[i][c], acc[i][c], sw, as[(size_t)i * ng + g]);
         }
     }
 #pragma GCC unroll 2
-    for (int i = 0; i < MR; i++) mm_avx2_store16(y + (size_t)i * j->N, acc[i][0], acc[i][1], nc);
+    for (int i = 0; i < MR; i++) {
+        mm_avx2_store16(y + (size_t)i * ldy, f[i][0], f[i][1], nc);
+        mm_avx2_store16(y + (size_t)i * ldy + 16, f[i][2], f[i][3], nc - 16);
+    }
 }
 
-MM_TGT_AVX2 static void mm_task_avx2(void* v, int task) {
+MM_TGT_AVX2 static void mm_task_gemv_avx2(void* v, int task) {
     MMJob* j = v;
     const MMPacked* p = j->p;
     int p0, p1;
     mm_task_panels(j, task, &p0, &p1);
-    int type = j->w->type, mrmax = type == DT_Q8 ? 2 : 4;
-    for (int tb = 0; tb < j->T; tb += MM_TBLK) {
-        int te = mm_min(j->T, tb + MM_TBLK);
-        for (int pi = p0; pi < p1; pi++) {
-            const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
-            for (int t = tb; t < te; t += mrmax) {
-                int mr = mm_min(mrmax, te - t);
-                for (int h = 0; h < 2; h++) {
-                    int n0 = pi * 32 + h * 16, nc = j->N - n0;
-                    if (nc <= 0) break;
-                    const float* x = j->x + (size_t)t * j->K;
-                    float* y = j->y + (size_t)t * j->N + n0;
-                    const uint32_t* wh = wp + h * 16;   // columns 16h.. of each panel row
-                    if (type == DT_Q8) {
-                        const float* s = p->s + (size_t)pi * p->ng * 32 + h * 16;
-                        if (mr == 2) mm_avx2_q8(j, x, wh, s, y, nc, 2);
-                        else mm_avx2_q8(j, x, wh, s, y, nc, 1);
-                    } else {
-                        switch (mr) {
-                        case 4: mm_avx2_fb(j, x, wh, y, nc, type == DT_BF16, 4); break;
-                        case 3: mm_avx2_fb(j, x, wh, y, nc, type == DT_BF16, 3); break;
-                        case 2: mm_avx2_fb(j, x, wh, y, nc, type == DT_BF16, 2); break;
-                        default: mm_avx2_fb(j, x, wh, y, nc, type == DT_BF16, 1); break;
-                        }
-                    }
-                }
+    for (int pi = p0; pi < p1; pi++) {
+        const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
+        int nc = j->N - pi * 32;
+        for (int t = 0; t < j->T; t += 2) {
+            int two = j->T - t >= 2;
+            float* y = j->y + (size_t)t * j->N + pi * 32;
+            if (j->w->type == DT_Q8) {
+                const int8_t* q = j->q + (size_t)t * j->K;
+                const float* as = j->asr + (size_t)t * p->ng;
+                const float* s = p->s + (size_t)pi * p->ng * 32;
+                if (two) mm_gemv_q8_avx2(q, as, j->K, p->ng, p->G / 4, wp, s, y, j->N, nc, 2);
+                else mm_gemv_q8_avx2(q, as, j->K, p->ng, p->G / 4, wp, s, y, j->N, nc, 1);
+            } else {
+                const float* x = j->x + (size_t)t * j->K;
+                if (two) mm_gemv_fb_avx2(x, j->K, wp, j->w->type == DT_BF16, y, j->N, nc, 2);
+                else mm_gemv_fb_avx2(x, j->K, wp, j->w->type == DT_BF16, y, j->N, nc, 1);
             }
         }
     }
+}
+
+// The AVX2 / AVX-VNNI level of matmul() (and q8 on AVX-512 without AVX512-VNNI).
+static void mm_matmul_avx2(MMJob* j) {
+    const MMPacked* p = j->p;
+    int type = j->w->type, T = j->T, K = j->K, np = p->np, nth = pool_size();
+    int own = mm_in_pool;                   // nested call: private scratch, single thread
+    int bounds[MM_MAX_GUIDED + 1];
+    if (T <= mm_gemv_max_t_avx2[type]) {
+        void* buf = NULL;
+        if (type == DT_Q8) {                // quantize the (<= 2) rows once, in the caller thread
+            size_t qbytes = ((size_t)T * K + 63) / 64 * 64, sbytes = (size_t)T * p->ng * 4;
+            buf = mm_get_scratch(qbytes + 2 * sbytes + 64, own);
+            j->q = buf;
+            j->asr = (float*)((char*)buf + qbytes);
+            j->acr = (int32_t*)((char*)buf + qbytes + sbytes);
+            mm_quantize_rows_q8_avx2(j->x, T, K, p->G, j->q, j->asr, j->acr);
+        }
+        j->n_tasks = mm_guided_bounds(np, nth, bounds);
+        j->bounds = bounds;
+        pool_for(j->n_tasks, mm_task_gemv_avx2, j);
+        if (own) free(buf);
+        return;
+    }
+    // GEMM: pack (or quantize) the activations into row tiles, then the kernels
+    j->avxvnni = type == DT_Q8 && mm_isa == MM_AVXVNNI;
+    j->mr = type != DT_Q8 ? MM_A2_MR : j->avxvnni ? MM_AVNNI_MR : MM_A2_Q8_MR;
+    j->ntiles = (T + j->mr - 1) / j->mr;
+    size_t rows = (size_t)j->ntiles * j->mr;
+    size_t abytes = rows * (type == DT_BF16 ? (size_t)(K + 1) / 2 * 2 * 4 : (size_t)p->kw * 4), sbytes = 0, qbytes = 0;
+    if (type == DT_Q8) { sbytes = rows * p->ng * 4; qbytes = (rows * K + 63) / 64 * 64; }
+    char* buf = mm_get_scratch(abytes + qbytes + 4 * sbytes + 64, own);
+    j->a = buf;
+    j->q = (int8_t*)(buf + abytes);
+    j->as = (float*)(buf + abytes + qbytes);
+    j->ac = (int32_t*)(buf + abytes + qbytes + sbytes);
+    j->asr = (float*)(buf + abytes + qbytes + 2 * sbytes);
+    j->acr = (int32_t*)(buf + abytes + qbytes + 3 * sbytes);
+    j->n_tasks = mm_min(nth, j->ntiles);
+    pool_for(j->n_tasks, mm_task_pack_avx2, j);
+    j->chunk = mm_min(MM_A2_NCP, (np + nth - 1) / nth);
+    j->n_tasks = (np + j->chunk - 1) / j->chunk;
+    j->bounds = NULL;
+    pool_for(j->n_tasks, mm_task_gemm_avx2, j);
+    if (own) free(buf);
 }
 #endif // MM_X86
 
@@ -1300,41 +1815,20 @@ static void mm_task_gemm(void* v, int task) {
 // ----------------------------------------------------------------------------
 // matmul: pick the path, pack activations, run the tasks
 
-static void* mm_scratch;            // GEMM packed activations, grown on demand, reused across calls
-static size_t mm_scratch_bytes;
-
-// Scratch of `need` bytes: the shared buffer, or (own: a nested call from inside a pool task) a
-// private one that the caller frees.
-static void* mm_get_scratch(size_t need, int own) {
-    if (own) return mm_alloc(need);
-    if (need > mm_scratch_bytes) {
-        free(mm_scratch);
-        mm_scratch_bytes = need + need / 4;
-        mm_scratch = mm_alloc(mm_scratch_bytes);
-    }
-    return mm_scratch;
-}
-
-void matmul(float* y, const float* x, const Matrix* w, int T) {
-    mm_check(w);
-    mm_detect_isa();
-    if (T <= 0 || w->rows == 0) return;
-    MMJob j = { .y = y, .x = x, .w = w, .p = w->packed, .T = T, .N = w->rows, .K = w->cols,
-                .n_tasks = pool_size() };
-    if (!j.p || mm_isa == MM_SCALAR || w->cols == 0) {
-        if (w->cols == 0) { memset(y, 0, (size_t)T * w->rows * sizeof(float)); return; }
-        pool_for(j.n_tasks, mm_task_scalar, &j);
-        return;
-    }
 #if MM_X86
-    int np = j.p->np, nth = pool_size();
-    if (mm_isa == MM_AVX2) {
-        j.chunk = (np + 8 * nth - 1) / (8 * nth);
-        j.n_tasks = (np + j.chunk - 1) / j.chunk;
-        pool_for(j.n_tasks, mm_task_avx2, &j);
+// The AVX-512 level of matmul(). q8 without AVX512-VNNI and the bf16 GEMM without AVX512-BF16 run
+// the AVX2 kernels (vpmaddubsw int8 dots; bf16 widened in registers), which beat widening in zmm.
+static void mm_matmul_avx512(MMJob* jp) {
+    MMJob j = *jp;
+    const Matrix* w = j.w;
+    const float* x = j.x;
+    int T = j.T, np = j.p->np, nth = pool_size();
+    int type = w->type;
+    if ((type == DT_Q8 && !mm_has_vnni && mm_q8_gemv_vnni) ||
+        (type == DT_BF16 && !mm_has_bf16 && T > mm_gemv_max_t[type])) {
+        mm_matmul_avx2(jp);
         return;
     }
-    int type = w->type;
     int gemm = T > mm_gemv_max_t[type] &&
                (type == DT_F32 || (type == DT_BF16 && mm_has_bf16) || (type == DT_Q8 && mm_has_vnni));
     if (!gemm) {
@@ -1351,21 +1845,10 @@ void matmul(float* y, const float* x, const Matrix* w, int T) {
             j.as = (float*)((char*)buf + qbytes);
             j.ac = (int32_t*)((char*)buf + qbytes + sbytes);
             mm_quantize_rows_q8(x, T, w->cols, p->G, j.a, j.as, j.ac);
-            // Guided schedule: each task takes 1/(2 nth) of the panels left, so the first tasks are
-            // long sequential streams and the last ones are single panels that even out the finish
-            // (a q8 call is only ~17 MB at 4096x4096, so idle time at the join shows).
-            int bounds[MM_MAX_GUIDED + 1];
+            int bounds[MM_MAX_GUIDED + 1];  // guided chunks (mm_guided_bounds), or the equal ones above
             if (mm_gemv_guided) {
-                int nt = 0, at = 0;
-                bounds[0] = 0;
-                while (at < np) {
-                    int c = (np - at + 2 * nth - 1) / (2 * nth);
-                    if (nt == MM_MAX_GUIDED - 1) c = np - at;
-                    at += c;
-                    bounds[++nt] = at;
-                }
+                j.n_tasks = mm_guided_bounds(np, nth, bounds);
                 j.bounds = bounds;
-                j.n_tasks = nt;
             }
             pool_for(j.n_tasks, mm_task_gemv512_q8v, &j);
             if (own) free(buf);
@@ -1394,5 +1877,21 @@ void matmul(float* y, const float* x, const Matrix* w, int T) {
     j.n_tasks = (np + j.chunk - 1) / j.chunk;
     pool_for(j.n_tasks, mm_task_gemm, &j);
     if (own) free(buf);
+}
+#endif // MM_X86
+
+void matmul(float* y, const float* x, const Matrix* w, int T) {
+    mm_check(w);
+    mm_detect_isa();
+    if (T <= 0 || w->rows == 0) return;
+    MMJob j = { .y = y, .x = x, .w = w, .p = w->packed, .T = T, .N = w->rows, .K = w->cols,
+                .n_tasks = pool_size() };
+    if (w->cols == 0) { memset(y, 0, (size_t)T * w->rows * sizeof(float)); return; }
+    // The SIMD level: one branch per architecture (each needs the packed panels).
+#if MM_X86
+    if (j.p && mm_isa == MM_AVX512) { mm_matmul_avx512(&j); return; }
+    if (j.p && mm_isa >= MM_AVX2) { mm_matmul_avx2(&j); return; }      // AVX2 and AVX-VNNI
 #endif
+    // Portable: unpacked matrices, LLAVA_ISA=scalar, CPUs without AVX2, other architectures
+    pool_for(j.n_tasks, mm_task_scalar, &j);
 }

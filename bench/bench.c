@@ -3,8 +3,11 @@
 // Run:   ./bench/bench [--threads N] [--reps N] [--quick]
 // Prints a table and never fails on speed (exit 0 unless it cannot run at all).
 //
-// Peaks: f32 FMA, bf16 dot (vdpbf16ps) and int8 VNNI (vpdpbusd) register-only loops on all threads
-// (best of 7);
+// Run:   ./build/bench --isa avx2   (the whole table at a capped kernel level: AVX2 rows on an AVX-512 CPU)
+// Peaks: register-only loops on all threads (best of 7) of the instructions each level's kernels use:
+// f32 FMA (zmm on AVX-512, ymm on AVX2), bf16 dot (vdpbf16ps), int8 VNNI (zmm vpdpbusd), AVX-VNNI
+// (ymm vpdpbusd) and the AVX2 int8 dot (vpmaddubsw + vpmaddwd + vpaddd). Each GEMM row is a % of the
+// peak of its own kernel family, named at the end of the row;
 // DRAM read bandwidth of two streaming loops over a 1 GiB buffer (a plain add-of-loads loop and a
 // bf16-widen-and-FMA loop, which on this VM streams better; the better of the two is the reference).
 // GEMM rows: GFLOP/s (q8: GOP/s, activation quantization included) as % of the matching peak.
@@ -83,14 +86,66 @@ MM_TGT_BF16 static void peak_bf16_task(void* c, int t) {
     for (int j = 1; j < 12; j++) s = _mm512_add_ps(s, a[j]);
     sink_f = _mm512_reduce_add_ps(s);
 }
+// AVX2 (ymm, 16 registers): FMA, and the int8 dot of AVX2 kernels -- vpmaddubsw + vpmaddwd + vpaddd,
+// the three instructions that do what one vpdpbusd does (8 lanes x 4 byte products summed into
+// int32). The chain feeds its own accumulator back as the signed operand, so the compiler cannot
+// hoist the invariant vpmaddubsw out of the loop. AVX-VNNI: vpdpbusd on ymm.
+MM_TGT_AVX2 static void peak_fma256_task(void* c, int t) {
+    (void)c;
+    __m256 a[12], b = _mm256_set1_ps(1.0f), d = _mm256_set1_ps(1e-9f);
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; j++) a[j] = _mm256_set1_ps((float)(j + t));
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(a[j], b, d);
+    }
+    float v[8];
+    _mm256_storeu_ps(v, _mm256_add_ps(a[0], a[11]));
+    sink_f = v[0];
+}
+MM_TGT_AVX2 static void peak_maddubs_task(void* c, int t) {
+    (void)c;
+    __m256i a[12], x = _mm256_set1_epi32(0x01010101), ones = _mm256_set1_epi16(1);
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; j++) a[j] = _mm256_set1_epi32(j + t);
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_maddubs_epi16(x, a[j]), ones));
+    }
+    sink_i = _mm256_extract_epi32(_mm256_add_epi32(a[0], a[11]), 0);
+}
+MM_TGT_AVXVNNI static void peak_avxvnni_task(void* c, int t) {
+    (void)c;
+    __m256i a[12], x = _mm256_set1_epi32(0x01010101), y = _mm256_set1_epi32(0x01ff01ff);
+#pragma GCC unroll 12
+    for (int j = 0; j < 12; j++) a[j] = _mm256_set1_epi32(j + t);
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = _mm256_dpbusd_avx_epi32(a[j], x, y);
+    }
+    sink_i = _mm256_extract_epi32(_mm256_add_epi32(a[0], a[11]), 0);
+}
+#elif defined(__aarch64__)
+// (NEON peak loops -- fmla, sdot/usmmla, bfdot -- go here, with the rows that use them in main.)
 #endif
 
-// ops per iteration per thread: 12 instructions x 16 lanes x (2 | 4 | 8) ops
+// G(FL)OP/s of fn: each pool task runs peak_iters iterations of 12 independent instructions (or
+// instruction chains) worth ops_per_instr operations each (a multiply-add counts 2 per lane).
 static double run_peak(void (*fn)(void*, int), double ops_per_instr) {
     double t0 = now_sec();
     pool_for(pool_size(), fn, NULL);
     double dt = now_sec() - t0;
-    return 12.0 * 16.0 * ops_per_instr * (double)peak_iters * pool_size() / dt * 1e-9;
+    return 12.0 * ops_per_instr * (double)peak_iters * pool_size() / dt * 1e-9;
+}
+
+// best of 7 (a peak is a capability; a run that the OS or a neighbour interrupts can only come out low)
+static double best_peak(void (*fn)(void*, int), double ops_per_instr) {
+    double best = 0;
+    for (int r = 0; r < 7; r++) {
+        double v = run_peak(fn, ops_per_instr);
+        best = v > best ? v : best;
+    }
+    return best;
 }
 
 // ----------------------------------------------------------------------------
@@ -124,6 +179,18 @@ MM_TGT_512 static void bw_widen_task(void* vc, int t) {
         a[1] = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v1, hi)), xv, a[1]);
     }
     sink_f = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+}
+MM_TGT_AVX2 static void bw_add256_task(void* vc, int t) {
+    BwCtx* c = vc;
+    size_t per = c->n / (size_t)pool_size() / 128 * 128, i0 = per * (size_t)t;
+    __m256 a[4] = { _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps() };
+    for (size_t i = i0; i < i0 + per; i += 32) {
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) a[j] = _mm256_add_ps(a[j], _mm256_load_ps(c->buf + i + 8 * j));
+    }
+    float v[8];
+    _mm256_storeu_ps(v, _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+    sink_f = v[0];
 }
 #endif
 static void bw_plain_task(void* vc, int t) {       // portable fallback
@@ -186,6 +253,7 @@ static const char* tname[] = { "f32", "bf16", "q8" };
 int main(int argc, char** argv) {
     int nth = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, quick = 0, do_gemm = 1, do_gemv = 1, gemv_t = 1;
     const char* only = NULL;            // --only f32|bf16|q8
+    const char* isa_cap = NULL;         // --isa scalar|avx2|avxvnni|avx512: run everything at this level (a cap)
     int alt_pf = -1, alt_tpt = 0;       // --alt PF TPT: one more q8 VNNI row ("q8a") with these knobs
                                         // (TPT 0: guided schedule, else TPT equal chunks per thread)
     if (nth < 1) nth = 1;
@@ -193,6 +261,7 @@ int main(int argc, char** argv) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) nth = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--isa") && i + 1 < argc) isa_cap = argv[++i];
         else if (!strcmp(argv[i], "--gemm")) do_gemv = 0;
         else if (!strcmp(argv[i], "--gemv")) do_gemm = 0;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
@@ -203,6 +272,7 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--alt") && i + 2 < argc) { alt_pf = atoi(argv[++i]); alt_tpt = atoi(argv[++i]); }
         else {
             fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick] [--gemm | --gemv] [--only f32|bf16|q8]\n"
+                            "       [--isa scalar|avx2|avxvnni|avx512 (cap the kernel level, as LLAVA_ISA)]\n"
                             "       [--gemv-t T (GEMV rows, default 1)] [--pf BYTES (q8 GEMV prefetch)] [--tpt N (GEMV tasks/thread)]\n"
                             "       [--alt PF TPT (extra q8 row; TPT 0 = guided)] [--q8-max-t T (q8 GEMV/GEMM threshold)]\n", argv[0]);
             return 1;
@@ -214,22 +284,39 @@ int main(int argc, char** argv) {
     if (quick) { reps = 3; peak_iters = 5000000; }
     pool_init(nth);
     mm_detect_isa();
+    if (isa_cap) {
+        int lv = !strcmp(isa_cap, "scalar") ? MM_SCALAR : !strcmp(isa_cap, "avx2") ? MM_AVX2
+               : !strcmp(isa_cap, "avxvnni") ? MM_AVXVNNI : MM_AVX512;
+        matmul_set_isa(lv, 1, 1);
+    }
     printf("matmul.c bench: %d threads, kernels %s\n", pool_size(), matmul_isa_name());
 
-    // --- peaks: the best of several short runs (a peak is a capability; a run that the OS or a
-    // neighbour interrupts can only come out low)
-    double pk_f32 = 0, pk_bf16 = 0, pk_vnni = 0;
+    // --- peaks, with the instructions of each kernel family this level runs (register-only loops)
+    double pk_f512 = 0, pk_f256 = 0, pk_bf16 = 0, pk_vnni = 0, pk_avxvnni = 0, pk_maddubs = 0;
 #if MM_X86
-    if (mm_isa == MM_AVX512)
-        for (int r = 0; r < 7; r++) {
-            double v = run_peak(peak_fma_task, 2);
-            pk_f32 = v > pk_f32 ? v : pk_f32;
-            if (mm_has_bf16) { v = run_peak(peak_bf16_task, 4); pk_bf16 = v > pk_bf16 ? v : pk_bf16; }
-            if (mm_has_vnni) { v = run_peak(peak_vnni_task, 8); pk_vnni = v > pk_vnni ? v : pk_vnni; }
-        }
+    if (mm_isa >= MM_AVX2) { pk_f256 = best_peak(peak_fma256_task, 16); pk_maddubs = best_peak(peak_maddubs_task, 64); }
+    if (mm_isa == MM_AVXVNNI) pk_avxvnni = best_peak(peak_avxvnni_task, 64);
+    if (mm_isa == MM_AVX512) pk_f512 = best_peak(peak_fma_task, 32);
+    if (mm_has_bf16) pk_bf16 = best_peak(peak_bf16_task, 64);
+    if (mm_has_vnni) pk_vnni = best_peak(peak_vnni_task, 128);
 #endif
-    printf("peaks: f32 FMA %.1f GFLOP/s, bf16 dot %.1f GFLOP/s, int8 VNNI %.1f GOP/s (0 = not measured)\n",
-           pk_f32, pk_bf16, pk_vnni);
+    printf("peaks (G(FL)OP/s, 0 = not on this level): f32 FMA zmm %.1f, f32 FMA ymm %.1f, bf16 dot zmm %.1f,\n"
+           "       int8 VNNI zmm %.1f, int8 AVX-VNNI ymm %.1f, int8 vpmaddubsw+vpmaddwd ymm %.1f\n",
+           pk_f512, pk_f256, pk_bf16, pk_vnni, pk_avxvnni, pk_maddubs);
+    // The kernel family (and its peak) of each type's GEMM at this level (mirrors matmul()'s dispatch).
+    const char* kname[3];
+    double kpeak[3];
+    kname[DT_F32] = mm_isa == MM_AVX512 ? "avx512 fma" : mm_isa >= MM_AVX2 ? "avx2 fma" : "scalar";
+    kpeak[DT_F32] = mm_isa == MM_AVX512 ? pk_f512 : pk_f256;
+    kname[DT_BF16] = mm_has_bf16 ? "avx512 bf16dot" : mm_isa >= MM_AVX2 ? "avx2 widen+fma" : "scalar";
+    kpeak[DT_BF16] = mm_has_bf16 ? pk_bf16 : pk_f256;
+    kname[DT_Q8] = mm_has_vnni ? "avx512 vnni" : mm_isa == MM_AVXVNNI ? "avxvnni ymm" : mm_isa >= MM_AVX2 ? "avx2 maddubs" : "scalar";
+    kpeak[DT_Q8] = mm_has_vnni ? pk_vnni : mm_isa == MM_AVXVNNI ? pk_avxvnni : pk_maddubs;
+    // GEMV kernels (decode) stream memory: name only
+    const char* vname[3];
+    vname[DT_F32] = mm_isa == MM_AVX512 ? "avx512 fma" : mm_isa >= MM_AVX2 ? "avx2 fma" : "scalar";
+    vname[DT_BF16] = mm_isa == MM_AVX512 ? "avx512 widen" : mm_isa >= MM_AVX2 ? "avx2 widen" : "scalar";
+    vname[DT_Q8] = mm_has_vnni ? "avx512 vnni" : mm_isa >= MM_AVX2 ? "avx2 maddubs" : "scalar";
 
     // --- GEMM
     // T=4616 = 8 frames x 577 (vision tower, batched); T=1170 a long prompt (LLM prefill)
@@ -239,10 +326,11 @@ int main(int argc, char** argv) {
     float* x = mm_alloc((size_t)4616 * 4096 * 4);         // the largest T*K and T*N of the shapes
     for (size_t i = 0; i < (size_t)4616 * 4096; i++) x[i] = frand();
     float* y = mm_alloc((size_t)4616 * 4096 * 4);
-    printf("\nGEMM (median of %d)     %9s %9s %9s | best: %9s %8s\n", reps, "ms", "G(FL)OP/s", "% peak", "G(FL)OP/s", "% peak");
+    printf("\nGEMM (median of %d)     %9s %9s %9s | best: %9s %8s  %s\n", reps, "ms", "G(FL)OP/s", "% peak", "G(FL)OP/s",
+           "% peak", "kernel (% of its own peak)");
     for (int type = 0; type < 3 && do_gemm; type++) {
         if (only && strcmp(only, tname[type])) continue;
-        double peak = type == DT_F32 ? pk_f32 : type == DT_BF16 ? pk_bf16 : pk_vnni;
+        double peak = kpeak[type];
         for (int s = 0; s < ngs; s++) {
             int T = gs[s].T, K = gs[s].K, N = gs[s].N;
             Matrix m = make_matrix((DType)type, N, K, 64);
@@ -256,8 +344,8 @@ int main(int argc, char** argv) {
                 v[r] = now_sec() - t0;
             }
             double dt = median(v, nr), gf = 2.0 * T * K * N / dt * 1e-9, gbest = 2.0 * T * K * N / v[0] * 1e-9;
-            printf("%-4s T=%-5d %5d->%-5d  %9.2f %9.1f %8.1f%% | %15.1f %7.1f%%\n", tname[type], T, K, N, dt * 1e3, gf,
-                   peak > 0 ? 100.0 * gf / peak : 0.0, gbest, peak > 0 ? 100.0 * gbest / peak : 0.0);
+            printf("%-4s T=%-5d %5d->%-5d  %9.2f %9.1f %8.1f%% | %15.1f %7.1f%%  %s\n", tname[type], T, K, N, dt * 1e3, gf,
+                   peak > 0 ? 100.0 * gf / peak : 0.0, gbest, peak > 0 ? 100.0 * gbest / peak : 0.0, kname[type]);
             fflush(stdout);
             unpack_matrix(&m);
             free_source(&m);
@@ -296,10 +384,12 @@ int main(int argc, char** argv) {
     float* xv = mm_alloc((size_t)gemv_t * 11008 * 4);
     float* yv = mm_alloc((size_t)gemv_t * 32064 * 4);
     for (int i = 0; i < gemv_t * 11008; i++) xv[i] = frand();
-    int nvar = mm_has_vnni ? (alt_pf >= 0 ? 5 : 4) : 3;    // variants: f32, bf16, q8, q8 widening, q8 alt
+    // variants: f32, bf16, q8, q8 widening (AVX-512 only), q8 alt (AVX512-VNNI only)
+    int nvar = mm_has_vnni ? (alt_pf >= 0 ? 5 : 4) : mm_isa == MM_AVX512 ? 4 : 3;
     for (int r = 0; r < vr; r++) {
 #if MM_X86
         if (mm_isa == MM_AVX512) { t_bw1[r] = run_bw(bw_add_task, &bw); t_bw2[r] = run_bw(bw_widen_task, &bw); }
+        else if (mm_isa >= MM_AVX2) { t_bw1[r] = t_bw2[r] = run_bw(bw_add256_task, &bw); }
         else
 #endif
         { t_bw1[r] = t_bw2[r] = run_bw(bw_plain_task, &bw); }
@@ -321,14 +411,15 @@ int main(int argc, char** argv) {
     double bw1 = median(t_bw1, vr), bw2 = median(t_bw2, vr), bwref = bw1 > bw2 ? bw1 : bw2;
     printf("\nread bandwidth (1 GiB, median of %d, interleaved): add-loop %.1f GB/s, widen-FMA loop %.1f GB/s -> reference %.1f\n",
            vr, bw1, bw2, bwref);
-    printf("GEMV T=%-2d                 %9s %9s %9s\n", gemv_t, "ms", "GB/s", "% of ref");
+    printf("GEMV T=%-2d                 %9s %9s %9s  %s\n", gemv_t, "ms", "GB/s", "% of ref", "kernel");
     for (int var = 0; var < nvar; var++)
         for (int s = 0; s < nvs; s++) {
             int type = var < 3 ? var : DT_Q8;
             if (!ncopy[type][s]) continue;
             double gbs = median(t_gemv + (var * nvs + s) * vr, vr);
-            printf("%-4s %5d->%-5d x%d copies  %9.3f %9.1f %8.1f%%\n", var == 3 ? "q8w" : var == 4 ? "q8a" : tname[type], vs[s].K, vs[s].N, ncopy[type][s],
-                   weight_bytes(&mats[type][s][0]) / gbs * 1e-6, gbs, 100.0 * gbs / bwref);
+            printf("%-4s %5d->%-5d x%d copies  %9.3f %9.1f %8.1f%%  %s\n", var == 3 ? "q8w" : var == 4 ? "q8a" : tname[type], vs[s].K, vs[s].N, ncopy[type][s],
+                   weight_bytes(&mats[type][s][0]) / gbs * 1e-6, gbs, 100.0 * gbs / bwref,
+                   var == 3 ? "avx512 widen" : vname[type]);
         }
     for (int type = 0; type < 3; type++)
         for (int s = 0; s < nvs; s++)

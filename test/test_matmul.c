@@ -145,12 +145,19 @@ static void ref_q8_quantized(float* y, double* bound, const float* x, const Matr
 static const char* type_name[] = { "f32", "bf16", "q8" };
 
 // Which path will matmul take (mirrors matmul()'s choice, for naming and tolerances)? Low precision:
-// bf16 GEMM (activations rounded to bf16), q8 GEMM or VNNI GEMV (activations quantized to int8).
+// bf16 GEMM with vdpbf16ps (activations rounded to bf16), and q8 on every SIMD level (activations
+// quantized to int8) except the AVX-512 widening kernel (mm_q8_gemv_vnni = 0, a bench/test knob).
 static int uses_lowprec_gemm(const Matrix* m, int T) {
-    if (!m->packed || mm_isa != MM_AVX512) return 0;
-    if (m->type == DT_Q8 && mm_has_vnni) return T > mm_gemv_max_t[DT_Q8] || mm_q8_gemv_vnni;
-    if (T <= mm_gemv_max_t[m->type]) return 0;
+    if (!m->packed || mm_isa == MM_SCALAR) return 0;
+    if (m->type == DT_Q8)
+        return !(mm_isa == MM_AVX512 && !mm_q8_gemv_vnni && (!mm_has_vnni || T <= mm_gemv_max_t[DT_Q8]));
+    if (mm_isa != MM_AVX512 || T <= mm_gemv_max_t[m->type]) return 0;
     return m->type == DT_BF16 && mm_has_bf16;
+}
+
+// Largest T that takes the q8 GEMV (decode) path at the current level.
+static int q8_gemv_max_t(void) {
+    return mm_isa == MM_AVX512 && mm_has_vnni ? mm_gemv_max_t[DT_Q8] : mm_gemv_max_t_avx2[DT_Q8];
 }
 
 static void test_case(DType type, int T, int N, int K, int G, int pack) {
@@ -198,7 +205,7 @@ static void test_case(DType type, int T, int N, int K, int G, int pack) {
         float* refq = malloc(ny * 4);
         double* bound = malloc(ny * sizeof(double));
         ref_q8_quantized(refq, bound, x, m, T);
-        const char* path = T > mm_gemv_max_t[DT_Q8] ? "GEMM" : "VNNI GEMV";
+        const char* path = T > q8_gemv_max_t() ? "GEMM" : "GEMV";
         snprintf(msg, sizeof msg, "%s: q8 %s vs quantized-activation ref (1e-5 S)", what, path);
         check(close_enough(y2, refq, S, NULL, 1e-5, ny, msg), msg);
         snprintf(msg, sizeof msg, "%s: q8 %s vs f32 ref (activation rounding bound)", what, path);
@@ -239,14 +246,14 @@ static void test_special(DType type, int T, int N, int K, int G) {
     free_mat(&tm);
 }
 
-// q8 decode path (T <= mm_gemv_max_t[DT_Q8]) on ragged shapes: the VNNI GEMV against the
+// q8 decode path (T <= q8_gemv_max_t()) on ragged shapes: the GEMV against the
 // quantized-activation reference, 1 vs 2 threads bit-identical, each row bit-identical to the same
-// row computed by the q8 GEMM (same quantization, same per-group arithmetic), and the widening
-// kernel (mm_q8_gemv_vnni = 0: f32 activations) against matmul_ref.
+// row computed by the q8 GEMM (same quantization, same per-group arithmetic), and on AVX-512 the
+// widening kernel (mm_q8_gemv_vnni = 0: f32 activations) against matmul_ref.
 static void test_q8_gemv(void) {
     struct { int N, K, G; } sh[] = { { 1, 4, 4 }, { 31, 12, 4 }, { 33, 40, 8 }, { 45, 96, 32 }, { 70, 100, 20 },
                                      { 100, 128, 64 }, { 64, 1088, 64 }, { 17, 72, 72 }, { 40, 2048, 128 } };
-    int nsh = (int)(sizeof sh / sizeof sh[0]), tmax = mm_gemv_max_t[DT_Q8];
+    int nsh = (int)(sizeof sh / sizeof sh[0]), tmax = q8_gemv_max_t();
     for (int s = 0; s < nsh; s++) {
         int N = sh[s].N, K = sh[s].K, G = sh[s].G, TG = tmax + 4;  // TG rows: a GEMM
         TestMat tm = make_mat(DT_Q8, N, K, G);
@@ -271,12 +278,6 @@ static void test_q8_gemv(void) {
             matmul(y2, x, &tm.m, T);
             snprintf(msg, sizeof msg, "%s: 1/2 threads bit-identical", what);
             check(memcmp(y1, y2, ny * 4) == 0, msg);
-            if (!mm_has_vnni) {                 // no VNNI: the widening kernel is the decode path
-                snprintf(msg, sizeof msg, "%s: widening kernel vs matmul_ref (1e-5 S)", what);
-                check(close_enough(y2, ref, S, NULL, 1e-5, ny, msg), msg);
-                free(y1); free(y2); free(refq); free(ref); free(bound); free(S);
-                continue;
-            }
             snprintf(msg, sizeof msg, "%s: vs quantized-activation ref (1e-5 S)", what);
             check(close_enough(y2, refq, S, NULL, 1e-5, ny, msg), msg);
             snprintf(msg, sizeof msg, "%s: vs f32 ref (activation rounding bound)", what);
@@ -287,11 +288,13 @@ static void test_q8_gemv(void) {
             matmul(y1, x + (size_t)(TG - T) * K, &tm.m, T);
             snprintf(msg, sizeof msg, "%s: last rows bit-identical to the q8 GEMM", what);
             check(memcmp(y1, yg + (size_t)(TG - T) * N, ny * 4) == 0, msg);
-            mm_q8_gemv_vnni = 0;
-            matmul(y1, x, &tm.m, T);
-            mm_q8_gemv_vnni = 1;
-            snprintf(msg, sizeof msg, "%s: widening kernel vs matmul_ref (1e-5 S)", what);
-            check(close_enough(y1, ref, S, NULL, 1e-5, ny, msg), msg);
+            if (mm_isa == MM_AVX512) {      // the AVX-512 widening kernel (f32 activations), a knob
+                mm_q8_gemv_vnni = 0;
+                matmul(y1, x, &tm.m, T);
+                mm_q8_gemv_vnni = 1;
+                snprintf(msg, sizeof msg, "%s: widening kernel vs matmul_ref (1e-5 S)", what);
+                check(close_enough(y1, ref, S, NULL, 1e-5, ny, msg), msg);
+            }
             free(y1); free(y2); free(refq); free(ref); free(bound); free(S);
         }
         free(x); free(yg);
@@ -342,19 +345,68 @@ static void test_pool(void) {
     free_mat(&tm);
 }
 
+// The kernel levels: every configuration matmul_set_isa can select, best first.
+typedef struct { const char* name; int level, vnni, bf16; } IsaCfg;
+static const IsaCfg cfgs[] = {
+    { "avx512+vnni+bf16", MM_AVX512, 1, 1 }, { "avx512+vnni", MM_AVX512, 1, 0 }, { "avx512+bf16", MM_AVX512, 0, 1 },
+    { "avx512", MM_AVX512, 0, 0 }, { "avxvnni", MM_AVXVNNI, 0, 0 }, { "avx2", MM_AVX2, 0, 0 }, { "scalar", MM_SCALAR, 0, 0 },
+};
+enum { NCFG = sizeof cfgs / sizeof cfgs[0] };
+
+// Does this CPU have configuration c? (matmul_set_isa never raises, so ask it and compare.)
+static int have_cfg(int c) {
+    matmul_set_isa(cfgs[c].level, cfgs[c].vnni, cfgs[c].bf16);
+    return mm_isa == cfgs[c].level && mm_has_vnni == cfgs[c].vnni && mm_has_bf16 == cfgs[c].bf16;
+}
+
+// q8 on every SIMD level quantizes the activations the same way and computes the same exact int32
+// group dots and f32 epilogue: the outputs must be bit-identical across levels (AVX2 vpmaddubsw,
+// AVX-VNNI, AVX512-VNNI, AVX-512 without VNNI), for GEMV and GEMM sizes alike.
+static void test_q8_levels(const int* have) {
+    struct { int N, K, G; } sh[] = { { 45, 96, 32 }, { 70, 128, 8 }, { 33, 256, 64 }, { 100, 512, 128 }, { 17, 40, 4 } };
+    for (int s = 0; s < (int)(sizeof sh / sizeof sh[0]); s++) {
+        TestMat tm = make_mat(DT_Q8, sh[s].N, sh[s].K, sh[s].G);
+        pack_matrix(&tm.m);
+        for (int T = 1; T <= 20; T++) {
+            float* x = make_x(T, sh[s].K);
+            size_t ny = (size_t)T * sh[s].N;
+            float *y0 = malloc(ny * 4), *y = malloc(ny * 4);
+            int first = -1;
+            for (int c = 0; c < NCFG; c++) {
+                if (!have[c] || cfgs[c].level == MM_SCALAR) continue;
+                matmul_set_isa(cfgs[c].level, cfgs[c].vnni, cfgs[c].bf16);
+                matmul(first < 0 ? y0 : y, x, &tm.m, T);
+                if (first < 0) { first = c; continue; }
+                char msg[300];
+                snprintf(msg, sizeof msg, "q8 T=%d N=%d K=%d G=%d: %s bit-identical to %s", T, sh[s].N, sh[s].K,
+                         sh[s].G, cfgs[c].name, cfgs[first].name);
+                check(memcmp(y0, y, ny * 4) == 0, msg);
+            }
+            free(x); free(y0); free(y);
+        }
+        free_mat(&tm);
+    }
+}
+
 int main(int argc, char** argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     test_pool();
     mm_detect_isa();
     int max_isa = mm_isa, vnni = mm_has_vnni, bf16 = mm_has_bf16;
     printf("cpu: %s\n", matmul_isa_name());
-    // ISA configurations: best, AVX-512 without VNNI/BF16 (widening kernels), AVX2, scalar
-    int cfg[4][3] = { { MM_AVX512, 1, 1 }, { MM_AVX512, 0, 0 }, { MM_AVX2, 0, 0 }, { MM_SCALAR, 0, 0 } };
-    int Ts[] = { 1, 2, 5, 13, 14, 15, 577 };
-    for (int c = 0; c < 4; c++) {
-        if (cfg[c][0] > max_isa) continue;
-        if (c == 1 && !vnni && !bf16) continue;     // same as config 0
-        matmul_set_isa(cfg[c][0], cfg[c][1], cfg[c][2]);
+    int have[NCFG];
+    char skipped[400] = "";
+    for (int c = 0; c < NCFG; c++) {
+        have[c] = have_cfg(c);
+        if (!have[c]) {
+            size_t l = strlen(skipped);
+            snprintf(skipped + l, sizeof skipped - l, "%s%s", l ? ", " : "", cfgs[c].name);
+        }
+    }
+    int Ts[] = { 1, 2, 3, 5, 13, 14, 15, 577 };
+    for (int c = 0; c < NCFG; c++) {
+        if (!have[c]) continue;
+        matmul_set_isa(cfgs[c].level, cfgs[c].vnni, cfgs[c].bf16);
         for (int ti = 0; ti < (int)(sizeof Ts / sizeof Ts[0]); ti++) {
             int T = Ts[ti];
             if (T == 577 && (quick || c >= 2)) continue;
@@ -367,20 +419,28 @@ int main(int argc, char** argv) {
             test_case(DT_Q8, T, 45, 96, 32, 1);
             test_case(DT_Q8, T, 17, 40, 4, 1);          // tiny groups
         }
+        for (int T = 1; T <= 20; T++) {                 // every T around the GEMV/GEMM switch and tile edges
+            test_case(DT_F32, T, 47, 29, 0, 1);
+            test_case(DT_BF16, T, 47, 29, 0, 1);        // odd K
+            test_case(DT_Q8, T, 50, 64, 8, 1);
+            test_case(DT_Q8, T, 50, 256, 128, 1);
+        }
         test_case(DT_Q8, 9, 20, 60, 6, 1);              // group % 4 != 0: portable path
         test_case(DT_F32, 16, 64, 64, 0, 0);            // never packed: portable path
-        if (cfg[c][0] == MM_AVX512) test_q8_gemv();
+        if (cfgs[c].level >= MM_AVX2) test_q8_gemv();
         for (int type = 0; type < 3; type++) {
             test_special((DType)type, 3, 50, 128, 64);
             test_special((DType)type, 4, 50, 128, 64);
             test_special((DType)type, 20, 50, 128, 64);
         }
     }
+    test_q8_levels(have);
     matmul_set_isa(max_isa, vnni, bf16);
     test_case(DT_F32, 300, 1, 1, 0, 1);                 // degenerate shapes
     test_case(DT_Q8, 30, 64, 2048, 64, 1);              // long K
     test_case(DT_BF16, 30, 64, 2048, 0, 1);
     test_case(DT_F32, 30, 64, 2048, 0, 1);
+    if (skipped[0]) printf("skipped: %s (CPU lacks it, or LLAVA_ISA caps it)\n", skipped);
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
