@@ -17,6 +17,7 @@ endif
 LDLIBS = -lm -pthread
 SRC = llava.c base.c matmul.c kernels.c tokenizer.c video.c
 PYTHON ?= python3
+.DEFAULT_GOAL := llava
 
 # Every binary depends on the compiler and flags it was built with: changing CC, CFLAGS, OPENMP or
 # SANITIZE rebuilds everything (make has no memory of flags otherwise).

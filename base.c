@@ -2,7 +2,7 @@
 //
 //   errors      fatal(): one "llava: error: ..." line on stderr, then exit(1). Every file reports
 //               through it, so every failure of the program reads the same way.
-//   allocation  xmalloc / xcalloc / xrealloc: malloc that cannot return NULL (it calls fatal).
+//   allocation  xmalloc / xcalloc / xrealloc / xstrdup: allocation that cannot return NULL (it calls fatal).
 //   time        now_seconds(): a monotonic clock, for the timings printed on stderr.
 //   numbers     bf16 <-> f32 conversion (the weights and the KV cache of bf16 models) and
 //               align_up() for the 64-byte alignment of tensors and SIMD buffers.
@@ -60,6 +60,11 @@ static void* xrealloc(void* p, size_t n) {
     void* q = realloc(p, n ? n : 1);
     if (!q) fatal("out of memory growing a buffer to %zu bytes", n);
     return q;
+}
+
+static char* xstrdup(const char* s) {
+    size_t n = strlen(s) + 1;
+    return memcpy(xmalloc(n), s, n);
 }
 
 // ----------------------------------------------------------------------------

@@ -60,6 +60,38 @@
 #include <unistd.h>
 
 // ----------------------------------------------------------------------------
+// Messages on stderr: timings (info) and a progress line that rewrites itself (a terminal only).
+// stdout carries the answer alone. -q silences both; errors (fatal) are always printed.
+
+static int g_quiet;     // -q
+static int g_progress;  // stderr is a terminal and not -q: show progress lines
+static struct { const char* stage; double t0; } g_prog;
+
+__attribute__((format(printf, 1, 2)))
+static void info(const char* fmt, ...) {
+    if (g_quiet) return;
+    if (g_progress && g_prog.stage) { fputs("\r\033[K", stderr); g_prog.stage = NULL; }  // clear a progress line
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
+// "stage: done/total (detail), elapsed, ~ETA" in place. A stage starts when its name changes.
+static void progress(const char* stage, double done, double total, const char* unit) {
+    if (!g_progress) return;
+    double t = now_seconds();
+    if (g_prog.stage != stage) { g_prog.stage = stage; g_prog.t0 = t; }
+    double el = t - g_prog.t0, left = done > 0 ? el / done * (total - done) : 0;
+    fprintf(stderr, "\r\033[K%s: %.0f/%.0f %s, %.1f s, ~%.0f s left", stage, done, total, unit, el, left);
+    fflush(stderr);
+}
+
+static void progress_frames_read(int n) {  // video.c's hook while a stream is read
+    if (g_progress && n % 25 == 0) { fprintf(stderr, "\r\033[Kreading frames: %d", n); fflush(stderr); g_prog.stage = "read"; }
+}
+
+// ----------------------------------------------------------------------------
 // Config: the 1024-byte file header, field for field as export.py's HEADER_FIELDS
 
 #define LLAVA_MAGIC 0x41564C4C  // "LLVA"
@@ -174,6 +206,7 @@ typedef struct {
     float* inv_freq;    // (head_dim/2,) RoPE frequencies, already divided by the linear scale
     float* rope_cos;    // (max_rows, head_dim/2) cos of the angles of the rows in flight
     float* rope_sin;    // (max_rows, head_dim/2)
+    double progress_base, progress_total;  // prefill's rows done before this chunk, and in all (progress line)
 } RunState;
 
 // Scratch of the vision tower for a batch of up to max_views views (video frames or anyres tiles, each
@@ -733,7 +766,10 @@ static void vision_forward(Model* m, const float* pixels, int B, float* features
     if (B > s->max_views) fatal("internal: a batch of %d views, the vision state holds %d", B, s->max_views);
     int g = p->image_size / p->patch_size, N = g * g + 1, D = p->v_dim;
     clip_embeddings(m, s, pixels, B);
-    for (int l = 0; l < vision_layers_needed(p); l++) clip_encoder_layer(m, s, l, B);
+    for (int l = 0; l < vision_layers_needed(p); l++) {
+        clip_encoder_layer(m, s, l, B);
+        progress("vision", l + 1, vision_layers_needed(p), "layers");
+    }
     // vision_feature_select_strategy "default" drops CLS (position 0); "full" keeps it.
     int skip = p->select_strategy == 0 ? 1 : 0;
     for (int b = 0; b < B; b++)
@@ -915,7 +951,7 @@ static void load_images(Model* m, const char* const* paths, int n, ImageFeatures
         ImagePatches* ip = &f->patches[k];
         preprocess_image(ip, &im, S, &p->pinpoints[0][0], p->n_pinpoints, p->image_mean, p->image_std);
         f->n_rows[k] = image_num_tokens(im.height, im.width, S, p->patch_size, &p->pinpoints[0][0], p->n_pinpoints);
-        fprintf(stderr, "image: %s, %dx%d, grid %dx%d of %dx%d tiles + base, %d tokens\n", paths[k], im.width,
+        info("image: %s, %dx%d, grid %dx%d of %dx%d tiles + base, %d tokens\n", paths[k], im.width,
                 im.height, ip->cols, ip->rows, S, S, f->n_rows[k]);
         free_image(&im);
         // append this image's views to the batch
@@ -940,7 +976,8 @@ static void load_video_frames(Model* m, Media* md, const char* path, const Media
     memcpy(vf->pixel_values + (size_t)vf->F * frame, video.pixels, (size_t)video.n_frames * frame * sizeof(float));
     vf->F += video.n_frames;
     md->video_frames[md->n_videos++] = video.n_frames;
-    fprintf(stderr, "video: %dx%d, %d frames, sampled %d\n", video.width, video.height, video.total_frames,
+    info("video: %dx%d, %d frame%s, sampled %d\n", video.width, video.height, video.total_frames,
+         video.total_frames == 1 ? "" : "s",
             video.n_frames);
     free_video(&video);
 }
@@ -1058,11 +1095,11 @@ static void image_features(Model* m, ImageFeatures* f) {
 }
 
 // The vision side of a prompt: every image's and every video's feature rows (images first, as
-// LlavaNextVideoModel.forward scatters them), with the time per view on stderr.
-static void encode_media(Model* m, Media* md) {
+// LlavaNextVideoModel.forward scatters them), with the time per view on stderr. Returns the seconds.
+static double encode_media(Model* m, Media* md) {
     ImageFeatures* im = &md->images;
     VideoFeatures* vf = &md->videos;
-    if (im->n == 0 && vf->F == 0) return;
+    if (im->n == 0 && vf->F == 0) return 0.0;
     double t = now_seconds();
     if (im->n > 0) image_features(m, im);
     if (vf->F > 0) video_features(m, vf);
@@ -1071,8 +1108,9 @@ static void encode_media(Model* m, Media* md) {
     char what[64];
     if (im->n > 0 && vf->F > 0) snprintf(what, sizeof(what), "%d image views + %d frames", im->total_patches, vf->F);
     else if (im->n > 0) snprintf(what, sizeof(what), "%d image views", im->total_patches);
-    else snprintf(what, sizeof(what), "%d frames", vf->F);
-    fprintf(stderr, "vision: %s in %.2f s (%.0f ms each)\n", what, t, 1000 * t / views);
+    else snprintf(what, sizeof(what), "%d frame%s", vf->F, vf->F == 1 ? "" : "s");
+    info("vision: %s in %.2f s (%.0f ms each)\n", what, t, 1000 * t / views);
+    return t;
 }
 
 static void free_image_features(ImageFeatures* f) {
@@ -1297,7 +1335,10 @@ static void llm_forward(Model* m, int T, int pos) {
     int hd = p->head_dim;
     for (int t = 0; t < T; t++)  // the same angles serve every layer, and q and k
         rope_angles(s->rope_cos + (size_t)t * (hd / 2), s->rope_sin + (size_t)t * (hd / 2), pos + t, s->inv_freq, hd / 2);
-    for (int l = 0; l < p->n_layers; l++) llama_decoder_layer(m, l, T, pos);
+    for (int l = 0; l < p->n_layers; l++) {
+        llama_decoder_layer(m, l, T, pos);
+        if (T > 1) progress("prompt", s->progress_base + (double)T * (l + 1) / p->n_layers, s->progress_total, "tokens");
+    }
     // model.norm; lm_head is applied by the caller, to the rows it needs (only the last, unless dumping)
     norm_rows(s->x, s->x, m->llm.final_norm, NULL, T, p->dim, p->rms_eps);
 }
@@ -1314,6 +1355,8 @@ static void prefill(Model* m, const float* embeds, int T, int pos, float* all_lo
     for (int t0 = 0; t0 < T; t0 += s->max_rows) {
         int n = T - t0 < s->max_rows ? T - t0 : s->max_rows;
         memcpy(s->x, embeds + (size_t)t0 * D, (size_t)n * D * sizeof(float));
+        s->progress_base = t0;
+        s->progress_total = T;
         llm_forward(m, n, pos + t0);
         if (all_logits) matmul(all_logits + (size_t)t0 * V, s->x, &m->llm.lm_head, n);
         // The last row again on its own (not copied from all_logits): a one-row matmul may round
@@ -1342,11 +1385,17 @@ typedef struct {
     int vocab;
 } Sampler;
 
-// seed: any value; 0 becomes 1 (an xorshift state of 0 would stay 0 forever).
+// seed: any 64-bit value. It is scrambled once (splitmix64's finalizer) into the xorshift state, so
+// nearby seeds (0, 1, 2, ...) give unrelated streams, and a state of 0 (which xorshift never leaves)
+// is replaced.
 static void build_sampler(Sampler* s, int vocab, float temperature, float topp, uint64_t seed) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
     s->temperature = temperature;
     s->topp = topp;
-    s->rng = seed ? seed : 1;
+    s->rng = z ? z : 1;
     s->index = xmalloc((size_t)vocab * sizeof(int));
     s->vocab = vocab;
 }
@@ -1428,39 +1477,125 @@ static int sample(Sampler* s, float* logits) {
 // ----------------------------------------------------------------------------
 // Generation: sample, print, decode, until EOS or the token budget
 
+// What one answer cost, and why it ended.
+typedef struct {
+    int n_generated;   // tokens sampled (an end token included)
+    int n_decoded;     // of them run through the decoder (all but the last one)
+    double ttft;       // seconds from t_ref to the first token
+    double seconds;    // the whole generation
+    const char* stop;  // "end token" or "max tokens" (the caller knows when that was the context's end)
+} GenStats;
+
 // Starts from the logits in m->state (those of the last prompt row, at position pos - 1) and
 // generates up to max_new tokens, the first at position pos: each is sampled, streamed to stdout as
 // text (a character spelled with several byte tokens is printed when it is complete) and, unless it
-// is EOS or the last, run through the decoder. The ids go to out (max_new); returns how many.
-// t_loaded: when the model finished loading, for the "time to first token" line on stderr.
-static int generate(Model* m, Sampler* sampler, int pos, int max_new, int* out, double t_loaded) {
+// is EOS or the last, run through the decoder. The ids go to out (max_new).
+// t_ref, ref_name: the time and the name of the moment "time to first token" on stderr counts from.
+static GenStats generate(Model* m, Sampler* sampler, int pos, int max_new, int* out, double t_ref,
+                         const char* ref_name) {
     Tokenizer* tok = &m->tokenizer;
+    GenStats g = {0, 0, 0.0, 0.0, "max tokens"};
     Detokenizer detok;  // streams UTF-8 safely: a character split over byte tokens is printed whole
     build_detokenizer(&detok, tok);
-    int n_gen = 0, n_decoded = 0;
     double t0 = now_seconds();
-    while (n_gen < max_new) {
+    while (g.n_generated < max_new) {
         int next = sample(sampler, m->state.logits);
-        out[n_gen++] = next;
-        if (n_gen == 1) fprintf(stderr, "time to first token: %.2f s after loading\n", now_seconds() - t_loaded);
-        if (next == m->config.eos) break;
+        out[g.n_generated++] = next;
+        if (g.n_generated == 1) {
+            g.ttft = now_seconds() - t_ref;
+            info("time to first token: %.2f s after %s\n", g.ttft, ref_name);
+        }
+        if (next == m->config.eos) { g.stop = "end token"; break; }
         const char* piece = detokenize(tok, &detok, next);
         fwrite(piece, 1, detok.n_text, stdout);  // n_text: a <0x00> byte token is a real NUL
         fflush(stdout);
-        if (n_gen == max_new) break;
+        if (g.n_generated == max_new) break;
         decode_step(m, next, pos++);
-        n_decoded++;
+        g.n_decoded++;
     }
     const char* rest = detokenize_flush(tok, &detok);
     fwrite(rest, 1, detok.n_text, stdout);
     free_detokenizer(&detok);
-    if (n_gen > 0) printf("\n");
+    if (g.n_generated > 0) printf("\n");
     fflush(stdout);  // the answer's last line before the statistics on stderr, even through a pipe
-    double t = now_seconds() - t0;
-    if (n_gen > 0)
-        fprintf(stderr, "generated: %d tokens in %.2f s (%.2f tokens/s decoding)\n", n_gen, t,
-                n_decoded > 0 ? n_decoded / t : 0.0);
-    return n_gen;
+    g.seconds = now_seconds() - t0;
+    if (g.n_generated > 0)
+        info("generated: %d tokens in %.2f s (%.2f tokens/s decoding)\n", g.n_generated, g.seconds,
+             g.n_decoded > 0 ? g.n_decoded / g.seconds : 0.0);
+    return g;
+}
+
+// --save-frames: every view that enters the vision tower as an S x S PPM file (the frames of each
+// video, the base view and tiles of each image). The pixels are the 8-bit levels the processor
+// normalised: each float is mapped back through the normalisation table, which is one-to-one.
+static void save_views(const char* dir, Model* m, const char* prefix, const float* pixels, int n_views, int first) {
+    Config* p = &m->config;
+    int S = p->image_size;
+    float table[3][256];
+    normalize_table(table, p->image_mean, p->image_std);
+    unsigned char* rgb = xmalloc((size_t)3 * S * S);  // (S, S, 3) interleaved, as PPM stores it
+    for (int v = 0; v < n_views; v++) {
+        const float* px = pixels + (size_t)v * 3 * S * S;  // (3, S, S) planes
+        for (int c = 0; c < 3; c++) {
+            float step = table[c][1] - table[c][0];  // the table is increasing: 1 / (std * 255) per level
+            for (size_t i = 0; i < (size_t)S * S; i++) {
+                float x = px[(size_t)c * S * S + i];
+                int u = (int)lrintf((x - table[c][0]) / step);  // the level, up to rounding of the table
+                u = u < 0 ? 0 : u > 255 ? 255 : u;
+                while (u > 0 && table[c][u] > x) u--;  // exact: the level whose table value is x
+                while (u < 255 && table[c][u] < x) u++;
+                rgb[i * 3 + c] = (unsigned char)u;
+            }
+        }
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/%s%03d.ppm", dir, prefix, first + v);
+        FILE* f = fopen(path, "wb");
+        if (!f) fatal("%s: cannot write: %s", path, strerror(errno));
+        fprintf(f, "P6\n%d %d\n255\n", S, S);
+        if (fwrite(rgb, 1, (size_t)3 * S * S, f) != (size_t)3 * S * S || fclose(f) != 0) fatal("%s: write failed", path);
+    }
+    free(rgb);
+}
+
+// Writes video<k>_frame<i>.ppm and image<k>_view<i>.ppm (view 0 the base image, then the tiles row by row).
+static void save_frames(const char* dir, Model* m, const Media* md) {
+    Config* p = &m->config;
+    size_t view = (size_t)3 * p->image_size * p->image_size;
+    char prefix[64];
+    for (int k = 0, first = 0; k < md->n_videos; first += md->video_frames[k++]) {
+        snprintf(prefix, sizeof(prefix), "video%d_frame", k + 1);
+        save_views(dir, m, prefix, md->videos.pixel_values + (size_t)first * view, md->video_frames[k], 0);
+    }
+    for (int k = 0, first = 0; k < md->images.n; first += md->images.patches[k++].n_patches) {
+        snprintf(prefix, sizeof(prefix), "image%d_view", k + 1);
+        save_views(dir, m, prefix, md->images.pixel_values + (size_t)first * view, md->images.patches[k].n_patches, 0);
+    }
+    info("saved the views the vision tower sees in %s\n", dir);
+}
+
+// --json: a JSON string of n bytes of (possibly invalid) UTF-8: invalid bytes become U+FFFD.
+static void json_write_string(FILE* f, const char* s, size_t n) {
+    fputc('"', f);
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') { fprintf(f, "\\%c", c); i++; continue; }
+        if (c < 0x20) { fprintf(f, "\\u%04x", c); i++; continue; }
+        if (c < 0x80) { fputc(c, f); i++; continue; }
+        int len = c >= 0xF0 && c <= 0xF4 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 && c < 0xE0 ? 2 : 0;
+        int ok = len > 0 && i + len <= n;
+        for (int k = 1; ok && k < len; k++) ok = ((unsigned char)s[i + k] & 0xC0) == 0x80;
+        if (ok && len == 3) {  // no overlong forms, no surrogates
+            unsigned c1 = (unsigned char)s[i + 1];
+            ok = !(c == 0xE0 && c1 < 0xA0) && !(c == 0xED && c1 >= 0xA0);
+        }
+        if (ok && len == 4) {
+            unsigned c1 = (unsigned char)s[i + 1];
+            ok = !(c == 0xF0 && c1 < 0x90) && !(c == 0xF4 && c1 >= 0x90);
+        }
+        if (ok) { fwrite(s + i, 1, (size_t)len, f); i += (size_t)len; }
+        else { fputs("\\ufffd", f); i++; }
+    }
+    fputc('"', f);
 }
 
 // ----------------------------------------------------------------------------
@@ -1509,29 +1644,41 @@ static void dump_prompt(const char* dir, Model* m, const int* ids, int T, const 
 // ----------------------------------------------------------------------------
 // Command line
 
+#define LLAVA_VERSION_STRING "llava.c 0.3 (model file version 1)"
+
 static void usage(int code) {
     fprintf(code ? stderr : stdout,
         "usage: llava MODEL.bin [options]\n"
-        "  -p TEXT        question; wrapped in the chat template\n"
-        "                 \"USER: [<image>\\n per image][<video>\\n per video]TEXT ASSISTANT:\"\n"
-        "  -i FILE        image: binary PPM/PGM (P6/P5, any maxval) or .y4m (first frame), - for stdin;\n"
-        "                 repeat for several images (in order; convert others: ffmpeg -i x.jpg x.ppm)\n"
-        "  -v FILE        video: .y4m (or - for a Y4M stream on stdin) or raw RGB24 with -W/-H; repeatable\n"
-        "  -f N           frames sampled uniformly from each video (default 8)\n"
-        "  -W N, -H N     width and height of raw RGB24 video (then every -v is raw RGB24 of that size)\n"
-        "  -n N           max new tokens (default 256; 0 = run the prompt only)\n"
-        "  -t FLOAT       temperature (default 0 = greedy)\n"
-        "  -k FLOAT       top-p (default 0.9; used when -t > 0)\n"
-        "  -s INT         random seed (default: time)\n"
-        "  -c N           context length in tokens (default: max_position_embeddings)\n"
-        "  -m MODE        generate (default) | encode (stdin text -> ids) | decode (stdin ids -> text)\n"
-        "  --raw          use -p as the prompt as is, without the chat template\n"
-        "  --ids \"1 2 ..\" the prompt as token ids (placeholders included), no tokenizer or template\n"
-        "  --pixels FILE  test hook: preprocessed frames as .npy, (F,C,S,S) float32 or uint8 levels\n"
-        "  --dump DIR     write the intermediate tensors of the run as .npy files into DIR\n"
-        "  --threads N    worker threads (default: all cores)\n"
-        "  --max-stream-frames N  frames a -v - stream may have (default 18000: 10 min at 30 fps; each\n"
-        "                 is spooled to a temporary file, 339 KB at 336x336)\n");
+        "  -p TEXT          question, wrapped in the chat template; - reads it from stdin\n"
+        "                   \"USER: [<image>\\n per image][<video>\\n per video]TEXT ASSISTANT:\"\n"
+        "                   without -p, and with stdin a terminal, llava starts a chat (-m chat)\n"
+        "  -i FILE          image: binary PPM/PGM (P6/P5, any maxval) or .y4m (first frame), - for stdin;\n"
+        "                   repeat for several images (convert others: ffmpeg -i x.jpg x.ppm)\n"
+        "  -v FILE          video: .y4m, or - for a Y4M stream on stdin (any video: ffmpeg -i x.mp4\n"
+        "                   -f yuv4mpegpipe - | ./llava MODEL.bin -v - ...), or raw RGB24 with -W/-H; repeatable\n"
+        "  -f, --frames N   frames sampled uniformly from each video (default 8)\n"
+        "  -W N, -H N       width and height of raw RGB24 video (then every -v is raw RGB24 of that size)\n"
+        "  -n N             max new tokens (default 256; 0 = run the prompt only)\n"
+        "  -t, --temp F     temperature (default 0 = greedy, as the model's generation_config);\n"
+        "                   llama.cpp's --temp\n"
+        "  -k, --top-p F    top-p, in (0, 1] (default 0.9; used when -t > 0); llama.cpp's --top-p\n"
+        "  -s, --seed N     random seed, 0 to 2^64-1 (default: from the clock and the process id, printed)\n"
+        "  -c N             context length in tokens (default: the model's max_position_embeddings)\n"
+        "  -m MODE          generate (default) | chat | encode (stdin text -> ids) | decode (stdin ids -> text)\n"
+        "  -y TEXT          system prompt for chat (put before the first USER turn)\n"
+        "  -q, --quiet      no progress lines and no timings on stderr (errors only)\n"
+        "  --json           one JSON line on stderr at the end: answer, token counts, timings, seed, memory\n"
+        "  --save-frames DIR  the sampled, resized and cropped frames (and image views) as PPM files:\n"
+        "                   exactly the pixels that enter the vision tower\n"
+        "  --raw            use -p as the prompt as is, without the chat template\n"
+        "  --ids \"1 2 ..\"   the prompt as token ids (placeholders included), no tokenizer or template\n"
+        "  --pixels FILE    test hook: preprocessed frames as .npy, (F,C,S,S) float32 or uint8 levels\n"
+        "  --dump DIR       write the intermediate tensors of the run as .npy files into DIR\n"
+        "  --threads N      worker threads (default: all cores)\n"
+        "  --max-stream-frames N  frames a -v - stream may have (default 18000: 10 min at 30 fps; each is\n"
+        "                   spooled to a temporary file, 339 KB at 336x336)\n"
+        "  --version, -h, --help\n"
+        "chat commands: /image FILE, /video FILE (attach to the next question), /clear, /quit\n");
     exit(code);
 }
 
@@ -1545,7 +1692,9 @@ typedef struct {
     const char* ids;                     // --ids: the prompt as token ids
     const char* pixels_path;             // --pixels (test hook)
     const char* dump_dir;                // --dump
-    const char* mode;                    // -m generate | encode | decode
+    const char* save_frames;             // --save-frames
+    const char* mode;                    // -m generate | chat | encode | decode
+    const char* system;                  // -y: chat system prompt
     int raw;                             // --raw: -p without the chat template
     int frames;                          // -f: frames sampled per video
     int raw_w, raw_h;                    // -W, -H: raw RGB24 video size
@@ -1553,14 +1702,18 @@ typedef struct {
     int ctx;                             // -c: context length (0: the model's max_pos)
     int threads;                         // --threads (0: all cores)
     int stdin_media;                     // how many -i/-v inputs are "-"
+    int quiet, json;                     // -q, --json
     float temperature, topp;             // -t, -k
     uint64_t seed;                       // -s
+    int seed_given;                      // 0: the seed was drawn (and is printed)
 } Args;
 
 static int parse_int(const char* flag, const char* s, int lo, int hi) {
     char* end;
+    errno = 0;
     long v = strtol(s, &end, 10);
-    if (*s == 0 || *end != 0 || v < lo || v > hi) fatal("%s expects an integer in [%d, %d], got '%s'", flag, lo, hi, s);
+    if (*s == 0 || *end != 0 || errno == ERANGE || v < lo || v > hi)
+        fatal("%s expects an integer in [%d, %d], got '%s'", flag, lo, hi, s);
     return (int)v;
 }
 
@@ -1581,20 +1734,56 @@ static uint64_t parse_seed(const char* flag, const char* s) {
     return (uint64_t)v;
 }
 
+// An input file named on the command line must exist and be a file (or a pipe), checked before the
+// weights load: a typo should not cost the seconds of loading a 7B model.
+static void check_input_path(const char* flag, const char* path) {
+    if (!strcmp(path, "-")) return;
+    struct stat st;
+    if (stat(path, &st) != 0) fatal("%s: cannot open (%s): %s", path, flag, strerror(errno));
+    if (S_ISDIR(st.st_mode)) fatal("%s: is a directory (%s needs a file)", path, flag);
+    if (access(path, R_OK) != 0) fatal("%s: cannot read (%s): %s", path, flag, strerror(errno));
+}
+
+// An output directory (--dump, --save-frames): created if missing (its parent must exist).
+static void make_output_dir(const char* flag, const char* dir) {
+    struct stat st;
+    if (stat(dir, &st) == 0) {
+        if (!S_ISDIR(st.st_mode)) fatal("%s: exists and is not a directory (%s)", dir, flag);
+    } else if (mkdir(dir, 0755) != 0) {
+        fatal("%s: cannot create (%s): %s", dir, flag, strerror(errno));
+    }
+    if (access(dir, W_OK) != 0) fatal("%s: cannot write (%s): %s", dir, flag, strerror(errno));
+}
+
+// Flags that take a value, in their short and long spellings; anything else starting with '-' that
+// is not a switch (--raw, -q, --json, ...) is an unknown option.
+static int takes_value(const char* f) {
+    static const char* const names[] = {"-p", "-i", "-v", "-f", "--frames", "-W", "-H", "-n", "-t", "--temp",
+        "-k", "--top-p", "-s", "--seed", "-c", "-m", "-y", "--ids", "--pixels", "--dump", "--save-frames",
+        "--threads", "--max-stream-frames"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (!strcmp(f, names[i])) return 1;
+    return 0;
+}
+
 static Args parse_args(int argc, char** argv) {
     Args a = {0};
     a.frames = 8;
     a.steps = 256;
     a.topp = 0.9f;
     a.mode = "generate";
-    a.seed = (uint64_t)time(NULL);
     if (argc >= 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) usage(0);
+    if (argc >= 2 && !strcmp(argv[1], "--version")) { printf("%s\n", LLAVA_VERSION_STRING); exit(0); }
     if (argc < 2 || argv[1][0] == '-') usage(1);
     a.model_path = argv[1];
     for (int i = 2; i < argc; i++) {
         const char* f = argv[i];
         if (!strcmp(f, "--raw")) { a.raw = 1; continue; }
+        if (!strcmp(f, "-q") || !strcmp(f, "--quiet")) { a.quiet = 1; continue; }
+        if (!strcmp(f, "--json")) { a.json = 1; continue; }
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) usage(0);
+        if (!strcmp(f, "--version")) { printf("%s\n", LLAVA_VERSION_STRING); exit(0); }
+        if (!takes_value(f)) fatal("unknown option '%s' (see ./llava -h)", f);
         if (i + 1 >= argc) fatal("%s needs a value (see ./llava -h)", f);
         const char* v = argv[++i];
         if (!strcmp(f, "-p")) a.prompt = v;
@@ -1604,25 +1793,42 @@ static Args parse_args(int argc, char** argv) {
             (f[1] == 'i' ? a.image_paths : a.video_paths)[(*n)++] = v;
             if (!strcmp(v, "-") && a.stdin_media++) fatal("only one -i/-v input can be stdin ('-')");
         }
-        else if (!strcmp(f, "-f")) a.frames = parse_int(f, v, 1, 1024);
+        else if (!strcmp(f, "-f") || !strcmp(f, "--frames")) a.frames = parse_int(f, v, 1, 1024);
         else if (!strcmp(f, "-W")) a.raw_w = parse_int(f, v, 1, 1 << 16);
         else if (!strcmp(f, "-H")) a.raw_h = parse_int(f, v, 1, 1 << 16);
         else if (!strcmp(f, "-n")) a.steps = parse_int(f, v, 0, 1 << 24);
-        else if (!strcmp(f, "-t")) a.temperature = parse_float(f, v, 0.0f, 100.0f);
-        else if (!strcmp(f, "-k")) a.topp = parse_float(f, v, 0.0f, 1.0f);
-        else if (!strcmp(f, "-s")) a.seed = parse_seed(f, v);
+        else if (!strcmp(f, "-t") || !strcmp(f, "--temp")) a.temperature = parse_float(f, v, 0.0f, 100.0f);
+        else if (!strcmp(f, "-k") || !strcmp(f, "--top-p")) a.topp = parse_float(f, v, 0.0f, 1.0f);
+        else if (!strcmp(f, "-s") || !strcmp(f, "--seed")) { a.seed = parse_seed(f, v); a.seed_given = 1; }
         else if (!strcmp(f, "-c")) a.ctx = parse_int(f, v, 1, 1 << 24);
         else if (!strcmp(f, "-m")) a.mode = v;
+        else if (!strcmp(f, "-y")) a.system = v;
         else if (!strcmp(f, "--ids")) a.ids = v;
         else if (!strcmp(f, "--pixels")) a.pixels_path = v;
         else if (!strcmp(f, "--dump")) a.dump_dir = v;
+        else if (!strcmp(f, "--save-frames")) a.save_frames = v;
         else if (!strcmp(f, "--threads")) a.threads = parse_int(f, v, 1, 1024);
         else if (!strcmp(f, "--max-stream-frames")) video_max_stream_frames = parse_int(f, v, 1, 1 << 30);
-        else fatal("unknown option %s (see ./llava -h)", f);
     }
-    if (strcmp(a.mode, "generate") && strcmp(a.mode, "encode") && strcmp(a.mode, "decode"))
-        fatal("-m must be generate, encode or decode, got '%s'", a.mode);
-    if (a.seed == 0) a.seed = 1;  // xorshift must not start at 0
+    if (strcmp(a.mode, "generate") && strcmp(a.mode, "chat") && strcmp(a.mode, "encode") && strcmp(a.mode, "decode"))
+        fatal("-m must be generate, chat, encode or decode, got '%s'", a.mode);
+    // No question and a person at the keyboard: chat, as llama-mtmd-cli does.
+    if (!strcmp(a.mode, "generate") && !a.prompt && !a.ids && isatty(STDIN_FILENO)) a.mode = "chat";
+    if (a.prompt && !strcmp(a.prompt, "-") && a.stdin_media) fatal("-p - and an -i/-v input cannot both read stdin");
+    if (!strcmp(a.mode, "chat") && a.stdin_media) fatal("chat reads questions from stdin: media cannot come from '-'");
+    // Everything that names a file is checked now, before the weights load.
+    check_input_path("model", a.model_path);
+    for (int k = 0; k < a.n_images; k++) check_input_path("-i", a.image_paths[k]);
+    for (int k = 0; k < a.n_videos; k++) check_input_path("-v", a.video_paths[k]);
+    if (a.pixels_path) check_input_path("--pixels", a.pixels_path);
+    if (a.dump_dir) make_output_dir("--dump", a.dump_dir);
+    if (a.save_frames) make_output_dir("--save-frames", a.save_frames);
+    if (!strcmp(a.mode, "generate") && !a.prompt && !a.ids) fatal("no prompt: give -p \"question\" (or --ids, or -m chat)");
+    if (!a.seed_given) {  // the clock's nanoseconds and the process id: runs started together differ
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        a.seed = (uint64_t)ts.tv_sec * 1000000007ull ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    }
     return a;
 }
 
@@ -1659,6 +1865,145 @@ static int* parse_ids(const char* s, int* n) {
     return ids;
 }
 
+// ----------------------------------------------------------------------------
+// Chat: several turns over one KV cache
+//
+// The checkpoint's template over a whole conversation is the single-turn one repeated, each turn
+// appended to the last: "[SYSTEM ]USER: [<image>\n...][<video>\n...]Q1 ASSISTANT: A1 USER: Q2 ASSISTANT:"
+// (a system message has no role prefix; every text is followed by one space; no </s> after an
+// answer). So a turn is tokenized on its own and prefilled at the position where the previous answer
+// ended: the history, its images and videos included, is never recomputed. The answer's tokens stay
+// in the cache as they were generated, and an end token (EOS) is not kept, as the template has none.
+
+#define CHAT_LINE_MAX 65536  // longest line read from stdin
+
+typedef struct {
+    Model* m;
+    Sampler sampler;
+    int pos;                   // positions of the KV cache in use: the conversation so far
+    int* ids;                  // (ctx) every token id in the cache, in order (for --dump)
+    const char* system;        // -y: system prompt, or NULL
+    int max_new;               // -n: new tokens per answer at most
+    const MediaPaths* defaults;// frame count and raw video size for /video
+    char* images[MAX_MEDIA]; int n_images;  // /image and /video given for the next question (owned copies)
+    char* videos[MAX_MEDIA]; int n_videos;
+} Chat;
+
+// One question with the media queued for it: template, encode media, prefill at the end of the cache,
+// generate the answer into the cache. Returns 0 when the context cannot hold it (nothing is changed).
+static int chat_turn(Chat* c, const char* question) {
+    Model* m = c->m;
+    Config* p = &m->config;
+    RunState* s = &m->state;
+    MediaPaths in = *c->defaults;
+    in.image_paths = (const char* const*)c->images; in.n_images = c->n_images;
+    in.video_paths = (const char* const*)c->videos; in.n_videos = c->n_videos;
+    in.pixels = NULL;
+    Media media;
+    load_media(m, &in, &media);
+    for (int k = 0; k < c->n_images; k++) free(c->images[k]);
+    for (int k = 0; k < c->n_videos; k++) free(c->videos[k]);
+    // The turn's text: the system prompt before the first user turn, then the user turn.
+    size_t n = strlen(question) + (c->system ? strlen(c->system) : 0) + 64 + 9 * ((size_t)c->n_images + c->n_videos);
+    char* text = xmalloc(n);
+    char* turn = chat_prompt(question, media.images.n, media.n_videos);
+    snprintf(text, n, "%s%s%s", c->pos == 0 && c->system ? c->system : "", c->pos == 0 && c->system ? " " : "", turn);
+    free(turn);
+    int T;
+    int* ids = build_prompt_ids(m, text, 1, &media, &T);  // raw: the template is already applied
+    free(text);
+    if (c->pos > 0) {  // BOS only at the very start of the conversation
+        memmove(ids, ids + 1, (size_t)(T - 1) * sizeof(int));
+        T--;
+    }
+    c->n_images = c->n_videos = 0;
+    if (c->pos + T + 1 > s->ctx) {
+        fprintf(stderr, "context full: this question needs %d positions, %d of %d are left; /clear starts over\n",
+                T + 1, s->ctx - c->pos, s->ctx);
+        free(ids);
+        free_media(&media);
+        return 0;
+    }
+    encode_media(m, &media);
+    float* embeds = merge_embeddings(m, ids, T, media.images.image_features, media.images.total_rows,
+                                     media.videos.video_features, media.videos.F * video_tokens_per_frame(p));
+    double t0 = now_seconds();
+    prefill(m, embeds, T, c->pos, NULL);
+    memcpy(c->ids + c->pos, ids, (size_t)T * sizeof(int));
+    c->pos += T;
+    info("prompt: %d tokens in %.2f s, %d of %d positions used\n", T, now_seconds() - t0, c->pos, s->ctx);
+    free(embeds);
+    free(ids);
+    free_media(&media);
+    // The answer. generate() leaves the last token it sampled out of the cache (there is nothing to
+    // predict after it); a chat needs it there for the next turn, unless it is EOS.
+    int room = s->ctx - c->pos;
+    int max_new = c->max_new < room ? c->max_new : room;
+    GenStats g = generate(m, &c->sampler, c->pos, max_new, c->ids + c->pos, t0, "the question");
+    int n_gen = g.n_generated;
+    int kept = n_gen > 0 && c->ids[c->pos + n_gen - 1] == p->eos ? n_gen - 1 : n_gen;
+    if (kept > 0 && kept == n_gen) decode_step(m, c->ids[c->pos + n_gen - 1], c->pos + n_gen - 1);
+    c->pos += kept;
+    if (n_gen == room && kept == n_gen) fprintf(stderr, "context full: the answer stopped at %d positions; /clear starts over\n", s->ctx);
+    return 1;
+}
+
+// Reads questions from stdin until /quit or end of input. Lines starting with / are commands.
+static void run_chat(Model* m, const Args* a, const MediaPaths* defaults) {
+    Config* p = &m->config;
+    int ctx = a->ctx ? a->ctx : p->max_pos;
+    build_state(m, ctx, PREFILL_CHUNK);
+    Chat c = {.m = m, .system = a->system, .max_new = a->steps, .defaults = defaults};
+    c.ids = xmalloc((size_t)ctx * sizeof(int));
+    build_sampler(&c.sampler, p->vocab_size, a->temperature, a->topp, a->seed);
+    for (int k = 0; k < a->n_images; k++) c.images[c.n_images++] = xstrdup(a->image_paths[k]);  // for the first question
+    for (int k = 0; k < a->n_videos; k++) c.videos[c.n_videos++] = xstrdup(a->video_paths[k]);
+    int interactive = isatty(STDIN_FILENO);
+    if (interactive)
+        fprintf(stderr, "chat: type a question; /image FILE and /video FILE attach media to the next one, "
+                        "/clear forgets the conversation, /quit (or Ctrl-D) ends\n");
+    if (a->prompt) chat_turn(&c, a->prompt);
+    char* line = xmalloc(CHAT_LINE_MAX);
+    for (;;) {
+        if (interactive) { fputs("USER: ", stderr); fflush(stderr); }
+        if (!fgets(line, CHAT_LINE_MAX, stdin)) break;
+        size_t len = strlen(line);
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
+        if (len == 0) continue;
+        if (!strcmp(line, "/quit") || !strcmp(line, "/exit")) break;
+        if (!strcmp(line, "/clear")) {
+            c.pos = 0;  // the cache is simply overwritten from position 0
+            for (int k = 0; k < c.n_images; k++) free(c.images[k]);
+            for (int k = 0; k < c.n_videos; k++) free(c.videos[k]);
+            c.n_images = c.n_videos = 0;
+            info("(conversation cleared)\n");
+        } else if (!strncmp(line, "/image ", 7) || !strncmp(line, "/video ", 7)) {
+            int is_image = line[1] == 'i';
+            int* n = is_image ? &c.n_images : &c.n_videos;
+            const char* path = line + 7;
+            if (*n == MAX_MEDIA) { fprintf(stderr, "at most %d per question\n", MAX_MEDIA); continue; }
+            if (access(path, R_OK) != 0) { fprintf(stderr, "%s: cannot read: %s\n", path, strerror(errno)); continue; }
+            (is_image ? c.images : c.videos)[(*n)++] = xstrdup(path);
+            info("(%s %s attached to the next question)\n", is_image ? "image" : "video", path);
+        } else if (line[0] == '/') {
+            fprintf(stderr, "unknown command %s (/image FILE, /video FILE, /clear, /quit)\n", line);
+        } else {
+            chat_turn(&c, line);
+        }
+    }
+    if (a->dump_dir) {
+        if (mkdir(a->dump_dir, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create: %s", a->dump_dir, strerror(errno));
+        int64_t sh[1] = {c.pos};
+        write_npy(a->dump_dir, "chat_ids.npy", "<i4", c.ids, 4, 1, sh);
+    }
+    for (int k = 0; k < c.n_images; k++) free(c.images[k]);
+    for (int k = 0; k < c.n_videos; k++) free(c.videos[k]);
+    free(line);
+    free(c.ids);
+    free_sampler(&c.sampler);
+    free_state(&m->state);
+}
+
 // -m encode: text on stdin -> ids on stdout (BOS first, no template).
 static void run_encode(Model* m) {
     size_t len;
@@ -1678,6 +2023,9 @@ static void run_decode(Model* m) {
     char* text = read_stream(stdin, &len);
     int n;
     int* ids = parse_ids(text, &n);
+    for (int i = 0; i < n; i++)  // as --ids: an id the tokenizer does not have is an error, not nothing
+        if (ids[i] >= m->tokenizer.n_tokens)
+            fatal("-m decode: token id %d outside the vocabulary (%d tokens)", ids[i], m->tokenizer.n_tokens);
     size_t cap = (size_t)n * (m->tokenizer.max_piece_len + 3) + 1;  // enough for any ids (tokenizer.c)
     char* out = xmalloc(cap);
     size_t len_out = decode_ids(&m->tokenizer, ids, n, out, cap);
@@ -1686,42 +2034,91 @@ static void run_decode(Model* m) {
     free(out); free(ids); free(text);
 }
 
-// One question about some media, answered on stdout: the pipeline of the functions above.
-static int run(Args* a) {
+// What --json reports of a run.
+typedef struct {
+    int prompt_tokens, generated_tokens;
+    const char* stop;
+    uint64_t seed;
+    double load_s, vision_s;
+    int views;
+    double prefill_s;
+    GenStats gen;
+    double peak_gb;
+} RunReport;
+
+// The --json line: the answer (decoded like the streamed text), token counts, timings, seed, memory.
+static void json_report(Model* m, const RunReport* r, const int* generated) {
+    Config* p = &m->config;
+    size_t cap = (size_t)r->generated_tokens * (m->tokenizer.max_piece_len + 3) + 1;
+    char* answer = xmalloc(cap);
+    size_t len = decode_ids(&m->tokenizer, generated, r->generated_tokens, answer, cap);
+    fprintf(stderr, "{\"answer\": ");
+    json_write_string(stderr, answer, len);
+    fprintf(stderr, ", \"prompt_tokens\": %d, \"generated_tokens\": %d, \"stop\": \"%s\", \"seed\": %llu, "
+            "\"load_s\": %.3f, \"vision_s\": %.3f, \"views\": %d, \"prefill_s\": %.3f, \"prefill_tokens_per_s\": %.3f, "
+            "\"time_to_first_token_s\": %.3f, \"decode_s\": %.3f, \"decode_tokens_per_s\": %.3f, "
+            "\"peak_memory_gb\": %.3f, \"weights\": \"%s\", \"threads\": %d}\n",
+            r->prompt_tokens, r->generated_tokens, r->stop, (unsigned long long)r->seed, r->load_s, r->vision_s,
+            r->views, r->prefill_s, r->prefill_s > 0 ? r->prompt_tokens / r->prefill_s : 0.0, r->gen.ttft,
+            r->gen.seconds, r->gen.n_decoded > 0 ? r->gen.n_decoded / r->gen.seconds : 0.0, r->peak_gb,
+            p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : "q8", pool_size());
+    free(answer);
+}
+
+// Messages, threads, the model; the load line. Returns when loading finished.
+static double start(const Args* a, Model* m) {
     double t_start = now_seconds();
+    g_quiet = a->quiet;
+    g_progress = !a->quiet && isatty(STDERR_FILENO);
+    if (g_progress) video_stream_progress = progress_frames_read;
     pool_init(a->threads > 0 ? a->threads : (int)sysconf(_SC_NPROCESSORS_ONLN));
-    Model model;
-    Model* m = &model;
     build_model(m, a->model_path);
     Config* p = &m->config;
-    if (strcmp(a->mode, "generate") != 0) {
+    double t_loaded = now_seconds();
+    if (!strcmp(a->mode, "encode") || !strcmp(a->mode, "decode")) return t_loaded;
+    info("load: %.2f s (%s weights, %d threads)\n", t_loaded - t_start,
+         p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : "q8", pool_size());
+    if (!a->seed_given && a->temperature > 0) info("seed: %llu\n", (unsigned long long)a->seed);
+    if (a->ctx > p->max_pos)
+        info("warning: -c %d is past the model's %d trained positions; answers may degrade there\n", a->ctx, p->max_pos);
+    return t_loaded;
+}
+
+// One question about some media, answered on stdout: the pipeline of the functions above.
+static int run(Args* a) {
+    Model model;
+    Model* m = &model;
+    double t_start = now_seconds(), t_loaded = start(a, m);
+    Config* p = &m->config;
+    if (strcmp(a->mode, "generate") != 0) {  // the other modes: tokenizer only, or a conversation
+        MediaPaths in = {a->image_paths, a->n_images, a->video_paths, a->n_videos, a->frames, a->raw_w, a->raw_h, NULL};
         if (!strcmp(a->mode, "encode")) run_encode(m);
-        else run_decode(m);
+        else if (!strcmp(a->mode, "decode")) run_decode(m);
+        else run_chat(m, a, &in);
         free_model(m);
         return 0;
     }
-    double t_loaded = now_seconds();
-    fprintf(stderr, "load: %.2f s (%s weights, %d threads)\n", t_loaded - t_start,
-            p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : "q8", pool_size());
+    MediaPaths in = {a->image_paths, a->n_images, a->video_paths, a->n_videos, a->frames, a->raw_w, a->raw_h,
+                     a->pixels_path};
 
     // 1. The media, read and preprocessed; 2. the prompt ids (the question in the chat template, or
     //    --ids as given), so that the prompt's length is known before the model runs.
-    MediaPaths in = {a->image_paths, a->n_images, a->video_paths, a->n_videos, a->frames, a->raw_w, a->raw_h,
-                     a->pixels_path};
     Media media;
     load_media(m, &in, &media);
+    if (a->save_frames) save_frames(a->save_frames, m, &media);
     int T;
     int* ids;
+    char* question = a->prompt && !strcmp(a->prompt, "-") ? read_stream(stdin, &(size_t){0}) : NULL;
     if (a->ids) ids = parse_ids(a->ids, &T);
-    else if (a->prompt) ids = build_prompt_ids(m, a->prompt, a->raw, &media, &T);
-    else fatal("no prompt: give -p \"question\" (or --ids)");
+    else ids = build_prompt_ids(m, question ? question : a->prompt, a->raw, &media, &T);
+    free(question);
     if (T == 0) fatal("empty prompt");
     int ctx = a->ctx ? a->ctx : p->max_pos;
     if (T > ctx) fatal("the prompt is %d tokens, longer than the context of %d (raise it with -c)", T, ctx);
     int steps = T + a->steps > ctx ? ctx - T : a->steps;
 
     // 3. Vision tower -> feature rows, scattered into the token embeddings.
-    encode_media(m, &media);
+    double t_vision = encode_media(m, &media);
     float* embeds = merge_embeddings(m, ids, T, media.images.image_features, media.images.total_rows,
                                      media.videos.video_features, media.videos.F * video_tokens_per_frame(p));
     if (a->dump_dir) dump_prompt(a->dump_dir, m, ids, T, &media, embeds);
@@ -1732,18 +2129,27 @@ static int run(Args* a) {
     double t0 = now_seconds();
     prefill(m, embeds, T, 0, all_logits);
     double t_prefill = now_seconds() - t0;
-    fprintf(stderr, "prompt: %d tokens in %.2f s (%.1f tokens/s)\n", T, t_prefill, T / t_prefill);
+    info("prompt: %d tokens in %.2f s (%.1f tokens/s)\n", T, t_prefill, T / t_prefill);
     Sampler sampler;
     build_sampler(&sampler, p->vocab_size, a->temperature, a->topp, a->seed);
     int* generated = xmalloc(((size_t)steps + 1) * sizeof(int));
-    int n_gen = generate(m, &sampler, T, steps, generated, t_loaded);
+    GenStats g = generate(m, &sampler, T, steps, generated, t_loaded, "loading");
+    const char* stop = g.n_generated == 0 ? "no new tokens (-n 0 or a full context)"
+                     : !strcmp(g.stop, "end token") ? "end token" : steps < a->steps ? "context full" : "-n limit";
+    if (g.n_generated > 0) info("stopped: %s\n", stop);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    fprintf(stderr, "peak memory: %.2f GB\n", ru.ru_maxrss / 1048576.0);  // ru_maxrss is in KB on Linux
+    double peak_gb = ru.ru_maxrss / 1048576.0;  // ru_maxrss is in KB on Linux
+    info("peak memory: %.2f GB\n", peak_gb);
     if (a->dump_dir) {
-        int64_t ls[2] = {T, p->vocab_size}, gs[1] = {n_gen};
+        int64_t ls[2] = {T, p->vocab_size}, gs[1] = {g.n_generated};
         dump_f32(a->dump_dir, "logits.npy", all_logits, 2, ls);
         write_npy(a->dump_dir, "generated.npy", "<i4", generated, 4, 1, gs);
+    }
+    if (a->json) {
+        RunReport r = {T, g.n_generated, stop, a->seed, t_loaded - t_start, t_vision,
+                       media.images.total_patches + media.videos.F, t_prefill, g, peak_gb};
+        json_report(m, &r, generated);
     }
     free(all_logits); free(generated); free(embeds); free(ids);
     free_sampler(&sampler);

@@ -663,6 +663,9 @@ static void yuv_to_rgb(const Y4mInfo* y, const uint8_t* frame, uint8_t* rgb) {
 // such a stream with an error instead; --max-stream-frames raises it.
 #define VIDEO_MAX_STREAM_FRAMES 18000
 static int video_max_stream_frames = VIDEO_MAX_STREAM_FRAMES;
+// Called with the number of frames read so far while a stream is read (NULL: nothing). The CLI sets
+// it to show progress: a long pipe is otherwise silent for as long as it takes to read.
+static void (*video_stream_progress)(int frames_read);
 
 typedef struct {
     const char* path;     // for messages
@@ -904,6 +907,7 @@ void load_video(Video* v, const char* path, int raw_w, int raw_h, int n_frames,
             video_frame_to_rgb(&s, buf, rgb);
             resize_crop_rgb_u8(rgb, W, H, S, crop);
             if (fwrite(crop, 1, ss3, spool) != ss3) fatal("%s: cannot write the temporary spool file (disk full?)", path);
+            if (video_stream_progress) video_stream_progress(total + 1);
             if (++total > video_max_stream_frames)
                 fatal("%s: the stream has more than %d frames (%.1f GB of temporary spool); raise the limit "
                       "with --max-stream-frames, or cut the video first (ffmpeg -t SECONDS)", path,
