@@ -295,12 +295,49 @@ def test_hostile(tmp):
     expect_error("--pixels with 0 frames refused", [good, "--pixels", zero, "-p", "hi"], needle=zero)
 
 
+def test_chat(tmp):
+    """Three turns in one KV cache (video, text, then an image attached with /image) against transformers
+    continuing the whole concatenated conversation (test/make_chat_goldens.py)."""
+    print("chat")
+    d = "test/goldens/chat_tiny_b"
+    with open(os.path.join(d, "meta.json")) as f:
+        meta = json.load(f)
+    gold = np.load(os.path.join(d, "chat_ids.npy"))
+    script = "%s\n%s\n/image test/data/%s\n%s\n/quit\n" % (
+        meta["turns"][0]["question"], meta["turns"][1]["question"], meta["image"], meta["turns"][2]["question"])
+    dump = os.path.join(tmp, "chat")
+    args = ["build/models/%s_f32.bin" % meta["model"], "-m", "chat", "-y", meta["system"], "-n",
+            str(meta["new_tokens"]), "-v", "test/data/%s.y4m" % meta["clip"], "-f", str(meta["num_frames"]),
+            "--dump", dump, "--threads", "2"]
+    rc, out, err = run(args, script.encode())
+    check(rc == 0, "chat runs three turns", err.decode(errors="replace").strip().split("\n")[-1][:70])
+    if rc != 0:
+        return
+    ids = np.load(os.path.join(dump, "chat_ids.npy"))
+    check(ids.tolist() == gold.tolist(), "chat: every id of the conversation equals HF's",
+          "%d ids (golden %d)" % (len(ids), len(gold)))
+    answers = out.decode("utf-8").split("\n")[:3]
+    check(answers == [t["answer_text"] for t in meta["turns"]], "chat: the three streamed answers equal HF decode")
+    # /clear starts over: the same first question gives the same first answer
+    rc, out2, err = run(args[:-4] + ["--threads", "2"], ("%s\n/clear\n/video test/data/%s.y4m\n%s\n" % (
+        meta["turns"][0]["question"], meta["clip"], meta["turns"][0]["question"])).encode())
+    lines = out2.decode("utf-8").split("\n")
+    check(rc == 0 and len(lines) >= 2 and lines[0] == lines[1] == meta["turns"][0]["answer_text"],
+          "chat: /clear, the same video and question, the same answer")
+    # a context too small for the next question: one line, the chat goes on
+    rc, out3, err = run(["build/models/tiny_b_f32.bin", "-m", "chat", "-c", "24", "-n", "4"],
+                        b"Hello there\n" + b"word " * 40 + b"\nHi\n")
+    check(rc == 0 and b"context full" in err, "chat: a full context is reported, not fatal",
+          err.decode(errors="replace").strip().split("\n")[-1][:70])
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         for d, case, meta in golden_cases():
             test_case(d, case, meta, tmp)
         test_errors(tmp)
         test_hostile(tmp)
+        test_chat(tmp)
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
 
