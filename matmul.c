@@ -1428,16 +1428,14 @@ typedef struct {
     int32_t* ac;                // q8 -128 * sum(q) per scale (the usdot compensation), same shape
 } MMArmJob;
 
-// Store columns [0, nc) of nq registers (4 columns each) to y; nc may be less than 4*nq at the
-// right edge of the matrix (the padded lanes are computed, then dropped).
-MM_INLINE void mm_arm_store(float* y, const float32x4_t* v, int nq, int nc) {
-    if (nc >= 4 * nq) {
-        for (int q = 0; q < nq; q++) vst1q_f32(y + 4 * q, v[q]);
-        return;
-    }
-    float tmp[32];
-    for (int q = 0; q < nq; q++) vst1q_f32(tmp + 4 * q, v[q]);
-    for (int c = 0; c < nc; c++) y[c] = tmp[c];
+// Store register v = columns c0..c0+3 of an output row y, keeping only columns below nc (the right
+// edge of the matrix: padded lanes are computed, then dropped). v is passed by value: an array of
+// accumulators whose address escaped would be kept in memory and stored on every k step.
+MM_INLINE void mm_arm_store(float* y, float32x4_t v, int c0, int nc) {
+    if (c0 + 4 <= nc) { vst1q_f32(y + c0, v); return; }
+    float tmp[4];
+    vst1q_f32(tmp, v);
+    for (int c = c0; c < nc; c++) y[c] = tmp[c - c0];
 }
 
 // ---- f32 / bf16 GEMV: one panel (32 columns) x MR <= 3 rows, f32 activations from x (row stride K).
@@ -1446,40 +1444,57 @@ MM_INLINE void mm_arm_store(float* y, const float32x4_t* v, int nq, int nc) {
 // 8 independent accumulator chains per row hide the 4-cycle FMA latency on two FMA pipes.
 MM_INLINE void mm_arm_gemv_f32(const float* x, int K, const float* w, float* y, int ldy, int nc, const int MR) {
     float32x4_t acc[3][8];
+#pragma GCC unroll 3
     for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
         for (int c = 0; c < 8; c++) acc[i][c] = vdupq_n_f32(0.0f);
     for (int k = 0; k < K; k++) {
         const float* wk = w + (size_t)k * 32;           // panel row k: 32 columns
+#pragma GCC unroll 8
         for (int c = 0; c < 8; c++) {
             float32x4_t wc = vld1q_f32(wk + 4 * c);     // columns 4c..4c+3
+#pragma GCC unroll 3
             for (int i = 0; i < MR; i++) acc[i][c] = vfmaq_n_f32(acc[i][c], wc, x[(size_t)i * K + k]);
         }
     }
-    for (int i = 0; i < MR; i++) mm_arm_store(y + (size_t)i * ldy, acc[i], 8, nc);
+#pragma GCC unroll 3
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) mm_arm_store(y + (size_t)i * ldy, acc[i][c], 4 * c, nc);
 }
 
 // bf16: a panel word holds the pair (k even, k odd) of one column as (low, high) 16 bits. A bf16 is the
 // high half of an f32, so the even weight widens with a left shift by 16 and the odd one by clearing
-// the low 16 bits: two exact instructions per 4 words. Odd K: the last pair has no odd element.
+// the low 16 bits: two exact instructions per 4 words. MR <= 2 rows per pass: acc 16 + 2 x 2
+// activations + raw, even, odd weights + mask = 24 registers (3 rows would need 34).
 MM_INLINE void mm_arm_gemv_bf16(const float* x, int K, const uint32_t* w, float* y, int ldy, int nc, const int MR) {
     const uint32x4_t hi16 = vdupq_n_u32(0xffff0000u);
-    float32x4_t acc[3][8];
+    float32x4_t acc[2][8];
+#pragma GCC unroll 2
     for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
         for (int c = 0; c < 8; c++) acc[i][c] = vdupq_n_f32(0.0f);
-    int kh = K / 2;                                     // complete pairs
     for (int kk = 0; kk < (K + 1) / 2; kk++) {
         const uint32_t* wk = w + (size_t)kk * 32;
+        int odd = 2 * kk + 1 < K;                       // odd K: the last pair has no odd element
+#pragma GCC unroll 8
         for (int c = 0; c < 8; c++) {
             uint32x4_t raw = vld1q_u32(wk + 4 * c);
             float32x4_t we = vreinterpretq_f32_u32(vshlq_n_u32(raw, 16));   // bf16 at k = 2kk
             float32x4_t wo = vreinterpretq_f32_u32(vandq_u32(raw, hi16));   // bf16 at k = 2kk+1
+#pragma GCC unroll 2
             for (int i = 0; i < MR; i++) {
+                // x past K reads as 0 (odd == 0): the FMA then adds +0 to acc, as if skipped
+                float xo = odd ? x[(size_t)i * K + 2 * kk + 1] : 0.0f;
                 acc[i][c] = vfmaq_n_f32(acc[i][c], we, x[(size_t)i * K + 2 * kk]);
-                if (kk < kh) acc[i][c] = vfmaq_n_f32(acc[i][c], wo, x[(size_t)i * K + 2 * kk + 1]);
+                acc[i][c] = vfmaq_n_f32(acc[i][c], wo, xo);
             }
         }
     }
-    for (int i = 0; i < MR; i++) mm_arm_store(y + (size_t)i * ldy, acc[i], 8, nc);
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) mm_arm_store(y + (size_t)i * ldy, acc[i][c], 4 * c, nc);
 }
 
 // ---- q8 GEMV: one panel x one row of quantized activations q (K s8), per-group scales sx and
@@ -1496,6 +1511,7 @@ MM_INLINE void mm_arm_gemv_bf16(const float* x, int K, const uint32_t* w, float*
 // Registers (sdot): 8 int32 dots + 8 f32 sums + 8 weights + the activation word + the 0x80 mask = 26.
 
 MM_INLINE void mm_arm_q8_epilogue(float32x4_t f[8], const int32x4_t acc[8], const float* ws, float sx) {
+#pragma GCC unroll 8
     for (int c = 0; c < 8; c++)
         f[c] = vfmaq_f32(f[c], vcvtq_f32_s32(acc[c]), vmulq_n_f32(vld1q_f32(ws + 4 * c), sx));
 }
@@ -1504,40 +1520,48 @@ MM_ARM_TGT_DOT static void mm_arm_gemv_q8_sdot(const int8_t* q, const float* sx,
                                                const float* ws, float* y, int nc) {
     const uint8x16_t flip = vdupq_n_u8(0x80);
     float32x4_t f[8];
+#pragma GCC unroll 8
     for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
     for (int g = 0; g < ng; g++) {
         int32x4_t acc[8];
+#pragma GCC unroll 8
         for (int c = 0; c < 8; c++) acc[c] = vdupq_n_s32(0);
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
             int32_t word;                               // q[4kq..4kq+3]: 4 s8 (memcpy: no type punning)
             memcpy(&word, q + 4 * (size_t)kq, 4);
             int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(word));
             const uint8_t* wk = w + (size_t)kq * 128;   // panel row kq: 32 columns x 4 bytes
+#pragma GCC unroll 8
             for (int c = 0; c < 8; c++)
                 acc[c] = vdotq_s32(acc[c], vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wk + 16 * c), flip)), a);
         }
         mm_arm_q8_epilogue(f, acc, ws + (size_t)g * 32, sx[g]);
     }
-    mm_arm_store(y, f, 8, nc);
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
 }
 
 MM_ARM_TGT_I8MM static void mm_arm_gemv_q8_usdot(const int8_t* q, const float* sx, const int32_t* cx, int ng, int G4,
                                                  const uint8_t* w, const float* ws, float* y, int nc) {
     float32x4_t f[8];
+#pragma GCC unroll 8
     for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
     for (int g = 0; g < ng; g++) {
         int32x4_t acc[8];
+#pragma GCC unroll 8
         for (int c = 0; c < 8; c++) acc[c] = vdupq_n_s32(cx[g]);   // -128 * sum(q) of the group
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
             int32_t word;
             memcpy(&word, q + 4 * (size_t)kq, 4);
             int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(word));
             const uint8_t* wk = w + (size_t)kq * 128;
+#pragma GCC unroll 8
             for (int c = 0; c < 8; c++) acc[c] = vusdotq_s32(acc[c], vld1q_u8(wk + 16 * c), a);
         }
         mm_arm_q8_epilogue(f, acc, ws + (size_t)g * 32, sx[g]);
     }
-    mm_arm_store(y, f, 8, nc);
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
 }
 
 // Plain NEON (no dot product): vmull_s8 multiplies 8 s8 pairs into exact s16 products
@@ -1550,25 +1574,30 @@ static void mm_arm_gemv_q8_neon(const int8_t* q, const float* sx, int ng, int G4
                                 float* y, int nc) {
     const uint8x16_t flip = vdupq_n_u8(0x80);
     float32x4_t f[8];
+#pragma GCC unroll 8
     for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
     for (int g = 0; g < ng; g++) {
         int32x4_t lo[8], hi[8], acc[8];
+#pragma GCC unroll 8
         for (int c = 0; c < 8; c++) lo[c] = hi[c] = vdupq_n_s32(0);
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
             int32_t word;
             memcpy(&word, q + 4 * (size_t)kq, 4);
             int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(word));
             const uint8_t* wk = w + (size_t)kq * 128;
+#pragma GCC unroll 8
             for (int c = 0; c < 8; c++) {
                 int8x16_t wc = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wk + 16 * c), flip));
                 lo[c] = vpadalq_s16(lo[c], vmull_s8(vget_low_s8(wc), vget_low_s8(a)));
                 hi[c] = vpadalq_s16(hi[c], vmull_high_s8(wc, a));
             }
         }
+#pragma GCC unroll 8
         for (int c = 0; c < 8; c++) acc[c] = vpaddq_s32(lo[c], hi[c]);
         mm_arm_q8_epilogue(f, acc, ws + (size_t)g * 32, sx[g]);
     }
-    mm_arm_store(y, f, 8, nc);
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
 }
 
 static void mm_arm_task_gemv(void* v, int task) {
@@ -1592,18 +1621,26 @@ static void mm_arm_task_gemv(void* v, int task) {
                 else
                     mm_arm_gemv_q8_neon(q, sx, p->ng, p->G / 4, (const uint8_t*)wp, ws, yt, nc);
             }
-        } else {                                        // T <= 3 rows in one pass over the panel
-            int bf = j->type == DT_BF16, T = j->T, K = j->K;
-            if (T == 3) bf ? mm_arm_gemv_bf16(j->x, K, wp, y, j->N, nc, 3) : mm_arm_gemv_f32(j->x, K, (const float*)wp, y, j->N, nc, 3);
-            else if (T == 2) bf ? mm_arm_gemv_bf16(j->x, K, wp, y, j->N, nc, 2) : mm_arm_gemv_f32(j->x, K, (const float*)wp, y, j->N, nc, 2);
-            else bf ? mm_arm_gemv_bf16(j->x, K, wp, y, j->N, nc, 1) : mm_arm_gemv_f32(j->x, K, (const float*)wp, y, j->N, nc, 1);
+        } else if (j->type == DT_F32) {                 // T <= 3 rows: one pass over the panel
+            const float* wf = (const float*)wp;
+            if (j->T == 3) mm_arm_gemv_f32(j->x, j->K, wf, y, j->N, nc, 3);
+            else if (j->T == 2) mm_arm_gemv_f32(j->x, j->K, wf, y, j->N, nc, 2);
+            else mm_arm_gemv_f32(j->x, j->K, wf, y, j->N, nc, 1);
+        } else {                                        // bf16: passes of 2 rows, then 1
+            for (int t = 0; t < j->T; t += 2) {
+                const float* x = j->x + (size_t)t * j->K;
+                float* yt = y + (size_t)t * j->N;
+                if (j->T - t >= 2) mm_arm_gemv_bf16(x, j->K, wp, yt, j->N, nc, 2);
+                else mm_arm_gemv_bf16(x, j->K, wp, yt, j->N, nc, 1);
+            }
         }
     }
 }
 
 // ---- GEMM activation packing (per call; tasks split the row tiles)
-//   f32, bf16  a tile is (ka, 6) f32: a[k * 6 + i] = x[t0 + i][k], zero for rows past T and k past K
-//              (bf16 rounds ka up to even so every weight pair has two activations).
+//   f32        a tile is (K, 6) f32: a[k * 6 + i] = x[t0 + i][k], zero for rows past T.
+//   bf16       a tile is (K2/2, 12) f32, 12 per weight pair kk: rows 0-3 at k = 2kk, rows 0-3 at
+//              2kk + 1, then rows 4, 5 at 2kk and rows 4, 5 at 2kk + 1 (three registers; zero past K).
 //   q8         a tile is (K/4, 8) words: word (kq, i) = the 4 s8 of row t0 + i at k = 4kq..4kq+3, made
 //              by mm_quantize_group (THE definition, so the values are the x86 quantizers'); scales
 //              and compensations (ng, 8). Rows past T: zero words, scale 0.
@@ -1623,7 +1660,11 @@ static void mm_arm_task_pack(void* v, int task) {
             for (int i = 0; i < MM_ARM_F32_MR; i++) {
                 int t = it * MM_ARM_F32_MR + i;
                 const float* xt = j->x + (size_t)t * K;
-                for (int k = 0; k < j->ka; k++) a[(size_t)k * MM_ARM_F32_MR + i] = t < j->T && k < K ? xt[k] : 0.0f;
+                for (int k = 0; k < j->ka; k++) {
+                    float v = t < j->T && k < K ? xt[k] : 0.0f;
+                    if (j->type == DT_F32) a[(size_t)k * 6 + i] = v;
+                    else a[(size_t)(k / 2) * 12 + (i < 4 ? 4 * (k % 2) + i : 8 + 2 * (k % 2) + i - 4)] = v;
+                }
             }
         }
         return;
@@ -1668,7 +1709,9 @@ static void mm_arm_task_pack(void* v, int task) {
 
 static void mm_arm_kernel_f32(const float* a, const float* w, int K, float* y, int ldy, int mr, int nc) {
     float32x4_t acc[MM_ARM_F32_MR][4];
+#pragma GCC unroll 6
     for (int i = 0; i < MM_ARM_F32_MR; i++)
+#pragma GCC unroll 4
         for (int c = 0; c < 4; c++) acc[i][c] = vdupq_n_f32(0.0f);
     for (int k = 0; k < K; k++) {
         const float* wk = w + (size_t)k * 32;           // stride: a whole panel row (32 columns)
@@ -1680,29 +1723,46 @@ static void mm_arm_kernel_f32(const float* a, const float* w, int K, float* y, i
         MM_ARM_FMA6(2, vld1q_f32(wk + 8), a03, a45);
         MM_ARM_FMA6(3, vld1q_f32(wk + 12), a03, a45);
     }
-    for (int i = 0; i < mr; i++) mm_arm_store(y + (size_t)i * ldy, acc[i], 4, nc);
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_ARM_F32_MR; i++)   // constant indices keep acc[][] in registers
+        if (i < mr)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) mm_arm_store(y + (size_t)i * ldy, acc[i][c], 4 * c, nc);
 }
 
 // bf16 GEMM kernel: the f32 kernel's tile; per weight pair row kk, each 4-word register is widened
-// into the even-k and odd-k weights (shift / mask), used against the packed activations at k = 2kk
-// and 2kk + 1. Registers: 24 accumulators + 4 activation registers + raw, even, odd weights + the
-// mask = 32: widening one 4-column register at a time keeps it within the file.
+// into the even-k and odd-k weights (shift / mask) and used against the activations at k = 2kk and
+// 2kk + 1. Registers: 24 accumulators + 3 activation registers (the tile layout puts rows 4-5 of
+// both k into one) + raw, even, odd weights + the mask = 31: widening one 4-column register at a
+// time keeps it within the file on paper. GCC 12's scheduler still hoists the widening of all four
+// registers and spills ~3 accumulators per step: 6 stack loads/stores against 48 fmla + 8 widening
+// ops on the two vector pipes, and the load pipes have room for them.
+#define MM_ARM_FMA6Q(c, wv, a03, a45, l)                              \
+    do {                                                              \
+        acc[0][c] = vfmaq_laneq_f32(acc[0][c], wv, a03, 0);           \
+        acc[1][c] = vfmaq_laneq_f32(acc[1][c], wv, a03, 1);           \
+        acc[2][c] = vfmaq_laneq_f32(acc[2][c], wv, a03, 2);           \
+        acc[3][c] = vfmaq_laneq_f32(acc[3][c], wv, a03, 3);           \
+        acc[4][c] = vfmaq_laneq_f32(acc[4][c], wv, a45, l);           \
+        acc[5][c] = vfmaq_laneq_f32(acc[5][c], wv, a45, l + 1);       \
+    } while (0)
+
 static void mm_arm_kernel_bf16(const float* a, const uint32_t* w, int kw, float* y, int ldy, int mr, int nc) {
     const uint32x4_t hi16 = vdupq_n_u32(0xffff0000u);
     float32x4_t acc[MM_ARM_F32_MR][4];
+#pragma GCC unroll 6
     for (int i = 0; i < MM_ARM_F32_MR; i++)
+#pragma GCC unroll 4
         for (int c = 0; c < 4; c++) acc[i][c] = vdupq_n_f32(0.0f);
     for (int kk = 0; kk < kw; kk++) {
         const uint32_t* wk = w + (size_t)kk * 32;
-        const float* ae = a + (size_t)(2 * kk) * MM_ARM_F32_MR;     // activations at k = 2kk
-        const float* ao = ae + MM_ARM_F32_MR;                       // and at k = 2kk + 1 (zero past K)
-        float32x4_t e03 = vld1q_f32(ae), o03 = vld1q_f32(ao);
-        float32x2_t e45 = vld1_f32(ae + 4), o45 = vld1_f32(ao + 4);
+        const float* ak = a + (size_t)kk * 12;
+        float32x4_t e03 = vld1q_f32(ak), o03 = vld1q_f32(ak + 4), eo45 = vld1q_f32(ak + 8);
 #define MM_ARM_BF16_COL(c)                                                               \
         do {                                                                             \
             uint32x4_t raw = vld1q_u32(wk + 4 * (c));                                    \
-            MM_ARM_FMA6(c, vreinterpretq_f32_u32(vshlq_n_u32(raw, 16)), e03, e45);       \
-            MM_ARM_FMA6(c, vreinterpretq_f32_u32(vandq_u32(raw, hi16)), o03, o45);       \
+            MM_ARM_FMA6Q(c, vreinterpretq_f32_u32(vshlq_n_u32(raw, 16)), e03, eo45, 0);  \
+            MM_ARM_FMA6Q(c, vreinterpretq_f32_u32(vandq_u32(raw, hi16)), o03, eo45, 2);  \
         } while (0)
         MM_ARM_BF16_COL(0);
         MM_ARM_BF16_COL(1);
@@ -1710,7 +1770,11 @@ static void mm_arm_kernel_bf16(const float* a, const uint32_t* w, int kw, float*
         MM_ARM_BF16_COL(3);
 #undef MM_ARM_BF16_COL
     }
-    for (int i = 0; i < mr; i++) mm_arm_store(y + (size_t)i * ldy, acc[i], 4, nc);
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_ARM_F32_MR; i++)   // constant indices keep acc[][] in registers
+        if (i < mr)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) mm_arm_store(y + (size_t)i * ldy, acc[i][c], 4 * c, nc);
 }
 
 // ---- q8 GEMM kernels: 8 rows x 4 columns over the full K (groups of G/4 k4 steps).
@@ -1740,9 +1804,11 @@ MM_ARM_TGT_DOT static void mm_arm_kernel_q8_sdot(const uint32_t* a, const float*
                                                  int ng, int G4, float* y, int ldy, int mr, int nc) {
     const uint8x16_t flip = vdupq_n_u8(0x80);
     float32x4_t f[8];
+#pragma GCC unroll 8
     for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
     for (int g = 0; g < ng; g++) {
         int32x4_t acc[8];
+#pragma GCC unroll 8
         for (int i = 0; i < 8; i++) acc[i] = vdupq_n_s32(0);
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
             int8x16_t wv = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(w + (size_t)kq * 128), flip));
@@ -1759,7 +1825,9 @@ MM_ARM_TGT_DOT static void mm_arm_kernel_q8_sdot(const uint32_t* a, const float*
         }
         MM_ARM_Q8_EPILOGUE();
     }
-    for (int i = 0; i < mr; i++) mm_arm_store(y + (size_t)i * ldy, &f[i], 1, nc);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
 }
 
 // i8mm: usdot takes the u8 weights as they are packed (no xor); each row's dots start at its
@@ -1768,9 +1836,11 @@ MM_ARM_TGT_I8MM static void mm_arm_kernel_q8_usdot(const uint32_t* a, const floa
                                                    const uint8_t* w, const float* ws, int ng, int G4, float* y,
                                                    int ldy, int mr, int nc) {
     float32x4_t f[8];
+#pragma GCC unroll 8
     for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
     for (int g = 0; g < ng; g++) {
         int32x4_t acc[8];
+#pragma GCC unroll 8
         for (int i = 0; i < 8; i++) acc[i] = vdupq_n_s32(ac[g * 8 + i]);
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
             uint8x16_t wv = vld1q_u8(w + (size_t)kq * 128);
@@ -1787,7 +1857,9 @@ MM_ARM_TGT_I8MM static void mm_arm_kernel_q8_usdot(const uint32_t* a, const floa
         }
         MM_ARM_Q8_EPILOGUE();
     }
-    for (int i = 0; i < mr; i++) mm_arm_store(y + (size_t)i * ldy, &f[i], 1, nc);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
 }
 
 // Plain NEON: per row, the activation word repeated (ld1r), vmull_s8 on the low / high halves and
@@ -1797,22 +1869,28 @@ static void mm_arm_kernel_q8_neon(const uint32_t* a, const float* as, const uint
                                   int G4, float* y, int ldy, int mr, int nc) {
     const uint8x16_t flip = vdupq_n_u8(0x80);
     float32x4_t f[8];
+#pragma GCC unroll 8
     for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
     for (int g = 0; g < ng; g++) {
         int32x4_t lo[8], hi[8], acc[8];
+#pragma GCC unroll 8
         for (int i = 0; i < 8; i++) lo[i] = hi[i] = vdupq_n_s32(0);
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
             int8x16_t wv = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(w + (size_t)kq * 128), flip));
+#pragma GCC unroll 8
             for (int i = 0; i < 8; i++) {
                 int8x16_t ai = vreinterpretq_s8_u32(vld1q_dup_u32(a + (size_t)kq * 8 + i));
                 lo[i] = vpadalq_s16(lo[i], vmull_s8(vget_low_s8(wv), vget_low_s8(ai)));
                 hi[i] = vpadalq_s16(hi[i], vmull_high_s8(wv, ai));
             }
         }
+#pragma GCC unroll 8
         for (int i = 0; i < 8; i++) acc[i] = vpaddq_s32(lo[i], hi[i]);
         MM_ARM_Q8_EPILOGUE();
     }
-    for (int i = 0; i < mr; i++) mm_arm_store(y + (size_t)i * ldy, &f[i], 1, nc);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
 }
 
 // GEMM loop nest per task (one block of <= MM_ARM_NCP panels): row tiles -> panels -> column blocks
