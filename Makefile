@@ -35,7 +35,47 @@ build/bench: bench/bench.c $(SRC) | build
 bench-torch: build/bench
 	$(PYTHON) bench/compare_torch.py
 
-clean:
-	rm -rf llava build
+# 64-bit ARM without an ARM machine: cross-build statically into build-aarch64/ and run the whole
+# suite under qemu-user once per CPU model: max (NEON + dotprod + i8mm), cortex-a76 (+ dotprod),
+# cortex-a57 (plain NEON), so every kernel level runs. Needs gcc-aarch64-linux-gnu and qemu-user
+# (apt-get install gcc-aarch64-linux-gnu qemu-user); says so and skips when they are missing.
+# The models are exported on this machine (build/models). Not part of `make` or `make test`.
+AARCH64_CC ?= aarch64-linux-gnu-gcc
+QEMU_AARCH64 ?= qemu-aarch64
+AARCH64_CPUS ?= max cortex-a76 cortex-a57
+A64 = build-aarch64
+A64_CFLAGS = -O3 -static -Wall -Wextra
+A64_BINS = $(A64)/llava $(A64)/test_tokenizer $(A64)/test_video $(A64)/test_matmul $(A64)/test_blocks \
+           $(A64)/test_model $(A64)/bench
 
-.PHONY: test bench bench-torch clean
+test-aarch64:
+	@if ! command -v $(AARCH64_CC) >/dev/null 2>&1 || ! command -v $(QEMU_AARCH64) >/dev/null 2>&1; then \
+	    echo "test-aarch64: SKIPPED: needs $(AARCH64_CC) and $(QEMU_AARCH64)" \
+	         "(apt-get install gcc-aarch64-linux-gnu qemu-user)"; \
+	else $(MAKE) --no-print-directory test-aarch64-run; fi
+
+test-aarch64-run: $(A64_BINS)
+	@fail=0; for cpu in $(AARCH64_CPUS); do \
+	    echo "=== qemu-aarch64 -cpu $$cpu"; \
+	    BIN=$(A64) RUN="$(QEMU_AARCH64) -cpu $$cpu" LLAVA="$(QEMU_AARCH64) -cpu $$cpu $(A64)/llava" PYTHON=$(PYTHON) \
+	        sh test/run_tests.sh > $(A64)/test_$$cpu.log 2>&1 || fail=1; \
+	    grep -E '^== |FAIL' $(A64)/test_$$cpu.log; \
+	    echo "=== qemu-aarch64 -cpu $$cpu: $$(tail -n 1 $(A64)/test_$$cpu.log) (log: $(A64)/test_$$cpu.log)"; \
+	done; exit $$fail
+
+$(A64)/llava: $(SRC) | $(A64)
+	$(AARCH64_CC) $(A64_CFLAGS) -o $@ llava.c $(LDLIBS)
+
+$(A64)/bench: bench/bench.c $(SRC) | $(A64)
+	$(AARCH64_CC) $(A64_CFLAGS) -o $@ bench/bench.c $(LDLIBS)
+
+$(A64)/%: test/%.c $(SRC) | $(A64)
+	$(AARCH64_CC) $(A64_CFLAGS) -o $@ $< $(LDLIBS)
+
+$(A64):
+	mkdir -p $(A64)
+
+clean:
+	rm -rf llava build $(A64)
+
+.PHONY: test bench bench-torch clean test-aarch64 test-aarch64-run

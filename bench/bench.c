@@ -85,6 +85,60 @@ MM_TGT_BF16 static void peak_bf16_task(void* c, int t) {
 }
 #endif
 
+#if defined(__aarch64__)
+// ARM64 peaks, register-only like the x86 ones: 12 independent accumulator chains per loop (enough to
+// cover a 4-cycle latency on 2-4 vector pipes), no loads. run_peak counts 16 lanes per instruction,
+// so the ops per instruction are passed divided by 16 (a 128-bit register has 4 f32 / 16 int8 lanes):
+//   fmla   4 lanes x 2 flops       =  8 ops  -> run_peak(peak_neon_fma_task, 0.5)
+//   sdot   16 int8 MACs x 2        = 32 ops  -> run_peak(peak_sdot_task, 2)
+//   smull2 + sadalp pair: 8 MACs   = 16 ops per 2 instructions (the plain-NEON q8 kernel's inner pair),
+//          counted per pair        -> run_peak(peak_smull_task, 1)
+// What the ARM kernels run on: f32 GEMM fmla; bf16 GEMM shl/and widening + fmla (so both against the
+// fmla peak); q8 usdot (i8mm) or sdot (dotprod), both against the sdot peak, or smull+sadalp (NEON).
+static void peak_neon_fma_task(void* c, int t) {
+    (void)c;
+    float32x4_t a[12], b = vdupq_n_f32(1.0f), d = vdupq_n_f32(1e-9f);
+    for (int j = 0; j < 12; j++) a[j] = vdupq_n_f32((float)(j + t));
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = vfmaq_f32(d, a[j], b);     // a = d + a * b
+    }
+    float32x4_t s = a[0];
+    for (int j = 1; j < 12; j++) s = vaddq_f32(s, a[j]);
+    sink_f = vaddvq_f32(s);
+}
+MM_ARM_TGT_DOT static void peak_sdot_task(void* c, int t) {
+    (void)c;
+    int32x4_t a[12];
+    int8x16_t x = vdupq_n_s8(1), y = vdupq_n_s8(-1);
+    for (int j = 0; j < 12; j++) a[j] = vdupq_n_s32(j + t);
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = vdotq_s32(a[j], x, y);
+    }
+    int32x4_t s = a[0];
+    for (int j = 1; j < 12; j++) s = vaddq_s32(s, a[j]);
+    sink_i = vaddvq_s32(s);
+}
+static void peak_smull_task(void* c, int t) {
+    (void)c;
+    int32x4_t a[12];
+    int8x16_t x = vdupq_n_s8(1), y = vdupq_n_s8(-1);
+    for (int j = 0; j < 12; j++) a[j] = vdupq_n_s32(j + t);
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = vpadalq_s16(a[j], vmull_high_s8(x, y));
+        __asm__ __volatile__("" : "+w"(x));             // keep the products in the loop
+    }
+    int32x4_t s = a[0];
+    for (int j = 1; j < 12; j++) s = vaddq_s32(s, a[j]);
+    sink_i = vaddvq_s32(s);
+}
+#endif
+#if !MM_X86
+static int mm_gemv_pf;  // the x86 q8 GEMV's prefetch distance (--pf); no such knob elsewhere
+#endif
+
 // ops per iteration per thread: 12 instructions x 16 lanes x (2 | 4 | 8) ops
 static double run_peak(void (*fn)(void*, int), double ops_per_instr) {
     double t0 = now_sec();
@@ -185,6 +239,8 @@ static const char* tname[] = { "f32", "bf16", "q8" };
 
 int main(int argc, char** argv) {
     int nth = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, quick = 0, do_gemm = 1, do_gemv = 1, gemv_t = 1;
+    int small = 0;                      // --small: a smoke run for emulators (qemu): GEMM T/32, 32 MiB
+                                        // bandwidth buffer, one copy per GEMV matrix, implies --quick
     const char* only = NULL;            // --only f32|bf16|q8
     int alt_pf = -1, alt_tpt = 0;       // --alt PF TPT: one more q8 VNNI row ("q8a") with these knobs
                                         // (TPT 0: guided schedule, else TPT equal chunks per thread)
@@ -193,6 +249,7 @@ int main(int argc, char** argv) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) nth = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--small")) small = quick = 1;
         else if (!strcmp(argv[i], "--gemm")) do_gemv = 0;
         else if (!strcmp(argv[i], "--gemv")) do_gemm = 0;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
@@ -202,7 +259,7 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--q8-max-t") && i + 1 < argc) mm_gemv_max_t[DT_Q8] = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--alt") && i + 2 < argc) { alt_pf = atoi(argv[++i]); alt_tpt = atoi(argv[++i]); }
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick] [--gemm | --gemv] [--only f32|bf16|q8]\n"
+            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick | --small] [--gemm | --gemv] [--only f32|bf16|q8]\n"
                             "       [--gemv-t T (GEMV rows, default 1)] [--pf BYTES (q8 GEMV prefetch)] [--tpt N (GEMV tasks/thread)]\n"
                             "       [--alt PF TPT (extra q8 row; TPT 0 = guided)] [--q8-max-t T (q8 GEMV/GEMM threshold)]\n", argv[0]);
             return 1;
@@ -212,6 +269,7 @@ int main(int argc, char** argv) {
     if (gemv_t < 1 || gemv_t > 64) gemv_t = 1;
     if (mm_gemv_tpt < 1) mm_gemv_tpt = 1;
     if (quick) { reps = 3; peak_iters = 5000000; }
+    if (small) { reps = 1; peak_iters = 200000; }
     pool_init(nth);
     mm_detect_isa();
     printf("matmul.c bench: %d threads, kernels %s\n", pool_size(), matmul_isa_name());
@@ -227,6 +285,20 @@ int main(int argc, char** argv) {
             if (mm_has_bf16) { v = run_peak(peak_bf16_task, 4); pk_bf16 = v > pk_bf16 ? v : pk_bf16; }
             if (mm_has_vnni) { v = run_peak(peak_vnni_task, 8); pk_vnni = v > pk_vnni ? v : pk_vnni; }
         }
+#endif
+#if defined(__aarch64__)
+    if (mm_arm_level > MM_ARM_SCALAR)
+        for (int r = 0; r < 7; r++) {
+            double v = run_peak(peak_neon_fma_task, 0.5);
+            pk_f32 = v > pk_f32 ? v : pk_f32;
+            v = mm_arm_level >= MM_ARM_DOTPROD ? run_peak(peak_sdot_task, 2) : run_peak(peak_smull_task, 1);
+            pk_vnni = v > pk_vnni ? v : pk_vnni;
+        }
+    pk_bf16 = pk_f32;                   // the bf16 kernels widen and use fmla
+    printf("ARM64 %s: f32 and bf16 rows against the NEON fmla peak, q8 rows against the %s peak\n"
+           "       (q8 GEMM/GEMV run %s; no speed claims from an emulator)\n", matmul_isa_name(),
+           mm_arm_level >= MM_ARM_DOTPROD ? "sdot" : "smull+sadalp",
+           mm_arm_level >= MM_ARM_I8MM ? "usdot" : mm_arm_level >= MM_ARM_DOTPROD ? "sdot" : "smull+sadalp");
 #endif
     printf("peaks: f32 FMA %.1f GFLOP/s, bf16 dot %.1f GFLOP/s, int8 VNNI %.1f GOP/s (0 = not measured)\n",
            pk_f32, pk_bf16, pk_vnni);
@@ -244,7 +316,7 @@ int main(int argc, char** argv) {
         if (only && strcmp(only, tname[type])) continue;
         double peak = type == DT_F32 ? pk_f32 : type == DT_BF16 ? pk_bf16 : pk_vnni;
         for (int s = 0; s < ngs; s++) {
-            int T = gs[s].T, K = gs[s].K, N = gs[s].N;
+            int T = small ? gs[s].T / 32 : gs[s].T, K = gs[s].K, N = gs[s].N;
             Matrix m = make_matrix((DType)type, N, K, 64);
             pack_matrix(&m);
             matmul(y, x, &m, T);                                    // warm-up
@@ -281,16 +353,17 @@ int main(int argc, char** argv) {
             int nc = (int)((128.0 * 1048576 + weight_bytes(&src) - 1) / weight_bytes(&src));
             if (nc > MAXC) nc = MAXC;
             if (quick && nc > 2) nc = 2;
+            if (small) nc = 1;
             ncopy[type][s] = nc;
             for (int c = 0; c < nc; c++) { mats[type][s][c] = src; mats[type][s][c].packed = NULL; pack_matrix(&mats[type][s][c]); }
             free_source(&src);
             for (int c = 0; c < nc; c++) { mats[type][s][c].data = NULL; mats[type][s][c].scales = NULL; }
         }
-    BwCtx bw = { NULL, (size_t)1 << 28 };               // 1 GiB of floats
+    BwCtx bw = { NULL, (size_t)1 << (small ? 23 : 28) };    // 1 GiB of floats (--small: 32 MiB)
     float* bwbuf = mm_alloc(bw.n * 4);
     for (size_t i = 0; i < bw.n; i++) bwbuf[i] = 1.0f;
     bw.buf = bwbuf;
-    int vr = quick ? 5 : 15;
+    int vr = small ? 1 : quick ? 5 : 15;
     double *t_bw1 = calloc((size_t)vr, sizeof(double)), *t_bw2 = calloc((size_t)vr, sizeof(double));
     double* t_gemv = calloc((size_t)5 * nvs * vr, sizeof(double));
     float* xv = mm_alloc((size_t)gemv_t * 11008 * 4);
