@@ -34,6 +34,26 @@
 //   on non-x86 compilers the SIMD code compiles out. LLAVA_ISA=scalar|avx2|avx512 in the environment
 //   caps the instruction set (for testing fallbacks).
 //
+// ARM64 (AArch64): the same packed panels (pack_matrix does the same work on every CPU, so a matrix
+// packed under any level runs under any other) and the same two paths, in NEON (section "ARM64
+// kernels"):
+//   f32   GEMM 6x16 tiles of fmla by lane; GEMV up to 3 rows per pass over a panel;
+//   bf16  weights widened in registers (shl / and: exact) and FMA'd with f32 activations; so f32
+//         and bf16 keep matmul_ref's semantics and per-lane k order (the scalar loop's bits when
+//         the compiler contracts it into fused multiply-adds, as GCC and clang do on AArch64);
+//   q8    activations quantized by mm_quantize_group (per row and group, exactly as on x86), an
+//         exact int32 dot per group and the VNNI kernels' f32 epilogue, on both paths: GEMM 8x4 tiles
+//         and a one-row GEMV with usdot (i8mm, u8 x s8 like vpdpbusd, same compensation), sdot
+//         (dotprod; xor 0x80 turns the packed u8 back into s8) or vmull_s8 + vpadalq_s16 (any
+//         ARMv8). Integer sums are exact, so a q8 model gives the same bits at every ARM level, on
+//         GEMV and GEMM, and on x86 with AVX512-VNNI. What differs between CPUs is only f32 summation
+//         order: x86 bf16 GEMM rounds activations to bf16, and the x86 widening q8 paths (AVX2,
+//         AVX-512 without VNNI) keep f32 activations.
+//   Levels neon < dotprod < i8mm come from getauxval(AT_HWCAP / AT_HWCAP2) (Linux) or sysctl (macOS,
+//   untested); LLAVA_ISA=scalar|neon|dotprod|i8mm caps them; matmul_isa_name() says e.g.
+//   "neon+dotprod". dotprod / i8mm kernels carry target attributes, so a plain -O3 aarch64 build runs
+//   on any ARMv8-A CPU. Tested under qemu-user (make test-aarch64), not yet timed on ARM hardware.
+//
 // Determinism: work is split over N only, in tasks of whole 32-column panels (claimed dynamically
 // by the threads), and every output element is computed by one kernel call over the full K in a
 // fixed order, so results are bit-identical for any thread count. They do depend on T (GEMV vs
@@ -1448,6 +1468,8 @@ MM_INLINE void mm_arm_gemv_f32(const float* x, int K, const float* w, float* y, 
     for (int i = 0; i < MR; i++)
 #pragma GCC unroll 8
         for (int c = 0; c < 8; c++) acc[i][c] = vdupq_n_f32(0.0f);
+    // k outer, columns inner: each weight register is loaded once and used by all MR rows, and the
+    // x values of the MR rows at k are scalars that fmla takes as lane 0 of a register
     for (int k = 0; k < K; k++) {
         const float* wk = w + (size_t)k * 32;           // panel row k: 32 columns
 #pragma GCC unroll 8
@@ -1510,12 +1532,16 @@ MM_INLINE void mm_arm_gemv_bf16(const float* x, int K, const uint32_t* w, float*
 // the lanes then start at -128 * sum(q) of the group, which makes the sum exactly sum(w * q) again.
 // Registers (sdot): 8 int32 dots + 8 f32 sums + 8 weights + the activation word + the 0x80 mask = 26.
 
+// f[c] += float(acc[c]) * (ws[c] * sx): float(int32) rounds to nearest, like vcvtdq2ps; one fused
+// multiply-add per group, in group order (the x86 kernels' sequence, so the same bits).
 MM_INLINE void mm_arm_q8_epilogue(float32x4_t f[8], const int32x4_t acc[8], const float* ws, float sx) {
 #pragma GCC unroll 8
     for (int c = 0; c < 8; c++)
         f[c] = vfmaq_f32(f[c], vcvtq_f32_s32(acc[c]), vmulq_n_f32(vld1q_f32(ws + 4 * c), sx));
 }
 
+// q: (K) s8 of one row; sx: (ng) its scales; w: the panel, (K/4, 32) words = (K/4, 128) bytes;
+// ws: (ng, 32) weight scales; y: 32 outputs of the row (nc of them stored).
 MM_ARM_TGT_DOT static void mm_arm_gemv_q8_sdot(const int8_t* q, const float* sx, int ng, int G4, const uint8_t* w,
                                                const float* ws, float* y, int nc) {
     const uint8x16_t flip = vdupq_n_u8(0x80);
@@ -1550,6 +1576,7 @@ MM_ARM_TGT_I8MM static void mm_arm_gemv_q8_usdot(const int8_t* q, const float* s
         int32x4_t acc[8];
 #pragma GCC unroll 8
         for (int c = 0; c < 8; c++) acc[c] = vdupq_n_s32(cx[g]);   // -128 * sum(q) of the group
+        // then per k4 step: acc[c] += sum_j (w + 128) * q = sum_j w * q + 128 * sum_j q (exact)
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
             int32_t word;
             memcpy(&word, q + 4 * (size_t)kq, 4);
@@ -1600,6 +1627,9 @@ static void mm_arm_gemv_q8_neon(const int8_t* q, const float* sx, int ng, int G4
     for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
 }
 
+// GEMV task: panels [task * chunk, (task + 1) * chunk), each streamed from memory once for all rows
+// (f32), in passes of 2 rows (bf16) or one pass per row (q8; later passes hit L2: a q8 panel is
+// K * 32 bytes, 128 KiB at K = 4096).
 static void mm_arm_task_gemv(void* v, int task) {
     MMArmJob* j = v;
     const MMPacked* p = j->p;
@@ -1671,6 +1701,8 @@ static void mm_arm_task_pack(void* v, int task) {
     }
     const MMPacked* p = j->p;
     int G = p->G, ng = p->ng, kw = K / 4;
+    // Each row of the tile: quantize all its groups into q (K s8, the row-major form), then scatter
+    // its 4-byte words into column i of the tile (stride 8 words = one k4 step of 8 rows).
     int8_t* q = mm_alloc((size_t)K);                    // one quantized row
     for (int it = ta; it < tb; it++) {
         uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MM_ARM_Q8_MR;
@@ -1811,6 +1843,7 @@ MM_ARM_TGT_DOT static void mm_arm_kernel_q8_sdot(const uint32_t* a, const float*
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) acc[i] = vdupq_n_s32(0);
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
+            // wv: columns 0-3 x k 4kq..4kq+3 (s8); a03 / a47: one word per row, rows 0-3 / 4-7
             int8x16_t wv = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(w + (size_t)kq * 128), flip));
             int8x16_t a03 = vreinterpretq_s8_u32(vld1q_u32(a + (size_t)kq * 8));
             int8x16_t a47 = vreinterpretq_s8_u32(vld1q_u32(a + (size_t)kq * 8 + 4));
@@ -1843,7 +1876,7 @@ MM_ARM_TGT_I8MM static void mm_arm_kernel_q8_usdot(const uint32_t* a, const floa
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) acc[i] = vdupq_n_s32(ac[g * 8 + i]);
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
-            uint8x16_t wv = vld1q_u8(w + (size_t)kq * 128);
+            uint8x16_t wv = vld1q_u8(w + (size_t)kq * 128);     // u8 as packed: no xor
             int8x16_t a03 = vreinterpretq_s8_u32(vld1q_u32(a + (size_t)kq * 8));
             int8x16_t a47 = vreinterpretq_s8_u32(vld1q_u32(a + (size_t)kq * 8 + 4));
             acc[0] = vusdotq_laneq_s32(acc[0], wv, a03, 0);
@@ -1879,12 +1912,14 @@ static void mm_arm_kernel_q8_neon(const uint32_t* a, const float* as, const uint
             int8x16_t wv = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(w + (size_t)kq * 128), flip));
 #pragma GCC unroll 8
             for (int i = 0; i < 8; i++) {
+                // ai: row i's word at this k4 step in all 4 lanes (ld1r: a load, no shuffle)
                 int8x16_t ai = vreinterpretq_s8_u32(vld1q_dup_u32(a + (size_t)kq * 8 + i));
                 lo[i] = vpadalq_s16(lo[i], vmull_s8(vget_low_s8(wv), vget_low_s8(ai)));
                 hi[i] = vpadalq_s16(hi[i], vmull_high_s8(wv, ai));
             }
         }
 #pragma GCC unroll 8
+        // [c0 k01, c0 k23, c1 k01, c1 k23] + [c2 .., c3 ..] pairwise -> [c0, c1, c2, c3]
         for (int i = 0; i < 8; i++) acc[i] = vpaddq_s32(lo[i], hi[i]);
         MM_ARM_Q8_EPILOGUE();
     }
@@ -1919,7 +1954,9 @@ static void mm_arm_task_gemm(void* v, int task) {
             const uint32_t* a = (const uint32_t*)j->a + (size_t)it * p->kw * MM_ARM_Q8_MR;
             const float* as = j->as + (size_t)it * p->ng * MM_ARM_Q8_MR;
             const int32_t* ac = j->ac + (size_t)it * p->ng * MM_ARM_Q8_MR;
-            for (int cq = 0; cq < 8; cq++) {            // eight 4-column quads
+            // eight 4-column quads: the tile (8 x K/4 words, 32 KiB at K = 4096) stays in L1 for
+            // all of them; each reads 16 bytes of every 128-byte panel row
+            for (int cq = 0; cq < 8; cq++) {
                 int n0 = pi * 32 + 4 * cq;
                 if (n0 >= N) break;
                 const uint8_t* w = (const uint8_t*)wp + 16 * cq;
@@ -1970,6 +2007,7 @@ static void mm_matmul_arm(float* y, const float* x, const Matrix* w, int T) {
         j.as = (float*)((char*)buf + abytes);
         j.ac = (int32_t*)((char*)buf + abytes + sbytes);
     }
+    // scratch layout: [a: abytes][as: sbytes][ac: sbytes]; as and ac are only used by q8
     if (gemv) {
         if (j.type == DT_Q8)                // quantize the T <= 3 rows once, in this thread
             for (int t = 0; t < T; t++)
@@ -1983,8 +2021,10 @@ static void mm_matmul_arm(float* y, const float* x, const Matrix* w, int T) {
         j.n_tasks = (np + j.chunk - 1) / j.chunk;
         pool_for(j.n_tasks, mm_arm_task_gemv, &j);
     } else {
+        // phase 1: pack / quantize the row tiles (one task per thread at most)
         MMArmPackCtx pc = { &j, mm_min(nth, j.ntiles) };
         pool_for(pc.n_tasks, mm_arm_task_pack, &pc);
+        // phase 2: one task per block of <= MM_ARM_NCP panels, fewer if that leaves a thread idle
         j.chunk = mm_min(MM_ARM_NCP, (np + nth - 1) / nth);
         j.n_tasks = (np + j.chunk - 1) / j.chunk;
         pool_for(j.n_tasks, mm_arm_task_gemm, &j);

@@ -120,6 +120,8 @@ MM_ARM_TGT_DOT static void peak_sdot_task(void* c, int t) {
     for (int j = 1; j < 12; j++) s = vaddq_s32(s, a[j]);
     sink_i = vaddvq_s32(s);
 }
+// The plain-NEON q8 kernel's inner pair; x is made opaque each iteration so that the compiler cannot
+// hoist the (loop-invariant) product out of the loop.
 static void peak_smull_task(void* c, int t) {
     (void)c;
     int32x4_t a[12];

@@ -358,6 +358,7 @@ static void test_arm_q8_levels(int max_level) {
                                      { 100, 128, 64 }, { 64, 1088, 64 }, { 17, 72, 72 }, { 40, 2048, 128 } };
     int Ts[] = { 1, 2, 3, 4, 9, 20 };
     for (int s = 0; s < (int)(sizeof sh / sizeof sh[0]); s++) {
+        // the same rows of x at every T: T <= 3 is the GEMV, more is the GEMM (8-row tiles, tails)
         int N = sh[s].N, K = sh[s].K, G = sh[s].G, TG = 20;
         TestMat tm = make_mat(DT_Q8, N, K, G);
         pack_matrix(&tm.m);
@@ -371,8 +372,8 @@ static void test_arm_q8_levels(int max_level) {
             size_t ny = (size_t)T * N;
             char msg[300];
             for (int lv = max_level; lv >= MM_ARM_NEON; lv--) {
-                matmul_set_isa(lv, 0, 0);
-                pool_init(lv == max_level ? 2 : 3);
+                matmul_set_isa(lv, 0, 0);                       // the matrix stays packed as it is
+                pool_init(lv == max_level ? 2 : 3);             // and the thread count does not matter
                 matmul(lv == max_level ? y0 : y, x, &tm.m, T);
                 if (lv == max_level) {
                     matmul(yg, x, &tm.m, TG);
@@ -397,6 +398,8 @@ static void test_arm(int quick) {
     mm_detect_arm();
     int max_level = mm_arm_level;
     printf("cpu: %s\n", matmul_isa_name());
+    // best level first, then each lower one (a level the CPU lacks is never selected: the cap only
+    // lowers); shapes: N not a multiple of 32 (panel tails), K odd (bf16 pair padding), G = 4..64
     for (int lv = max_level; lv >= MM_ARM_SCALAR; lv--) {
         matmul_set_isa(lv, 0, 0);
         for (int T = 1; T <= 21; T++) {                             // GEMV (T <= 3), GEMM tails, 2-3 tiles
@@ -423,6 +426,7 @@ static void test_arm(int quick) {
         }
     }
     matmul_set_isa(max_level, 0, 0);
+    // cross-level and GEMV/GEMM bit identity for q8 (needs at least NEON: scalar keeps f32 activations)
     if (max_level > MM_ARM_SCALAR) test_arm_q8_levels(max_level);
     test_case(DT_F32, 300, 1, 1, 0, 1);                             // degenerate shapes
     test_case(DT_Q8, 30, 64, 2048, 64, 1);                          // long K
