@@ -54,6 +54,26 @@
 // SIMD code is compiled for x86-64 only (__x86_64__): the 32-bit x86 build is portable C (the q8
 // asm names zmm30/31, which 32-bit mode lacks).
 //
+// ARM64 (AArch64): the same packed panels (pack_matrix does the same work on every CPU, so a matrix
+// packed under any level runs under any other) and the same two paths, in NEON (section "ARM64
+// kernels"):
+//   f32   GEMM 6x16 tiles of fmla by lane; GEMV up to 3 rows per pass over a panel;
+//   bf16  weights widened in registers (shl / and: exact) and FMA'd with f32 activations; so f32
+//         and bf16 keep matmul_ref's semantics and per-lane k order (the scalar loop's bits when
+//         the compiler contracts it into fused multiply-adds, as GCC and clang do on AArch64);
+//   q8    activations quantized by mm_quantize_group (per row and group, exactly as on x86), an
+//         exact int32 dot per group and the VNNI kernels' f32 epilogue, on both paths: GEMM 8x4 tiles
+//         and a one-row GEMV with usdot (i8mm, u8 x s8 like vpdpbusd, same compensation), sdot
+//         (dotprod; xor 0x80 turns the packed u8 back into s8) or vmull_s8 + vpadalq_s16 (any
+//         ARMv8). Integer sums are exact, so a q8 model gives the same bits at every ARM level, on
+//         GEMV and GEMM, and on x86 with AVX512-VNNI. What differs between CPUs is only f32 summation
+//         order: x86 bf16 GEMM rounds activations to bf16, and the x86 widening q8 paths (AVX2,
+//         AVX-512 without VNNI) keep f32 activations.
+//   Levels neon < dotprod < i8mm come from getauxval(AT_HWCAP / AT_HWCAP2) (Linux) or sysctl (macOS,
+//   untested); LLAVA_ISA=scalar|neon|dotprod|i8mm caps them; matmul_isa_name() says e.g.
+//   "neon+dotprod". dotprod / i8mm kernels carry target attributes, so a plain -O3 aarch64 build runs
+//   on any ARMv8-A CPU. Tested under qemu-user (make test-aarch64), not yet timed on ARM hardware.
+//
 // Determinism: work is split over N only, in tasks of whole 32-column panels (claimed dynamically
 // by the threads), and every output element is computed by one kernel call over the full K in a
 // fixed order, so results are bit-identical for any thread count. They do depend on T (GEMV vs
@@ -282,6 +302,76 @@ void pool_for(int n_tasks, void (*fn)(void* ctx, int task), void* ctx) {
     }
 }
 
+#if defined(__aarch64__)
+// ----------------------------------------------------------------------------
+// ARM64 CPU features (the kernels are in "ARM64 kernels" below; x86 detection is in the next section)
+// Three levels, each including the one before it:
+//   MM_ARM_NEON     AdvSIMD, which every ARMv8-A core has (Cortex-A53/A57/A72, Graviton 1, Raspberry Pi 4)
+//   MM_ARM_DOTPROD  + sdot/udot (FEAT_DotProd: optional from ARMv8.2, mandatory from ARMv8.4):
+//                   Cortex-A55/A76 and later, Neoverse N1 (Graviton 2) and later, Apple M1 and later
+//   MM_ARM_I8MM     + usdot/smmla (FEAT_I8MM, ARMv8.6): Neoverse V1/N2/V2 (Graviton 3/4), Cortex-A510/A710
+//                   and later, Apple M2 and later
+// Linux reports the CPU's features in the auxiliary vector (getauxval; qemu-user reports those of
+// the emulated -cpu model). LLAVA_ISA=scalar|neon|dotprod|i8mm caps the level (never raises it).
+#include <arm_neon.h>
+#if defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)     // AT_HWCAP bit: dot product (older glibc headers lack the name)
+#endif
+#ifndef HWCAP2_I8MM
+#define HWCAP2_I8MM (1 << 13)       // AT_HWCAP2 bit: int8 matrix multiply
+#endif
+#elif defined(__APPLE__)
+#include <sys/sysctl.h>
+#endif
+
+enum { MM_ARM_SCALAR = 0, MM_ARM_NEON = 1, MM_ARM_DOTPROD = 2, MM_ARM_I8MM = 3 };
+static int mm_arm_level = -1;       // level in use, -1 = not detected yet
+static int mm_arm_cpu = -1;         // what the CPU has (before LLAVA_ISA)
+
+#if defined(__APPLE__)
+static int mm_arm_sysctl(const char* name) {   // 1 if the hw.optional.arm.* flag is set (untested here)
+    int v = 0;
+    size_t len = sizeof v;
+    return sysctlbyname(name, &v, &len, NULL, 0) == 0 && v;
+}
+#endif
+
+static void mm_detect_arm(void) {
+    if (mm_arm_level >= 0) return;
+    int level = MM_ARM_NEON;        // AArch64 always has AdvSIMD
+#if defined(__linux__)
+    unsigned long hw = getauxval(AT_HWCAP), hw2 = getauxval(AT_HWCAP2);
+    if (hw & HWCAP_ASIMDDP) level = MM_ARM_DOTPROD;
+    if (level == MM_ARM_DOTPROD && (hw2 & HWCAP2_I8MM)) level = MM_ARM_I8MM;
+#elif defined(__APPLE__)
+    if (mm_arm_sysctl("hw.optional.arm.FEAT_DotProd")) level = MM_ARM_DOTPROD;
+    if (level == MM_ARM_DOTPROD && mm_arm_sysctl("hw.optional.arm.FEAT_I8MM")) level = MM_ARM_I8MM;
+#endif
+    mm_arm_cpu = level;
+    const char* env = getenv("LLAVA_ISA");
+    static const char* names[] = { "scalar", "neon", "dotprod", "i8mm" };
+    for (int l = 0; env && l < 4; l++)
+        if (strcmp(env, names[l]) == 0 && l < level) level = l;
+    mm_arm_level = level;
+}
+
+// matmul_set_isa on ARM: `level` is an MM_ARM_* level, capped at what the CPU has (LLAVA_ISA is
+// read again, so it stays a cap).
+static void mm_arm_set_level(int level) {
+    mm_arm_level = -1;
+    mm_detect_arm();
+    if (level < mm_arm_level) mm_arm_level = level < 0 ? 0 : level;
+}
+
+static const char* mm_arm_name(void) {
+    mm_detect_arm();
+    static const char* names[] = { "scalar", "neon", "neon+dotprod", "neon+dotprod+i8mm" };
+    return names[mm_arm_level];
+}
+#endif // __aarch64__
+
 // ----------------------------------------------------------------------------
 // CPU features, run-time dispatch
 
@@ -331,6 +421,9 @@ static void mm_detect_isa(void) {
 // For tests and benchmarks: cap the instruction set (level MM_*, vnni/bf16 0/1) at run time.
 // Matrices packed under any level work under any other (the packed layout is shared).
 void matmul_set_isa(int level, int vnni, int bf16) {
+#if defined(__aarch64__)
+    mm_arm_set_level(level);        // ARM: level is MM_ARM_SCALAR..MM_ARM_I8MM
+#endif
     mm_isa = -1;
     mm_detect_isa();
     if (level < mm_isa) mm_isa = level;
@@ -340,6 +433,9 @@ void matmul_set_isa(int level, int vnni, int bf16) {
 }
 
 const char* matmul_isa_name(void) {
+#if defined(__aarch64__)
+    return mm_arm_name();
+#endif
     mm_detect_isa();
     if (mm_isa == MM_AVX512)
         return mm_has_vnni && mm_has_bf16 ? "avx512+vnni+bf16" : mm_has_vnni ? "avx512+vnni"
@@ -532,7 +628,12 @@ static void mm_pack_task(void* vctx, int task) {
 void pack_matrix(Matrix* w) {
     mm_check(w);
     mm_detect_isa();
-    if (w->packed || mm_isa == MM_SCALAR || w->rows == 0 || w->cols == 0) return;
+    int simd = mm_isa != MM_SCALAR;
+#if defined(__aarch64__)
+    mm_detect_arm();
+    simd = mm_arm_level > MM_ARM_SCALAR;    // ARM64: the NEON kernels read the same panels
+#endif
+    if (w->packed || !simd || w->rows == 0 || w->cols == 0) return;
     if (w->type == DT_Q8 && w->group % 4 != 0) return;
     MMPacked* p = calloc(1, sizeof(MMPacked));
     if (!p) { fprintf(stderr, "matmul.c: out of memory packing a matrix\n"); exit(1); }
@@ -1812,6 +1913,641 @@ static void mm_task_gemm(void* v, int task) {
 }
 #endif // MM_X86
 
+#if defined(__aarch64__)
+// ----------------------------------------------------------------------------
+// ARM64 kernels: NEON for f32 and bf16; q8 with sdot (dotprod), usdot (i8mm) or vmull+vpadal (NEON).
+//
+// The machine: 32 vector registers v0..v31 of 128 bits = 4 f32 / 4 int32 / 16 int8 lanes. Most
+// vector instructions can take one operand as a single lane of another register
+// ("fmla v0.4s, v1.4s, v2.s[3]"): a kernel loads 4 activations into one register and multiplies by
+// each lane in turn, no broadcast instructions. The packed weights (see "Weight packing") are read
+// as they are: a panel row is 32 columns = 8 registers, lanes are output columns.
+//
+// Paths (mm_matmul_arm), chosen per call:
+//   GEMV (T <= MM_ARM_GEMV_MAX_T, decode): each task streams whole panels once, all T rows at a time
+//     (f32/bf16) or one row per pass (q8; the passes after the first read the panel from L2).
+//   GEMM (larger T): activations packed per call into row tiles, then a register-blocked kernel per
+//     (row tile, column block) over the full K depth, so each output is written once.
+// Arithmetic (what a user gets, bit for bit):
+//   f32, bf16  weights widened to f32 (exact), f32 activations, one FMA per k in k order in each
+//              output lane: matmul_ref's order, so equal to the scalar loop whenever the compiler
+//              contracts its `sum += w * x` into fused multiply-adds (GCC and clang do on AArch64).
+//              Not the x86 bf16 GEMM's semantics (vdpbf16ps rounds activations to bf16 first).
+//   q8         activations quantized per row and per group by mm_quantize_group itself (so the int8
+//              values and scales are those of the x86 quantizers), an exact int32 dot per group,
+//              then f = fma(float(dot), scale_w * scale_x, f) in group order -- the x86 VNNI kernels'
+//              epilogue. Integer sums are exact whatever the instruction, so all three ARM levels,
+//              the GEMV and the GEMM, and x86 with AVX512-VNNI give the same bits for a q8 model.
+// Levels only change the instructions. Functions that use dotprod / i8mm instructions carry a target
+// attribute; everything else is baseline ARMv8-A, so a plain -O3 build runs on any AArch64 CPU.
+
+#define MM_ARM_TGT_DOT __attribute__((target("arch=armv8.2-a+dotprod")))
+#define MM_ARM_TGT_I8MM __attribute__((target("arch=armv8.2-a+dotprod+i8mm")))
+#define MM_ARM_F32_MR 6         // f32/bf16 GEMM tile: 6 rows x 16 columns
+#define MM_ARM_Q8_MR 8          // q8 GEMM tile: 8 rows x 4 columns
+#define MM_ARM_NCP 8            // GEMM: panels per task (a 256-column weight block)
+#define MM_ARM_GEMV_MAX_T 3     // T up to this takes the GEMV path (a guess: no ARM hardware measured yet)
+
+typedef struct {
+    float* y;                   // (T, N) output
+    const float* x;             // (T, K) activations
+    const MMPacked* p;          // packed weights
+    int type, level, T, N, K;
+    int chunk, n_tasks;         // panels per task, tasks
+    int ntiles;                 // GEMM: row tiles
+    int ka;                     // GEMM f32/bf16: k rows per tile (K, or K rounded up to even for bf16)
+    void* a;                    // GEMM f32/bf16: (ntiles, ka, 6) f32, rows past T zero
+                                // GEMM q8: (ntiles, K/4, 8) words of 4 s8, rows past T zero
+                                // GEMV q8: (T, K) s8
+    float* as;                  // q8 activation scales: GEMM (ntiles, ng, 8), GEMV (T, ng)
+    int32_t* ac;                // q8 -128 * sum(q) per scale (the usdot compensation), same shape
+} MMArmJob;
+
+// Store register v = columns c0..c0+3 of an output row y, keeping only columns below nc (the right
+// edge of the matrix: padded lanes are computed, then dropped). v is passed by value: an array of
+// accumulators whose address escaped would be kept in memory and stored on every k step.
+MM_INLINE void mm_arm_store(float* y, float32x4_t v, int c0, int nc) {
+    if (c0 + 4 <= nc) { vst1q_f32(y + c0, v); return; }
+    float tmp[4];
+    vst1q_f32(tmp, v);
+    for (int c = c0; c < nc; c++) y[c] = tmp[c - c0];
+}
+
+// ---- f32 / bf16 GEMV: one panel (32 columns) x MR <= 3 rows, f32 activations from x (row stride K).
+// Registers: acc[MR][8] (24 at MR = 3) + one weight register in flight + MR activations = 29 of 32.
+// Each acc lane is one output: acc = fma(w[k], x[k], acc) for k = 0, 1, ... -- matmul_ref's order.
+// 8 independent accumulator chains per row hide the 4-cycle FMA latency on two FMA pipes.
+MM_INLINE void mm_arm_gemv_f32(const float* x, int K, const float* w, float* y, int ldy, int nc, const int MR) {
+    float32x4_t acc[3][8];
+#pragma GCC unroll 3
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) acc[i][c] = vdupq_n_f32(0.0f);
+    // k outer, columns inner: each weight register is loaded once and used by all MR rows, and the
+    // x values of the MR rows at k are scalars that fmla takes as lane 0 of a register
+    for (int k = 0; k < K; k++) {
+        const float* wk = w + (size_t)k * 32;           // panel row k: 32 columns
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            float32x4_t wc = vld1q_f32(wk + 4 * c);     // columns 4c..4c+3
+#pragma GCC unroll 3
+            for (int i = 0; i < MR; i++) acc[i][c] = vfmaq_n_f32(acc[i][c], wc, x[(size_t)i * K + k]);
+        }
+    }
+#pragma GCC unroll 3
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) mm_arm_store(y + (size_t)i * ldy, acc[i][c], 4 * c, nc);
+}
+
+// bf16: a panel word holds the pair (k even, k odd) of one column as (low, high) 16 bits. A bf16 is the
+// high half of an f32, so the even weight widens with a left shift by 16 and the odd one by clearing
+// the low 16 bits: two exact instructions per 4 words. MR <= 2 rows per pass: acc 16 + 2 x 2
+// activations + raw, even, odd weights + mask = 24 registers (3 rows would need 34).
+MM_INLINE void mm_arm_gemv_bf16(const float* x, int K, const uint32_t* w, float* y, int ldy, int nc, const int MR) {
+    const uint32x4_t hi16 = vdupq_n_u32(0xffff0000u);
+    float32x4_t acc[2][8];
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) acc[i][c] = vdupq_n_f32(0.0f);
+    for (int kk = 0; kk < (K + 1) / 2; kk++) {
+        const uint32_t* wk = w + (size_t)kk * 32;
+        int odd = 2 * kk + 1 < K;                       // odd K: the last pair has no odd element
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) {
+            uint32x4_t raw = vld1q_u32(wk + 4 * c);
+            float32x4_t we = vreinterpretq_f32_u32(vshlq_n_u32(raw, 16));   // bf16 at k = 2kk
+            float32x4_t wo = vreinterpretq_f32_u32(vandq_u32(raw, hi16));   // bf16 at k = 2kk+1
+#pragma GCC unroll 2
+            for (int i = 0; i < MR; i++) {
+                // x past K reads as 0 (odd == 0): the FMA then adds +0 to acc, as if skipped
+                float xo = odd ? x[(size_t)i * K + 2 * kk + 1] : 0.0f;
+                acc[i][c] = vfmaq_n_f32(acc[i][c], we, x[(size_t)i * K + 2 * kk]);
+                acc[i][c] = vfmaq_n_f32(acc[i][c], wo, xo);
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) mm_arm_store(y + (size_t)i * ldy, acc[i][c], 4 * c, nc);
+}
+
+// ---- q8 GEMV: one panel x one row of quantized activations q (K s8), per-group scales sx and
+// compensations cx (ng each), weight scales ws (ng, 32). Per group: int32 dots over the group's G/4
+// panel rows, then f = fma(float(dot), ws * sx, f) per column (the epilogue every q8 path shares).
+//
+// Why the layout suits sdot: "sdot vd.4s, vn.16b, vm.16b" adds to int32 lane c the dot product of
+// bytes 4c..4c+3 of vn and of vm. A 16-byte load of a panel row is 4 columns x 4 consecutive k (one
+// packed word per column), so with vm = the row's 4 activations at those k repeated 4 times
+// (ld1r of one 32-bit word), lane c gets exactly column c's 4-term dot: no shuffles, no
+// horizontal sums. The packed bytes are u8 = w + 128; xor 0x80 turns them back into s8 w
+// (sdot: s8 x s8, no compensation). usdot (i8mm) multiplies u8 x s8 directly, like x86 vpdpbusd:
+// the lanes then start at -128 * sum(q) of the group, which makes the sum exactly sum(w * q) again.
+// Registers (sdot): 8 int32 dots + 8 f32 sums + 8 weights + the activation word + the 0x80 mask = 26.
+
+// f[c] += float(acc[c]) * (ws[c] * sx): float(int32) rounds to nearest, like vcvtdq2ps; one fused
+// multiply-add per group, in group order (the x86 kernels' sequence, so the same bits).
+MM_INLINE void mm_arm_q8_epilogue(float32x4_t f[8], const int32x4_t acc[8], const float* ws, float sx) {
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++)
+        f[c] = vfmaq_f32(f[c], vcvtq_f32_s32(acc[c]), vmulq_n_f32(vld1q_f32(ws + 4 * c), sx));
+}
+
+// q: (K) s8 of one row; sx: (ng) its scales; w: the panel, (K/4, 32) words = (K/4, 128) bytes;
+// ws: (ng, 32) weight scales; y: 32 outputs of the row (nc of them stored).
+MM_ARM_TGT_DOT static void mm_arm_gemv_q8_sdot(const int8_t* q, const float* sx, int ng, int G4, const uint8_t* w,
+                                               const float* ws, float* y, int nc) {
+    const uint8x16_t flip = vdupq_n_u8(0x80);
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) acc[c] = vdupq_n_s32(0);
+        for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
+            int32_t word;                               // q[4kq..4kq+3]: 4 s8 (memcpy: no type punning)
+            memcpy(&word, q + 4 * (size_t)kq, 4);
+            int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(word));
+            const uint8_t* wk = w + (size_t)kq * 128;   // panel row kq: 32 columns x 4 bytes
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++)
+                acc[c] = vdotq_s32(acc[c], vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wk + 16 * c), flip)), a);
+        }
+        mm_arm_q8_epilogue(f, acc, ws + (size_t)g * 32, sx[g]);
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
+}
+
+MM_ARM_TGT_I8MM static void mm_arm_gemv_q8_usdot(const int8_t* q, const float* sx, const int32_t* cx, int ng, int G4,
+                                                 const uint8_t* w, const float* ws, float* y, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) acc[c] = vdupq_n_s32(cx[g]);   // -128 * sum(q) of the group
+        // then per k4 step: acc[c] += sum_j (w + 128) * q = sum_j w * q + 128 * sum_j q (exact)
+        for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
+            int32_t word;
+            memcpy(&word, q + 4 * (size_t)kq, 4);
+            int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(word));
+            const uint8_t* wk = w + (size_t)kq * 128;
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) acc[c] = vusdotq_s32(acc[c], vld1q_u8(wk + 16 * c), a);
+        }
+        mm_arm_q8_epilogue(f, acc, ws + (size_t)g * 32, sx[g]);
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
+}
+
+// Plain NEON (no dot product): vmull_s8 multiplies 8 s8 pairs into exact s16 products
+// (|w q| <= 128 * 127 < 2^15), vpadalq_s16 adds neighbouring products into int32 lanes. For a weight
+// register (4 columns x 4 k) and the activation word repeated, the low 8 bytes give columns 0, 1 and
+// the high 8 bytes columns 2, 3, each as two int32 half-sums (k 0+1 and k 2+3); vpaddq_s32 of the two
+// accumulators at the end of the group adds the halves: [c0, c1, c2, c3], exact.
+// Registers: 16 half-sum accumulators + 8 f32 sums + weight, activation, mask = 27.
+static void mm_arm_gemv_q8_neon(const int8_t* q, const float* sx, int ng, int G4, const uint8_t* w, const float* ws,
+                                float* y, int nc) {
+    const uint8x16_t flip = vdupq_n_u8(0x80);
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t lo[8], hi[8], acc[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) lo[c] = hi[c] = vdupq_n_s32(0);
+        for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
+            int32_t word;
+            memcpy(&word, q + 4 * (size_t)kq, 4);
+            int8x16_t a = vreinterpretq_s8_s32(vdupq_n_s32(word));
+            const uint8_t* wk = w + (size_t)kq * 128;
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                int8x16_t wc = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(wk + 16 * c), flip));
+                lo[c] = vpadalq_s16(lo[c], vmull_s8(vget_low_s8(wc), vget_low_s8(a)));
+                hi[c] = vpadalq_s16(hi[c], vmull_high_s8(wc, a));
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) acc[c] = vpaddq_s32(lo[c], hi[c]);
+        mm_arm_q8_epilogue(f, acc, ws + (size_t)g * 32, sx[g]);
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
+}
+
+// GEMV task: panels [task * chunk, (task + 1) * chunk), each streamed from memory once for all rows
+// (f32), in passes of 2 rows (bf16) or one pass per row (q8; later passes hit L2: a q8 panel is
+// K * 32 bytes, 128 KiB at K = 4096).
+static void mm_arm_task_gemv(void* v, int task) {
+    MMArmJob* j = v;
+    const MMPacked* p = j->p;
+    int p0 = task * j->chunk, p1 = mm_min(p->np, p0 + j->chunk);
+    for (int pi = p0; pi < p1; pi++) {
+        const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;  // panel pi: (kw, 32) words
+        float* y = j->y + (size_t)pi * 32;
+        int nc = j->N - pi * 32;
+        if (j->type == DT_Q8) {
+            const float* ws = p->s + (size_t)pi * p->ng * 32;
+            for (int t = 0; t < j->T; t++) {            // one row per pass: the panel stays in L2
+                const int8_t* q = (const int8_t*)j->a + (size_t)t * j->K;
+                const float* sx = j->as + (size_t)t * p->ng;
+                float* yt = y + (size_t)t * j->N;
+                if (j->level >= MM_ARM_I8MM)
+                    mm_arm_gemv_q8_usdot(q, sx, j->ac + (size_t)t * p->ng, p->ng, p->G / 4, (const uint8_t*)wp, ws, yt, nc);
+                else if (j->level >= MM_ARM_DOTPROD)
+                    mm_arm_gemv_q8_sdot(q, sx, p->ng, p->G / 4, (const uint8_t*)wp, ws, yt, nc);
+                else
+                    mm_arm_gemv_q8_neon(q, sx, p->ng, p->G / 4, (const uint8_t*)wp, ws, yt, nc);
+            }
+        } else if (j->type == DT_F32) {                 // T <= 3 rows: one pass over the panel
+            const float* wf = (const float*)wp;
+            if (j->T == 3) mm_arm_gemv_f32(j->x, j->K, wf, y, j->N, nc, 3);
+            else if (j->T == 2) mm_arm_gemv_f32(j->x, j->K, wf, y, j->N, nc, 2);
+            else mm_arm_gemv_f32(j->x, j->K, wf, y, j->N, nc, 1);
+        } else {                                        // bf16: passes of 2 rows, then 1
+            for (int t = 0; t < j->T; t += 2) {
+                const float* x = j->x + (size_t)t * j->K;
+                float* yt = y + (size_t)t * j->N;
+                if (j->T - t >= 2) mm_arm_gemv_bf16(x, j->K, wp, yt, j->N, nc, 2);
+                else mm_arm_gemv_bf16(x, j->K, wp, yt, j->N, nc, 1);
+            }
+        }
+    }
+}
+
+// ---- GEMM activation packing (per call; tasks split the row tiles)
+//   f32        a tile is (K, 6) f32: a[k * 6 + i] = x[t0 + i][k], zero for rows past T.
+//   bf16       a tile is (K2/2, 12) f32, 12 per weight pair kk: rows 0-3 at k = 2kk, rows 0-3 at
+//              2kk + 1, then rows 4, 5 at 2kk and rows 4, 5 at 2kk + 1 (three registers; zero past K).
+//   q8         a tile is (K/4, 8) words: word (kq, i) = the 4 s8 of row t0 + i at k = 4kq..4kq+3, made
+//              by mm_quantize_group (THE definition, so the values are the x86 quantizers'); scales
+//              and compensations (ng, 8). Rows past T: zero words, scale 0.
+// So one 16-byte load gives the activations of 4 rows at one k (f32) or at one k4 step (q8), the
+// lane operand of fmla / sdot. Packing is O(T K) scalar work against O(T K N) in the kernels.
+
+typedef struct { MMArmJob* j; int n_tasks; } MMArmPackCtx;
+
+static void mm_arm_task_pack(void* v, int task) {
+    MMArmPackCtx* c = v;
+    MMArmJob* j = c->j;
+    int K = j->K, ta, tb;
+    mm_split(j->ntiles, task, c->n_tasks, &ta, &tb);
+    if (j->type != DT_Q8) {
+        for (int it = ta; it < tb; it++) {
+            float* a = (float*)j->a + (size_t)it * j->ka * MM_ARM_F32_MR;
+            for (int i = 0; i < MM_ARM_F32_MR; i++) {
+                int t = it * MM_ARM_F32_MR + i;
+                const float* xt = j->x + (size_t)t * K;
+                for (int k = 0; k < j->ka; k++) {
+                    float v = t < j->T && k < K ? xt[k] : 0.0f;
+                    if (j->type == DT_F32) a[(size_t)k * 6 + i] = v;
+                    else a[(size_t)(k / 2) * 12 + (i < 4 ? 4 * (k % 2) + i : 8 + 2 * (k % 2) + i - 4)] = v;
+                }
+            }
+        }
+        return;
+    }
+    const MMPacked* p = j->p;
+    int G = p->G, ng = p->ng, kw = K / 4;
+    // Each row of the tile: quantize all its groups into q (K s8, the row-major form), then scatter
+    // its 4-byte words into column i of the tile (stride 8 words = one k4 step of 8 rows).
+    int8_t* q = mm_alloc((size_t)K);                    // one quantized row
+    for (int it = ta; it < tb; it++) {
+        uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MM_ARM_Q8_MR;
+        float* as = j->as + (size_t)it * ng * MM_ARM_Q8_MR;
+        int32_t* ac = j->ac + (size_t)it * ng * MM_ARM_Q8_MR;
+        for (int i = 0; i < MM_ARM_Q8_MR; i++) {
+            int t = it * MM_ARM_Q8_MR + i;
+            for (int g = 0; g < ng; g++) {
+                float s = 0.0f;
+                int32_t sum = 0;
+                if (t < j->T) sum = mm_quantize_group(j->x + (size_t)t * K + (size_t)g * G, G, q + (size_t)g * G, &s);
+                else memset(q + (size_t)g * G, 0, (size_t)G);
+                as[g * MM_ARM_Q8_MR + i] = s;
+                ac[g * MM_ARM_Q8_MR + i] = -128 * sum;
+            }
+            for (int kq = 0; kq < kw; kq++) memcpy(&a[(size_t)kq * MM_ARM_Q8_MR + i], q + 4 * (size_t)kq, 4);
+        }
+    }
+    free(q);
+}
+
+// ---- f32 GEMM kernel: 6 rows x 16 columns (half a panel) over the full K.
+// Registers: 24 accumulators acc[i][c] (row i, columns 4c..4c+3) + 4 weights (16 columns at one k)
+// + 2 activation registers (rows 0-3, rows 4-5 at one k) = 30 of 32. Per k: 6 loads, 24 fmla by
+// lane. A wider tile does not fit: 8 x 16 needs 32 accumulators alone.
+// Same k order in each lane as matmul_ref (see the arithmetic note above).
+#define MM_ARM_FMA6(c, wv, a03, a45)                                  \
+    do {                                                              \
+        acc[0][c] = vfmaq_laneq_f32(acc[0][c], wv, a03, 0);           \
+        acc[1][c] = vfmaq_laneq_f32(acc[1][c], wv, a03, 1);           \
+        acc[2][c] = vfmaq_laneq_f32(acc[2][c], wv, a03, 2);           \
+        acc[3][c] = vfmaq_laneq_f32(acc[3][c], wv, a03, 3);           \
+        acc[4][c] = vfmaq_lane_f32(acc[4][c], wv, a45, 0);            \
+        acc[5][c] = vfmaq_lane_f32(acc[5][c], wv, a45, 1);            \
+    } while (0)
+
+static void mm_arm_kernel_f32(const float* a, const float* w, int K, float* y, int ldy, int mr, int nc) {
+    float32x4_t acc[MM_ARM_F32_MR][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_ARM_F32_MR; i++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) acc[i][c] = vdupq_n_f32(0.0f);
+    for (int k = 0; k < K; k++) {
+        const float* wk = w + (size_t)k * 32;           // stride: a whole panel row (32 columns)
+        const float* ak = a + (size_t)k * MM_ARM_F32_MR;
+        float32x4_t a03 = vld1q_f32(ak);
+        float32x2_t a45 = vld1_f32(ak + 4);
+        MM_ARM_FMA6(0, vld1q_f32(wk + 0), a03, a45);
+        MM_ARM_FMA6(1, vld1q_f32(wk + 4), a03, a45);
+        MM_ARM_FMA6(2, vld1q_f32(wk + 8), a03, a45);
+        MM_ARM_FMA6(3, vld1q_f32(wk + 12), a03, a45);
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_ARM_F32_MR; i++)   // constant indices keep acc[][] in registers
+        if (i < mr)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) mm_arm_store(y + (size_t)i * ldy, acc[i][c], 4 * c, nc);
+}
+
+// bf16 GEMM kernel: the f32 kernel's tile; per weight pair row kk, each 4-word register is widened
+// into the even-k and odd-k weights (shift / mask) and used against the activations at k = 2kk and
+// 2kk + 1. Registers: 24 accumulators + 3 activation registers (the tile layout puts rows 4-5 of
+// both k into one) + raw, even, odd weights + the mask = 31: widening one 4-column register at a
+// time keeps it within the file on paper. GCC 12's scheduler still hoists the widening of all four
+// registers and spills ~3 accumulators per step: 6 stack loads/stores against 48 fmla + 8 widening
+// ops on the two vector pipes, and the load pipes have room for them.
+#define MM_ARM_FMA6Q(c, wv, a03, a45, l)                              \
+    do {                                                              \
+        acc[0][c] = vfmaq_laneq_f32(acc[0][c], wv, a03, 0);           \
+        acc[1][c] = vfmaq_laneq_f32(acc[1][c], wv, a03, 1);           \
+        acc[2][c] = vfmaq_laneq_f32(acc[2][c], wv, a03, 2);           \
+        acc[3][c] = vfmaq_laneq_f32(acc[3][c], wv, a03, 3);           \
+        acc[4][c] = vfmaq_laneq_f32(acc[4][c], wv, a45, l);           \
+        acc[5][c] = vfmaq_laneq_f32(acc[5][c], wv, a45, l + 1);       \
+    } while (0)
+
+static void mm_arm_kernel_bf16(const float* a, const uint32_t* w, int kw, float* y, int ldy, int mr, int nc) {
+    const uint32x4_t hi16 = vdupq_n_u32(0xffff0000u);
+    float32x4_t acc[MM_ARM_F32_MR][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_ARM_F32_MR; i++)
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) acc[i][c] = vdupq_n_f32(0.0f);
+    for (int kk = 0; kk < kw; kk++) {
+        const uint32_t* wk = w + (size_t)kk * 32;
+        const float* ak = a + (size_t)kk * 12;
+        float32x4_t e03 = vld1q_f32(ak), o03 = vld1q_f32(ak + 4), eo45 = vld1q_f32(ak + 8);
+#define MM_ARM_BF16_COL(c)                                                               \
+        do {                                                                             \
+            uint32x4_t raw = vld1q_u32(wk + 4 * (c));                                    \
+            MM_ARM_FMA6Q(c, vreinterpretq_f32_u32(vshlq_n_u32(raw, 16)), e03, eo45, 0);  \
+            MM_ARM_FMA6Q(c, vreinterpretq_f32_u32(vandq_u32(raw, hi16)), o03, eo45, 2);  \
+        } while (0)
+        MM_ARM_BF16_COL(0);
+        MM_ARM_BF16_COL(1);
+        MM_ARM_BF16_COL(2);
+        MM_ARM_BF16_COL(3);
+#undef MM_ARM_BF16_COL
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_ARM_F32_MR; i++)   // constant indices keep acc[][] in registers
+        if (i < mr)
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) mm_arm_store(y + (size_t)i * ldy, acc[i][c], 4 * c, nc);
+}
+
+// ---- q8 GEMM kernels: 8 rows x 4 columns over the full K (groups of G/4 k4 steps).
+// Per k4 step: one weight register (4 columns x 4 k), two activation registers (rows 0-3 and 4-7,
+// one word each), then per row the lane form "sdot vd.4s, vn.16b, vm.4b[i]", which takes word i of
+// the activation register as the 4 bytes to repeat: 8 sdots per 3 loads (+ 1 xor for sdot).
+// Registers: 8 int32 dots + 8 f32 sums + weight + 2 activations + mask = 20 (a 16-column tile
+// would need 32 + 32). Epilogue per group and row: f = fma(float(dot), ws * sx[i], f).
+// Rows and columns past the matrix are zeros in the packed data and are not stored.
+#define MM_ARM_Q8_EPILOGUE()                                                                   \
+    do {                                                                                       \
+        float32x4_t sw = vld1q_f32(ws + (size_t)g * 32);                                      \
+        float32x4_t s03 = vld1q_f32(as + (size_t)g * 8), s47 = vld1q_f32(as + (size_t)g * 8 + 4); \
+        f[0] = vfmaq_f32(f[0], vcvtq_f32_s32(acc[0]), vmulq_laneq_f32(sw, s03, 0));            \
+        f[1] = vfmaq_f32(f[1], vcvtq_f32_s32(acc[1]), vmulq_laneq_f32(sw, s03, 1));            \
+        f[2] = vfmaq_f32(f[2], vcvtq_f32_s32(acc[2]), vmulq_laneq_f32(sw, s03, 2));            \
+        f[3] = vfmaq_f32(f[3], vcvtq_f32_s32(acc[3]), vmulq_laneq_f32(sw, s03, 3));            \
+        f[4] = vfmaq_f32(f[4], vcvtq_f32_s32(acc[4]), vmulq_laneq_f32(sw, s47, 0));            \
+        f[5] = vfmaq_f32(f[5], vcvtq_f32_s32(acc[5]), vmulq_laneq_f32(sw, s47, 1));            \
+        f[6] = vfmaq_f32(f[6], vcvtq_f32_s32(acc[6]), vmulq_laneq_f32(sw, s47, 2));            \
+        f[7] = vfmaq_f32(f[7], vcvtq_f32_s32(acc[7]), vmulq_laneq_f32(sw, s47, 3));            \
+    } while (0)
+
+// a: the tile (K/4, 8) words; as, ac: (ng, 8); w: the panel's bytes + 16 * (column quad); ws: the
+// panel's scales + 4 * (column quad), row stride 32.
+MM_ARM_TGT_DOT static void mm_arm_kernel_q8_sdot(const uint32_t* a, const float* as, const uint8_t* w, const float* ws,
+                                                 int ng, int G4, float* y, int ldy, int mr, int nc) {
+    const uint8x16_t flip = vdupq_n_u8(0x80);
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = vdupq_n_s32(0);
+        for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
+            // wv: columns 0-3 x k 4kq..4kq+3 (s8); a03 / a47: one word per row, rows 0-3 / 4-7
+            int8x16_t wv = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(w + (size_t)kq * 128), flip));
+            int8x16_t a03 = vreinterpretq_s8_u32(vld1q_u32(a + (size_t)kq * 8));
+            int8x16_t a47 = vreinterpretq_s8_u32(vld1q_u32(a + (size_t)kq * 8 + 4));
+            acc[0] = vdotq_laneq_s32(acc[0], wv, a03, 0);
+            acc[1] = vdotq_laneq_s32(acc[1], wv, a03, 1);
+            acc[2] = vdotq_laneq_s32(acc[2], wv, a03, 2);
+            acc[3] = vdotq_laneq_s32(acc[3], wv, a03, 3);
+            acc[4] = vdotq_laneq_s32(acc[4], wv, a47, 0);
+            acc[5] = vdotq_laneq_s32(acc[5], wv, a47, 1);
+            acc[6] = vdotq_laneq_s32(acc[6], wv, a47, 2);
+            acc[7] = vdotq_laneq_s32(acc[7], wv, a47, 3);
+        }
+        MM_ARM_Q8_EPILOGUE();
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
+}
+
+// i8mm: usdot takes the u8 weights as they are packed (no xor); each row's dots start at its
+// compensation -128 * sum(q), as in the x86 VNNI kernels.
+MM_ARM_TGT_I8MM static void mm_arm_kernel_q8_usdot(const uint32_t* a, const float* as, const int32_t* ac,
+                                                   const uint8_t* w, const float* ws, int ng, int G4, float* y,
+                                                   int ldy, int mr, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = vdupq_n_s32(ac[g * 8 + i]);
+        for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
+            uint8x16_t wv = vld1q_u8(w + (size_t)kq * 128);     // u8 as packed: no xor
+            int8x16_t a03 = vreinterpretq_s8_u32(vld1q_u32(a + (size_t)kq * 8));
+            int8x16_t a47 = vreinterpretq_s8_u32(vld1q_u32(a + (size_t)kq * 8 + 4));
+            acc[0] = vusdotq_laneq_s32(acc[0], wv, a03, 0);
+            acc[1] = vusdotq_laneq_s32(acc[1], wv, a03, 1);
+            acc[2] = vusdotq_laneq_s32(acc[2], wv, a03, 2);
+            acc[3] = vusdotq_laneq_s32(acc[3], wv, a03, 3);
+            acc[4] = vusdotq_laneq_s32(acc[4], wv, a47, 0);
+            acc[5] = vusdotq_laneq_s32(acc[5], wv, a47, 1);
+            acc[6] = vusdotq_laneq_s32(acc[6], wv, a47, 2);
+            acc[7] = vusdotq_laneq_s32(acc[7], wv, a47, 3);
+        }
+        MM_ARM_Q8_EPILOGUE();
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
+}
+
+// Plain NEON: per row, the activation word repeated (ld1r), vmull_s8 on the low / high halves and
+// vpadalq_s16 into two half-sum registers (see mm_arm_gemv_q8_neon), added pairwise per group.
+// Registers: 16 half-sums + 8 f32 sums + weight + activation + mask = 27.
+static void mm_arm_kernel_q8_neon(const uint32_t* a, const float* as, const uint8_t* w, const float* ws, int ng,
+                                  int G4, float* y, int ldy, int mr, int nc) {
+    const uint8x16_t flip = vdupq_n_u8(0x80);
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t lo[8], hi[8], acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) lo[i] = hi[i] = vdupq_n_s32(0);
+        for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
+            int8x16_t wv = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(w + (size_t)kq * 128), flip));
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                // ai: row i's word at this k4 step in all 4 lanes (ld1r: a load, no shuffle)
+                int8x16_t ai = vreinterpretq_s8_u32(vld1q_dup_u32(a + (size_t)kq * 8 + i));
+                lo[i] = vpadalq_s16(lo[i], vmull_s8(vget_low_s8(wv), vget_low_s8(ai)));
+                hi[i] = vpadalq_s16(hi[i], vmull_high_s8(wv, ai));
+            }
+        }
+#pragma GCC unroll 8
+        // [c0 k01, c0 k23, c1 k01, c1 k23] + [c2 .., c3 ..] pairwise -> [c0, c1, c2, c3]
+        for (int i = 0; i < 8; i++) acc[i] = vpaddq_s32(lo[i], hi[i]);
+        MM_ARM_Q8_EPILOGUE();
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
+}
+
+// GEMM loop nest per task (one block of <= MM_ARM_NCP panels): row tiles -> panels -> column blocks
+// -> kernel over the full K. The tile's activations (6 x K f32 or 8 x K/4 words) are reused from
+// L1/L2 for every column block; the weight block streams from L2.
+static void mm_arm_task_gemm(void* v, int task) {
+    MMArmJob* j = v;
+    const MMPacked* p = j->p;
+    int N = j->N, p0 = task * j->chunk, p1 = mm_min(p->np, p0 + j->chunk);
+    int mrt = j->type == DT_Q8 ? MM_ARM_Q8_MR : MM_ARM_F32_MR;
+    for (int it = 0; it < j->ntiles; it++) {
+        int t0 = it * mrt, mr = mm_min(mrt, j->T - t0);
+        for (int pi = p0; pi < p1; pi++) {
+            const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
+            if (j->type != DT_Q8) {
+                const float* a = (const float*)j->a + (size_t)it * j->ka * MM_ARM_F32_MR;
+                for (int h = 0; h < 2; h++) {           // two 16-column halves
+                    int n0 = pi * 32 + 16 * h;
+                    if (n0 >= N) break;
+                    float* y = j->y + (size_t)t0 * N + n0;
+                    if (j->type == DT_F32) mm_arm_kernel_f32(a, (const float*)wp + 16 * h, j->K, y, N, mr, N - n0);
+                    else mm_arm_kernel_bf16(a, wp + 16 * h, p->kw, y, N, mr, N - n0);
+                }
+                continue;
+            }
+            const uint32_t* a = (const uint32_t*)j->a + (size_t)it * p->kw * MM_ARM_Q8_MR;
+            const float* as = j->as + (size_t)it * p->ng * MM_ARM_Q8_MR;
+            const int32_t* ac = j->ac + (size_t)it * p->ng * MM_ARM_Q8_MR;
+            // eight 4-column quads: the tile (8 x K/4 words, 32 KiB at K = 4096) stays in L1 for
+            // all of them; each reads 16 bytes of every 128-byte panel row
+            for (int cq = 0; cq < 8; cq++) {
+                int n0 = pi * 32 + 4 * cq;
+                if (n0 >= N) break;
+                const uint8_t* w = (const uint8_t*)wp + 16 * cq;
+                const float* ws = p->s + (size_t)pi * p->ng * 32 + 4 * cq;
+                float* y = j->y + (size_t)t0 * N + n0;
+                if (j->level >= MM_ARM_I8MM) mm_arm_kernel_q8_usdot(a, as, ac, w, ws, p->ng, p->G / 4, y, N, mr, N - n0);
+                else if (j->level >= MM_ARM_DOTPROD) mm_arm_kernel_q8_sdot(a, as, w, ws, p->ng, p->G / 4, y, N, mr, N - n0);
+                else mm_arm_kernel_q8_neon(a, as, w, ws, p->ng, p->G / 4, y, N, mr, N - n0);
+            }
+        }
+    }
+}
+
+static void* mm_arm_scratch;            // packed activations, grown on demand, reused across calls
+static size_t mm_arm_scratch_bytes;
+
+// y = x W^T on packed W with the ARM kernels (called by matmul when mm_arm_level > MM_ARM_SCALAR).
+static void mm_matmul_arm(float* y, const float* x, const Matrix* w, int T) {
+    const MMPacked* p = w->packed;
+    int nth = pool_size(), np = p->np, K = w->cols;
+    MMArmJob j = { .y = y, .x = x, .p = p, .type = w->type, .level = mm_arm_level, .T = T, .N = w->rows, .K = K };
+    int gemv = T <= MM_ARM_GEMV_MAX_T, mrt = j.type == DT_Q8 ? MM_ARM_Q8_MR : MM_ARM_F32_MR;
+    // bytes of activations to prepare: q8 GEMV (T, K) s8 + scales; GEMM tiles; f32/bf16 GEMV none
+    j.ntiles = (T + mrt - 1) / mrt;
+    j.ka = j.type == DT_BF16 ? 2 * p->kw : K;
+    size_t abytes = 0, sbytes = 0;
+    if (j.type == DT_Q8) {
+        abytes = gemv ? (size_t)T * K : (size_t)j.ntiles * MM_ARM_Q8_MR * K;
+        sbytes = (gemv ? (size_t)T : (size_t)j.ntiles * MM_ARM_Q8_MR) * p->ng * 4;
+    } else if (!gemv) {
+        abytes = (size_t)j.ntiles * MM_ARM_F32_MR * j.ka * 4;
+    }
+    abytes = (abytes + 63) / 64 * 64;
+    int own = mm_in_pool;                   // nested call (inside a pool task): private scratch
+    void* buf = NULL;
+    if (abytes + sbytes) {
+        size_t need = abytes + 2 * sbytes + 64;
+        if (own) buf = mm_alloc(need);
+        else {
+            if (need > mm_arm_scratch_bytes) {
+                free(mm_arm_scratch);
+                mm_arm_scratch_bytes = need + need / 4;
+                mm_arm_scratch = mm_alloc(mm_arm_scratch_bytes);
+            }
+            buf = mm_arm_scratch;
+        }
+        j.a = buf;
+        j.as = (float*)((char*)buf + abytes);
+        j.ac = (int32_t*)((char*)buf + abytes + sbytes);
+    }
+    // scratch layout: [a: abytes][as: sbytes][ac: sbytes]; as and ac are only used by q8
+    if (gemv) {
+        if (j.type == DT_Q8)                // quantize the T <= 3 rows once, in this thread
+            for (int t = 0; t < T; t++)
+                for (int g = 0; g < p->ng; g++) {
+                    int32_t s = mm_quantize_group(x + (size_t)t * K + (size_t)g * p->G, p->G,
+                                                  (int8_t*)j.a + (size_t)t * K + (size_t)g * p->G,
+                                                  &j.as[(size_t)t * p->ng + g]);
+                    j.ac[(size_t)t * p->ng + g] = -128 * s;
+                }
+        j.chunk = (np + 8 * nth - 1) / (8 * nth);   // ~8 tasks per thread, each a run of whole panels
+        j.n_tasks = (np + j.chunk - 1) / j.chunk;
+        pool_for(j.n_tasks, mm_arm_task_gemv, &j);
+    } else {
+        // phase 1: pack / quantize the row tiles (one task per thread at most)
+        MMArmPackCtx pc = { &j, mm_min(nth, j.ntiles) };
+        pool_for(pc.n_tasks, mm_arm_task_pack, &pc);
+        // phase 2: one task per block of <= MM_ARM_NCP panels, fewer if that leaves a thread idle
+        j.chunk = mm_min(MM_ARM_NCP, (np + nth - 1) / nth);
+        j.n_tasks = (np + j.chunk - 1) / j.chunk;
+        pool_for(j.n_tasks, mm_arm_task_gemm, &j);
+    }
+    if (own) free(buf);
+}
+#endif // __aarch64__
+
 // ----------------------------------------------------------------------------
 // matmul: pick the path, pack activations, run the tasks
 
@@ -1891,6 +2627,9 @@ void matmul(float* y, const float* x, const Matrix* w, int T) {
 #if MM_X86
     if (j.p && mm_isa == MM_AVX512) { mm_matmul_avx512(&j); return; }
     if (j.p && mm_isa >= MM_AVX2) { mm_matmul_avx2(&j); return; }      // AVX2 and AVX-VNNI
+#elif defined(__aarch64__)
+    mm_detect_arm();
+    if (j.p && mm_arm_level > MM_ARM_SCALAR) { mm_matmul_arm(y, x, w, T); return; }   // NEON, dotprod, i8mm
 #endif
     // Portable: unpacked matrices, LLAVA_ISA=scalar, CPUs without AVX2, other architectures
     pool_for(j.n_tasks, mm_task_scalar, &j);

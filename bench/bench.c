@@ -125,10 +125,64 @@ MM_TGT_AVXVNNI static void peak_avxvnni_task(void* c, int t) {
     }
     sink_i = _mm256_extract_epi32(_mm256_add_epi32(a[0], a[11]), 0);
 }
-#elif defined(__aarch64__)
-// (NEON peak loops -- fmla, sdot/usmmla, bfdot -- go here, with the rows that use them in main.)
 #endif
 
+#if defined(__aarch64__)
+// ARM64 peaks, register-only like the x86 ones: 12 independent accumulator chains per loop (enough to
+// cover a 4-cycle latency on 2-4 vector pipes), no loads; best_peak takes the ops per instruction:
+//   fmla   4 lanes x 2 flops       =  8 ops per instruction
+//   sdot   16 int8 MACs x 2        = 32 ops per instruction
+//   smull2 + sadalp pair: 8 MACs   = 16 ops per 2 instructions (the plain-NEON q8 kernel's inner pair),
+//          counted per pair (16 ops)
+// What the ARM kernels run on: f32 GEMM fmla; bf16 GEMM shl/and widening + fmla (so both against the
+// fmla peak); q8 usdot (i8mm) or sdot (dotprod), both against the sdot peak, or smull+sadalp (NEON).
+static void peak_neon_fma_task(void* c, int t) {
+    (void)c;
+    float32x4_t a[12], b = vdupq_n_f32(1.0f), d = vdupq_n_f32(1e-9f);
+    for (int j = 0; j < 12; j++) a[j] = vdupq_n_f32((float)(j + t));
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = vfmaq_f32(d, a[j], b);     // a = d + a * b
+    }
+    float32x4_t s = a[0];
+    for (int j = 1; j < 12; j++) s = vaddq_f32(s, a[j]);
+    sink_f = vaddvq_f32(s);
+}
+MM_ARM_TGT_DOT static void peak_sdot_task(void* c, int t) {
+    (void)c;
+    int32x4_t a[12];
+    int8x16_t x = vdupq_n_s8(1), y = vdupq_n_s8(-1);
+    for (int j = 0; j < 12; j++) a[j] = vdupq_n_s32(j + t);
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = vdotq_s32(a[j], x, y);
+    }
+    int32x4_t s = a[0];
+    for (int j = 1; j < 12; j++) s = vaddq_s32(s, a[j]);
+    sink_i = vaddvq_s32(s);
+}
+// The plain-NEON q8 kernel's inner pair; x is made opaque each iteration so that the compiler cannot
+// hoist the (loop-invariant) product out of the loop.
+static void peak_smull_task(void* c, int t) {
+    (void)c;
+    int32x4_t a[12];
+    int8x16_t x = vdupq_n_s8(1), y = vdupq_n_s8(-1);
+    for (int j = 0; j < 12; j++) a[j] = vdupq_n_s32(j + t);
+    for (long i = 0; i < peak_iters; i++) {
+#pragma GCC unroll 12
+        for (int j = 0; j < 12; j++) a[j] = vpadalq_s16(a[j], vmull_high_s8(x, y));
+        __asm__ __volatile__("" : "+w"(x));             // keep the products in the loop
+    }
+    int32x4_t s = a[0];
+    for (int j = 1; j < 12; j++) s = vaddq_s32(s, a[j]);
+    sink_i = vaddvq_s32(s);
+}
+#endif
+#if !MM_X86
+static int mm_gemv_pf;  // the x86 q8 GEMV's prefetch distance (--pf); no such knob elsewhere
+#endif
+
+// ops per iteration per thread: 12 instructions x 16 lanes x (2 | 4 | 8) ops
 // G(FL)OP/s of fn: each pool task runs peak_iters iterations of 12 independent instructions (or
 // instruction chains) worth ops_per_instr operations each (a multiply-add counts 2 per lane).
 static double run_peak(void (*fn)(void*, int), double ops_per_instr) {
@@ -252,6 +306,8 @@ static const char* tname[] = { "f32", "bf16", "q8" };
 
 int main(int argc, char** argv) {
     int nth = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, quick = 0, do_gemm = 1, do_gemv = 1, gemv_t = 1;
+    int small = 0;                      // --small: a smoke run for emulators (qemu): GEMM T/32, 32 MiB
+                                        // bandwidth buffer, one copy per GEMV matrix, implies --quick
     const char* only = NULL;            // --only f32|bf16|q8
     const char* isa_cap = NULL;         // --isa scalar|avx2|avxvnni|avx512: run everything at this level (a cap)
     int alt_pf = -1, alt_tpt = 0;       // --alt PF TPT: one more q8 VNNI row ("q8a") with these knobs
@@ -262,6 +318,7 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--isa") && i + 1 < argc) isa_cap = argv[++i];
+        else if (!strcmp(argv[i], "--small")) small = quick = 1;
         else if (!strcmp(argv[i], "--gemm")) do_gemv = 0;
         else if (!strcmp(argv[i], "--gemv")) do_gemm = 0;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
@@ -271,7 +328,7 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--q8-max-t") && i + 1 < argc) mm_gemv_max_t[DT_Q8] = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--alt") && i + 2 < argc) { alt_pf = atoi(argv[++i]); alt_tpt = atoi(argv[++i]); }
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick] [--gemm | --gemv] [--only f32|bf16|q8]\n"
+            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick | --small] [--gemm | --gemv] [--only f32|bf16|q8]\n"
                             "       [--isa scalar|avx2|avxvnni|avx512 (cap the kernel level, as LLAVA_ISA)]\n"
                             "       [--gemv-t T (GEMV rows, default 1)] [--pf BYTES (q8 GEMV prefetch)] [--tpt N (GEMV tasks/thread)]\n"
                             "       [--alt PF TPT (extra q8 row; TPT 0 = guided)] [--q8-max-t T (q8 GEMV/GEMM threshold)]\n", argv[0]);
@@ -282,6 +339,7 @@ int main(int argc, char** argv) {
     if (gemv_t < 1 || gemv_t > 64) gemv_t = 1;
     if (mm_gemv_tpt < 1) mm_gemv_tpt = 1;
     if (quick) { reps = 3; peak_iters = 5000000; }
+    if (small) { reps = 1; peak_iters = 200000; }
     pool_init(nth);
     mm_detect_isa();
     if (isa_cap) {
@@ -317,6 +375,25 @@ int main(int argc, char** argv) {
     vname[DT_F32] = mm_isa == MM_AVX512 ? "avx512 fma" : mm_isa >= MM_AVX2 ? "avx2 fma" : "scalar";
     vname[DT_BF16] = mm_isa == MM_AVX512 ? "avx512 widen" : mm_isa >= MM_AVX2 ? "avx2 widen" : "scalar";
     vname[DT_Q8] = mm_has_vnni ? "avx512 vnni" : mm_isa >= MM_AVX2 ? "avx2 maddubs" : "scalar";
+#if defined(__aarch64__)
+    // ARM64: f32 and bf16 (widened in registers) run on fmla, q8 on usdot (i8mm) / sdot (dotprod),
+    // both measured against the sdot peak, or on smull+sadalp (plain NEON). Ops per instruction:
+    // fmla 4 lanes x 2 = 8; sdot 16 int8 MACs x 2 = 32; an smull2 + sadalp pair 8 MACs x 2 = 16.
+    double pk_neon = 0, pk_int8 = 0;
+    if (mm_arm_level > MM_ARM_SCALAR) {
+        pk_neon = best_peak(peak_neon_fma_task, 8);
+        pk_int8 = mm_arm_level >= MM_ARM_DOTPROD ? best_peak(peak_sdot_task, 32) : best_peak(peak_smull_task, 16);
+    }
+    const char* q8k = mm_arm_level >= MM_ARM_I8MM ? "neon usdot" : mm_arm_level >= MM_ARM_DOTPROD ? "neon sdot"
+                    : mm_arm_level > MM_ARM_SCALAR ? "neon smull" : "scalar";
+    kname[DT_F32] = vname[DT_F32] = mm_arm_level > MM_ARM_SCALAR ? "neon fmla" : "scalar";
+    kname[DT_BF16] = vname[DT_BF16] = mm_arm_level > MM_ARM_SCALAR ? "neon widen+fmla" : "scalar";
+    kname[DT_Q8] = vname[DT_Q8] = q8k;
+    kpeak[DT_F32] = kpeak[DT_BF16] = pk_neon;
+    kpeak[DT_Q8] = pk_int8;
+    printf("ARM64 %s peaks: NEON fmla %.1f GFLOP/s, int8 %s %.1f GOP/s (no speed claims from an emulator)\n",
+           matmul_isa_name(), pk_neon, mm_arm_level >= MM_ARM_DOTPROD ? "sdot" : "smull+sadalp", pk_int8);
+#endif
 
     // --- GEMM
     // T=4616 = 8 frames x 577 (vision tower, batched); T=1170 a long prompt (LLM prefill)
@@ -332,7 +409,7 @@ int main(int argc, char** argv) {
         if (only && strcmp(only, tname[type])) continue;
         double peak = kpeak[type];
         for (int s = 0; s < ngs; s++) {
-            int T = gs[s].T, K = gs[s].K, N = gs[s].N;
+            int T = small ? gs[s].T / 32 : gs[s].T, K = gs[s].K, N = gs[s].N;
             Matrix m = make_matrix((DType)type, N, K, 64);
             pack_matrix(&m);
             matmul(y, x, &m, T);                                    // warm-up
@@ -369,16 +446,17 @@ int main(int argc, char** argv) {
             int nc = (int)((128.0 * 1048576 + weight_bytes(&src) - 1) / weight_bytes(&src));
             if (nc > MAXC) nc = MAXC;
             if (quick && nc > 2) nc = 2;
+            if (small) nc = 1;
             ncopy[type][s] = nc;
             for (int c = 0; c < nc; c++) { mats[type][s][c] = src; mats[type][s][c].packed = NULL; pack_matrix(&mats[type][s][c]); }
             free_source(&src);
             for (int c = 0; c < nc; c++) { mats[type][s][c].data = NULL; mats[type][s][c].scales = NULL; }
         }
-    BwCtx bw = { NULL, (size_t)1 << 28 };               // 1 GiB of floats
+    BwCtx bw = { NULL, (size_t)1 << (small ? 23 : 28) };    // 1 GiB of floats (--small: 32 MiB)
     float* bwbuf = mm_alloc(bw.n * 4);
     for (size_t i = 0; i < bw.n; i++) bwbuf[i] = 1.0f;
     bw.buf = bwbuf;
-    int vr = quick ? 5 : 15;
+    int vr = small ? 1 : quick ? 5 : 15;
     double *t_bw1 = calloc((size_t)vr, sizeof(double)), *t_bw2 = calloc((size_t)vr, sizeof(double));
     double* t_gemv = calloc((size_t)5 * nvs * vr, sizeof(double));
     float* xv = mm_alloc((size_t)gemv_t * 11008 * 4);

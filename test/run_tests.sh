@@ -3,6 +3,12 @@
 # "N passed, N failed" lines and exits non-zero if anything failed.
 set -u
 PYTHON=${PYTHON:-python3}
+# For other machines (make test-aarch64): BIN = where the test programs are, RUN = a prefix that
+# starts them (e.g. "qemu-aarch64 -cpu max"), LLAVA = how test_cli.py starts ./llava. The models are
+# exported by the host's python either way (the .bin files are the same on every CPU).
+BIN=${BIN:-build}
+RUN=${RUN:-}
+export LLAVA="${LLAVA:-./llava}"
 mkdir -p build/models
 total_pass=0
 total_fail=0
@@ -69,24 +75,24 @@ standalone() {
 }
 
 run standalone standalone
-run tokenizer build/test_tokenizer
-run video build/test_video
-run matmul build/test_matmul
-run blocks build/test_blocks
+run tokenizer $RUN $BIN/test_tokenizer
+run video $RUN $BIN/test_video
+run matmul $RUN $BIN/test_matmul
+run blocks $RUN $BIN/test_blocks
 
 # Every golden case against the f32 export: 1e-4 of the logit scale, identical greedy tokens.
 for dir in test/goldens/tiny_*; do
     case=$(basename "$dir")
     model=$(echo "$case" | cut -d_ -f1-2)
-    run "$case f32" build/test_model build/models/${model}_f32.bin "$dir"
+    run "$case f32" $RUN $BIN/test_model build/models/${model}_f32.bin "$dir"
 done
 # bf16 and q8 weights: how far they move from the f32 goldens. The bound only catches a broken kernel
 # (errors of order 1): these random models (weights N(0, 0.2)) amplify the 2^-9 bf16 and ~0.4% q8
 # rounding to 1-4% of the logit scale, and greedy tokens may then differ (reported, not failed).
 for dir in test/goldens/tiny_*; do
     model=$(basename "$dir" | cut -d_ -f1-2)
-    run "$(basename $dir) bf16" build/test_model build/models/${model}_bf16.bin "$dir" --loose --tol 1e-1
-    run "$(basename $dir) q8" build/test_model build/models/${model}_q8.bin "$dir" --loose --tol 1e-1
+    run "$(basename $dir) bf16" $RUN $BIN/test_model build/models/${model}_bf16.bin "$dir" --loose --tol 1e-1
+    run "$(basename $dir) q8" $RUN $BIN/test_model build/models/${model}_q8.bin "$dir" --loose --tol 1e-1
 done
 
 run cli $PYTHON test/test_cli.py

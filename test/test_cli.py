@@ -17,7 +17,7 @@ import tempfile
 
 import numpy as np
 
-LLAVA = "./llava"
+LLAVA = os.environ.get("LLAVA", "./llava").split()   # a command prefix, e.g. "qemu-aarch64 -cpu max build-aarch64/llava"
 passed = failed = 0
 
 
@@ -31,7 +31,7 @@ def check(ok, what, detail=""):
 
 
 def run(args, stdin=b""):
-    p = subprocess.run([LLAVA] + args, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
+    p = subprocess.run(LLAVA + args, input=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120)
     return p.returncode, p.stdout, p.stderr
 
 

@@ -148,6 +148,10 @@ static const char* type_name[] = { "f32", "bf16", "q8" };
 // bf16 GEMM with vdpbf16ps (activations rounded to bf16), and q8 on every SIMD level (activations
 // quantized to int8) except the AVX-512 widening kernel (mm_q8_gemv_vnni = 0, a bench/test knob).
 static int uses_lowprec_gemm(const Matrix* m, int T) {
+#if defined(__aarch64__)
+    (void)T;    // ARM64: every packed q8 path (GEMV and GEMM, every level above scalar) quantizes
+    return m->packed && mm_arm_level > MM_ARM_SCALAR && m->type == DT_Q8;
+#endif
     if (!m->packed || mm_isa == MM_SCALAR) return 0;
     if (m->type == DT_Q8)
         return !(mm_isa == MM_AVX512 && !mm_q8_gemv_vnni && (!mm_has_vnni || T <= mm_gemv_max_t[DT_Q8]));
@@ -388,9 +392,103 @@ static void test_q8_levels(const int* have) {
     }
 }
 
+#if defined(__aarch64__)
+// ARM64: the kernels at every level this CPU has (neon, dotprod, i8mm; under qemu-user pick the CPU
+// with -cpu or QEMU_CPU), then scalar. test_case checks f32/bf16 against matmul_ref (1e-5 S) and q8
+// exactly against the quantized-activation reference, with 1/2/3 threads bit-identical.
+// Then the promise of the ARM q8 arithmetic: one matrix, packed once, gives the same bits at every
+// level, on the GEMV and the GEMM path (a row of a T <= MM_ARM_GEMV_MAX_T call equals that row of a
+// bigger GEMM call), because the integer dots are exact and the epilogue is shared.
+static void test_arm_q8_levels(int max_level) {
+    struct { int N, K, G; } sh[] = { { 1, 4, 4 }, { 31, 12, 4 }, { 33, 40, 8 }, { 45, 96, 32 }, { 70, 100, 20 },
+                                     { 100, 128, 64 }, { 64, 1088, 64 }, { 17, 72, 72 }, { 40, 2048, 128 } };
+    int Ts[] = { 1, 2, 3, 4, 9, 20 };
+    for (int s = 0; s < (int)(sizeof sh / sizeof sh[0]); s++) {
+        // the same rows of x at every T: T <= 3 is the GEMV, more is the GEMM (8-row tiles, tails)
+        int N = sh[s].N, K = sh[s].K, G = sh[s].G, TG = 20;
+        TestMat tm = make_mat(DT_Q8, N, K, G);
+        pack_matrix(&tm.m);
+        float* x = make_x(TG, K);
+        x[(size_t)1 * K + K - 1] *= 50.0f;                          // an outlier that sets a group's scale
+        float* y0 = malloc((size_t)TG * N * 4);                     // the best level's result
+        float* y = malloc((size_t)TG * N * 4);
+        float* yg = malloc((size_t)TG * N * 4);                     // the GEMM of all TG rows
+        for (int ti = 0; ti < (int)(sizeof Ts / sizeof Ts[0]); ti++) {
+            int T = Ts[ti];
+            size_t ny = (size_t)T * N;
+            char msg[300];
+            for (int lv = max_level; lv >= MM_ARM_NEON; lv--) {
+                matmul_set_isa(lv, 0, 0);                       // the matrix stays packed as it is
+                pool_init(lv == max_level ? 2 : 3);             // and the thread count does not matter
+                matmul(lv == max_level ? y0 : y, x, &tm.m, T);
+                if (lv == max_level) {
+                    matmul(yg, x, &tm.m, TG);
+                    snprintf(msg, sizeof msg, "q8 isa=%s T=%d N=%d K=%d G=%d: rows bit-identical to the GEMM (T=%d)",
+                             matmul_isa_name(), T, N, K, G, TG);
+                    check(memcmp(y0, yg, ny * 4) == 0, msg);
+                    continue;
+                }
+                snprintf(msg, sizeof msg, "q8 isa=%s T=%d N=%d K=%d G=%d: bit-identical to %s", matmul_isa_name(), T,
+                         N, K, G, lv + 1 == max_level ? "the level above" : "the best level");
+                check(memcmp(y, y0, ny * 4) == 0, msg);
+            }
+        }
+        free(x); free(y0); free(y); free(yg);
+        free_mat(&tm);
+    }
+    matmul_set_isa(max_level, 0, 0);
+    pool_init(2);
+}
+
+static void test_arm(int quick) {
+    mm_detect_arm();
+    int max_level = mm_arm_level;
+    printf("cpu: %s\n", matmul_isa_name());
+    // best level first, then each lower one (a level the CPU lacks is never selected: the cap only
+    // lowers); shapes: N not a multiple of 32 (panel tails), K odd (bf16 pair padding), G = 4..64
+    for (int lv = max_level; lv >= MM_ARM_SCALAR; lv--) {
+        matmul_set_isa(lv, 0, 0);
+        for (int T = 1; T <= 21; T++) {                             // GEMV (T <= 3), GEMM tails, 2-3 tiles
+            if (lv == MM_ARM_SCALAR && T > 5 && T != 21) continue;  // scalar: the portable loops
+            test_case(DT_F32, T, 100, 96, 0, 1);
+            test_case(DT_F32, T, 33, 37, 0, 1);                     // odd K, N = 32 + 1
+            test_case(DT_BF16, T, 100, 96, 0, 1);
+            test_case(DT_BF16, T, 31, 37, 0, 1);                    // odd K: zero-padded pair
+            test_case(DT_Q8, T, 100, 128, 64, 1);
+            test_case(DT_Q8, T, 45, 96, 32, 1);
+            test_case(DT_Q8, T, 17, 40, 4, 1);                      // tiny groups
+        }
+        if (!quick && lv == max_level) {
+            test_case(DT_F32, 577, 70, 96, 0, 1);
+            test_case(DT_BF16, 577, 70, 96, 0, 1);
+            test_case(DT_Q8, 577, 70, 128, 64, 1);
+        }
+        test_case(DT_Q8, 9, 20, 60, 6, 1);                          // group % 4 != 0: portable path
+        test_case(DT_F32, 16, 64, 64, 0, 0);                        // never packed: portable path
+        for (int type = 0; type < 3; type++) {
+            test_special((DType)type, 3, 50, 128, 64);
+            test_special((DType)type, 4, 50, 128, 64);
+            test_special((DType)type, 20, 50, 128, 64);
+        }
+    }
+    matmul_set_isa(max_level, 0, 0);
+    // cross-level and GEMV/GEMM bit identity for q8 (needs at least NEON: scalar keeps f32 activations)
+    if (max_level > MM_ARM_SCALAR) test_arm_q8_levels(max_level);
+    test_case(DT_F32, 300, 1, 1, 0, 1);                             // degenerate shapes
+    test_case(DT_Q8, 30, 64, 2048, 64, 1);                          // long K
+    test_case(DT_BF16, 30, 64, 2048, 0, 1);
+    test_case(DT_F32, 30, 64, 2048, 0, 1);
+}
+#endif
+
 int main(int argc, char** argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     test_pool();
+#if defined(__aarch64__)
+    test_arm(quick);                    // ARM64 levels instead of the x86 configurations below
+    printf("%d passed, %d failed\n", n_pass, n_fail);
+    return n_fail ? 1 : 0;
+#endif
     mm_detect_isa();
     int max_isa = mm_isa, vnni = mm_has_vnni, bf16 = mm_has_bf16;
     printf("cpu: %s\n", matmul_isa_name());
