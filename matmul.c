@@ -672,10 +672,13 @@ void unpack_matrix(Matrix* w) {
 // for f32/bf16 GEMM tiles are 14 rows so a few-row GEMM would waste most of each tile; for q8 the
 // VNNI GEMV (up to 3 rows per pass) beats the 6-row GEMM tile at T = 2, 3 and loses at T = 4
 // (measured; T = 4 would take two passes over each panel).
-static int mm_gemv_max_t[3] = { 7, 7, 3 };
-static int mm_q8_gemv_vnni = 1;  // q8 GEMV: 1 = quantize x + vpdpbusd (with VNNI), 0 = widening (knob for bench/tests)
-static int mm_gemv_tpt = 8;       // f32/bf16/widening GEMV tasks (panel chunks) per thread
-static int mm_gemv_guided = 1;    // q8 VNNI GEMV: guided chunks (1) or mm_gemv_tpt equal chunks (0)
+// (These knobs and the scratch/schedule helpers below serve the x86 paths; `unused` keeps other
+// targets' builds warning-free, where bench.c and the tests still set them.)
+#define MM_X86_ONLY __attribute__((unused))
+static int mm_gemv_max_t[3] MM_X86_ONLY = { 7, 7, 3 };
+static int mm_q8_gemv_vnni MM_X86_ONLY = 1;  // q8 GEMV: 1 = quantize x + vpdpbusd (with VNNI), 0 = widening (knob for bench/tests)
+static int mm_gemv_tpt MM_X86_ONLY = 8;       // f32/bf16/widening GEMV tasks (panel chunks) per thread
+static int mm_gemv_guided MM_X86_ONLY = 1;    // q8 VNNI GEMV: guided chunks (1) or mm_gemv_tpt equal chunks (0)
 #define MM_MAX_GUIDED 256         // guided schedule: at most this many tasks
 
 typedef struct {
@@ -718,7 +721,7 @@ static size_t mm_scratch_bytes;
 
 // Scratch of `need` bytes: the shared buffer, or (own: a nested call from inside a pool task) a
 // private one that the caller frees.
-static void* mm_get_scratch(size_t need, int own) {
+MM_X86_ONLY static void* mm_get_scratch(size_t need, int own) {
     if (own) return mm_alloc(need);
     if (need > mm_scratch_bytes) {
         free(mm_scratch);
@@ -732,7 +735,7 @@ static void* mm_get_scratch(size_t need, int own) {
 // so the first tasks are long sequential streams and the last ones single panels that even out the
 // finish (a decode matmul is only a few MB, so idle time at the join shows). Returns the task count;
 // task t covers panels [bounds[t], bounds[t+1]).
-static int mm_guided_bounds(int np, int nth, int bounds[MM_MAX_GUIDED + 1]) {
+MM_X86_ONLY static int mm_guided_bounds(int np, int nth, int bounds[MM_MAX_GUIDED + 1]) {
     int nt = 0, at = 0;
     bounds[0] = 0;
     while (at < np) {
