@@ -331,6 +331,23 @@ def test_chat(tmp):
           err.decode(errors="replace").strip().split("\n")[-1][:70])
 
 
+def test_compare(tmp):
+    """compare.py names the first stage that differs between two --dump folders."""
+    print("compare.py")
+    a, b = os.path.join(tmp, "cmp_a"), os.path.join(tmp, "cmp_b")
+    args = ["build/models/tiny_b_f32.bin", "-v", "test/data/city_320x240_444_2f.y4m", "-p", "Hi", "-n", "3"]
+    run(args + ["--dump", a])
+    run(args + ["--dump", b])
+    p = subprocess.run([sys.executable, "compare.py", a, b], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    check(p.returncode == 0 and b"all " in p.stdout, "compare.py: two runs agree at every stage")
+    v = np.load(os.path.join(b, "vision_features.npy"))
+    v[0, 3, 5] += 0.5
+    np.save(os.path.join(b, "vision_features.npy"), v)
+    p = subprocess.run([sys.executable, "compare.py", a, b], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    check(p.returncode == 1 and b"first stage that differs: vision_features.npy" in p.stdout,
+          "compare.py: names the first stage that differs", p.stdout.decode().strip().split("\n")[-1][:60])
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         for d, case, meta in golden_cases():
@@ -338,6 +355,7 @@ def main():
         test_errors(tmp)
         test_hostile(tmp)
         test_chat(tmp)
+        test_compare(tmp)
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
 
