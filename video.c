@@ -714,7 +714,9 @@ static void video_read_exact(VideoSource* s, uint8_t* buf, size_t n, int index) 
 static void y4m_scan(VideoSource* s) {
     char line[Y4M_MAX_LINE];  // on the stack: an error exit leaks nothing
     int cap = 64, n = 0;
-    long* off = xmalloc((size_t)cap * sizeof(long));
+    // The offsets live in s from the start, so that an error exit (fatal) leaves nothing unreachable.
+    free(s->offsets);
+    s->offsets = xmalloc((size_t)cap * sizeof(long));
     if (fseek(s->f, s->data_start, SEEK_SET) != 0) fatal("%s: seek failed", s->path);
     for (;;) {
         if (video_read_line(s, line, Y4M_MAX_LINE, "FRAME") < 0) break;
@@ -725,15 +727,11 @@ static void y4m_scan(VideoSource* s) {
         if (n == cap) {
             if (cap > (1 << 29)) fatal("%s: too many frames", s->path);
             cap *= 2;
-            long* grown = realloc(off, (size_t)cap * sizeof(long));
-            if (!grown) fatal("%s: out of memory", s->path);
-            off = grown;
+            s->offsets = xrealloc(s->offsets, (size_t)cap * sizeof(long));
         }
-        off[n++] = pos;
+        s->offsets[n++] = pos;
         if (fseek(s->f, pos + (long)s->y.frame_bytes, SEEK_SET) != 0) fatal("%s: seek failed", s->path);
     }
-    free(s->offsets);
-    s->offsets = off;
     s->total = n;
 }
 

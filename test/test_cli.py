@@ -348,6 +348,34 @@ def test_compare(tmp):
           "compare.py: names the first stage that differs", p.stdout.decode().strip().split("\n")[-1][:60])
 
 
+def test_terminal(tmp):
+    """On a terminal (stderr a pty): progress lines for the vision tower and the prompt; -q: nothing."""
+    import pty
+    print("terminal")
+    args = LLAVA + ["build/models/tiny_b_f32.bin", "-v", "test/data/city_320x240_444_2f.y4m", "-p", "Hi", "-n", "2"]
+    for quiet in (False, True):
+        master, slave = pty.openpty()
+        p = subprocess.Popen(args + (["-q"] if quiet else []), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=slave)
+        os.close(slave)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
+        out, _ = p.communicate(timeout=120)
+        os.close(master)
+        if quiet:
+            check(p.returncode == 0 and err == b"" and out.strip() != b"", "-q: the answer alone, nothing on stderr")
+        else:
+            ok = p.returncode == 0 and b"\rvision: " in err.replace(b"\r\x1b[K", b"\r") and b"prompt: " in err
+            check(ok, "a terminal gets progress lines (vision layers, prompt)", repr(err[:60]))
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         for d, case, meta in golden_cases():
@@ -356,6 +384,7 @@ def main():
         test_hostile(tmp)
         test_chat(tmp)
         test_compare(tmp)
+        test_terminal(tmp)
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
 
