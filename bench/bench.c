@@ -317,7 +317,7 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--gemv")) do_gemm = 0;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--gemv-t") && i + 1 < argc) gemv_t = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--pf") && i + 1 < argc) mm_gemv_pf = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--pf") && i + 1 < argc) mm_gemv_pf = mm_gemv_pf_avx2 = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tpt") && i + 1 < argc) mm_gemv_tpt = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--q8-max-t") && i + 1 < argc) mm_gemv_max_t[DT_Q8] = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--alt") && i + 2 < argc) { alt_pf = atoi(argv[++i]); alt_tpt = atoi(argv[++i]); }
