@@ -37,10 +37,20 @@
 //            f32 6x16 FMA tile; bf16 6x16 tile with the weight pairs widened in registers (shift /
 //            and, exact) times f32 activations (matmul_ref's semantics: there is no bf16 dot); q8 4x16
 //            tile of vpmaddubsw + vpmaddwd on |w| x sign(q, w) (never saturates, exact), on the SAME
-//            quantized activations as the VNNI path; GEMV over full panels with prefetch and guided
-//            chunks (T <= 2).
+//            quantized activations as the VNNI path; GEMV over full panels with 4 KB prefetch and
+//            guided chunks (T <= 2). The bf16 and q8 GEMM inner loops are inline asm for GCC (it
+//            spilled their accumulators), with the register plan written next to each.
+//            Measured on an AMD EPYC (Zen 5, 4.2 GHz) built with -march=x86-64-v3 and capped to avx2,
+//            one thread, thread CPU time (bench --threads 1 --cpu --isa avx2), each as % of the peak
+//            loop of its own instructions: f32 GEMM 86-88 % of ymm FMA (64-74 % at K = 11008: the
+//            6-row tile re-reads a 700 KB half panel per call from L3, which needs K blocking);
+//            bf16 GEMM 85-93 %; q8 GEMM 67-71 % of vpmaddubsw+vpmaddwd+vpaddd (the sign fix is a 4th
+//            vector op per product: on Zen 5 a register-only mix of the four runs at 0.82 of the
+//            peak loop, and on Haswell-Skylake vpsignb shares ports 0/1 with the multiplies, so 2/3
+//            is the ceiling there); GEMV 97-98 % of a one-thread read loop, f32, bf16 and q8.
 //   avxvnni  (Alder Lake+, Zen 5) avx2 plus a 6x16 q8 GEMM tile of ymm vpdpbusd with the -128*sum(q)
-//            compensation, like AVX512-VNNI. q8 decode stays on vpmaddubsw (memory bound).
+//            compensation, like AVX512-VNNI (74-81 % of ymm vpdpbusd, same machine and method). q8
+//            decode stays on vpmaddubsw (memory bound).
 //   AVX-512 machines without AVX512-VNNI run q8 on the avx2 int8 kernels, and without AVX512-BF16
 //            the bf16 GEMM on the avx2 tile.
 // A q8 model gives the same bits on every SIMD level (avx2, avxvnni, avx512 with or without VNNI)
