@@ -37,10 +37,20 @@
 //            f32 6x16 FMA tile; bf16 6x16 tile with the weight pairs widened in registers (shift /
 //            and, exact) times f32 activations (matmul_ref's semantics: there is no bf16 dot); q8 4x16
 //            tile of vpmaddubsw + vpmaddwd on |w| x sign(q, w) (never saturates, exact), on the SAME
-//            quantized activations as the VNNI path; GEMV over full panels with prefetch and guided
-//            chunks (T <= 2).
+//            quantized activations as the VNNI path; GEMV over full panels with 4 KB prefetch and
+//            guided chunks (T <= 2). The bf16 and q8 GEMM inner loops are inline asm for GCC (it
+//            spilled their accumulators), with the register plan written next to each.
+//            Measured on an AMD EPYC (Zen 5, 4.2 GHz) built with -march=x86-64-v3 and capped to avx2,
+//            one thread, thread CPU time (bench --threads 1 --cpu --isa avx2), each as % of the peak
+//            loop of its own instructions: f32 GEMM 86-88 % of ymm FMA (64-74 % at K = 11008: the
+//            6-row tile re-reads a 700 KB half panel per call from L3, which needs K blocking);
+//            bf16 GEMM 85-93 %; q8 GEMM 67-71 % of vpmaddubsw+vpmaddwd+vpaddd (the sign fix is a 4th
+//            vector op per product: on Zen 5 a register-only mix of the four runs at 0.82 of the
+//            peak loop, and on Haswell-Skylake vpsignb shares ports 0/1 with the multiplies, so 2/3
+//            is the ceiling there); GEMV 97-98 % of a one-thread read loop, f32, bf16 and q8.
 //   avxvnni  (Alder Lake+, Zen 5) avx2 plus a 6x16 q8 GEMM tile of ymm vpdpbusd with the -128*sum(q)
-//            compensation, like AVX512-VNNI. q8 decode stays on vpmaddubsw (memory bound).
+//            compensation, like AVX512-VNNI (74-81 % of ymm vpdpbusd, same machine and method). q8
+//            decode stays on vpmaddubsw (memory bound).
 //   AVX-512 machines without AVX512-VNNI run q8 on the avx2 int8 kernels, and without AVX512-BF16
 //            the bf16 GEMM on the avx2 tile.
 // A q8 model gives the same bits on every SIMD level (avx2, avxvnni, avx512 with or without VNNI)
@@ -779,7 +789,10 @@ static void mm_task_scalar(void* v, int task) {
 #define MM_AVNNI_MR 6     // q8 AVX-VNNI tile rows: 12 acc + 2 weights + 1 broadcast = 15
 #define MM_A2_NCP 8       // panels per weight block (256 columns), as in the AVX-512 GEMM
 static int mm_gemv_max_t_avx2[3] = { 2, 2, 2 };   // largest T on the AVX2 GEMV path, per DType
-static int mm_gemv_pf_avx2 = 1024;                // GEMV weight prefetch distance, bytes (0 = none)
+// GEMV weight prefetch distance, bytes (0 = none). One thread on Zen 5 (CPU time, 45 MB+ working
+// sets, bench --threads 1 --cpu --pf): 1 KB streams q8 at 85 % and bf16 at 84 % of the read loop,
+// 4 KB at 97 % (f32 98 % either way; 512 B 76 %, 8 KB 92-99 %).
+static int mm_gemv_pf_avx2 = 4096;
 
 // Store 16 floats (two ymm) to y, only the first nc of them (nc < 16 at the last panel of a matrix).
 MM_INLINE MM_TGT_AVX2 void mm_avx2_store16(float* y, __m256 lo, __m256 hi, int nc) {
@@ -911,29 +924,73 @@ MM_TGT_AVX2 static void mm_kernel_f32_avx2(const float* a, const float* w, int K
 
 // bf16 6x16: a panel word holds the bf16 weights of k = 2kk (low half) and 2kk+1 (high half); a
 // bf16 is the top 16 bits of an f32, so `word << 16` is the even weight and `word & 0xffff0000`
-// the odd one, both exact f32. One 8-column word vector at a time (e, o: 2 registers), so that
-// 12 accumulators + e + o + broadcast fit; the activation tile is f32 (K rounded up to even, the
-// padding zero), and each broadcast is loaded twice per k pair (once per 8-column half).
+// the odd one, both exact f32. The f32 kernel's register plan, run twice per k pair: the two even
+// weight vectors (16 columns) against the 6 broadcasts of k = 2kk, then the two odd ones against
+// those of k = 2kk+1. 12 accumulators + 2 weight vectors + 1 broadcast + the 0xffff0000 mask = 16 ymm
+// (the weights are loaded again for the odd half: an L1 hit, cheaper than a register). Per k pair: 24 FMAs (12 cycles at 2/cycle), 4 weight loads + 4
+// integer ops (other ports on Zen and Intel alike), 12 broadcast loads. The activation tile is f32
+// (K rounded up to even, the padding zero).
 MM_TGT_AVX2 static void mm_kernel_bf16_avx2(const float* a, const uint32_t* w, int kw, float* y, int ldy, int mr,
                                             int nc) {
     const __m256i hi16 = _mm256_set1_epi32((int)0xffff0000u);
     __m256 acc[MM_A2_MR][2];
 #pragma GCC unroll 6
     for (int i = 0; i < MM_A2_MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+#if defined(__GNUC__) && !defined(__clang__)
+    // GCC 12 spills half of the accumulators of this loop (measured 60 % of the FMA peak), so the
+    // loop is written out: weights ymm13/14, broadcast ymm15, accumulators and mask where GCC puts them.
+    if (kw > 0) {
+        const uint32_t* wend = w + (size_t)kw * 32;
+        __asm__(
+            "1:\n\t"
+            "vmovdqu (%[w]), %%ymm13\n\t"
+            "vmovdqu 32(%[w]), %%ymm14\n\t"
+            "vpslld $16, %%ymm13, %%ymm13\n\t"
+            "vpslld $16, %%ymm14, %%ymm14\n\t"
+#define MM_A2_BF16_ROW(off, c0, c1)                                                                     \
+            "vbroadcastss " off "(%[a]), %%ymm15\n\t"                                                  \
+            "vfmadd231ps %%ymm13, %%ymm15, %[" c0 "]\n\t"                                              \
+            "vfmadd231ps %%ymm14, %%ymm15, %[" c1 "]\n\t"
+            MM_A2_BF16_ROW("0", "c00", "c01") MM_A2_BF16_ROW("4", "c10", "c11") MM_A2_BF16_ROW("8", "c20", "c21")
+            MM_A2_BF16_ROW("12", "c30", "c31") MM_A2_BF16_ROW("16", "c40", "c41") MM_A2_BF16_ROW("20", "c50", "c51")
+            "vpand (%[w]), %[hi], %%ymm13\n\t"
+            "vpand 32(%[w]), %[hi], %%ymm14\n\t"
+            MM_A2_BF16_ROW("24", "c00", "c01") MM_A2_BF16_ROW("28", "c10", "c11") MM_A2_BF16_ROW("32", "c20", "c21")
+            MM_A2_BF16_ROW("36", "c30", "c31") MM_A2_BF16_ROW("40", "c40", "c41") MM_A2_BF16_ROW("44", "c50", "c51")
+#undef MM_A2_BF16_ROW
+            "subq $-128, %[w]\n\t"
+            "addq $48, %[a]\n\t"
+            "cmpq %[wend], %[w]\n\t"
+            "jne 1b\n\t"
+            : [c00] "+x"(acc[0][0]), [c01] "+x"(acc[0][1]), [c10] "+x"(acc[1][0]), [c11] "+x"(acc[1][1]),
+              [c20] "+x"(acc[2][0]), [c21] "+x"(acc[2][1]), [c30] "+x"(acc[3][0]), [c31] "+x"(acc[3][1]),
+              [c40] "+x"(acc[4][0]), [c41] "+x"(acc[4][1]), [c50] "+x"(acc[5][0]), [c51] "+x"(acc[5][1]),
+              [w] "+r"(w), [a] "+r"(a)
+            : [wend] "r"(wend), [hi] "x"(hi16)
+            : "cc", "memory", "xmm13", "xmm14", "xmm15");
+    }
+#else
     for (int kk = 0; kk < kw; kk++) {
         const float* ae = a + (size_t)2 * kk * MM_A2_MR;           // k = 2kk; k = 2kk+1 follows
-#pragma GCC unroll 2
-        for (int c = 0; c < 2; c++) {
-            __m256i v = _mm256_loadu_si256((const __m256i*)(w + (size_t)kk * 32 + 8 * c));
-            __m256 e = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-            __m256 o = _mm256_castsi256_ps(_mm256_and_si256(v, hi16));
+        const __m256i* wk = (const __m256i*)(w + (size_t)kk * 32);
+        __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256(wk), 16));
+        __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_loadu_si256(wk + 1), 16));
 #pragma GCC unroll 6
-            for (int i = 0; i < MM_A2_MR; i++) acc[i][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + i), e, acc[i][c]);
+        for (int i = 0; i < MM_A2_MR; i++) {
+            __m256 av = _mm256_broadcast_ss(ae + i);
+            acc[i][0] = _mm256_fmadd_ps(av, e0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(av, e1, acc[i][1]);
+        }
+        __m256 o0 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_loadu_si256(wk), hi16));
+        __m256 o1 = _mm256_castsi256_ps(_mm256_and_si256(_mm256_loadu_si256(wk + 1), hi16));
 #pragma GCC unroll 6
-            for (int i = 0; i < MM_A2_MR; i++)
-                acc[i][c] = _mm256_fmadd_ps(_mm256_broadcast_ss(ae + MM_A2_MR + i), o, acc[i][c]);
+        for (int i = 0; i < MM_A2_MR; i++) {
+            __m256 av = _mm256_broadcast_ss(ae + MM_A2_MR + i);
+            acc[i][0] = _mm256_fmadd_ps(av, o0, acc[i][0]);
+            acc[i][1] = _mm256_fmadd_ps(av, o1, acc[i][1]);
         }
     }
+#endif
 #pragma GCC unroll 6
     for (int i = 0; i < MM_A2_MR; i++)
         if (i < mr) mm_avx2_store16(y + (size_t)i * ldy, acc[i][0], acc[i][1], nc);

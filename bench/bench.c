@@ -3,6 +3,7 @@
 // Run:   ./bench/bench [--threads N] [--reps N] [--quick]
 // Prints a table and never fails on speed (exit 0 unless it cannot run at all).
 //
+// Run:   ./build/bench --threads 1 --cpu   (single thread, CPU time: steady numbers on a shared machine)
 // Run:   ./build/bench --isa avx2   (the whole table at a capped kernel level: AVX2 rows on an AVX-512 CPU)
 // Peaks: register-only loops on all threads (best of 7) of the instructions each level's kernels use:
 // f32 FMA (zmm on AVX-512, ymm on AVX2), bf16 dot (vdpbf16ps), int8 VNNI (zmm vpdpbusd), AVX-VNNI
@@ -21,7 +22,15 @@
 #include "../matmul.c"
 #include <unistd.h>
 
-static double now_sec(void) { return mm_now_sec(); }
+// --cpu: time with this thread's CPU time instead of the wall clock (only meaningful with --threads 1,
+// where the caller runs every task): on a shared machine a descheduled thread then costs nothing.
+static int use_cpu_time;
+static double now_sec(void) {
+    if (!use_cpu_time) return mm_now_sec();
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 static int cmp_double(const void* a, const void* b) {
     double x = *(const double*)a, y = *(const double*)b;
@@ -99,8 +108,10 @@ MM_TGT_AVX2 static void peak_fma256_task(void* c, int t) {
 #pragma GCC unroll 12
         for (int j = 0; j < 12; j++) a[j] = _mm256_fmadd_ps(a[j], b, d);
     }
+    __m256 s = a[0];                        // every chain reaches the sink (else GCC drops 10 of them)
+    for (int j = 1; j < 12; j++) s = _mm256_add_ps(s, a[j]);
     float v[8];
-    _mm256_storeu_ps(v, _mm256_add_ps(a[0], a[11]));
+    _mm256_storeu_ps(v, s);
     sink_f = v[0];
 }
 MM_TGT_AVX2 static void peak_maddubs_task(void* c, int t) {
@@ -108,22 +119,61 @@ MM_TGT_AVX2 static void peak_maddubs_task(void* c, int t) {
     __m256i a[12], x = _mm256_set1_epi32(0x01010101), ones = _mm256_set1_epi16(1);
 #pragma GCC unroll 12
     for (int j = 0; j < 12; j++) a[j] = _mm256_set1_epi32(j + t);
+#if defined(__GNUC__)
+    // In asm: written as intrinsics, GCC 12 keeps only some of the 12 chains in registers and
+    // round-trips the rest through the stack every iteration (measured 0.7 of the real rate).
+    // 12 accumulators + x + ones + one temporary (renamed each use) = 15 ymm.
+    long n = peak_iters;                    // the loop in asm too: GCC would store the array every pass
+    if (n > 0) {
+#define PEAK_CHAIN(r) "vpmaddubsw %[" r "], %[x], %%ymm15\n\t" "vpmaddwd %[ones], %%ymm15, %%ymm15\n\t" \
+                      "vpaddd %%ymm15, %[" r "], %[" r "]\n\t"
+        __asm__("1:\n\t" PEAK_CHAIN("a0") PEAK_CHAIN("a1") PEAK_CHAIN("a2") PEAK_CHAIN("a3") PEAK_CHAIN("a4") PEAK_CHAIN("a5")
+                PEAK_CHAIN("a6") PEAK_CHAIN("a7") PEAK_CHAIN("a8") PEAK_CHAIN("a9") PEAK_CHAIN("a10") PEAK_CHAIN("a11")
+                "decq %[n]\n\t" "jnz 1b\n\t"
+                : [n] "+r"(n), [a0] "+x"(a[0]), [a1] "+x"(a[1]), [a2] "+x"(a[2]), [a3] "+x"(a[3]), [a4] "+x"(a[4]), [a5] "+x"(a[5]),
+                  [a6] "+x"(a[6]), [a7] "+x"(a[7]), [a8] "+x"(a[8]), [a9] "+x"(a[9]), [a10] "+x"(a[10]), [a11] "+x"(a[11])
+                : [x] "x"(x), [ones] "x"(ones)
+                : "xmm15", "cc");
+#undef PEAK_CHAIN
+    }
+#else
     for (long i = 0; i < peak_iters; i++) {
 #pragma GCC unroll 12
         for (int j = 0; j < 12; j++) a[j] = _mm256_add_epi32(a[j], _mm256_madd_epi16(_mm256_maddubs_epi16(x, a[j]), ones));
     }
-    sink_i = _mm256_extract_epi32(_mm256_add_epi32(a[0], a[11]), 0);
+#endif
+    __m256i s = a[0];                       // every chain reaches the sink (else GCC drops 10 of them)
+    for (int j = 1; j < 12; j++) s = _mm256_add_epi32(s, a[j]);
+    sink_i = _mm256_extract_epi32(s, 0);
 }
 MM_TGT_AVXVNNI static void peak_avxvnni_task(void* c, int t) {
     (void)c;
     __m256i a[12], x = _mm256_set1_epi32(0x01010101), y = _mm256_set1_epi32(0x01ff01ff);
 #pragma GCC unroll 12
     for (int j = 0; j < 12; j++) a[j] = _mm256_set1_epi32(j + t);
+#if defined(__GNUC__)
+    // in asm for the same reason as peak_maddubs_task (GCC 12 copies and stores accumulators in the loop)
+    long n = peak_iters;                    // the loop in asm too: GCC would store the array every pass
+    if (n > 0) {
+#define PEAK_DP(r) "%{vex%} vpdpbusd %[y], %[x], %[" r "]\n\t"
+        __asm__("1:\n\t" PEAK_DP("a0") PEAK_DP("a1") PEAK_DP("a2") PEAK_DP("a3") PEAK_DP("a4") PEAK_DP("a5")
+                PEAK_DP("a6") PEAK_DP("a7") PEAK_DP("a8") PEAK_DP("a9") PEAK_DP("a10") PEAK_DP("a11")
+                "decq %[n]\n\t" "jnz 1b\n\t"
+                : [n] "+r"(n), [a0] "+x"(a[0]), [a1] "+x"(a[1]), [a2] "+x"(a[2]), [a3] "+x"(a[3]), [a4] "+x"(a[4]), [a5] "+x"(a[5]),
+                  [a6] "+x"(a[6]), [a7] "+x"(a[7]), [a8] "+x"(a[8]), [a9] "+x"(a[9]), [a10] "+x"(a[10]), [a11] "+x"(a[11])
+                : [x] "x"(x), [y] "x"(y)
+                : "cc");
+#undef PEAK_DP
+    }
+#else
     for (long i = 0; i < peak_iters; i++) {
 #pragma GCC unroll 12
         for (int j = 0; j < 12; j++) a[j] = _mm256_dpbusd_avx_epi32(a[j], x, y);
     }
-    sink_i = _mm256_extract_epi32(_mm256_add_epi32(a[0], a[11]), 0);
+#endif
+    __m256i s = a[0];                       // every chain reaches the sink (else GCC drops 10 of them)
+    for (int j = 1; j < 12; j++) s = _mm256_add_epi32(s, a[j]);
+    sink_i = _mm256_extract_epi32(s, 0);
 }
 #endif
 
@@ -179,7 +229,7 @@ static void peak_smull_task(void* c, int t) {
 }
 #endif
 #if !MM_X86
-static int mm_gemv_pf;  // the x86 q8 GEMV's prefetch distance (--pf); no such knob elsewhere
+static int mm_gemv_pf, mm_gemv_pf_avx2;  // the x86 GEMVs' prefetch distances (--pf); no such knobs elsewhere
 #endif
 
 // ops per iteration per thread: 12 instructions x 16 lanes x (2 | 4 | 8) ops
@@ -317,18 +367,20 @@ int main(int argc, char** argv) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) nth = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--cpu")) use_cpu_time = 1;
         else if (!strcmp(argv[i], "--isa") && i + 1 < argc) isa_cap = argv[++i];
         else if (!strcmp(argv[i], "--small")) small = quick = 1;
         else if (!strcmp(argv[i], "--gemm")) do_gemv = 0;
         else if (!strcmp(argv[i], "--gemv")) do_gemm = 0;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--gemv-t") && i + 1 < argc) gemv_t = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--pf") && i + 1 < argc) mm_gemv_pf = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--pf") && i + 1 < argc) mm_gemv_pf = mm_gemv_pf_avx2 = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--tpt") && i + 1 < argc) mm_gemv_tpt = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--q8-max-t") && i + 1 < argc) mm_gemv_max_t[DT_Q8] = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--alt") && i + 2 < argc) { alt_pf = atoi(argv[++i]); alt_tpt = atoi(argv[++i]); }
         else {
             fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick | --small] [--gemm | --gemv] [--only f32|bf16|q8]\n"
+                            "       [--cpu (time = this thread's CPU time; use with --threads 1 on a busy machine)]\n"
                             "       [--isa scalar|avx2|avxvnni|avx512 (cap the kernel level, as LLAVA_ISA)]\n"
                             "       [--gemv-t T (GEMV rows, default 1)] [--pf BYTES (q8 GEMV prefetch)] [--tpt N (GEMV tasks/thread)]\n"
                             "       [--alt PF TPT (extra q8 row; TPT 0 = guided)] [--q8-max-t T (q8 GEMV/GEMM threshold)]\n", argv[0]);
@@ -340,6 +392,7 @@ int main(int argc, char** argv) {
     if (mm_gemv_tpt < 1) mm_gemv_tpt = 1;
     if (quick) { reps = 3; peak_iters = 5000000; }
     if (small) { reps = 1; peak_iters = 200000; }
+    if (use_cpu_time && nth != 1) { fprintf(stderr, "bench: --cpu needs --threads 1\n"); return 1; }
     pool_init(nth);
     mm_detect_isa();
     if (isa_cap) {
