@@ -7,7 +7,8 @@
 //   numbers     bf16 <-> f32 conversion (the weights and the KV cache of bf16 models) and
 //               align_up() for the 64-byte alignment of tensors and SIMD buffers.
 //
-// Every C file of the project #includes this file first and depends on nothing else of the project
+// Everything here is `static inline`, so a file that uses only part of it compiles without unused-
+// function warnings. Every C file of the project #includes this file first and depends on nothing else of the project
 // (tokenizer.c, video.c and matmul.c each compile alone with it: `make test` checks that). The
 // unity build (llava.c includes the other chapters) includes it several times; the guard below
 // makes every include after the first empty.
@@ -44,25 +45,25 @@ static void fatal(const char* fmt, ...) {
 // Checked allocation. A zero-byte request returns a valid (1-byte) block, so callers never have to
 // special-case empty inputs.
 
-static void* xmalloc(size_t n) {
+static inline void* xmalloc(size_t n) {
     void* p = malloc(n ? n : 1);
     if (!p) fatal("out of memory allocating %zu bytes", n);
     return p;
 }
 
-static void* xcalloc(size_t count, size_t size) {
+static inline void* xcalloc(size_t count, size_t size) {
     void* p = calloc(count ? count : 1, size ? size : 1);
     if (!p) fatal("out of memory allocating %zu x %zu bytes", count, size);
     return p;
 }
 
-static void* xrealloc(void* p, size_t n) {
+static inline void* xrealloc(void* p, size_t n) {
     void* q = realloc(p, n ? n : 1);
     if (!q) fatal("out of memory growing a buffer to %zu bytes", n);
     return q;
 }
 
-static char* xstrdup(const char* s) {
+static inline char* xstrdup(const char* s) {
     size_t n = strlen(s) + 1;
     return memcpy(xmalloc(n), s, n);
 }
@@ -70,7 +71,7 @@ static char* xstrdup(const char* s) {
 // ----------------------------------------------------------------------------
 // Time
 
-static double now_seconds(void) {
+static inline double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;

@@ -650,7 +650,7 @@ static void dequantize_row(float* out, const Matrix* w, int row) {
 
 
 // Writes n values at element `index` of a KV cache of f32 or bf16 (round to nearest even, base.c's
-// f32_to_bf16; reading back is exact, mm_bf16_to_f32).
+// f32_to_bf16; reading back is exact, bf16_to_f32).
 static void store_kv(void* cache, size_t index, const float* x, int n, int bf16) {
     if (!bf16) { memcpy((float*)cache + index, x, n * sizeof(float)); return; }
     uint16_t* h = (uint16_t*)cache + index;

@@ -96,6 +96,7 @@
 // Build: included into llava.c (unity build); needs -pthread (and -lm for rintf).
 // Tests: test/test_matmul.c. Speed: bench/bench.c.
 
+#include "base.c"  // fatal, bf16 conversion, align_up: the only project file this one needs
 #include <math.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -258,12 +259,11 @@ void pool_init(int n_threads) {
     mm_pool_shutdown();
     if (n_threads == 1) return;
     mm_pool.threads = malloc((size_t)(n_threads - 1) * sizeof(pthread_t));
-    if (!mm_pool.threads) { fprintf(stderr, "matmul.c: out of memory creating the thread pool\n"); exit(1); }
+    if (!mm_pool.threads) fatal("out of memory creating the thread pool");
     mm_pool_gen0 = atomic_load(&mm_pool.gen);
     for (int i = 0; i < n_threads - 1; i++) {
         if (pthread_create(&mm_pool.threads[i], NULL, mm_worker, NULL) != 0) {
-            fprintf(stderr, "matmul.c: pthread_create failed for worker %d\n", i);
-            exit(1);
+            fatal("cannot start worker thread %d of the thread pool", i);
         }
     }
     mm_pool.n = n_threads;
@@ -465,22 +465,6 @@ const char* matmul_isa_name(void) {
 // ----------------------------------------------------------------------------
 // Small helpers
 
-static inline float mm_bf16_to_f32(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-// f32 -> bf16 bits, round to nearest even; NaN stays a (quiet) NaN. Same as vcvtneps2bf16 and
-// torch's .to(torch.bfloat16) for normal numbers.
-static inline uint16_t mm_f32_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
 
 // Quantize one group of activations to int8: scale = absmax/127, q = rint(x*127/absmax), and
 // return sum(q) (for the VNNI offset compensation). An all-zero group (or one below 1e-30, where
@@ -516,7 +500,7 @@ static void* mm_alloc(size_t bytes) {
     size_t align = bytes >= ((size_t)4 << 20) ? ((size_t)2 << 20) : 64;   // 2 MB for huge pages
     size_t size = (bytes + align - 1) / align * align;
     void* p = aligned_alloc(align, size ? size : align);
-    if (!p) { fprintf(stderr, "matmul.c: out of memory (%zu bytes)\n", bytes); exit(1); }
+    if (!p) fatal("out of memory allocating %zu bytes for the matmul kernels", bytes);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (align > 64) madvise(p, size, MADV_HUGEPAGE);    // THP is madvise-only on the target VM
 #endif
@@ -530,16 +514,13 @@ static inline int mm_min(int a, int b) { return a < b ? a : b; }
 
 static void mm_check(const Matrix* w) {
     if (w->type != DT_F32 && w->type != DT_BF16 && w->type != DT_Q8) {
-        fprintf(stderr, "matmul.c: unknown weight type %d\n", (int)w->type);
-        exit(1);
+        fatal("matmul: unknown weight type %d", (int)w->type);
     }
     if (w->rows < 0 || w->cols < 0) {
-        fprintf(stderr, "matmul.c: bad matrix shape %d x %d\n", w->rows, w->cols);
-        exit(1);
+        fatal("matmul: bad matrix shape %d x %d", w->rows, w->cols);
     }
     if (w->type == DT_Q8 && (w->group <= 0 || w->cols % w->group != 0)) {
-        fprintf(stderr, "matmul.c: q8 group size %d does not divide cols %d\n", w->group, w->cols);
-        exit(1);
+        fatal("matmul: q8 group size %d does not divide cols %d", w->group, w->cols);
     }
 }
 
@@ -556,7 +537,7 @@ static void mm_ref_cols(float* y, const float* x, const Matrix* w, int T, int n0
                 for (int k = 0; k < K; k++) sum += wn[k] * xt[k];
             } else if (w->type == DT_BF16) {
                 const uint16_t* wn = (const uint16_t*)w->data + (size_t)n * K;
-                for (int k = 0; k < K; k++) sum += mm_bf16_to_f32(wn[k]) * xt[k];
+                for (int k = 0; k < K; k++) sum += bf16_to_f32(wn[k]) * xt[k];
             } else {
                 int G = w->group, ng = K / G;
                 const int8_t* wn = (const int8_t*)w->data + (size_t)n * K;
@@ -646,7 +627,7 @@ void pack_matrix(Matrix* w) {
     if (w->packed || !simd || w->rows == 0 || w->cols == 0) return;
     if (w->type == DT_Q8 && w->group % 4 != 0) return;
     MMPacked* p = calloc(1, sizeof(MMPacked));
-    if (!p) { fprintf(stderr, "matmul.c: out of memory packing a matrix\n"); exit(1); }
+    if (!p) fatal("out of memory packing a matrix");
     p->np = (w->rows + 31) / 32;
     p->kw = w->type == DT_F32 ? w->cols : w->type == DT_BF16 ? (w->cols + 1) / 2 : w->cols / 4;
     p->G = w->type == DT_Q8 ? w->group : 0;
@@ -1350,7 +1331,7 @@ static void mm_matmul_avx2(MMJob* j) {
     if (T <= mm_gemv_max_t_avx2[type]) {
         void* buf = NULL;
         if (type == DT_Q8) {                // quantize the (<= 2) rows once, in the caller thread
-            size_t qbytes = ((size_t)T * K + 63) / 64 * 64, sbytes = (size_t)T * p->ng * 4;
+            size_t qbytes = align_up((size_t)T * K, 64), sbytes = (size_t)T * p->ng * 4;
             buf = mm_get_scratch(qbytes + 2 * sbytes + 64, own);
             j->q = buf;
             j->asr = (float*)((char*)buf + qbytes);
@@ -1369,7 +1350,7 @@ static void mm_matmul_avx2(MMJob* j) {
     j->ntiles = (T + j->mr - 1) / j->mr;
     size_t rows = (size_t)j->ntiles * j->mr;
     size_t abytes = rows * (type == DT_BF16 ? (size_t)(K + 1) / 2 * 2 * 4 : (size_t)p->kw * 4), sbytes = 0, qbytes = 0;
-    if (type == DT_Q8) { sbytes = rows * p->ng * 4; qbytes = (rows * K + 63) / 64 * 64; }
+    if (type == DT_Q8) { sbytes = rows * p->ng * 4; qbytes = align_up(rows * K, 64); }
     char* buf = mm_get_scratch(abytes + qbytes + 4 * sbytes + 64, own);
     j->a = buf;
     j->q = (int8_t*)(buf + abytes);
@@ -1707,7 +1688,7 @@ MM_TGT_512 static void mm_task_pack_f32(void* v, int task) {
     }
 }
 
-// 16 f32 -> 8 bf16 pairs (uint32), round to nearest even, NaN kept quiet: mm_f32_to_bf16 in SIMD.
+// 16 f32 -> 8 bf16 pairs (uint32), round to nearest even, NaN kept quiet: f32_to_bf16 in SIMD.
 MM_INLINE MM_TGT_512 __m256i mm512_bf16_pairs(__m512 f) {
     __m512i u = _mm512_castps_si512(f);
     __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
@@ -2564,7 +2545,7 @@ static void mm_matmul_arm(float* y, const float* x, const Matrix* w, int T) {
     } else if (!gemv) {
         abytes = (size_t)j.ntiles * MM_ARM_F32_MR * j.ka * 4;
     }
-    abytes = (abytes + 63) / 64 * 64;
+    abytes = align_up(abytes, 64);
     int own = mm_in_pool;                   // nested call (inside a pool task): private scratch
     void* buf = NULL;
     if (abytes + sbytes) {
@@ -2634,7 +2615,7 @@ static void mm_matmul_avx512(MMJob* jp) {
         if (type == DT_Q8 && mm_has_vnni && mm_q8_gemv_vnni) {
             // quantize the T (<= 3) activation rows once (caller thread: ~1 us for K=4096), then stream
             const MMPacked* p = j.p;
-            size_t qbytes = ((size_t)T * w->cols + 63) / 64 * 64, sbytes = (size_t)T * p->ng * 4;
+            size_t qbytes = align_up((size_t)T * w->cols, 64), sbytes = (size_t)T * p->ng * 4;
             int own = mm_in_pool;
             void* buf = mm_get_scratch(qbytes + 2 * sbytes + 64, own);
             j.a = buf;

@@ -326,7 +326,7 @@ static Matrix make_matrix(DType type, int N, int K, int G) {
         m.data = d;
     } else if (type == DT_BF16) {
         uint16_t* d = mm_alloc(n * 2);
-        for (size_t i = 0; i < n; i++) d[i] = mm_f32_to_bf16(frand());
+        for (size_t i = 0; i < n; i++) d[i] = f32_to_bf16(frand());
         m.data = d;
     } else {
         int8_t* d = mm_alloc(n);

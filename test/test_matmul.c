@@ -42,7 +42,7 @@ static TestMat make_mat(DType type, int N, int K, int G) {
         t.data = d;
     } else if (type == DT_BF16) {
         uint16_t* d = malloc(n * 2);
-        for (size_t i = 0; i < n; i++) d[i] = mm_f32_to_bf16(rng_uniform());
+        for (size_t i = 0; i < n; i++) d[i] = f32_to_bf16(rng_uniform());
         t.data = d;
     } else {
         int8_t* d = malloc(n);
@@ -75,7 +75,7 @@ static float* make_x(int T, int K) {
 static float w_at(const Matrix* m, int n, int k) {
     size_t i = (size_t)n * m->cols + k;
     if (m->type == DT_F32) return ((const float*)m->data)[i];
-    if (m->type == DT_BF16) return mm_bf16_to_f32(((const uint16_t*)m->data)[i]);
+    if (m->type == DT_BF16) return bf16_to_f32(((const uint16_t*)m->data)[i]);
     return (float)((const int8_t*)m->data)[i];       // q8: the scale is applied per group by callers
 }
 
@@ -200,7 +200,7 @@ static void test_case(DType type, int T, int N, int K, int G, int pack) {
     } else if (type == DT_BF16) {
         // kernel exactness: reference on bf16-rounded activations
         float* xr = malloc((size_t)T * K * 4);
-        for (size_t i = 0; i < (size_t)T * K; i++) xr[i] = mm_bf16_to_f32(mm_f32_to_bf16(x[i]));
+        for (size_t i = 0; i < (size_t)T * K; i++) xr[i] = bf16_to_f32(f32_to_bf16(x[i]));
         float* refr = malloc(ny * 4);
         matmul_ref(refr, xr, m, T);
         double* Sr = abs_scale(m, xr, T);
