@@ -10,7 +10,8 @@
  *   the host half  (#else)               plain C, compiled by the C compiler as part of llava.c:
  *                  `gcc -DLLAVA_CUDA llava.c` includes this file at the end of llava.c, so it sees
  *                  the Model and every CPU chapter. It fills llava.c's llava_accel hooks, and from then
- *                  on build_model uploads the weights instead of packing them, and video_features,
+ *                  on build_model leaves the weights unpacked (they go to the GPU at the first stage that
+ *                  needs it, so -m encode / decode never start the GPU), and video_features,
  *                  image_features, build_state, prefill and decode_step run here. Everything else
  *                  (the checkpoint reader, video decoding and preprocessing, the tokenizer, the chat
  *                  template, merge_embeddings, the sampler, chat mode, --dump, main) is llava.c's own
@@ -918,7 +919,8 @@ extern "C" void gpu_decode_step(GpuModel* g, int token, int pos, float* logits) 
 // ============================================================================
 // The host half (plain C, #included at the end of llava.c when LLAVA_CUDA is defined)
 
-static GpuModel* g_gpu;  // one model per process, as llava.c
+static GpuModel* g_gpu;   // one model per process, as llava.c
+static Model* g_pending;  // build_model's model, until its weights are on the GPU
 
 void llava_cuda_fatal(const char* fmt, ...) {
     char msg[1024];
@@ -941,9 +943,10 @@ static GpuMatrix* cuda_matrices(const Matrix* ms, int n) {
     return out;
 }
 
-// build_model's hook: every weight the forward passes use goes to the GPU, once, straight from the
-// mmap (nothing is packed for the CPU). The file's pages are released as they go.
-static void cuda_load_weights(Model* m) {
+// Every weight the forward passes use goes to the GPU, once, straight from the mmap (nothing is
+// packed for the CPU); the file's pages are released after. Called by the first hook that needs the GPU,
+// so -m encode / -m decode (the tokenizer alone) never start it.
+static void cuda_upload_weights(Model* m) {
     Config* p = &m->config;
     int Lv = vision_layers_needed(p), Dv = p->v_dim, Dvh = p->v_hidden_dim, D = p->dim, L = p->n_layers;
     int g = p->image_size / p->patch_size;
@@ -986,6 +989,14 @@ static void cuda_load_weights(Model* m) {
     info("gpu: %s, %.2f GB of weights on the device\n", gpu_device_name(), gpu_bytes_allocated(g_gpu) / 1e9);
 }
 
+static void cuda_load_weights(Model* m) { g_pending = m; }  // build_model's hook
+
+static void gpu_ready(void) {
+    if (g_gpu) return;
+    if (!g_pending) fatal("internal: the GPU path ran before build_model");
+    cuda_upload_weights(g_pending);
+}
+
 // build_state's hook: the scratch and the KV cache on the device; the host keeps only the logits.
 static void cuda_build_state(Model* m, int ctx, int max_rows) {
     RunState* s = &m->state;
@@ -994,12 +1005,13 @@ static void cuda_build_state(Model* m, int ctx, int max_rows) {
     s->max_rows = max_rows;
     s->kv_bf16 = m->config.weight_type != DT_F32;
     s->logits = xcalloc(m->config.vocab_size, sizeof(float));
+    gpu_ready();
     gpu_build_state(g_gpu, ctx, max_rows);
 }
 
 static void cuda_free_state(RunState* s) {
     (void)s;  // free_state frees s->logits itself
-    gpu_free_state(g_gpu);
+    if (g_gpu) gpu_free_state(g_gpu);
 }
 
 static void cuda_video_features(Model* m, VideoFeatures* vf) {
@@ -1007,6 +1019,7 @@ static void cuda_video_features(Model* m, VideoFeatures* vf) {
     int g = p->image_size / p->patch_size, F = vf->F;
     vf->vision_features = xmalloc((size_t)F * g * g * p->v_dim * sizeof(float));
     vf->video_features = xmalloc((size_t)F * video_tokens_per_frame(p) * p->dim * sizeof(float));
+    gpu_ready();
     gpu_video_features(g_gpu, vf->pixel_values, F, vf->vision_features, vf->video_features);
 }
 
@@ -1016,6 +1029,7 @@ static void cuda_image_features(Model* m, ImageFeatures* f) {
     size_t per_patch = (size_t)p->n_channels * p->image_size * p->image_size;
     f->vision_features = xmalloc((size_t)f->total_patches * np * p->v_dim * sizeof(float));
     f->image_features = xmalloc((size_t)f->total_rows * p->dim * sizeof(float));
+    gpu_ready();
     int first = 0, rows = 0;
     for (int k = 0; k < f->n; k++) {
         const ImagePatches* ip = &f->patches[k];
