@@ -239,6 +239,19 @@ typedef struct {
     size_t file_size;
 } Model;
 
+// Accelerator hooks: all NULL in the CPU build. llava.cu (make llava_cuda) fills them in, and each
+// stage below that names one hands its work to the GPU when it is set (the rest stays this file's).
+struct VideoFeatures; struct ImageFeatures;
+static struct {
+    void (*load_weights)(Model* m);                         // build_model: instead of packing for the CPU
+    void (*build_state)(Model* m, int ctx, int max_rows);   // the scratch and the KV cache live there
+    void (*free_state)(RunState* s);
+    void (*video_features)(Model* m, struct VideoFeatures* vf);
+    void (*image_features)(Model* m, struct ImageFeatures* f);
+    void (*prefill)(Model* m, const float* embeds, int T, int pos, float* all_logits);
+    void (*decode_step)(Model* m, int token, int pos);
+} llava_accel;
+
 
 // ----------------------------------------------------------------------------
 // Checkpoint: mmap the file, check the header, hand out tensors in export.py's order
@@ -523,7 +536,8 @@ static void build_model(Model* m, const char* path) {
     if (m->file_size > have)
         fatal("%s: the model needs %.1f GB of memory for its weights, this machine has %.1f GB", path,
               m->file_size / 1e9, have / 1e9);
-    for_each_matrix(m, pack_and_release);  // the kernels' panel layout, packed once
+    if (llava_accel.load_weights) llava_accel.load_weights(m);
+    else for_each_matrix(m, pack_and_release);  // the kernels' panel layout, packed once
 }
 
 // Frees the packed weights, the per-layer Matrix arrays and the tokenizer, and unmaps the file.
@@ -898,14 +912,14 @@ static void* read_npy(const char* path, char* descr_out, int* ndim, int64_t shap
 
 #define MAX_MEDIA 16  // images and videos each, per prompt
 
-typedef struct {
+typedef struct VideoFeatures {
     int F;                   // frames of all videos together
     float* pixel_values;     // (F, C, S, S)
     float* vision_features;  // (F, g*g, v_dim) CLIP's selected layer, CLS dropped
     float* video_features;   // (F * per_frame, dim) pooled and projected: what the <video> positions get
 } VideoFeatures;
 
-typedef struct {
+typedef struct ImageFeatures {
     int n;                   // images, in the order of -i
     ImagePatches* patches;   // (n) anyres geometry of each image (video.c); pixels moved to `pixel_values`
     int* n_rows;             // (n) <image> tokens = feature rows of each image
@@ -1027,6 +1041,7 @@ static void video_features(Model* m, VideoFeatures* vf) {
     Config* p = &m->config;
     int g = p->image_size / p->patch_size, D = p->v_dim, F = vf->F;
     if (p->select_strategy != 0) fatal("%s: the video path needs select strategy 'default'", m->path);
+    if (llava_accel.video_features) { llava_accel.video_features(m, vf); return; }
     vf->vision_features = xmalloc((size_t)F * g * g * D * sizeof(float));  // CLS dropped
     build_vision_state(&m->vision_state, p, F);
     vision_forward(m, vf->pixel_values, F, vf->vision_features);
@@ -1071,6 +1086,7 @@ static void image_features(Model* m, ImageFeatures* f) {
     Config* p = &m->config;
     int g = p->image_size / p->patch_size, np = g * g, Dv = p->v_dim, D = p->dim;
     if (p->select_strategy != 0) fatal("%s: the image path needs select strategy 'default'", m->path);
+    if (llava_accel.image_features) { llava_accel.image_features(m, f); return; }
     f->vision_features = xmalloc((size_t)f->total_patches * np * Dv * sizeof(float));
     f->image_features = xmalloc((size_t)f->total_rows * D * sizeof(float));
     size_t per_patch = (size_t)p->n_channels * p->image_size * p->image_size;
@@ -1239,6 +1255,7 @@ static float* merge_embeddings(Model* m, const int* ids, int T, const float* ima
 static void build_state(Model* m, int ctx, int max_rows) {
     Config* p = &m->config;
     RunState* s = &m->state;
+    if (llava_accel.build_state) { llava_accel.build_state(m, ctx, max_rows); return; }
     int D = p->dim, qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
     s->ctx = ctx;
     s->max_rows = max_rows;
@@ -1271,6 +1288,7 @@ static void build_state(Model* m, int ctx, int max_rows) {
 }
 
 static void free_state(RunState* s) {
+    if (llava_accel.free_state) llava_accel.free_state(s);
     free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att);
     free(s->hb); free(s->hb2); free(s->logits); free(s->key_cache); free(s->value_cache); free(s->inv_freq);
     free(s->rope_cos); free(s->rope_sin);
@@ -1352,6 +1370,7 @@ static void prefill(Model* m, const float* embeds, int T, int pos, float* all_lo
     int D = m->config.dim, V = m->config.vocab_size;
     if (pos < 0 || T < 0 || T > s->ctx - pos)
         fatal("internal: prefill of %d rows at position %d overflows the context of %d", T, pos, s->ctx);
+    if (llava_accel.prefill) { llava_accel.prefill(m, embeds, T, pos, all_logits); return; }
     for (int t0 = 0; t0 < T; t0 += s->max_rows) {
         int n = T - t0 < s->max_rows ? T - t0 : s->max_rows;
         memcpy(s->x, embeds + (size_t)t0 * D, (size_t)n * D * sizeof(float));
@@ -1369,6 +1388,7 @@ static void prefill(Model* m, const float* embeds, int T, int pos, float* all_lo
 static void decode_step(Model* m, int token, int pos) {
     RunState* s = &m->state;
     if (pos < 0 || pos >= s->ctx) fatal("internal: decode at position %d outside the context of %d", pos, s->ctx);
+    if (llava_accel.decode_step) { llava_accel.decode_step(m, token, pos); return; }
     dequantize_row(s->x, &m->llm.embed_tokens, token);
     llm_forward(m, 1, pos);
     matmul(s->logits, s->x, &m->llm.lm_head, 1);
@@ -2158,6 +2178,10 @@ static int run(Args* a) {
     free_model(m);
     return 0;
 }
+
+#ifdef LLAVA_CUDA
+#include "llava.cu"  // the GPU's host half: sets llava_accel (make llava_cuda)
+#endif
 
 #ifndef TESTING
 int main(int argc, char** argv) {
