@@ -80,6 +80,8 @@ static void info(const char* fmt, ...) {
 // "stage: done/total (detail), elapsed, ~ETA" in place. A stage starts when its name changes.
 static void progress(const char* stage, double done, double total, const char* unit) {
     if (!g_progress) return;
+    // "\r\033[K": back to the start of the line and clear it (the ANSI erase-in-line), so the line
+    // is rewritten in place; ETA = the time so far per unit done, times the units left.
     double t = now_seconds();
     if (g_prog.stage != stage) { g_prog.stage = stage; g_prog.t0 = t; }
     double el = t - g_prog.t0, left = done > 0 ? el / done * (total - done) : 0;
@@ -390,8 +392,11 @@ static void memory_map_weights(Model* m, Cursor* c) {
     DType wt = (DType)p->weight_type;
     int G = p->group_size;
     int Dv = p->v_dim, Dvh = p->v_hidden_dim, Lv = p->v_layers, P = p->patch_size;
-    int npos = (p->image_size / P) * (p->image_size / P) + 1;
+    int npos = (p->image_size / P) * (p->image_size / P) + 1;  // 24 x 24 patches + CLS = 577 at 336 / 14
 
+    // CLIP vision tower. The norms, biases and embeddings are always f32 (small, and LayerNorm wants
+    // them exact); the patch embedding is f32 too (a 588-wide conv run once per view); the six big
+    // matrices of every layer are in the file's weight type.
     VisionWeights* v = &m->vision;
     v->class_embedding = take_f32(c, Dv);
     Matrix* pe = take_matrices(c, 1, Dv, p->n_channels * P * P, DT_F32, 0);
@@ -413,6 +418,7 @@ static void memory_map_weights(Model* m, Cursor* c) {
     v->post_ln_w = take_f32(c, Dv);
     v->post_ln_b = take_f32(c, Dv);
 
+    // The multi-modal projector (v_dim -> dim -> dim) and the image_newline row of anyres images.
     ProjectorWeights* pr = &m->projector;
     Matrix* l1 = take_matrices(c, 1, p->dim, Dv, wt, G);
     pr->linear_1 = *l1;
@@ -424,6 +430,9 @@ static void memory_map_weights(Model* m, Cursor* c) {
     pr->b2 = take_f32(c, p->dim);
     pr->image_newline = take_f32(c, p->dim);
 
+    // The Llama decoder: embed_tokens, then per-layer stacks in the order of one layer's forward pass,
+    // then the final norm and the untied lm_head. The embedding table is stored in the weight type too
+    // (dequantize_row reads one row per token).
     LlmWeights* w = &m->llm;
     int L = p->n_layers, D = p->dim, F = p->hidden_dim;
     int qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
@@ -443,6 +452,8 @@ static void memory_map_weights(Model* m, Cursor* c) {
     Matrix* head = take_matrices(c, 1, p->vocab_size, D, wt, G);
     w->lm_head = *head;
     free(head);
+    // The file must end exactly after the last tensor (plus its alignment padding): a header that
+    // disagrees with the data is caught here, before any tensor is read.
     c->offset = align_up(c->offset, 64);
     if (c->offset != c->size)
         fatal("%s: %zu bytes of unexpected data after the last tensor (file does not match its header)",
@@ -496,6 +507,7 @@ static void for_each_matrix(Model* m, void (*fn)(Matrix*)) {
 
 // Bytes of memory this process may use: physical RAM, or less under an address-space limit (ulimit -v).
 static size_t memory_available(void) {
+    // sysconf may return -1 (unknown): then no limit is assumed rather than refusing every model.
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
     size_t ram = pages > 0 && page > 0 ? (size_t)pages * (size_t)page : SIZE_MAX;
     struct rlimit rl;
@@ -675,6 +687,8 @@ static void store_kv(void* cache, size_t index, const float* x, int n, int bf16)
 // ----------------------------------------------------------------------------
 // Vision tower: CLIP ViT (modeling_clip.py CLIPVisionTransformer), all views of a batch at once
 
+// Allocates the vision scratch for max_views views (see VisionState for every buffer's shape). At 7B
+// shapes and 8 frames: 4,616 rows x (8 x 1024 + 4096) floats + the patches, about 230 MB.
 static void build_vision_state(VisionState* s, const Config* p, int max_views) {
     int g = p->image_size / p->patch_size, n_pos = g * g + 1;
     size_t rows = (size_t)max_views * n_pos, D = p->v_dim;
@@ -802,6 +816,8 @@ static int video_tokens_per_frame(const Config* p) {
 
 // (F, g*g, v_dim) patch features (CLS already dropped) -> (F, (g/s)^2, v_dim): AvgPool2d(s, s) over the
 // patch grid. The pool comes BEFORE the projector in get_video_features.
+// Loops: frame f, output cell (i, j) of the (g/s) x (g/s) grid, then the s x s input patches of that
+// cell, summed over the whole feature vector (D), then scaled by 1/(s*s) once.
 static void average_pool(float* out, const float* in, int F, int g, int s, int D) {
     int go = g / s;
     float inv = 1.0f / (s * s);
@@ -980,6 +996,8 @@ static void load_images(Model* m, const char* const* paths, int n, ImageFeatures
 }
 
 // Appends the sampled, preprocessed frames of one video file to the batch.
+// The frames of every video form one batch (one pass of the vision tower); video_frames[k] remembers
+// how many belong to video k, which sets how many <video> tokens its placeholder expands to.
 static void load_video_frames(Model* m, Media* md, const char* path, const MediaPaths* in) {
     Config* p = &m->config;
     VideoFeatures* vf = &md->videos;
@@ -1594,6 +1612,7 @@ static void save_frames(const char* dir, Model* m, const Media* md) {
 }
 
 // --json: a JSON string of n bytes of (possibly invalid) UTF-8: invalid bytes become U+FFFD.
+// (Byte tokens can spell invalid UTF-8; JSON must be valid Unicode, so such bytes are replaced.)
 static void json_write_string(FILE* f, const char* s, size_t n) {
     fputc('"', f);
     for (size_t i = 0; i < n;) {
@@ -1786,6 +1805,8 @@ static int takes_value(const char* f) {
     return 0;
 }
 
+// argv -> Args. Order: switches, then flags with a value (validated as they are read), then the checks
+// that need several flags at once, then every path on the command line: all before the weights load.
 static Args parse_args(int argc, char** argv) {
     Args a = {0};
     a.frames = 8;
@@ -1915,6 +1936,8 @@ static int chat_turn(Chat* c, const char* question) {
     Model* m = c->m;
     Config* p = &m->config;
     RunState* s = &m->state;
+    // The media attached with /image and /video (or -i/-v for the first question) are read now and
+    // belong to this question only; their paths are freed as soon as they are read.
     MediaPaths in = *c->defaults;
     in.image_paths = (const char* const*)c->images; in.n_images = c->n_images;
     in.video_paths = (const char* const*)c->videos; in.n_videos = c->n_videos;
@@ -1937,6 +1960,8 @@ static int chat_turn(Chat* c, const char* question) {
         T--;
     }
     c->n_images = c->n_videos = 0;
+    // +1: room for at least one answer token. A question that does not fit changes nothing, so the
+    // conversation can go on with a shorter one, or start over with /clear.
     if (c->pos + T + 1 > s->ctx) {
         fprintf(stderr, "context full: this question needs %d positions, %d of %d are left; /clear starts over\n",
                 T + 1, s->ctx - c->pos, s->ctx);
@@ -1944,11 +1969,12 @@ static int chat_turn(Chat* c, const char* question) {
         free_media(&media);
         return 0;
     }
+    // The vision tower runs on this question's media only; everything earlier is already in the cache.
     encode_media(m, &media);
     float* embeds = merge_embeddings(m, ids, T, media.images.image_features, media.images.total_rows,
                                      media.videos.video_features, media.videos.F * video_tokens_per_frame(p));
     double t0 = now_seconds();
-    prefill(m, embeds, T, c->pos, NULL);
+    prefill(m, embeds, T, c->pos, NULL);  // appended at position c->pos: the history is not recomputed
     memcpy(c->ids + c->pos, ids, (size_t)T * sizeof(int));
     c->pos += T;
     info("prompt: %d tokens in %.2f s, %d of %d positions used\n", T, now_seconds() - t0, c->pos, s->ctx);
@@ -1961,7 +1987,7 @@ static int chat_turn(Chat* c, const char* question) {
     int max_new = c->max_new < room ? c->max_new : room;
     GenStats g = generate(m, &c->sampler, c->pos, max_new, c->ids + c->pos, t0, "the question");
     int n_gen = g.n_generated;
-    int kept = n_gen > 0 && c->ids[c->pos + n_gen - 1] == p->eos ? n_gen - 1 : n_gen;
+    int kept = n_gen > 0 && c->ids[c->pos + n_gen - 1] == p->eos ? n_gen - 1 : n_gen;  // EOS is not kept
     if (kept > 0 && kept == n_gen) decode_step(m, c->ids[c->pos + n_gen - 1], c->pos + n_gen - 1);
     c->pos += kept;
     if (n_gen == room && kept == n_gen) fprintf(stderr, "context full: the answer stopped at %d positions; /clear starts over\n", s->ctx);
@@ -1971,6 +1997,8 @@ static int chat_turn(Chat* c, const char* question) {
 // Reads questions from stdin until /quit or end of input. Lines starting with / are commands.
 static void run_chat(Model* m, const Args* a, const MediaPaths* defaults) {
     Config* p = &m->config;
+    // A conversation may grow to the whole context, so the KV cache is built for all of it up front
+    // (bf16 at 7B: 2.1 GB for 4,096 positions), and prefill runs in chunks of PREFILL_CHUNK rows.
     int ctx = a->ctx ? a->ctx : p->max_pos;
     build_state(m, ctx, PREFILL_CHUNK);
     Chat c = {.m = m, .system = a->system, .max_new = a->steps, .defaults = defaults};
@@ -1978,7 +2006,7 @@ static void run_chat(Model* m, const Args* a, const MediaPaths* defaults) {
     build_sampler(&c.sampler, p->vocab_size, a->temperature, a->topp, a->seed);
     for (int k = 0; k < a->n_images; k++) c.images[c.n_images++] = xstrdup(a->image_paths[k]);  // for the first question
     for (int k = 0; k < a->n_videos; k++) c.videos[c.n_videos++] = xstrdup(a->video_paths[k]);
-    int interactive = isatty(STDIN_FILENO);
+    int interactive = isatty(STDIN_FILENO);  // a person typing: greet and prompt; a script: stay silent
     if (interactive)
         fprintf(stderr, "chat: type a question; /image FILE and /video FILE attach media to the next one, "
                         "/clear forgets the conversation, /quit (or Ctrl-D) ends\n");
@@ -1987,7 +2015,7 @@ static void run_chat(Model* m, const Args* a, const MediaPaths* defaults) {
     for (;;) {
         if (interactive) { fputs("USER: ", stderr); fflush(stderr); }
         if (!fgets(line, CHAT_LINE_MAX, stdin)) break;
-        size_t len = strlen(line);
+        size_t len = strlen(line);  // the line without its end (\n, or \r\n from a Windows file)
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = 0;
         if (len == 0) continue;
         if (!strcmp(line, "/quit") || !strcmp(line, "/exit")) break;
