@@ -51,6 +51,7 @@
 
 #include "base.c"  // fatal, xmalloc: the only project file this one needs
 #include <math.h>
+#include <strings.h>
 
 // ----------------------------------------------------------------------------
 // Public API
@@ -658,6 +659,18 @@ static void yuv_to_rgb(const Y4mInfo* y, const uint8_t* frame, uint8_t* rgb) {
 // one frame of RAM. A regular file redirected to stdin is seekable and takes
 // the file path.
 
+// Does the name end like a compressed video container? (Only for a more helpful error message.)
+static int video_is_container(const char* path) {
+    static const char* const ext[] = {".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".mpg", ".mpeg",
+                                      ".flv", ".wmv", ".ts", ".3gp", ".gif"};
+    size_t n = strlen(path);
+    for (size_t i = 0; i < sizeof(ext) / sizeof(ext[0]); i++) {
+        size_t k = strlen(ext[i]);
+        if (n > k && strcasecmp(path + n - k, ext[i]) == 0) return 1;
+    }
+    return 0;
+}
+
 // A stream is spooled to disk frame by frame until it ends: an endless one (cat /dev/zero, a camera)
 // would fill the disk. The cap, 18,000 frames (10 minutes at 30 fps, 6.1 GB of spool at S = 336), ends
 // such a stream with an error instead; --max-stream-frames raises it.
@@ -756,7 +769,10 @@ static int video_open(VideoSource* s, const char* path, int raw_w, int raw_h) {
         size_t got = fread(magic, 1, 9, s->f);
         if (got != 9 || memcmp(magic, "YUV4MPEG2", 9) != 0)
             fatal("%s: %s", path, got == 0 ? "empty input (expected a YUV4MPEG2 header)"
-                                           : "not a YUV4MPEG2 file (bad magic; raw RGB24 needs -W and -H)");
+                                  : video_is_container(path)
+                                  ? "a compressed video: convert it to YUV4MPEG2 with ffmpeg, e.g. "
+                                    "ffmpeg -i in.mp4 -f yuv4mpegpipe - | ./llava MODEL.bin -v - ..."
+                                  : "not a YUV4MPEG2 file (bad magic; raw RGB24 needs -W and -H)");
         char line[Y4M_MAX_LINE];  // on the stack: an error exit leaks nothing
         memcpy(line, "YUV4MPEG2", 9);
         if (video_read_line(s, line + 9, Y4M_MAX_LINE - 9, "header") < 0)

@@ -376,6 +376,73 @@ def test_terminal(tmp):
             check(ok, "a terminal gets progress lines (vision layers, prompt)", repr(err[:60]))
 
 
+def test_usage(tmp):
+    """The command line without traps (flags, messages, --json, --save-frames, seeds, stop reasons)."""
+    print("command line")
+    good = "build/models/tiny_b_f32.bin"
+    clip = "test/data/city_320x240_444_2f.y4m"
+    expect_error("--bogus is an unknown option", [good, "--bogus", "1", "-p", "hi"], needle="unknown option '--bogus'")
+    expect_error("-v on a directory", [good, "-v", "test/data", "-p", "hi"], needle="is a directory")
+    mp4 = os.path.join(tmp, "movie.mp4")
+    open(mp4, "wb").write(b"\0\0\0\x18ftypmp42" + b"\0" * 100)
+    expect_error("-v movie.mp4 hints at the ffmpeg pipe", [good, "-v", mp4, "-p", "hi"], needle="yuv4mpegpipe")
+    expect_error("a bad -i path is reported before loading", [good, "-i", "/nonexistent.ppm"], needle="/nonexistent.ppm")
+    expect_error("-m decode refuses ids outside the vocabulary", [good, "-m", "decode"], stdin=b"1 99999", needle="99999")
+    expect_error("-n with a bad number", [good, "-n", "1e3", "-p", "hi"], needle="-n")
+    rc, out, err = run(["--version"])
+    check(rc == 0 and out.startswith(b"llava.c"), "--version", out.decode().strip())
+    rc, out, err = run(["-h"])
+    flags = ["-p", "-i", "-v", "--frames", "--temp", "--top-p", "--seed", "-c", "-m", "-y", "--quiet", "--json",
+             "--save-frames", "--raw", "--ids", "--pixels", "--dump", "--threads", "--max-stream-frames", "--version"]
+    missing = [f for f in flags if f.encode() not in out]
+    check(rc == 0 and not missing, "-h lists every flag", "missing %s" % missing if missing else "")
+    rc, out, err = run([good, "-p", "hi", "-n", "3", "-c", "99999"])
+    check(rc == 0 and b"warning: -c 99999" in err, "-c past the trained positions warns")
+    rc, out, err = run([good, "-p", "hi", "-n", "2"])
+    check(rc == 0 and b"stopped: -n limit" in err, "the stop reason is printed (-n)")
+    rc, out, err = run([good, "-p", "hi", "-n", "400", "-c", "16"])
+    check(rc == 0 and b"stopped: context full" in err, "the stop reason is printed (context)")
+    rc, out, err = run([good, "-p", "-", "-n", "4"], stdin=b"hi")
+    rc2, out2, _ = run([good, "-p", "hi", "-n", "4"])
+    check(rc == 0 and out == out2, "-p - reads the question from stdin")
+    # seeds: 0 and 1 differ, the same seed repeats, a drawn seed is printed and reproduces the run
+    outs = [run([good, "-p", "Hi", "-n", "12", "-t", "1.0", "-k", "1.0", "-s", s_])[1] for s_ in ("0", "1", "1")]
+    check(outs[0] != outs[1] and outs[1] == outs[2], "-s 0 and -s 1 differ; a seed repeats")
+    rc, out, err = run([good, "-p", "Hi", "-n", "12", "-t", "1.0", "-k", "1.0"])
+    seed = [l for l in err.decode().split("\n") if l.startswith("seed: ")]
+    rc2, out2, _ = run([good, "-p", "Hi", "-n", "12", "-t", "1.0", "-k", "1.0", "-s", seed[0][6:]] if seed else [good])
+    check(rc == 0 and seed and out2 == out, "a drawn seed is printed and reproduces the run", seed[0] if seed else "")
+    # --json: one line, parseable, the answer equal to stdout
+    rc, out, err = run([good, "-v", clip, "-p", "Hi", "-n", "5", "--json", "-s", "5", "-t", "0.7"])
+    last = err.decode().strip().split("\n")[-1]
+    try:
+        j = json.loads(last)
+    except ValueError:
+        j = {}
+    ok = rc == 0 and j.get("answer") == out.decode().rstrip("\n") and j.get("generated_tokens") == 5 \
+        and j.get("seed") == 5 and j.get("views") == 2 and "time_to_first_token_s" in j and "peak_memory_gb" in j
+    check(ok, "--json: one line with the answer, counts, seed, timings", last[:60])
+    # --save-frames: the PPM pixels are exactly the levels that were normalised into pixel_values
+    frames, dump = os.path.join(tmp, "frames"), os.path.join(tmp, "frames_dump")
+    img = "test/data/chelsea_451x300.ppm"
+    rc, out, err = run([good, "-v", clip, "-i", img, "-p", "Hi", "-n", "1", "--save-frames", frames, "--dump", dump])
+    names = sorted(os.listdir(frames)) if os.path.isdir(frames) else []
+    ok = rc == 0 and names == ["image1_view%03d.ppm" % i for i in range(5)] + ["video1_frame%03d.ppm" % i for i in range(2)]
+    if ok:
+        mean = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+        std = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+        for kind, arr in (("video1_frame", np.load(os.path.join(dump, "pixel_values.npy"))),
+                          ("image1_view", np.load(os.path.join(dump, "image_pixel_values.npy")))):
+            for i in range(arr.shape[0]):
+                raw = open(os.path.join(frames, "%s%03d.ppm" % (kind, i)), "rb").read()
+                S = arr.shape[-1]
+                u8 = np.frombuffer(raw[-3 * S * S:], dtype=np.uint8).reshape(S, S, 3).transpose(2, 0, 1)
+                table = (u8.astype(np.float32) - (mean * 255).astype(np.float32)[:, None, None]) \
+                    / (std * 255).astype(np.float32)[:, None, None]
+                ok = ok and raw.startswith(b"P6\n%d %d\n255\n" % (S, S)) and np.array_equal(table, arr[i])
+    check(ok, "--save-frames: PPMs of exactly the pixels the tower sees", " ".join(names[:2]))
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         for d, case, meta in golden_cases():
@@ -385,6 +452,7 @@ def main():
         test_chat(tmp)
         test_compare(tmp)
         test_terminal(tmp)
+        test_usage(tmp)
     print("%d passed, %d failed" % (passed, failed))
     sys.exit(1 if failed else 0)
 
