@@ -149,12 +149,18 @@ typedef struct {
 // cannot claim a task of a later job because the generation in the claim word would not match.
 // Callers that need determinism make each task's result independent of who runs it.
 
+// One published job: run fn(ctx, task) for task in [0, n_tasks). Two slots alternate (job g in
+// slot g & 1), so publishing job g+1 never rewrites the slot that a late worker of job g may still
+// be reading; only job g+2 reuses it, and by then the claim word rejects that worker (see below).
 typedef struct {
-    _Atomic(void (*)(void*, int)) fn;
-    _Atomic(void*) ctx;
-    atomic_int n_tasks;
+    _Atomic(void (*)(void*, int)) fn;       // the task body
+    _Atomic(void*) ctx;                     // its shared argument (an MMJob, a pack context, ...)
+    atomic_int n_tasks;                     // tasks 0..n_tasks-1
 } MMJobSlot;                                // atomics: a stale worker may read a slot being rewritten
 
+// The hot atomics sit on separate 64-byte cache lines (_Alignas(64)): idle workers spin reading
+// gen while running ones CAS claim and bump completed; sharing a line would make every claim
+// invalidate the spinners' copy of gen (false sharing) and slow the claims themselves.
 typedef struct {
     int n;                                  // threads including the caller
     pthread_t* threads;                     // (n - 1) workers
@@ -172,6 +178,7 @@ static MMPool mm_pool = { .n = 1, .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD
 static _Thread_local int mm_in_pool;        // set inside tasks: a nested pool_for runs inline
 static unsigned mm_pool_gen0;               // generation when the workers were created
 
+// Wall-clock seconds (only differences are used: the spin-then-sleep timeout of idle workers).
 static double mm_now_sec(void) {
     struct timespec ts;
     timespec_get(&ts, TIME_UTC);
@@ -184,13 +191,21 @@ static void mm_run_tasks(unsigned g) {
     void (*fn)(void*, int) = atomic_load_explicit(&js->fn, memory_order_relaxed);
     void* ctx = atomic_load_explicit(&js->ctx, memory_order_relaxed);
     uint64_t n = (uint64_t)atomic_load_explicit(&js->n_tasks, memory_order_relaxed);
+    // c: the claim word, high 32 bits = the job's generation, low 32 bits (mask 0xffffffff) = the
+    // next unclaimed task. One 64-bit CAS both checks "still job g" and takes the task, so a worker
+    // that read gen == g and was then descheduled past the end of job g can never take a task
+    // index of job g+1 while holding job g's fn/ctx: the generation half would not match.
     uint64_t c = atomic_load_explicit(&mm_pool.claim, memory_order_acquire);
     for (;;) {
         if ((uint32_t)(c >> 32) != g || (c & 0xffffffffu) >= n) return;
         // success means job g was still current, so fn/ctx/n above were its own (written before gen)
+        // c + 1 bumps only the task half (n_tasks < 2^32, so it never carries into the generation);
+        // on failure c is reloaded with the current word and the checks above run again
         if (atomic_compare_exchange_weak_explicit(&mm_pool.claim, &c, c + 1, memory_order_acq_rel,
                                                   memory_order_acquire)) {
             fn(ctx, (int)(c & 0xffffffffu));
+            // release: this task's writes (its slice of y) are visible to the caller's acquire of
+            // completed, the only synchronisation between a task and the code after pool_for
             atomic_fetch_add_explicit(&mm_pool.completed, 1, memory_order_release);
             c = atomic_load_explicit(&mm_pool.claim, memory_order_acquire);
         }
@@ -203,14 +218,20 @@ static void* mm_worker(void* arg) {
     unsigned seen = mm_pool_gen0;
     mm_in_pool = 1;
     for (;;) {
-        double t0 = 0.0;
+        // Spin, then sleep. Spinning answers a new job in ~0.3 us; a condvar wake-up costs 30-60 us,
+        // paid on every one of the ~224 matmuls of a decode step (32 layers x 7), which come back
+        // to back with only short gaps (norms, attention) between them. Past 3 ms of nothing the
+        // program is evidently doing something else (tokenizing, waiting for input), so sleep.
+        double t0 = 0.0;                    // time of the first clock check, 0 = not taken yet
         for (unsigned spins = 0;; spins++) {
             if (atomic_load_explicit(&mm_pool.gen, memory_order_acquire) != seen) break;
-            mm_cpu_relax();
+            mm_cpu_relax();                 // pause / yield: frees the core's pipeline for its sibling
+            // the clock is read once per 1024 spins (mask 1023): a clock read costs far more than
+            // a pause, and 1024 pauses (tens of microseconds at most) are far below the 3 ms
             if ((spins & 1023) != 1023) continue;
             double t = mm_now_sec();
             if (t0 == 0.0) { t0 = t; continue; }
-            if (t - t0 < 3e-3) continue;
+            if (t - t0 < 3e-3) continue;    // 3 ms: the spin-then-sleep threshold
             // Sleep. sleepers is raised before gen is re-checked and the publisher bumps gen before
             // it reads sleepers (both seq_cst), so one of the two always sees the other: no lost wake-up.
             pthread_mutex_lock(&mm_pool.mu);
@@ -220,12 +241,16 @@ static void* mm_worker(void* arg) {
             pthread_mutex_unlock(&mm_pool.mu);
             break;
         }
+        // gen may have moved more than once while we slept: join only the newest job (the older
+        // ones are finished or being finished by others, and their claim words are gone)
         seen = atomic_load_explicit(&mm_pool.gen, memory_order_acquire);
         if (atomic_load(&mm_pool.quit)) return NULL;
         mm_run_tasks(seen);
     }
 }
 
+// Make the next job visible: bump gen (the spinners see it), then wake the sleepers if any. The
+// lock around the broadcast orders it after a sleeper's re-check of gen under the same lock.
 static void mm_pool_publish(void) {
     atomic_fetch_add(&mm_pool.gen, 1);      // seq_cst, pairs with the sleepers protocol above
     if (atomic_load(&mm_pool.sleepers) > 0) {
@@ -235,6 +260,8 @@ static void mm_pool_publish(void) {
     }
 }
 
+// Stop and join the workers: quit is set before the publish, so every worker leaves at its next
+// wake-up instead of running a task.
 static void mm_pool_shutdown(void) {
     if (mm_pool.n <= 1) return;
     atomic_store(&mm_pool.quit, 1);
@@ -250,7 +277,7 @@ static void mm_pool_shutdown(void) {
 // Call from the main thread, not while a pool_for is running.
 void pool_init(int n_threads) {
     if (n_threads < 1) n_threads = 1;
-    if (n_threads > 256) n_threads = 256;
+    if (n_threads > 256) n_threads = 256;   // cap: far above the core counts this code targets
 #ifdef _OPENMP
     mm_pool.n = n_threads;  // built with -fopenmp (make OPENMP=1): OpenMP's threads run pool_for
     return;
@@ -260,7 +287,7 @@ void pool_init(int n_threads) {
     if (n_threads == 1) return;
     mm_pool.threads = malloc((size_t)(n_threads - 1) * sizeof(pthread_t));
     if (!mm_pool.threads) fatal("out of memory creating the thread pool");
-    mm_pool_gen0 = atomic_load(&mm_pool.gen);
+    mm_pool_gen0 = atomic_load(&mm_pool.gen);   // read by each new worker as its first `seen`
     for (int i = 0; i < n_threads - 1; i++) {
         if (pthread_create(&mm_pool.threads[i], NULL, mm_worker, NULL) != 0) {
             fatal("cannot start worker thread %d of the thread pool", i);
@@ -289,10 +316,13 @@ void pool_for(int n_tasks, void (*fn)(void* ctx, int task), void* ctx) {
     for (int t = 0; t < n_tasks; t++) fn(ctx, t);
     return;
 #endif
+    // inline: no pool, a single task (dispatch would only add latency), or a nested call
     if (mm_pool.n <= 1 || n_tasks == 1 || mm_in_pool) {
         for (int t = 0; t < n_tasks; t++) fn(ctx, t);
         return;
     }
+    // Publish job g: fill its slot, reset completed, then store the claim word (g, task 0) with
+    // release, so a worker that sees generation g in claim also sees the slot's contents.
     unsigned g = atomic_load_explicit(&mm_pool.gen, memory_order_relaxed) + 1;   // we are the only writer
     MMJobSlot* js = &mm_pool.slot[g & 1];
     atomic_store_explicit(&js->fn, fn, memory_order_relaxed);
@@ -308,7 +338,7 @@ void pool_for(int n_tasks, void (*fn)(void* ctx, int task), void* ctx) {
     // (sched_yield now and then: on an oversubscribed machine the worker may be waiting for our core)
     for (unsigned spins = 1; atomic_load_explicit(&mm_pool.completed, memory_order_acquire) < n_tasks; spins++) {
         mm_cpu_relax();
-        if ((spins & 4095) == 0) sched_yield();
+        if ((spins & 4095) == 0) sched_yield();     // every 4096 spins (mask 4095)
     }
 }
 
@@ -361,7 +391,8 @@ static void mm_detect_arm(void) {
 #endif
     mm_arm_cpu = level;
     const char* env = getenv("LLAVA_ISA");
-    static const char* names[] = { "scalar", "neon", "dotprod", "i8mm" };
+    static const char* names[] = { "scalar", "neon", "dotprod", "i8mm" };   // indexed by MM_ARM_* level
+    // a name lowers the level only if it names one below what the CPU has; unknown names do nothing
     for (int l = 0; env && l < 4; l++)
         if (strcmp(env, names[l]) == 0 && l < level) level = l;
     mm_arm_level = level;
@@ -479,15 +510,19 @@ int32_t mm_quantize_group(const float* x, int G, int8_t* q, float* scale) {
         if (a != a) nan = 1;
         else if (a > amax) amax = a;
     }
+    // 3.4028235e38f is FLT_MAX: an amax above it is +inf (the same test appears in every quantizer)
     if (nan || amax < 1e-30f || amax > 3.4028235e38f) {
         memset(q, 0, (size_t)G);
         *scale = nan ? NAN : amax < 1e-30f ? 0.0f : INFINITY;
         return 0;
     }
+    // 127, not 128: a symmetric range -127..127, so -q never overflows an int8 (the AVX2 kernels
+    // negate q with vpsignb) and the largest element maps to exactly +-127
     float iscale = 127.0f / amax;
     int32_t sum = 0;
     for (int k = 0; k < G; k++) {
         float v = rintf(x[k] * iscale);
+        // x * (127/amax) can round to a hair above 127 for the largest element: clamp
         v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
         q[k] = (int8_t)v;
         sum += q[k];
@@ -496,8 +531,13 @@ int32_t mm_quantize_group(const float* x, int G, int8_t* q, float* scale) {
     return sum;
 }
 
+// Aligned allocation for packed weights and scratch. 64 bytes = one cache line = one zmm, so aligned
+// zmm loads (vmovdqa64, _mm512_load_*) are legal; buffers of 4 MB and more get 2 MB alignment (the
+// x86-64 huge page size) so that transparent huge pages can back them: fewer TLB misses while a
+// GEMV streams gigabytes of weights.
 static void* mm_alloc(size_t bytes) {
     size_t align = bytes >= ((size_t)4 << 20) ? ((size_t)2 << 20) : 64;   // 2 MB for huge pages
+    // C11 aligned_alloc wants the size to be a multiple of the alignment
     size_t size = (bytes + align - 1) / align * align;
     void* p = aligned_alloc(align, size ? size : align);
     if (!p) fatal("out of memory allocating %zu bytes for the matmul kernels", bytes);
@@ -576,7 +616,10 @@ typedef struct {
     float* s;           // q8: (np, ng, 32)
 } MMPacked;
 
-typedef struct { const Matrix* m; MMPacked* p; int n_tasks; } MMPackCtx;
+typedef struct { const Matrix* m; MMPacked* p; int n_tasks; } MMPackCtx;   // pack_matrix's task context
+
+// Pack the panels [pa, pb) of task `task`: a transpose (the source is row-major W (N, K), a panel
+// is k-major with the 32 columns innermost), so stores are strided; it runs once per matrix at load.
 
 static void mm_pack_task(void* vctx, int task) {
     MMPackCtx* c = vctx;
@@ -585,9 +628,9 @@ static void mm_pack_task(void* vctx, int task) {
     int N = m->rows, K = m->cols;
     int pa = (int)((long long)p->np * task / c->n_tasks), pb = (int)((long long)p->np * (task + 1) / c->n_tasks);
     for (int pi = pa; pi < pb; pi++) {
-        uint32_t* dst = (uint32_t*)p->w + (size_t)pi * p->kw * 32;
+        uint32_t* dst = (uint32_t*)p->w + (size_t)pi * p->kw * 32;     // panel pi: (kw, 32) words
         for (int c32 = 0; c32 < 32; c32++) {
-            int n = pi * 32 + c32;
+            int n = pi * 32 + c32;                                      // output feature; >= N: padding
             if (m->type == DT_F32) {
                 const float* src = (const float*)m->data + (size_t)n * K;
                 float* d = (float*)dst;
@@ -602,6 +645,9 @@ static void mm_pack_task(void* vctx, int task) {
             } else {
                 const int8_t* src = (const int8_t*)m->data + (size_t)n * K;
                 for (int kq = 0; kq < p->kw; kq++) {
+                    // byte j of the word (bits 8j..8j+7, byte j in memory: little-endian) = k 4kq+j;
+                    // +128 maps s8 -128..127 to u8 0..255, the unsigned operand of vpdpbusd / usdot
+                    // (padding columns hold 128 = a zero weight, and scale 0 besides)
                     uint32_t word = 0;
                     for (int j = 0; j < 4; j++)
                         word |= (uint32_t)(uint8_t)((n < N ? src[4 * kq + j] : 0) + 128) << (8 * j);
@@ -632,9 +678,9 @@ void pack_matrix(Matrix* w) {
     p->kw = w->type == DT_F32 ? w->cols : w->type == DT_BF16 ? (w->cols + 1) / 2 : w->cols / 4;
     p->G = w->type == DT_Q8 ? w->group : 0;
     p->ng = w->type == DT_Q8 ? w->cols / w->group : 0;
-    p->w = mm_alloc((size_t)p->np * p->kw * 32 * 4);
+    p->w = mm_alloc((size_t)p->np * p->kw * 32 * 4);       // (np, kw, 32) 4-byte words
     if (w->type == DT_Q8) p->s = mm_alloc((size_t)p->np * p->ng * 32 * sizeof(float));
-    MMPackCtx c = { w, p, pool_size() * 4 };
+    MMPackCtx c = { w, p, pool_size() * 4 };    // 4 tasks per thread: uneven progress evens out
     pool_for(c.n_tasks, mm_pack_task, &c);
     w->packed = p;
 }
@@ -652,6 +698,9 @@ void unpack_matrix(Matrix* w) {
 // ----------------------------------------------------------------------------
 // Jobs shared by all paths
 
+// Tile rows are set by the 32 zmm registers: a 32-column panel is 2 zmm per row, so 14 rows make
+// 28 accumulators, + 2 weight vectors + 1 broadcast = 31. q8 needs an int32 dot and an f32 sum per
+// output (the group epilogue), 4 registers per row: 6 rows = 24 + the 2 weights (zmm30/31).
 #define MM_F32_MR 14    // GEMM tile rows, f32 and bf16 (28 zmm accumulators)
 #define MM_Q8_MR 6      // GEMM tile rows, q8 (12 int32 + 12 f32 accumulators)
 #define MM_F32_NCP 8    // panels per weight block (NC = 256 columns): the block streams from L2/L3
@@ -666,11 +715,11 @@ void unpack_matrix(Matrix* w) {
 // (These knobs and the scratch/schedule helpers below serve the x86 paths; `unused` keeps other
 // targets' builds warning-free, where bench.c and the tests still set them.)
 #define MM_X86_ONLY __attribute__((unused))
-static int mm_gemv_max_t[3] MM_X86_ONLY = { 7, 7, 3 };
+static int mm_gemv_max_t[3] MM_X86_ONLY = { 7, 7, 3 };   // indexed by DType: f32, bf16, q8
 static int mm_q8_gemv_vnni MM_X86_ONLY = 1;  // q8 GEMV: 1 = quantize x + vpdpbusd (with VNNI), 0 = widening (knob for bench/tests)
 static int mm_gemv_tpt MM_X86_ONLY = 8;       // f32/bf16/widening GEMV tasks (panel chunks) per thread
 static int mm_gemv_guided MM_X86_ONLY = 1;    // q8 VNNI GEMV: guided chunks (1) or mm_gemv_tpt equal chunks (0)
-#define MM_MAX_GUIDED 256         // guided schedule: at most this many tasks
+#define MM_MAX_GUIDED 256         // guided schedule: at most this many tasks (bounds[] lives on the stack)
 
 typedef struct {
     float* y;               // (T, N)
@@ -715,8 +764,8 @@ static size_t mm_scratch_bytes;
 MM_X86_ONLY static void* mm_get_scratch(size_t need, int own) {
     if (own) return mm_alloc(need);
     if (need > mm_scratch_bytes) {
-        free(mm_scratch);
-        mm_scratch_bytes = need + need / 4;
+        free(mm_scratch);                   // contents need not survive: every call rewrites them
+        mm_scratch_bytes = need + need / 4; // 25 % headroom: a slightly larger T next call reuses it
         mm_scratch = mm_alloc(mm_scratch_bytes);
     }
     return mm_scratch;
@@ -730,8 +779,8 @@ MM_X86_ONLY static int mm_guided_bounds(int np, int nth, int bounds[MM_MAX_GUIDE
     int nt = 0, at = 0;
     bounds[0] = 0;
     while (at < np) {
-        int c = (np - at + 2 * nth - 1) / (2 * nth);
-        if (nt == MM_MAX_GUIDED - 1) c = np - at;
+        int c = (np - at + 2 * nth - 1) / (2 * nth);    // ceil(left / (2 nth)), at least 1 panel
+        if (nt == MM_MAX_GUIDED - 1) c = np - at;       // out of bounds[] slots: the rest in one task
         at += c;
         bounds[++nt] = at;
     }
@@ -807,6 +856,7 @@ MM_INLINE MM_TGT_AVX2 __m256 mm_q8_epilogue_avx2(__m256 f, __m256i dot, __m256 s
 // max |x| over one group of G inputs (G % 4 == 0; exact, so every quantizer derives the same scale),
 // and whether the group holds a NaN.
 MM_INLINE MM_TGT_AVX2 float mm_group_absmax_avx2(const float* xg, int G, int* has_nan) {
+    // 0x7fffffff: every bit but the sign bit, so `and` is |x|; _CMP_UNORD_Q(x, x) is true only for NaN
     const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     __m256 mx = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
     int k = 0;
@@ -853,8 +903,10 @@ MM_TGT_AVX2 static void mm_quantize_rows_q8_avx2(const float* x, int T, int K, i
             }
             float iscale = 127.0f / amax;
             __m256 vis = _mm256_set1_ps(iscale);
-            __m256i sum = _mm256_setzero_si256();
+            __m256i sum = _mm256_setzero_si256();       // 8 lane sums of q, added up after the loop
             int k = 0, total = 0;
+            // 8 inputs per step: scale, round (vcvtps2dq), clamp, then narrow int32 -> int8 with
+            // the `pick` shuffle and store the two 4-byte halves (bytes 0..3 of each 128-bit lane)
             for (; k + 8 <= G; k += 8) {
                 __m256i qi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xg + k), vis));
                 qi = _mm256_max_epi32(_mm256_min_epi32(qi, _mm256_set1_epi32(127)), _mm256_set1_epi32(-127));
@@ -884,6 +936,10 @@ MM_TGT_AVX2 static void mm_quantize_rows_q8_avx2(const float* x, int T, int K, i
 // are zero in the packed activations; their results (and columns past N) are not stored.
 
 // f32 6x16: per k, 2 weight loads + 6 broadcasts feed 12 FMAs (6 cycles at 2 FMA/cycle).
+// a: the tile, (K, 6) f32 (6 rows at each k, contiguous); w: the panel row base + 16 * half, row
+// stride 32 floats; y: (mr, nc) outputs, row stride ldy. Registers: acc[6][2] (12 ymm: row i,
+// columns 0-7 and 8-15) + w0, w1 + the broadcast = 15 of 16. The 12 independent FMA chains cover
+// the FMA latency (4 cycles x 2 ports = 8 in flight needed).
 MM_TGT_AVX2 static void mm_kernel_f32_avx2(const float* a, const float* w, int K, float* y, int ldy, int mr, int nc) {
     __m256 acc[MM_A2_MR][2];
 #pragma GCC unroll 6
@@ -920,6 +976,11 @@ MM_TGT_AVX2 static void mm_kernel_bf16_avx2(const float* a, const uint32_t* w, i
 #if defined(__GNUC__) && !defined(__clang__)
     // GCC 12 spills half of the accumulators of this loop (measured 60 % of the FMA peak), so the
     // loop is written out: weights ymm13/14, broadcast ymm15, accumulators and mask where GCC puts them.
+    // One iteration = one k pair: shift the two weight vectors to the even weights, 6 rows x 2 FMAs
+    // with the activations at offsets 0..20 (rows 0-5 at k = 2kk, 4 bytes each), then and-mask the
+    // same 64 bytes into the odd weights against offsets 24..44 (k = 2kk+1). Pointer steps: w by
+    // 128 bytes (one panel row of 32 words; `subq $-128` because -128 fits a sign-extended 8-bit
+    // immediate and +128 does not), a by 48 bytes (2 k x 6 rows x 4 bytes). "+x": any ymm0-15.
     if (kw > 0) {
         const uint32_t* wend = w + (size_t)kw * 32;
         __asm__(
@@ -981,6 +1042,9 @@ MM_TGT_AVX2 static void mm_kernel_bf16_avx2(const float* a, const uint32_t* w, i
 // s8) and vpabsb once per 8-column vector, shared by the 4 rows; then 8 dot steps of 4 instructions.
 // The int32 accumulators start at 0 (signed weights need no -128 compensation) and hold the exact
 // group dot; the f32 sums f (8 ymm) stay in L1 between groups (no room in the registers).
+// a: (K/4, 4) words of 4 s8 (row i's k4 step at a[kq * 4 + i]); as: (ng, 4) activation scales;
+// w: panel + 16 * half, (K/4, 32) words; ws: panel scales + 16 * half, (ng, 32). Loop nest: groups
+// -> k4 steps -> rows; the int32 dot of a group must be finished before its f32 epilogue.
 MM_TGT_AVX2 static void mm_kernel_q8_avx2(const uint32_t* a, const float* as, const uint32_t* w, const float* ws,
                                           int ng, int G4, float* y, int ldy, int mr, int nc) {
     const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
@@ -1000,6 +1064,8 @@ MM_TGT_AVX2 static void mm_kernel_q8_avx2(const uint32_t* a, const float* as, co
         // weights ymm8/9, |w| ymm10/11, activation broadcast ymm12, temp ymm13, ones ymm14, 0x80 ymm15.
         // AT&T operand order: vpsignb s, q, t is t = sign(q, s); vpmaddubsw t, |w|, t multiplies u8 |w|
         // by s8 t.
+        // Pointer steps per k4 step: w by 128 bytes (one panel row), a by 16 bytes (4 rows x 4 s8);
+        // the activation offsets 0, 4, 8, 12 in MM_A2_Q8_ROW are rows 0-3 of the tile.
         const uint32_t* wend = wg + (size_t)G4 * 32;
         __asm__(
             "vmovdqa %[ones], %%ymm14\n\t"
@@ -1059,6 +1125,9 @@ MM_TGT_AVX2 static void mm_kernel_q8_avx2(const uint32_t* a, const float* as, co
 // q8 6x16 with AVX-VNNI: the AVX512-VNNI kernel in ymm. Lanes start at the compensation -128*sum(q)
 // and take G/4 vpdpbusd steps of u8 panel words (w+128) x the broadcast s8 activation word, so they
 // end at the exact group dot sum w*q -- the same integer as mm_kernel_q8_avx2 computes another way.
+// One vpdpbusd replaces the 4-instruction vpmaddubsw step, which frees the registers for 6 rows:
+// a: (K/4, 6) words, as / ac: (ng, 6), w / ws as in mm_kernel_q8_avx2; f32 sums in L1 between groups.
+// No overflow: a group adds G products of at most 255 * 127 in magnitude, far from 2^31.
 MM_TGT_AVXVNNI static void mm_kernel_q8_avxvnni(const uint32_t* a, const float* as, const int32_t* ac,
                                                 const uint32_t* w, const float* ws, int ng, int G4, float* y,
                                                 int ldy, int mr, int nc) {
@@ -1076,6 +1145,7 @@ MM_TGT_AVXVNNI static void mm_kernel_q8_avxvnni(const uint32_t* a, const float* 
         // (measured 25-35 % of the AVX-VNNI peak), so the group loop is written out: weights in
         // ymm14/15, the activation broadcast in ymm13 (VEX has no {1to8} memory broadcast), 12
         // accumulators in the remaining registers. %{vex%} ({vex}) selects the AVX-VNNI encoding.
+        // Pointer steps per k4 step: w by 128 bytes (one panel row), a by 24 bytes (6 rows x 4 s8).
         const uint32_t* wend = wg + (size_t)G4 * 32;
         __asm__(
             "1:\n\t"
@@ -1131,20 +1201,22 @@ MM_TGT_AVX2 static void mm_task_pack_avx2(void* v, int task) {
     int K = j->K, T = j->T, MR = j->mr, ta, tb;
     mm_split(j->ntiles, task, j->n_tasks, &ta, &tb);
     for (int it = ta; it < tb; it++) {
-        int t0 = it * MR, mr = mm_min(MR, T - t0);
+        int t0 = it * MR, mr = mm_min(MR, T - t0);     // tile it = rows t0..t0+mr-1 of x
         if (j->w->type != DT_Q8) {
+            // K2 even: the bf16 kernel consumes k in pairs (one panel word = 2 weights)
             int K2 = (K + 1) / 2 * 2;
             float* a = (float*)j->a + (size_t)it * K2 * MR;
             for (int k = 0; k < K2; k++)                // k outer: sequential stores, MR read streams
                 for (int i = 0; i < MR; i++) a[(size_t)k * MR + i] = i < mr && k < K ? j->x[(size_t)(t0 + i) * K + k] : 0.0f;
             continue;
         }
+        // q8: quantize the tile's rows row-major (the shared quantizer), then transpose into words
         int ng = j->p->ng, kw = K / 4;
-        int8_t* q = j->q + (size_t)t0 * K;
-        float* asr = j->asr + (size_t)t0 * ng;
-        int32_t* acr = j->acr + (size_t)t0 * ng;
+        int8_t* q = j->q + (size_t)t0 * K;                  // (mr, K) s8
+        float* asr = j->asr + (size_t)t0 * ng;              // (mr, ng)
+        int32_t* acr = j->acr + (size_t)t0 * ng;            // (mr, ng)
         mm_quantize_rows_q8_avx2(j->x + (size_t)t0 * K, mr, K, j->p->G, q, asr, acr);
-        uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MR;
+        uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MR;      // (kw, MR) words of this tile
         for (int kq = 0; kq < kw; kq++)
             for (int i = 0; i < MR; i++) {
                 uint32_t word = 0;
@@ -1171,9 +1243,9 @@ MM_TGT_AVX2 static void mm_task_gemm_avx2(void* v, int task) {
     for (int it = 0; it < j->ntiles; it++) {
         int t0 = it * MR, mr = mm_min(MR, j->T - t0);
         for (int pi = p0; pi < p1; pi++)
-            for (int h = 0; h < 2; h++) {
+            for (int h = 0; h < 2; h++) {      // 16 columns = 2 ymm per row: the 16-register budget
                 int n0 = pi * 32 + h * 16, nc = N - n0;
-                if (nc <= 0) break;
+                if (nc <= 0) break;                 // the last panel's upper half is all padding
                 const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32 + h * 16;
                 float* y = j->y + (size_t)t0 * N + n0;
                 if (type == DT_F32)
@@ -1201,6 +1273,8 @@ MM_TGT_AVX2 static void mm_task_gemm_avx2(void* v, int task) {
 MM_INLINE MM_TGT_AVX2 void mm_gemv_fb_avx2(const float* x, int K, const uint32_t* w, int is_bf16, float* y, int ldy,
                                            int nc, const int MR) {
     const int pf = mm_gemv_pf_avx2;
+    // acc[i][c]: row i, columns 8c..8c+7 of the panel. MR = 2: 8 accumulators + 2 broadcasts (4 for
+    // bf16: even and odd k) + the weight vector (+ the even / odd widened pair and the mask for bf16)
     __m256 acc[2][4];
 #pragma GCC unroll 2
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm256_setzero_ps();
@@ -1208,6 +1282,7 @@ MM_INLINE MM_TGT_AVX2 void mm_gemv_fb_avx2(const float* x, int K, const uint32_t
         const float* wf = (const float*)w;
         for (int k = 0; k < K; k++) {
             const float* wk = wf + (size_t)k * 32;
+            // a panel row is 128 bytes = 2 cache lines, so 2 prefetches per row keep pf bytes ahead
             if (pf) { _mm_prefetch((const char*)wk + pf, _MM_HINT_T0); _mm_prefetch((const char*)wk + pf + 64, _MM_HINT_T0); }
             __m256 xb[2];
 #pragma GCC unroll 2
@@ -1244,6 +1319,7 @@ MM_INLINE MM_TGT_AVX2 void mm_gemv_fb_avx2(const float* x, int K, const uint32_t
     }
 #pragma GCC unroll 2
     for (int i = 0; i < MR; i++) {
+        // columns 0-15, then 16-31 (nc - 16 <= 0 at a last panel of <= 16 columns: nothing stored)
         mm_avx2_store16(y + (size_t)i * ldy, acc[i][0], acc[i][1], nc);
         mm_avx2_store16(y + (size_t)i * ldy + 16, acc[i][2], acc[i][3], nc - 16);
     }
@@ -1296,6 +1372,7 @@ MM_INLINE MM_TGT_AVX2 void mm_gemv_q8_avx2(const int8_t* q, const float* as, int
     }
 }
 
+// GEMV task: panels [p0, p1) (guided bounds), each streamed once per pair of rows (T <= 2: once).
 MM_TGT_AVX2 static void mm_task_gemv_avx2(void* v, int task) {
     MMJob* j = v;
     const MMPacked* p = j->p;
@@ -1352,14 +1429,17 @@ static void mm_matmul_avx2(MMJob* j) {
     size_t abytes = rows * (type == DT_BF16 ? (size_t)(K + 1) / 2 * 2 * 4 : (size_t)p->kw * 4), sbytes = 0, qbytes = 0;
     if (type == DT_Q8) { sbytes = rows * p->ng * 4; qbytes = align_up(rows * K, 64); }
     char* buf = mm_get_scratch(abytes + qbytes + 4 * sbytes + 64, own);
+    // scratch layout: [a: abytes][q: qbytes][as | ac | asr | acr: sbytes each] (+64 slack for
+    // alignment); a is the packed tile array, q / asr / acr the row-major quantizer output (q8)
     j->a = buf;
     j->q = (int8_t*)(buf + abytes);
     j->as = (float*)(buf + abytes + qbytes);
     j->ac = (int32_t*)(buf + abytes + qbytes + sbytes);
     j->asr = (float*)(buf + abytes + qbytes + 2 * sbytes);
     j->acr = (int32_t*)(buf + abytes + qbytes + 3 * sbytes);
-    j->n_tasks = mm_min(nth, j->ntiles);
+    j->n_tasks = mm_min(nth, j->ntiles);   // phase 1: pack, one task per thread at most
     pool_for(j->n_tasks, mm_task_pack_avx2, j);
+    // phase 2: one task per weight block of <= MM_A2_NCP panels, fewer if a thread would sit idle
     j->chunk = mm_min(MM_A2_NCP, (np + nth - 1) / nth);
     j->n_tasks = (np + j->chunk - 1) / j->chunk;
     j->bounds = NULL;
@@ -1377,6 +1457,8 @@ static void mm_matmul_avx2(MMJob* j) {
 // panel streams from memory once per 4 rows (from L2 for the next 4), one sequential stream per
 // thread. Compute is ~7-15 % of the core's peak at DRAM speed, so the extra widening ops are free.
 
+// Mask of the first n of 16 lanes (clamped to 0..16): masked loads read nothing past the end of a
+// row, masked stores write nothing past N.
 MM_INLINE MM_TGT_512 __mmask16 mm_mask16(int n) { return n >= 16 ? (__mmask16)0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1); }
 
 // max |x| over one group of G inputs (exact, so every quantizer derives the same scale), and whether
@@ -1393,6 +1475,9 @@ MM_INLINE MM_TGT_512 float mm_group_absmax512(const float* xg, int G, int* has_n
     return _mm512_reduce_max_ps(mx);
 }
 
+// f32 / bf16 widening GEMV: x (MR, K) f32 rows (stride K), w the panel ((K, 32) f32 or (K2/2, 32)
+// bf16 pairs), y (MR, nc) with row stride N. Registers at MR = 4: acc[4][2] (8 zmm: row i, columns
+// 0-15 and 16-31) + the 2 weight vectors (4 widened ones for bf16) + the broadcast.
 MM_INLINE MM_TGT_512 void mm_gemv512_fb(const MMJob* j, const float* x, const uint32_t* w, float* y,
                                         int nc, int is_bf16, const int MR) {
     int K = j->K;
@@ -1411,8 +1496,9 @@ MM_INLINE MM_TGT_512 void mm_gemv512_fb(const MMJob* j, const float* x, const ui
             }
         }
     } else {
+        // word = bf16(k even) | bf16(k odd) << 16: `<< 16` is the even f32, `& 0xffff0000` the odd
         const __m512i hi16 = _mm512_set1_epi32((int)0xffff0000u);
-        int kh = K / 2;
+        int kh = K / 2;                     // complete pairs; kk == kh is the odd-K tail pair
         for (int kk = 0; kk < (K + 1) / 2; kk++) {
             __m512i v0 = _mm512_load_si512((const void*)(w + (size_t)kk * 32));
             __m512i v1 = _mm512_load_si512((const void*)(w + (size_t)kk * 32 + 16));
@@ -1446,7 +1532,8 @@ MM_INLINE MM_TGT_512 void mm_gemv512_fb(const MMJob* j, const float* x, const ui
 MM_INLINE MM_TGT_512 void mm_gemv512_q8(const MMJob* j, const float* x, const uint32_t* w, const float* s,
                                         float* y, int nc, const int MR) {
     int K = j->K, G4 = j->p->G / 4, ng = j->p->ng;
-    const __m512i flip = _mm512_set1_epi32((int)0x80808080u);
+    const __m512i flip = _mm512_set1_epi32((int)0x80808080u);     // 0x80 in each of the 4 bytes
+    // acc: the running f32 result; ps: the current group's f32 partial sums (MR x 2 zmm each)
     __m512 acc[4][2];
 #pragma GCC unroll 4
     for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -1457,6 +1544,8 @@ MM_INLINE MM_TGT_512 void mm_gemv512_q8(const MMJob* j, const float* x, const ui
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
             __m512i v0 = _mm512_xor_si512(_mm512_load_si512((const void*)(w + (size_t)kq * 32)), flip);
             __m512i v1 = _mm512_xor_si512(_mm512_load_si512((const void*)(w + (size_t)kq * 32 + 16)), flip);
+            // byte jj (k = 4kq + jj) to the top of its lane (<< 24 - 8jj), then an arithmetic shift
+            // right by 24 brings it down sign-extended: the s8 weight as an int32, then f32 (exact)
 #pragma GCC unroll 4
             for (int jj = 0; jj < 4; jj++) {
                 __m512 w0 = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(v0, 24 - 8 * jj), 24));
@@ -1500,6 +1589,8 @@ static int mm_gemv_pf = 2048;       // prefetch distance in bytes (0 = none); a 
 MM_INLINE MM_TGT_VNNI void mm_gemv512_q8v(const int8_t* q, const float* as, const int32_t* ac, int K, int ng,
                                           int G4, const uint32_t* w, const float* s, float* y, int ldy, int nc,
                                           const int MR) {
+    // f[i][h]: row i's f32 result, columns 16h..16h+15; acc[i][h]: the current group's int32 dots.
+    // Registers at MR = 3: 6 f32 + 6 int32 + 2 weights + 1 activation broadcast = 15 of 32 zmm.
     __m512 f[3][2];
     const int pf = mm_gemv_pf;
 #pragma GCC unroll 3
@@ -1508,10 +1599,11 @@ MM_INLINE MM_TGT_VNNI void mm_gemv512_q8v(const int8_t* q, const float* as, cons
         __m512i acc[3][2];
 #pragma GCC unroll 3
         for (int i = 0; i < MR; i++) acc[i][0] = acc[i][1] = _mm512_set1_epi32(ac[(size_t)i * ng + g]);
-        const uint32_t* wg = w + (size_t)g * G4 * 32;
-        const int8_t* qg = q + (size_t)g * G4 * 4;
+        const uint32_t* wg = w + (size_t)g * G4 * 32;          // the group's G/4 panel rows
+        const int8_t* qg = q + (size_t)g * G4 * 4;              // the group's G inputs of row 0
         for (int kq = 0; kq < G4; kq++) {
             const uint32_t* wk = wg + (size_t)kq * 32;
+            // two prefetches: a panel row is 128 bytes = 2 cache lines; T1 = to L2 (not L1)
             if (pf) {
                 _mm_prefetch((const char*)wk + pf, _MM_HINT_T1);
                 _mm_prefetch((const char*)wk + pf + 64, _MM_HINT_T1);
@@ -1552,6 +1644,8 @@ MM_TGT_VNNI static void mm_task_gemv512_q8v(void* v, int task) {
         const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
         const float* s = p->s + (size_t)pi * p->ng * 32;
         int nc = j->N - pi * 32;
+        // passes of up to 3 rows (the kernel's MR limit); with T <= mm_gemv_max_t[DT_Q8] = 3 one
+        // pass, so each panel is read from memory exactly once
         for (int t = 0; t < j->T; t += 3) {
             int mr = mm_min(3, j->T - t);
             const int8_t* qt = q + (size_t)t * j->K;
@@ -1583,6 +1677,8 @@ MM_TGT_512 static void mm_quantize_rows_q8(const float* x, int T, int K, int G, 
             }
             __m512 vis = _mm512_set1_ps(127.0f / amax);
             __m512i sum = _mm512_setzero_si512();
+            // 16 inputs per step; the masked tail (G % 16 == 4, 8 or 12) loads zeros, which quantize
+            // to 0 and add nothing to sum; vpmovdb (cvtepi32 -> epi8) truncates, exact for +-127
             for (int k = 0; k < G; k += 16) {
                 __mmask16 m = mm_mask16(G - k);
                 __m512i qi = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, xg + k), vis));
@@ -1596,6 +1692,10 @@ MM_TGT_512 static void mm_quantize_rows_q8(const float* x, int T, int K, int G, 
     }
 }
 
+// Widening GEMV task (f32, bf16; q8 without VNNI or with the knob off): panels [p0, p1) for blocks
+// of MM_TBLK rows (the x block stays in L2 while the panels stream), 4 rows per kernel call.
+// Usually T is small (decode); the row blocks matter when mm_q8_gemv_vnni = 0 on a CPU without
+// AVX512-VNNI, which sends q8 calls of every T here.
 MM_TGT_512 static void mm_task_gemv512(void* v, int task) {
     MMJob* j = v;
     const MMPacked* p = j->p;
@@ -1642,6 +1742,9 @@ MM_TGT_512 static void mm_task_gemv512(void* v, int task) {
 // In-register transpose of a 16x16 block of 32-bit elements: o[c] lane r = r[r] lane c.
 // 64 shuffles per 256 elements; it turns the packing's strided scalar stores into one masked
 // vector store per output k-row (measured: f32 packing 1.5 -> ~0.3 ns per element).
+// Three stages, each doubling the block that is already transposed: 1x1 elements interleaved into
+// 2x2 (unpack), 2x2 into 4x4 within each 128-bit lane (shuffle_ps), then the 128-bit lanes
+// themselves moved across registers (shuffle_f32x4, twice).
 MM_INLINE MM_TGT_512 void mm512_transpose16(const __m512 r[16], __m512 o[16]) {
     __m512 t[16], u[16];
 #pragma GCC unroll 8
@@ -1650,6 +1753,8 @@ MM_INLINE MM_TGT_512 void mm512_transpose16(const __m512 r[16], __m512 o[16]) {
         t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
     }
     // u[4q+e], 128-bit lane j = rows 4q..4q+3 of column 4j+e
+    // imm 0x44 = elements (0, 1) of each lane of the first source, then (0, 1) of the second;
+    // 0xEE the same with elements (2, 3)
 #pragma GCC unroll 4
     for (int q = 0; q < 4; q++) {
         u[4 * q + 0] = _mm512_shuffle_ps(t[4 * q], t[4 * q + 2], 0x44);
@@ -1657,6 +1762,9 @@ MM_INLINE MM_TGT_512 void mm512_transpose16(const __m512 r[16], __m512 o[16]) {
         u[4 * q + 2] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0x44);
         u[4 * q + 3] = _mm512_shuffle_ps(t[4 * q + 1], t[4 * q + 3], 0xEE);
     }
+    // shuffle_f32x4 picks whole 128-bit lanes: imm 0x88 = lanes (0, 2) of the first source then
+    // (0, 2) of the second, 0xDD = lanes (1, 3) of each; two rounds move lane j of u[4q+e] to
+    // 128-bit lane q of o[4j+e]
 #pragma GCC unroll 4
     for (int e = 0; e < 4; e++) {
         __m512 a = _mm512_shuffle_f32x4(u[e], u[4 + e], 0x88), b = _mm512_shuffle_f32x4(u[e], u[4 + e], 0xDD);
@@ -1672,9 +1780,11 @@ MM_TGT_512 static void mm_task_pack_f32(void* v, int task) {
     MMJob* j = v;
     int K = j->K, ta, tb;
     mm_split(j->ntiles, task, j->n_tasks, &ta, &tb);
+    // the transpose works on 16 rows; a tile has 14, so rows 14, 15 are zero inputs and the store
+    // mask keeps lanes 0..13
     const __mmask16 rows14 = (1u << MM_F32_MR) - 1;
     for (int it = ta; it < tb; it++) {
-        float* a = (float*)j->a + (size_t)it * K * MM_F32_MR;
+        float* a = (float*)j->a + (size_t)it * K * MM_F32_MR;      // tile it: (K, 14) f32
         int t0 = it * MM_F32_MR, mr = mm_min(MM_F32_MR, j->T - t0);
         for (int k = 0; k < K; k += 16) {
             int kn = mm_min(16, K - k);
@@ -1689,6 +1799,10 @@ MM_TGT_512 static void mm_task_pack_f32(void* v, int task) {
 }
 
 // 16 f32 -> 8 bf16 pairs (uint32), round to nearest even, NaN kept quiet: f32_to_bf16 in SIMD.
+// Rounding: add 0x7fff plus bit 16 (the lowest kept bit), then drop the low 16 bits: below half
+// truncates, above half carries into the kept bits, an exact half rounds to the even neighbour.
+// A NaN gets its quiet bit 0x400000 (mantissa bit 22) set instead, so truncation can never leave
+// an all-zero mantissa (that would read as inf).
 MM_INLINE MM_TGT_512 __m256i mm512_bf16_pairs(__m512 f) {
     __m512i u = _mm512_castps_si512(f);
     __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
@@ -1716,6 +1830,7 @@ MM_TGT_512 static void mm_task_pack_bf16(void* v, int task) {
             for (int i = 0; i < 16; i++) {
                 if (i >= mr) { r[i] = _mm512_setzero_ps(); continue; }
                 const float* xr = j->x + (size_t)(t0 + i) * K + 2 * kk;
+                // inputs 0-15 -> pairs 0-7 (low 256 bits), inputs 16-31 -> pairs 8-15 (high)
                 __m256i lo = mm512_bf16_pairs(_mm512_maskz_loadu_ps(m0, xr));
                 __m256i hi = mm512_bf16_pairs(_mm512_maskz_loadu_ps(m1, xr + 16));
                 r[i] = _mm512_castsi512_ps(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
@@ -1758,6 +1873,8 @@ MM_TGT_512 static void mm_task_pack_q8(void* v, int task) {
                     as[g * MM_Q8_MR + i] = amax / 127.0f;
                 }
             }
+            // 64 inputs = 16 words of 4 s8 per row: one 16x16 word transpose per step (rows 6-15
+            // zero); the tail of a group (G % 64 != 0) is masked to zeros and stores fewer k4 rows
             for (int c0 = 0; c0 < G; c0 += 64) {
                 __m512 r[16], o[16];
                 for (int i = 0; i < 16; i++) {
@@ -1774,6 +1891,7 @@ MM_TGT_512 static void mm_task_pack_q8(void* v, int task) {
                             sum[i] = _mm512_add_epi32(sum[i], q);
                             qb[b] = _mm512_cvtepi32_epi8(q);
                         }
+                        // qb[b] = 16 s8 (vpmovdb: truncation, exact within +-127) = words 4b..4b+3
                         words = _mm512_inserti32x4(_mm512_castsi128_si512(qb[0]), qb[1], 1);
                         words = _mm512_inserti32x4(words, qb[2], 2);
                         words = _mm512_inserti32x4(words, qb[3], 3);
@@ -1799,6 +1917,10 @@ MM_TGT_512 static void mm_task_pack_q8(void* v, int task) {
 // so the accumulators stay in registers (GCC keeps a partially unrolled acc array in memory).
 // Tail tiles (rows past T, columns past N) compute zero-padded lanes and mask the stores.
 
+// f32 14x32. a: the tile, (K, 14) f32; w: the panel, (K, 32) f32; y: (mr, nc) outputs, row stride
+// ldy. Loop nest: k outer, rows inner -- per k, 2 weight loads, 14 broadcasts, 28 FMAs (14 cycles
+// at 2 FMA/cycle), so the load ports have slack. Registers: acc[14][2] (28 zmm) + w0, w1 + the
+// broadcast = 31 of 32. 28 independent chains cover FMA latency 4 x 2 ports many times over.
 MM_TGT_512 static void mm_kernel_f32(const float* a, const float* w, int K, float* y, int ldy, int mr, int nc) {
     __m512 acc[MM_F32_MR][2];
 #pragma GCC unroll 14
@@ -1825,6 +1947,8 @@ MM_TGT_512 static void mm_kernel_f32(const float* a, const float* w, int K, floa
 
 // vdpbf16ps: lane c += a.lo*w.lo + a.hi*w.hi with the (k even, k odd) pair of row i broadcast.
 // Latency 6 cycles: 28 independent accumulators are plenty.
+// a: the tile, (K2/2, 14) bf16 pairs; w: the panel, (K2/2, 32) pairs. The f32 kernel's register plan
+// and loop nest, but each step covers 2 k: twice the flops per load and per instruction.
 MM_TGT_BF16 static void mm_kernel_bf16(const uint32_t* a, const uint32_t* w, int kw, float* y, int ldy, int mr, int nc) {
     __m512 acc[MM_F32_MR][2];
 #pragma GCC unroll 14
@@ -1868,6 +1992,9 @@ MM_TGT_VNNI static void mm_kernel_q8(const uint32_t* a, const float* as, const i
         // GCC wraps every _mm512_dpbusd_epi32 of an unrolled tile in two register copies (measured:
         // -7 points), so the group loop is written out: 2 weight loads, 12 vpdpbusd with the
         // activation word broadcast from memory ({1to16}), per k4 step (weights in zmm30/31).
+        // Offsets 0..20 are rows 0-5 (4 bytes each); per step w moves 128 bytes (one panel row,
+        // `subq $-128`: a shorter encoding than `addq $128`) and a 24 bytes (6 rows x 4 s8).
+        // "+v": any of zmm0-31 (EVEX); the clobber list keeps the 12 accumulators off zmm30/31.
         const uint32_t* wend = wg + (size_t)G4 * 32;
         __asm__(
             "1:\n\t"
@@ -1927,6 +2054,9 @@ MM_TGT_VNNI static void mm_kernel_q8(const uint32_t* a, const float* as, const i
 
 // GEMM loop nest per task (one weight block of <= NCP panels): row tiles -> panels -> kernel(full K). The tile's activation sliver (MR x K) stays in L1/L2 and is reused for
 // every panel of the block; the block (NCP x 32 x K) streams from L2/L3.
+// Why this order: the weights are the big operand (N x K), the activations small (T x K); with
+// tiles outer, each weight block is re-read once per row tile but from cache (it was sized to fit:
+// MM_*_NCP), while the full K per kernel call means each output is stored once, never re-read.
 static void mm_task_gemm(void* v, int task) {
     MMJob* j = v;
     const MMPacked* p = j->p;
@@ -1937,9 +2067,9 @@ static void mm_task_gemm(void* v, int task) {
     for (int it = 0; it < j->ntiles; it++) {
         int t0 = it * mrt, mr = mm_min(mrt, j->T - t0);
         for (int pi = p0; pi < p1; pi++) {
-            const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
-            float* y = j->y + (size_t)t0 * N + pi * 32;
-            int nc = N - pi * 32;
+            const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;   // (kw, 32) words
+            float* y = j->y + (size_t)t0 * N + pi * 32;     // the tile's rows, columns 32pi.. (stride N)
+            int nc = N - pi * 32;                           // > 32 except at the last panel
             if (type == DT_F32)
                 mm_kernel_f32((const float*)j->a + (size_t)it * p->kw * MM_F32_MR, (const float*)wp,
                               p->kw, y, N, mr, nc);
@@ -1982,8 +2112,12 @@ static void mm_task_gemm(void* v, int task) {
 // Levels only change the instructions. Functions that use dotprod / i8mm instructions carry a target
 // attribute; everything else is baseline ARMv8-A, so a plain -O3 build runs on any AArch64 CPU.
 
+// Per-function targets: only these functions may use sdot / usdot, and they run only after
+// mm_detect_arm has seen the feature (the rest of the file stays baseline ARMv8-A).
 #define MM_ARM_TGT_DOT __attribute__((target("arch=armv8.2-a+dotprod")))
 #define MM_ARM_TGT_I8MM __attribute__((target("arch=armv8.2-a+dotprod+i8mm")))
+// Tile shapes from the 32-register budget (details above each kernel): f32 6 x 16 = 24 accumulators;
+// q8 8 x 4 = 8 int32 dots + 8 f32 sums, 8 rows because two 4-word registers feed lane-indexed sdot.
 #define MM_ARM_F32_MR 6         // f32/bf16 GEMM tile: 6 rows x 16 columns
 #define MM_ARM_Q8_MR 8          // q8 GEMM tile: 8 rows x 4 columns
 #define MM_ARM_NCP 8            // GEMM: panels per task (a 256-column weight block)
@@ -2192,7 +2326,7 @@ static void mm_arm_task_gemv(void* v, int task) {
     int p0 = task * j->chunk, p1 = mm_min(p->np, p0 + j->chunk);
     for (int pi = p0; pi < p1; pi++) {
         const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;  // panel pi: (kw, 32) words
-        float* y = j->y + (size_t)pi * 32;
+        float* y = j->y + (size_t)pi * 32;              // row 0, columns 32pi..32pi+31 (row stride N)
         int nc = j->N - pi * 32;
         if (j->type == DT_Q8) {
             const float* ws = p->s + (size_t)pi * p->ng * 32;
@@ -2245,9 +2379,11 @@ static void mm_arm_task_pack(void* v, int task) {
             float* a = (float*)j->a + (size_t)it * j->ka * MM_ARM_F32_MR;
             for (int i = 0; i < MM_ARM_F32_MR; i++) {
                 int t = it * MM_ARM_F32_MR + i;
-                const float* xt = j->x + (size_t)t * K;
+                const float* xt = j->x + (size_t)t * K;     // read only when t < T
                 for (int k = 0; k < j->ka; k++) {
                     float v = t < j->T && k < K ? xt[k] : 0.0f;
+                    // f32: 6 per k. bf16: 12 per pair kk = k / 2, parity p = k % 2: rows 0-3 go to
+                    // slots 4p + i (e03 or o03), rows 4, 5 to slots 8 + 2p + (i - 4) (eo45)
                     if (j->type == DT_F32) a[(size_t)k * 6 + i] = v;
                     else a[(size_t)(k / 2) * 12 + (i < 4 ? 4 * (k % 2) + i : 8 + 2 * (k % 2) + i - 4)] = v;
                 }
@@ -2261,9 +2397,9 @@ static void mm_arm_task_pack(void* v, int task) {
     // its 4-byte words into column i of the tile (stride 8 words = one k4 step of 8 rows).
     int8_t* q = mm_alloc((size_t)K);                    // one quantized row
     for (int it = ta; it < tb; it++) {
-        uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MM_ARM_Q8_MR;
-        float* as = j->as + (size_t)it * ng * MM_ARM_Q8_MR;
-        int32_t* ac = j->ac + (size_t)it * ng * MM_ARM_Q8_MR;
+        uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MM_ARM_Q8_MR;     // (kw, 8) words
+        float* as = j->as + (size_t)it * ng * MM_ARM_Q8_MR;                 // (ng, 8) scales
+        int32_t* ac = j->ac + (size_t)it * ng * MM_ARM_Q8_MR;               // (ng, 8) compensations
         for (int i = 0; i < MM_ARM_Q8_MR; i++) {
             int t = it * MM_ARM_Q8_MR + i;
             for (int g = 0; g < ng; g++) {
@@ -2285,6 +2421,8 @@ static void mm_arm_task_pack(void* v, int task) {
 // + 2 activation registers (rows 0-3, rows 4-5 at one k) = 30 of 32. Per k: 6 loads, 24 fmla by
 // lane. A wider tile does not fit: 8 x 16 needs 32 accumulators alone.
 // Same k order in each lane as matmul_ref (see the arithmetic note above).
+// One weight register (4 columns at one k) times rows 0-5: rows 0-3 from the lanes of a03 (laneq:
+// a 128-bit register), rows 4-5 from the lanes of the 64-bit a45 (lane).
 #define MM_ARM_FMA6(c, wv, a03, a45)                                  \
     do {                                                              \
         acc[0][c] = vfmaq_laneq_f32(acc[0][c], wv, a03, 0);           \
@@ -2301,6 +2439,8 @@ static void mm_arm_kernel_f32(const float* a, const float* w, int K, float* y, i
     for (int i = 0; i < MM_ARM_F32_MR; i++)
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) acc[i][c] = vdupq_n_f32(0.0f);
+    // k outer: per k, one 6-float slice of the tile and 16 weights, then 24 fmla; every loaded
+    // value is used 4 (activations) or 6 (weights) times from registers
     for (int k = 0; k < K; k++) {
         const float* wk = w + (size_t)k * 32;           // stride: a whole panel row (32 columns)
         const float* ak = a + (size_t)k * MM_ARM_F32_MR;
@@ -2325,6 +2465,8 @@ static void mm_arm_kernel_f32(const float* a, const float* w, int K, float* y, i
 // time keeps it within the file on paper. GCC 12's scheduler still hoists the widening of all four
 // registers and spills ~3 accumulators per step: 6 stack loads/stores against 48 fmla + 8 widening
 // ops on the two vector pipes, and the load pipes have room for them.
+// As MM_ARM_FMA6, but rows 4-5 come from lanes l, l+1 of a 128-bit register: l = 0 for the even k
+// of the pair, l = 2 for the odd k (the eo45 layout of the packed bf16 tile).
 #define MM_ARM_FMA6Q(c, wv, a03, a45, l)                              \
     do {                                                              \
         acc[0][c] = vfmaq_laneq_f32(acc[0][c], wv, a03, 0);           \
@@ -2343,8 +2485,9 @@ static void mm_arm_kernel_bf16(const float* a, const uint32_t* w, int kw, float*
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) acc[i][c] = vdupq_n_f32(0.0f);
     for (int kk = 0; kk < kw; kk++) {
-        const uint32_t* wk = w + (size_t)kk * 32;
-        const float* ak = a + (size_t)kk * 12;
+        const uint32_t* wk = w + (size_t)kk * 32;       // panel row kk: 32 words = 64 bf16
+        const float* ak = a + (size_t)kk * 12;          // the tile's 12 floats of pair kk
+        // e03: rows 0-3 at k = 2kk; o03: rows 0-3 at 2kk+1; eo45: rows 4, 5 at 2kk, then at 2kk+1
         float32x4_t e03 = vld1q_f32(ak), o03 = vld1q_f32(ak + 4), eo45 = vld1q_f32(ak + 8);
 #define MM_ARM_BF16_COL(c)                                                               \
         do {                                                                             \
@@ -2372,6 +2515,8 @@ static void mm_arm_kernel_bf16(const float* a, const uint32_t* w, int kw, float*
 // Registers: 8 int32 dots + 8 f32 sums + weight + 2 activations + mask = 20 (a 16-column tile
 // would need 32 + 32). Epilogue per group and row: f = fma(float(dot), ws * sx[i], f).
 // Rows and columns past the matrix are zeros in the packed data and are not stored.
+// Expects g, ws (panel scales + quad, row stride 32), as (the tile's (ng, 8) scales), acc, f in
+// scope: row i's dot times (ws * its scale, a lane of s03 / s47), added into f[i] with one FMA.
 #define MM_ARM_Q8_EPILOGUE()                                                                   \
     do {                                                                                       \
         float32x4_t sw = vld1q_f32(ws + (size_t)g * 32);                                      \
@@ -2395,9 +2540,10 @@ MM_ARM_TGT_DOT static void mm_arm_kernel_q8_sdot(const uint32_t* a, const float*
 #pragma GCC unroll 8
     for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
     for (int g = 0; g < ng; g++) {
-        int32x4_t acc[8];
+        int32x4_t acc[8];                               // acc[i]: row i, columns 0-3 (int32 dots)
 #pragma GCC unroll 8
         for (int i = 0; i < 8; i++) acc[i] = vdupq_n_s32(0);
+        // w + kq * 128: panel rows are 128 bytes (32 columns x 4 k); this quad's 16 bytes of each
         for (int kq = g * G4; kq < (g + 1) * G4; kq++) {
             // wv: columns 0-3 x k 4kq..4kq+3 (s8); a03 / a47: one word per row, rows 0-3 / 4-7
             int8x16_t wv = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(w + (size_t)kq * 128), flip));
@@ -2552,7 +2698,7 @@ static void mm_matmul_arm(float* y, const float* x, const Matrix* w, int T) {
         size_t need = abytes + 2 * sbytes + 64;
         if (own) buf = mm_alloc(need);
         else {
-            if (need > mm_arm_scratch_bytes) {
+            if (need > mm_arm_scratch_bytes) {      // grow with 25 % headroom, as mm_get_scratch
                 free(mm_arm_scratch);
                 mm_arm_scratch_bytes = need + need / 4;
                 mm_arm_scratch = mm_alloc(mm_arm_scratch_bytes);
@@ -2573,12 +2719,13 @@ static void mm_matmul_arm(float* y, const float* x, const Matrix* w, int T) {
                                                   &j.as[(size_t)t * p->ng + g]);
                     j.ac[(size_t)t * p->ng + g] = -128 * s;
                 }
+        // ~8 tasks per thread (the x86 mm_gemv_tpt default): dynamic claiming evens out the finish
         j.chunk = (np + 8 * nth - 1) / (8 * nth);   // ~8 tasks per thread, each a run of whole panels
         j.n_tasks = (np + j.chunk - 1) / j.chunk;
         pool_for(j.n_tasks, mm_arm_task_gemv, &j);
     } else {
         // phase 1: pack / quantize the row tiles (one task per thread at most)
-        MMArmPackCtx pc = { &j, mm_min(nth, j.ntiles) };
+        MMArmPackCtx pc = { &j, mm_min(nth, j.ntiles) };   // a task packs whole tiles
         pool_for(pc.n_tasks, mm_arm_task_pack, &pc);
         // phase 2: one task per block of <= MM_ARM_NCP panels, fewer if that leaves a thread idle
         j.chunk = mm_min(MM_ARM_NCP, (np + nth - 1) / nth);
@@ -2606,6 +2753,8 @@ static void mm_matmul_avx512(MMJob* jp) {
         mm_matmul_avx2(jp);
         return;
     }
+    // GEMM needs the type's AVX-512 instruction (vfmadd / vdpbf16ps / vpdpbusd); otherwise the
+    // widening kernels take every T
     int gemm = T > mm_gemv_max_t[type] &&
                (type == DT_F32 || (type == DT_BF16 && mm_has_bf16) || (type == DT_Q8 && mm_has_vnni));
     if (!gemm) {
@@ -2617,6 +2766,7 @@ static void mm_matmul_avx512(MMJob* jp) {
             const MMPacked* p = j.p;
             size_t qbytes = align_up((size_t)T * w->cols, 64), sbytes = (size_t)T * p->ng * 4;
             int own = mm_in_pool;
+            // scratch layout: [q (T, K) s8, padded to 64 bytes][as (T, ng) f32][ac (T, ng) int32]
             void* buf = mm_get_scratch(qbytes + 2 * sbytes + 64, own);
             j.a = buf;
             j.as = (float*)((char*)buf + qbytes);
@@ -2640,6 +2790,7 @@ static void mm_matmul_avx512(MMJob* jp) {
     j.ntiles = (T + mrt - 1) / mrt;
     size_t abytes = (size_t)j.ntiles * mrt * p->kw * 4;
     size_t sbytes = type == DT_Q8 ? (size_t)j.ntiles * mrt * p->ng * 4 : 0;
+    // scratch layout: [a: tiles][as: (ntiles, ng, 6) f32][ac: (ntiles, ng, 6) int32], 64 bytes slack
     size_t need = abytes + 2 * sbytes + 64;
     int own = mm_in_pool;           // nested call: private scratch, single thread
     void* buf = mm_get_scratch(need, own);
@@ -2661,6 +2812,7 @@ void matmul(float* y, const float* x, const Matrix* w, int T) {
     mm_check(w);
     mm_detect_isa();
     if (T <= 0 || w->rows == 0) return;
+    // n_tasks = one per thread: the portable path's split; the SIMD paths set their own
     MMJob j = { .y = y, .x = x, .w = w, .p = w->packed, .T = T, .N = w->rows, .K = w->cols,
                 .n_tasks = pool_size() };
     if (w->cols == 0) { memset(y, 0, (size_t)T * w->rows * sizeof(float)); return; }
