@@ -73,6 +73,11 @@ run tokenizer build/test_tokenizer
 run video build/test_video
 run matmul build/test_matmul
 run blocks build/test_blocks
+# The fuzz harnesses (test/fuzz/) on their seed corpora and on every input that ever crashed one: each
+# file must run without a crash or a sanitizer report (fatal() on bad input is fine). make fuzz fuzzes.
+for h in media tokenizer model; do
+    run "fuzz replay $h" build/fuzz/replay_$h test/fuzz/corpus/$h test/fuzz/regressions/$h
+done
 
 # Every golden case against the f32 export: 1e-4 of the logit scale, identical greedy tokens.
 for dir in test/goldens/tiny_*; do
