@@ -202,11 +202,15 @@ static int fuzz_try_end(int fataled) {
 
 // A private temporary file for harnesses whose API takes a path.
 static char fuzz_tmp_path[4096];
+static pid_t fuzz_tmp_owner;
+static void fuzz_remove_tmp(void) { if (fuzz_tmp_path[0] && getpid() == fuzz_tmp_owner) unlink(fuzz_tmp_path); }
 __attribute__((unused)) static void fuzz_make_tmp(const char* tag) {
     if (fuzz_tmp_path[0]) return;
+    fuzz_tmp_owner = getpid();  // forked replay children share the file: only its creator removes it
     const char* dir = getenv("TMPDIR");
     if (!dir || !*dir) dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : "/tmp";
     snprintf(fuzz_tmp_path, sizeof(fuzz_tmp_path), "%s/llava_fuzz_%s_%d", dir, tag, (int)getpid());
+    atexit(fuzz_remove_tmp);  // libFuzzer's normal end and the replay driver's exit remove it
 }
 __attribute__((unused)) static void fuzz_write_tmp(const uint8_t* data, size_t n) {
     FILE* f = fopen(fuzz_tmp_path, "wb");
