@@ -34,7 +34,9 @@ build/%: test/%.c $(SRC) $(FLAGS) | build
 build:
 	mkdir -p build
 
-TESTS = build/test_tokenizer build/test_video build/test_matmul build/test_blocks build/test_model
+FUZZ_HARNESSES = media tokenizer model   # test/fuzz/fuzz_*.c (see "Fuzzing" below)
+TESTS = build/test_tokenizer build/test_video build/test_matmul build/test_blocks build/test_model \
+        $(FUZZ_HARNESSES:%=build/fuzz/replay_%)
 
 test: llava $(TESTS)
 	PYTHON=$(PYTHON) CC="$(CC)" sh test/run_tests.sh
@@ -98,11 +100,61 @@ $(A64)/test_blocks: A64_EXTRA = -fno-tree-loop-vectorize
 $(A64):
 	mkdir -p $(A64)
 
+# Fuzzing (test/fuzz/): libFuzzer harnesses for the media readers, the tokenizer and the model loader.
+#   make fuzz [FUZZ_SECONDS=600] [FUZZ=media]   runs each harness that long, one after the other, nice'd;
+#                                               needs clang with libFuzzer (skipped, saying so, without)
+# -close_fd_mask=2: the harness's stderr (fatal()'s expected messages) is dropped; libFuzzer's and the
+# sanitizers' reports still print. New inputs go to build/fuzz/corpus/H, crashes to build/fuzz/artifacts/H/: minimise one
+# (./build/fuzz/fuzz_H -minimize_crash=1 -runs=10000 CRASH) and commit it to test/fuzz/regressions/H/.
+# make test replays test/fuzz/corpus/H and test/fuzz/regressions/H with any compiler (build/fuzz/replay_H,
+# under ASan+UBSan; REPLAY_SANITIZE= turns that off where the compiler has no sanitizer runtime).
+FUZZ_SECONDS ?= 60
+FUZZ_CC ?= clang
+FUZZ ?= media tokenizer model
+FUZZ_CFLAGS = -g -O1 -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_ARGS ?=
+FUZZ_MAXLEN_media = 65536
+FUZZ_MAXLEN_tokenizer = 4096
+FUZZ_MAXLEN_model = 4096
+REPLAY_SANITIZE ?= -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g
+FUZZ_DEPS = test/fuzz/fuzz_common.h $(SRC)
+
+build/fuzz/replay_%: test/fuzz/fuzz_%.c test/fuzz/replay.c $(FUZZ_DEPS) $(FLAGS) | build
+	@mkdir -p build/fuzz
+	$(CC) $(CFLAGS) $(REPLAY_SANITIZE) -o $@ test/fuzz/fuzz_$*.c test/fuzz/replay.c $(LDLIBS)
+
+build/fuzz/fuzz_%: test/fuzz/fuzz_%.c $(FUZZ_DEPS) | build
+	@mkdir -p build/fuzz
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ test/fuzz/fuzz_$*.c $(LDLIBS)
+
+build/models/tiny_b_q8.bin: test/models/tiny_b/model.safetensors export.py
+	@mkdir -p build/models
+	$(PYTHON) export.py test/models/tiny_b $@ --dtype q8 --group-size 8 >/dev/null
+
+fuzz: build/models/tiny_b_q8.bin
+	@if ! printf 'int LLVMFuzzerTestOneInput(const char* d, unsigned long n) { (void)d; (void)n; return 0; }\n' | \
+	    $(FUZZ_CC) -fsanitize=fuzzer -x c - -o build/.fuzz_probe >/dev/null 2>&1; then \
+	    echo "make fuzz: skipped: '$(FUZZ_CC)' cannot build libFuzzer targets (-fsanitize=fuzzer; install clang, or set FUZZ_CC)"; \
+	    exit 0; fi; \
+	rm -f build/.fuzz_probe; \
+	$(MAKE) --no-print-directory $(FUZZ:%=build/fuzz/fuzz_%) || exit 1; \
+	failed=""; \
+	for h in $(FUZZ); do \
+	    mkdir -p build/fuzz/corpus/$$h build/fuzz/artifacts/$$h; \
+	    echo "== fuzz $$h for $(FUZZ_SECONDS) s"; \
+	    case $$h in media) ml=$(FUZZ_MAXLEN_media);; tokenizer) ml=$(FUZZ_MAXLEN_tokenizer);; *) ml=$(FUZZ_MAXLEN_model);; esac; \
+	    nice -n 19 ./build/fuzz/fuzz_$$h -max_total_time=$(FUZZ_SECONDS) -max_len=$$ml -timeout=20 \
+	        -rss_limit_mb=2048 -close_fd_mask=2 -print_final_stats=1 -artifact_prefix=build/fuzz/artifacts/$$h/ $(FUZZ_ARGS) \
+	        build/fuzz/corpus/$$h test/fuzz/corpus/$$h test/fuzz/regressions/$$h || failed="$$failed $$h"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "make fuzz: crashes in:$$failed (see build/fuzz/artifacts/)"; exit 1; fi; \
+	echo "make fuzz: no crashes"
+
 clean:
 	rm -rf llava llava_cuda build $(A64)
 
 FORCE:
-.PHONY: test bench bench-torch clean test-aarch64 test-aarch64-run FORCE
+.PHONY: test bench bench-torch fuzz clean test-aarch64 test-aarch64-run FORCE
 
 # ----------------------------------------------------------------------------
 # The GPU path (llava.cu; README "GPU (CUDA)"). Never needed by `make` or `make test`.

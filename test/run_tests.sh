@@ -79,6 +79,14 @@ run tokenizer $RUN $BIN/test_tokenizer
 run video $RUN $BIN/test_video
 run matmul $RUN $BIN/test_matmul
 run blocks $RUN $BIN/test_blocks
+# The fuzz harnesses (test/fuzz/) on their seed corpora and on every input that ever crashed one: each
+# file must run without a crash or a sanitizer report (fatal() on bad input is fine). make fuzz fuzzes.
+# (host builds only: make test-aarch64 runs the rest under qemu)
+if [ "$BIN" = build ]; then
+    for h in media tokenizer model; do
+        run "fuzz replay $h" build/fuzz/replay_$h test/fuzz/corpus/$h test/fuzz/regressions/$h
+    done
+fi
 
 # Every golden case against the f32 export: 1e-4 of the logit scale, identical greedy tokens.
 for dir in test/goldens/tiny_*; do
