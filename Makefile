@@ -8,6 +8,11 @@ CC = gcc
 endif
 CFLAGS ?= -O3 -march=native
 override CFLAGS += -Wall -Wextra
+# 32-bit x86 (i686-linux-gnu-gcc, gcc -m32): SSE2 arithmetic, not the x87's extended precision, which
+# moves the frame choice, the anyres resize sizes and the pixel values away from numpy's (test_video)
+ifeq ($(shell echo __i386__ | $(CC) $(CFLAGS) -E -P - 2>/dev/null),1)
+override CFLAGS += -msse2 -mfpmath=sse
+endif
 ifeq ($(OPENMP),1)
 override CFLAGS += -fopenmp
 endif
@@ -151,10 +156,10 @@ fuzz: build/models/tiny_b_q8.bin
 	echo "make fuzz: no crashes"
 
 clean:
-	rm -rf llava llava_cuda build $(A64)
+	rm -rf llava llava_cuda build $(A64) build-port
 
 FORCE:
-.PHONY: test bench bench-torch fuzz clean test-aarch64 test-aarch64-run FORCE
+.PHONY: test bench bench-torch fuzz clean test-aarch64 test-aarch64-run portability port-bins FORCE
 
 # ----------------------------------------------------------------------------
 # The GPU path (llava.cu; README "GPU (CUDA)"). Never needed by `make` or `make test`.
@@ -203,3 +208,45 @@ bench_cuda: build/bench_cuda
 	./build/bench_cuda
 
 .PHONY: cuda-check test_cuda bench_cuda
+
+# Every architecture it builds for runs its tests: cross-build statically with Debian's cross compilers
+# (-Wall -Wextra, any warning fails that architecture) and run the C test programs and one tiny-model
+# generation under qemu-user, for aarch64, riscv64, s390x (big-endian: the model loader refuses, which
+# is the expected result there) and i686 (32-bit); an architecture whose compiler or qemu is missing
+# is SKIPPED. ~12 minutes on 2 cores from scratch; a summary table at the end; see test/portability.sh.
+#   apt-get install gcc-aarch64-linux-gnu gcc-riscv64-linux-gnu gcc-s390x-linux-gnu gcc-i686-linux-gnu qemu-user
+#   make portability PORT_ARCHS="aarch64 i686"      a subset (armhf is also known)
+PORT_ARCHS ?= aarch64 riscv64 s390x i686
+portability: llava
+	@PYTHON=$(PYTHON) MAKE="$(MAKE)" sh test/portability.sh $(PORT_ARCHS)
+
+# One architecture's binaries, called by test/portability.sh: make port-bins PORT_ARCH=riscv64
+# PORT_CC=riscv64-linux-gnu-gcc. Each compiler's messages are kept beside its binary (NAME.log), so a
+# rerun that rebuilds nothing still counts the warnings.
+PORT_DIR = build-port/$(PORT_ARCH)
+PORT_CFLAGS = -O3 -static -Wall -Wextra $(PORT_ARCH_FLAGS)
+PORT_FLAGS = $(PORT_DIR)/.flags
+$(PORT_FLAGS): FORCE | $(PORT_DIR)
+	@echo '$(PORT_CC) $(PORT_CFLAGS)' | cmp -s - $@ || echo '$(PORT_CC) $(PORT_CFLAGS)' > $@
+PORT_BINS = $(addprefix $(PORT_DIR)/,llava test_tokenizer test_video test_matmul test_blocks test_model bench)
+PORT_CC_LOG = 2> $@.log || { cat $@.log; exit 1; }; cat $@.log
+
+port-bins: $(PORT_BINS)
+
+$(PORT_DIR)/llava: $(SRC) $(PORT_FLAGS) | $(PORT_DIR)
+	$(PORT_CC) $(PORT_CFLAGS) -o $@ llava.c $(LDLIBS) $(PORT_CC_LOG)
+
+$(PORT_DIR)/bench: bench/bench.c $(SRC) $(PORT_FLAGS) | $(PORT_DIR)
+	$(PORT_CC) $(PORT_CFLAGS) -o $@ bench/bench.c $(LDLIBS) $(PORT_CC_LOG)
+
+$(PORT_DIR)/%: test/%.c $(SRC) $(PORT_FLAGS) | $(PORT_DIR)
+	$(PORT_CC) $(PORT_CFLAGS) $(PORT_EXTRA) -o $@ $< $(LDLIBS) $(PORT_CC_LOG)
+
+# the same aarch64 gcc 12.2 ICE as for test-aarch64 above
+ifeq ($(PORT_ARCH),aarch64)
+$(PORT_DIR)/test_blocks: PORT_EXTRA = -fno-tree-loop-vectorize
+endif
+
+$(PORT_DIR):
+	mkdir -p $(PORT_DIR)
+

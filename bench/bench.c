@@ -243,6 +243,7 @@ static double run_peak(void (*fn)(void*, int), double ops_per_instr) {
 }
 
 // best of 7 (a peak is a capability; a run that the OS or a neighbour interrupts can only come out low)
+__attribute__((unused))  // no peak loops on machines other than x86-64 and aarch64
 static double best_peak(void (*fn)(void*, int), double ops_per_instr) {
     double best = 0;
     for (int r = 0; r < 7; r++) {

@@ -106,7 +106,11 @@ static unsigned char* blob_from_sentencepiece_model(const char* path, size_t* bl
         while (q < qend) {
             uint64_t k = pb_varint(&q, qend);
             if (k == ((1 << 3) | 2)) { piece_len = (uint32_t)pb_varint(&q, qend); piece = (const char*)q; q += piece_len; }
-            else if (k == ((2 << 3) | 5)) { memcpy(&score, q, 4); q += 4; }
+            else if (k == ((2 << 3) | 5)) {  // fixed32: little-endian on the wire, whatever the host
+                uint32_t u = (uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 | (uint32_t)q[3] << 24;
+                memcpy(&score, &u, 4);
+                q += 4;
+            }
             else if (k == ((3 << 3) | 0)) type = (int32_t)pb_varint(&q, qend);
             else if (!pb_skip(&q, qend, (int)(k & 7))) { fprintf(stderr, "%s: bad protobuf\n", path); exit(1); }
         }

@@ -469,14 +469,10 @@ static void test_sampling(void) {
         for (int total = 1; total <= 2000; total++) {
             int cnt = sample_frame_indices(total, n, idx);
             p1 += cnt == n + 1;
-            int32_t c32 = cnt;
-            uint8_t b[4];
-            memcpy(b, &c32, 4); // little-endian hosts (x86, arm64)
-            for (int k = 0; k < 4; k++) { h ^= b[k]; h *= 16777619u; }
-            for (int i = 0; i < cnt; i++) {
-                int32_t v = idx[i];
-                memcpy(b, &v, 4);
-                for (int k = 0; k < 4; k++) { h ^= b[k]; h *= 16777619u; }
+            // the hash is over numpy's int32 little-endian bytes, on every host
+            for (int i = -1; i < cnt; i++) {
+                uint32_t v = (uint32_t)(i < 0 ? cnt : idx[i]);
+                for (int k = 0; k < 4; k++) { h ^= (v >> 8 * k) & 0xFF; h *= 16777619u; }
             }
         }
         check(h == hash && p1 == plus1, "sampling N=%d: hash 0x%08x (want 0x%08x), N+1 cases %d (want %d)", n, h, hash, p1, plus1);
