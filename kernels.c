@@ -69,6 +69,9 @@ static float silu(float x) { return x / (1.0f + expf(-x)); }
 #else
 #define VL 4
 #endif
+#if defined(__i386__) && !defined(__SSE__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // every vf function is static: there is no ABI to keep
+#endif
 typedef float vf __attribute__((vector_size(VL * sizeof(float))));
 typedef int32_t vi __attribute__((vector_size(VL * sizeof(int32_t))));
 

@@ -51,6 +51,12 @@
 
 #include "base.c"  // fatal, xmalloc: the only project file this one needs
 #include <math.h>
+// The preprocessing must round like numpy and PyTorch: float and double arithmetic in IEEE single and
+// double precision. x87 (32-bit x86 without SSE2) evaluates in 80-bit precision and moves frame
+// indices and resize sizes by one; the Makefile adds -msse2 -mfpmath=sse there.
+#if defined(__FLT_EVAL_METHOD__) && __FLT_EVAL_METHOD__ != 0
+#error "video.c needs IEEE float/double evaluation: on 32-bit x86 build with -msse2 -mfpmath=sse"
+#endif
 #include <strings.h>
 
 // ----------------------------------------------------------------------------
