@@ -21,7 +21,9 @@
 # ISA pairs: llava.c picks its best kernels (or what LLAVA_ISA caps them to) beside LLAMA_BUILD_DIR;
 # with a third argument, a second pair follows: llava.c with LLAVA_ISA=avx2 beside that llama.cpp
 # build (meant for an AVX2-only one: native tuning off, AVX-512 off; the ISA column reads its CMake cache).
-# Env: THREADS ROUNDS NP NG LLAVA (default ./llava, build it with `make`) LLAMA_BENCH_ARGS CC.
+# Env: THREADS ROUNDS NP NG LLAVA (default ./llava, build it with `make`) LLAMA_BENCH_ARGS CC;
+# TABLE_ONLY=1 runs nothing and prints the table of the runs logged in build/vs_llamacpp.log (say,
+# of an interrupted run; give the same arguments).
 # A benchmark: it never fails on speed; a run that fails shows as "-" in the table.
 set -u
 usage() { echo "usage: sh bench/vs_llamacpp.sh LLAMA_BUILD_DIR [MODEL_DIR [LLAMA_AVX2_BUILD_DIR]]" >&2; exit 2; }
@@ -33,18 +35,23 @@ THREADS=${THREADS:-2} ROUNDS=${ROUNDS:-3} NP=${NP:-512} NG=${NG:-64}
 LLAVA=${LLAVA:-./llava}
 CC=${CC:-cc}
 LLAMA_BENCH_ARGS=${LLAMA_BENCH_ARGS:-}
+TABLE_ONLY=${TABLE_ONLY:-0}
 
 for d in "$LLAMA_NATIVE" $LLAMA_AVX2; do
     [ -x "$d/bin/llama-bench" ] || { echo "vs_llamacpp.sh: no $d/bin/llama-bench (build llama.cpp's llama-bench target there)" >&2; exit 2; }
 done
 [ -x "$LLAVA" ] || { echo "vs_llamacpp.sh: no $LLAVA (run make)" >&2; exit 2; }
 mkdir -p build
-$CC -O3 -march=native -o build/bandwidth bench/bandwidth.c -pthread || exit 2
+if [ "$TABLE_ONLY" != 1 ]; then
+    $CC -O3 -march=native -o build/bandwidth bench/bandwidth.c -pthread || exit 2
+fi
 printf '#include "matmul.c"\n#include <stdio.h>\nint main(void) { puts(matmul_isa_name()); return 0; }\n' > build/isa_name.c
 $CC -O1 -march=native -I. -o build/isa_name build/isa_name.c -lm -pthread || exit 2
 
 log=build/vs_llamacpp.log   # every probe and run, in order (kept for inspection)
-: > $log
+[ "$TABLE_ONLY" = 1 ] && [ ! -f $log ] && { echo "vs_llamacpp.sh: TABLE_ONLY=1 but no $log" >&2; exit 2; }
+[ "$TABLE_ONLY" = 1 ] || : > $log
+[ "$TABLE_ONLY" = 1 ] && ROUNDS=$(awk -F'\t' '$1 == "R" { c[$2 "|" $3 "|" $4]++ } END { m = 0; for (k in c) if (c[k] > m) m = c[k]; print m }' $log)
 probe() { build/bandwidth "$THREADS" 1024 5 | sed -n 's/^read bandwidth: \([0-9.]*\) GB\/s.*/P\t\1/p' >> $log; }
 
 # llama.cpp's ISA, from its CMake cache
@@ -68,10 +75,11 @@ avx2|avx2|$LLAMA_AVX2"
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 echo "== llava.c vs llama.cpp: $CPU, $(nproc) cores visible, $THREADS threads, prompt $NP tokens + $NG new, $ROUNDS rounds"
 echo "   models in $MODELS; llama.cpp: $LLAMA_NATIVE${LLAMA_AVX2:+ and $LLAMA_AVX2}"
+[ "$TABLE_ONLY" = 1 ] && echo "   (TABLE_ONLY: the runs logged in $log)"
+[ "$TABLE_ONLY" = 1 ] || probe
 
-probe
 r=1
-while [ $r -le "$ROUNDS" ]; do
+while [ "$TABLE_ONLY" != 1 ] && [ $r -le "$ROUNDS" ]; do
     echo "$PAIRS" | while IFS='|' read -r label isa ldir; do
         if [ -n "$isa" ]; then isaenv="LLAVA_ISA=$isa"; else isaenv=""; fi
         for w in q8 bf16; do
@@ -145,4 +153,5 @@ echo "$PAIRS" | while IFS='|' read -r label isa ldir; do
     }' $log
 done
 echo
-echo "$CPU; $THREADS threads; medians of $ROUNDS interleaved rounds; read bandwidth: bench/bandwidth.c, $THREADS threads, 1 GiB."
+[ "$TABLE_ONLY" = 1 ] && n="up to $ROUNDS" || n=$ROUNDS
+echo "$CPU; $THREADS threads; medians of $n interleaved rounds; read bandwidth: bench/bandwidth.c, $THREADS threads, 1 GiB."
