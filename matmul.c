@@ -1426,7 +1426,8 @@ static void mm_matmul_avx2(MMJob* j) {
     j->mr = type != DT_Q8 ? MM_A2_MR : j->avxvnni ? MM_AVNNI_MR : MM_A2_Q8_MR;
     j->ntiles = (T + j->mr - 1) / j->mr;
     size_t rows = (size_t)j->ntiles * j->mr;
-    size_t abytes = rows * (type == DT_BF16 ? (size_t)(K + 1) / 2 * 2 * 4 : (size_t)p->kw * 4), sbytes = 0, qbytes = 0;
+    // f32 and bf16 tiles are packed K2 = K rounded up to even deep (mm_task_pack_avx2), q8 tiles K/4 words
+    size_t abytes = rows * (type != DT_Q8 ? (size_t)(K + 1) / 2 * 2 * 4 : (size_t)p->kw * 4), sbytes = 0, qbytes = 0;
     if (type == DT_Q8) { sbytes = rows * p->ng * 4; qbytes = align_up(rows * K, 64); }
     char* buf = mm_get_scratch(abytes + qbytes + 4 * sbytes + 64, own);
     // scratch layout: [a: abytes][q: qbytes][as | ac | asr | acr: sbytes each] (+64 slack for
