@@ -42,8 +42,10 @@
 //            spilled their accumulators), with the register plan written next to each.
 //            Measured on an AMD EPYC (Zen 5, 4.2 GHz) built with -march=x86-64-v3 and capped to avx2,
 //            one thread, thread CPU time (bench --threads 1 --cpu --isa avx2), each as % of the peak
-//            loop of its own instructions: f32 GEMM 86-88 % of ymm FMA (64-74 % at K = 11008: the
-//            6-row tile re-reads a 700 KB half panel per call from L3, which needs K blocking);
+//            loop of its own instructions: f32 GEMM 86-92 % of ymm FMA (K = 11008 included: 88-91 % one
+//            thread, 90 % two; it drops to ~60 % only while another process thrashes L3, because each
+//            6-row tile re-reads a 700 KB half panel from L3. K blocking was tried, bit-identical, and
+//            lost on every shape: blocks reused from L2 then come back from DRAM once per tile group);
 //            bf16 GEMM 85-93 %; q8 GEMM 67-71 % of vpmaddubsw+vpmaddwd+vpaddd (the sign fix is a 4th
 //            vector op per product: on Zen 5 a register-only mix of the four runs at 0.82 of the
 //            peak loop, and on Haswell-Skylake vpsignb shares ports 0/1 with the multiplies, so 2/3
