@@ -299,6 +299,10 @@ static Matrix* take_matrices(Cursor* c, int n_stack, int rows, int cols, DType t
     return m;
 }
 
+static const char* weight_type_name(const Config* p) {
+    return p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : "q8";
+}
+
 // Refuses a header that is not ours, or whose numbers would make the forward passes read out of
 // bounds, overflow a size product, or divide by zero. Everything after it may trust the Config.
 static void check_config(const Config* p, const char* path) {
@@ -1212,17 +1216,23 @@ static int expand_placeholders(int** ids, int n, int image_token, const int* ima
     return j;
 }
 
-// The ids of one question: the chat template around it (or the text as is, raw), tokenized with BOS,
-// then every placeholder expanded to the feature rows of its image or video. *T gets the length.
-static int* build_prompt_ids(Model* m, const char* question, int raw, const Media* md, int* T) {
-    Config* p = &m->config;
-    char* text = raw ? strdup(question) : chat_prompt(question, md->images.n, md->n_videos);
-    if (!text) fatal("out of memory");
-    size_t len = strlen(text);
+// len bytes of text -> malloc'd ids (*n of them), with bos in front unless bos < 0.
+static int* tokenize(Tokenizer* tok, const char* text, size_t len, int bos, int* n) {
     // SentencePiece never makes more tokens than bytes (+ BOS, + a prefix space): len + 16 is a safe cap
     int cap = (int)(len + 16 < (size_t)1 << 30 ? len + 16 : (size_t)1 << 30);
     int* ids = xmalloc((size_t)cap * sizeof(int));
-    int n = encode(&m->tokenizer, text, len, p->bos, ids, cap);
+    *n = encode(tok, text, len, bos, ids, cap);
+    return ids;
+}
+
+// The ids of one question: the chat template around it (or the text as is, raw), tokenized (with BOS
+// when bos is set: a conversation has one, at its start), then every placeholder expanded to the
+// feature rows of its image or video. *T gets the length.
+static int* build_prompt_ids(Model* m, const char* question, int raw, int bos, const Media* md, int* T) {
+    Config* p = &m->config;
+    char* text = raw ? xstrdup(question) : chat_prompt(question, md->images.n, md->n_videos);
+    int n;
+    int* ids = tokenize(&m->tokenizer, text, strlen(text), bos ? p->bos : -1, &n);
     free(text);
     int per_video[MAX_MEDIA];
     for (int k = 0; k < md->n_videos; k++) per_video[k] = md->video_frames[k] * video_tokens_per_frame(p);
@@ -1648,8 +1658,7 @@ static void dump_f32(const char* dir, const char* name, const float* x, int ndim
 // Everything up to the decoder's input: ids, pixels, vision features, feature rows, inputs_embeds.
 static void dump_prompt(const char* dir, Model* m, const int* ids, int T, const Media* md, const float* embeds) {
     Config* p = &m->config;
-    int S = p->image_size, C = p->n_channels, g = S / p->patch_size;
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create: %s", dir, strerror(errno));
+    int S = p->image_size, C = p->n_channels, g = S / p->patch_size;  // (parse_args made dir)
     int64_t sh[1] = {T};
     write_npy(dir, "input_ids.npy", "<i4", ids, 4, 1, sh);
     const VideoFeatures* vf = &md->videos;
@@ -1930,6 +1939,13 @@ typedef struct {
     char* videos[MAX_MEDIA]; int n_videos;
 } Chat;
 
+// Forgets the media queued for the next question (the copies of their paths).
+static void chat_drop_media(Chat* c) {
+    for (int k = 0; k < c->n_images; k++) free(c->images[k]);
+    for (int k = 0; k < c->n_videos; k++) free(c->videos[k]);
+    c->n_images = c->n_videos = 0;
+}
+
 // One question with the media queued for it: template, encode media, prefill at the end of the cache,
 // generate the answer into the cache. Returns 0 when the context cannot hold it (nothing is changed).
 static int chat_turn(Chat* c, const char* question) {
@@ -1944,22 +1960,18 @@ static int chat_turn(Chat* c, const char* question) {
     in.pixels = NULL;
     Media media;
     load_media(m, &in, &media);
-    for (int k = 0; k < c->n_images; k++) free(c->images[k]);
-    for (int k = 0; k < c->n_videos; k++) free(c->videos[k]);
-    // The turn's text: the system prompt before the first user turn, then the user turn.
-    size_t n = strlen(question) + (c->system ? strlen(c->system) : 0) + 64 + 9 * ((size_t)c->n_images + c->n_videos);
-    char* text = xmalloc(n);
+    chat_drop_media(c);
+    // The turn's text: the system prompt before the first user turn, then the user turn; BOS only at
+    // the very start of the conversation.
+    int first = c->pos == 0;
     char* turn = chat_prompt(question, media.images.n, media.n_videos);
-    snprintf(text, n, "%s%s%s", c->pos == 0 && c->system ? c->system : "", c->pos == 0 && c->system ? " " : "", turn);
+    size_t n = strlen(turn) + (c->system ? strlen(c->system) + 1 : 0) + 1;
+    char* text = xmalloc(n);
+    snprintf(text, n, "%s%s%s", first && c->system ? c->system : "", first && c->system ? " " : "", turn);
     free(turn);
     int T;
-    int* ids = build_prompt_ids(m, text, 1, &media, &T);  // raw: the template is already applied
+    int* ids = build_prompt_ids(m, text, 1, first, &media, &T);  // raw: the template is already applied
     free(text);
-    if (c->pos > 0) {  // BOS only at the very start of the conversation
-        memmove(ids, ids + 1, (size_t)(T - 1) * sizeof(int));
-        T--;
-    }
-    c->n_images = c->n_videos = 0;
     // +1: room for at least one answer token. A question that does not fit changes nothing, so the
     // conversation can go on with a shorter one, or start over with /clear.
     if (c->pos + T + 1 > s->ctx) {
@@ -2021,9 +2033,7 @@ static void run_chat(Model* m, const Args* a, const MediaPaths* defaults) {
         if (!strcmp(line, "/quit") || !strcmp(line, "/exit")) break;
         if (!strcmp(line, "/clear")) {
             c.pos = 0;  // the cache is simply overwritten from position 0
-            for (int k = 0; k < c.n_images; k++) free(c.images[k]);
-            for (int k = 0; k < c.n_videos; k++) free(c.videos[k]);
-            c.n_images = c.n_videos = 0;
+            chat_drop_media(&c);
             info("(conversation cleared)\n");
         } else if (!strncmp(line, "/image ", 7) || !strncmp(line, "/video ", 7)) {
             int is_image = line[1] == 'i';
@@ -2039,26 +2049,32 @@ static void run_chat(Model* m, const Args* a, const MediaPaths* defaults) {
             chat_turn(&c, line);
         }
     }
-    if (a->dump_dir) {
-        if (mkdir(a->dump_dir, 0755) != 0 && errno != EEXIST) fatal("%s: cannot create: %s", a->dump_dir, strerror(errno));
+    if (a->dump_dir) {  // (parse_args made the folder)
         int64_t sh[1] = {c.pos};
         write_npy(a->dump_dir, "chat_ids.npy", "<i4", c.ids, 4, 1, sh);
     }
-    for (int k = 0; k < c.n_images; k++) free(c.images[k]);
-    for (int k = 0; k < c.n_videos; k++) free(c.videos[k]);
+    chat_drop_media(&c);
     free(line);
     free(c.ids);
     free_sampler(&c.sampler);
     free_state(&m->state);
 }
 
+// n ids -> malloc'd text (*len bytes; it may hold a NUL from <0x00>), as HF's decode with
+// skip_special_tokens=True.
+static char* decode_text(Tokenizer* tok, const int* ids, int n, size_t* len) {
+    size_t cap = (size_t)n * (tok->max_piece_len + 3) + 1;  // enough for any ids (tokenizer.c)
+    char* out = xmalloc(cap);
+    *len = decode_ids(tok, ids, n, out, cap);
+    return out;
+}
+
 // -m encode: text on stdin -> ids on stdout (BOS first, no template).
 static void run_encode(Model* m) {
     size_t len;
     char* text = read_stream(stdin, &len);
-    int cap = (int)(len + 16 < (size_t)1 << 30 ? len + 16 : (size_t)1 << 30);
-    int* ids = xmalloc((size_t)cap * sizeof(int));
-    int n = encode(&m->tokenizer, text, len, m->config.bos, ids, cap);
+    int n;
+    int* ids = tokenize(&m->tokenizer, text, len, m->config.bos, &n);
     for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
     printf("\n");
     free(ids);
@@ -2074,9 +2090,8 @@ static void run_decode(Model* m) {
     for (int i = 0; i < n; i++)  // as --ids: an id the tokenizer does not have is an error, not nothing
         if (ids[i] >= m->tokenizer.n_tokens)
             fatal("-m decode: token id %d outside the vocabulary (%d tokens)", ids[i], m->tokenizer.n_tokens);
-    size_t cap = (size_t)n * (m->tokenizer.max_piece_len + 3) + 1;  // enough for any ids (tokenizer.c)
-    char* out = xmalloc(cap);
-    size_t len_out = decode_ids(&m->tokenizer, ids, n, out, cap);
+    size_t len_out;
+    char* out = decode_text(&m->tokenizer, ids, n, &len_out);
     fwrite(out, 1, len_out, stdout);  // may hold a NUL byte from <0x00>
     printf("\n");
     free(out); free(ids); free(text);
@@ -2097,9 +2112,8 @@ typedef struct {
 // The --json line: the answer (decoded like the streamed text), token counts, timings, seed, memory.
 static void json_report(Model* m, const RunReport* r, const int* generated) {
     Config* p = &m->config;
-    size_t cap = (size_t)r->generated_tokens * (m->tokenizer.max_piece_len + 3) + 1;
-    char* answer = xmalloc(cap);
-    size_t len = decode_ids(&m->tokenizer, generated, r->generated_tokens, answer, cap);
+    size_t len;
+    char* answer = decode_text(&m->tokenizer, generated, r->generated_tokens, &len);
     fprintf(stderr, "{\"answer\": ");
     json_write_string(stderr, answer, len);
     fprintf(stderr, ", \"prompt_tokens\": %d, \"generated_tokens\": %d, \"stop\": \"%s\", \"seed\": %llu, "
@@ -2109,13 +2123,12 @@ static void json_report(Model* m, const RunReport* r, const int* generated) {
             r->prompt_tokens, r->generated_tokens, r->stop, (unsigned long long)r->seed, r->load_s, r->vision_s,
             r->views, r->prefill_s, r->prefill_s > 0 ? r->prompt_tokens / r->prefill_s : 0.0, r->gen.ttft,
             r->gen.seconds, r->gen.n_decoded > 0 ? r->gen.n_decoded / r->gen.seconds : 0.0, r->peak_gb,
-            p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : "q8", pool_size());
+            weight_type_name(p), pool_size());
     free(answer);
 }
 
-// Messages, threads, the model; the load line. Returns when loading finished.
-static double start(const Args* a, Model* m) {
-    double t_start = now_seconds();
+// Messages, threads, the model; the load line (counted from t_start). Returns when loading finished.
+static double start(const Args* a, Model* m, double t_start) {
     g_quiet = a->quiet;
     g_progress = !a->quiet && isatty(STDERR_FILENO);
     if (g_progress) video_stream_progress = progress_frames_read;
@@ -2124,8 +2137,7 @@ static double start(const Args* a, Model* m) {
     Config* p = &m->config;
     double t_loaded = now_seconds();
     if (!strcmp(a->mode, "encode") || !strcmp(a->mode, "decode")) return t_loaded;
-    info("load: %.2f s (%s weights, %d threads)\n", t_loaded - t_start,
-         p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : "q8", pool_size());
+    info("load: %.2f s (%s weights, %d threads)\n", t_loaded - t_start, weight_type_name(p), pool_size());
     if (!a->seed_given && a->temperature > 0) info("seed: %llu\n", (unsigned long long)a->seed);
     if (a->ctx > p->max_pos)
         info("warning: -c %d is past the model's %d trained positions; answers may degrade there\n", a->ctx, p->max_pos);
@@ -2136,7 +2148,7 @@ static double start(const Args* a, Model* m) {
 static int run(Args* a) {
     Model model;
     Model* m = &model;
-    double t_start = now_seconds(), t_loaded = start(a, m);
+    double t_start = now_seconds(), t_loaded = start(a, m, t_start);
     Config* p = &m->config;
     if (strcmp(a->mode, "generate") != 0) {  // the other modes: tokenizer only, or a conversation
         MediaPaths in = {a->image_paths, a->n_images, a->video_paths, a->n_videos, a->frames, a->raw_w, a->raw_h, NULL};
@@ -2158,7 +2170,7 @@ static int run(Args* a) {
     int* ids;
     char* question = a->prompt && !strcmp(a->prompt, "-") ? read_stream(stdin, &(size_t){0}) : NULL;
     if (a->ids) ids = parse_ids(a->ids, &T);
-    else ids = build_prompt_ids(m, question ? question : a->prompt, a->raw, &media, &T);
+    else ids = build_prompt_ids(m, question ? question : a->prompt, a->raw, 1, &media, &T);
     free(question);
     if (T == 0) fatal("empty prompt");
     int ctx = a->ctx ? a->ctx : p->max_pos;
