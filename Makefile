@@ -58,7 +58,7 @@ build/bench: bench/bench.c $(SRC) $(FLAGS) | build
 bench-torch: build/bench
 	$(PYTHON) bench/compare_torch.py
 
-# 64-bit ARM without an ARM machine: cross-build statically into build-aarch64/ and run the whole
+# 64-bit ARM without an ARM machine: cross-build statically into build-port/aarch64/ and run the whole
 # suite under qemu-user once per CPU model: max (NEON + dotprod + i8mm) and cortex-a57 (plain NEON),
 # ~4.5 minutes each on 2 cores. Under max, test_matmul also runs every lower level (dotprod, neon,
 # scalar) through LLAVA_ISA-style caps; add cortex-a76 (NEON + dotprod, no i8mm) for the whole suite
@@ -69,10 +69,8 @@ bench-torch: build/bench
 AARCH64_CC ?= aarch64-linux-gnu-gcc
 QEMU_AARCH64 ?= qemu-aarch64
 AARCH64_CPUS ?= max cortex-a57
-A64 = build-aarch64
-A64_CFLAGS = -O3 -static -Wall -Wextra
-A64_BINS = $(A64)/llava $(A64)/test_tokenizer $(A64)/test_video $(A64)/test_matmul $(A64)/test_blocks \
-           $(A64)/test_model $(A64)/bench
+# the binaries are those of `make portability`'s aarch64 (port-bins, below)
+A64 = build-port/aarch64
 
 test-aarch64:
 	@if ! command -v $(AARCH64_CC) >/dev/null 2>&1 || ! command -v $(QEMU_AARCH64) >/dev/null 2>&1; then \
@@ -80,7 +78,8 @@ test-aarch64:
 	         "(apt-get install gcc-aarch64-linux-gnu qemu-user)"; \
 	else $(MAKE) --no-print-directory test-aarch64-run; fi
 
-test-aarch64-run: $(A64_BINS)
+test-aarch64-run:
+	@$(MAKE) --no-print-directory port-bins PORT_ARCH=aarch64 PORT_CC=$(AARCH64_CC)
 	@fail=0; for cpu in $(AARCH64_CPUS); do \
 	    echo "=== qemu-aarch64 -cpu $$cpu"; \
 	    BIN=$(A64) RUN="$(QEMU_AARCH64) -cpu $$cpu" LLAVA="$(QEMU_AARCH64) -cpu $$cpu $(A64)/llava" PYTHON=$(PYTHON) \
@@ -88,22 +87,6 @@ test-aarch64-run: $(A64_BINS)
 	    grep -E '^== |FAIL' $(A64)/test_$$cpu.log; \
 	    echo "=== qemu-aarch64 -cpu $$cpu: $$(tail -n 1 $(A64)/test_$$cpu.log) (log: $(A64)/test_$$cpu.log)"; \
 	done; exit $$fail
-
-$(A64)/llava: $(SRC) | $(A64)
-	$(AARCH64_CC) $(A64_CFLAGS) -o $@ llava.c $(LDLIBS)
-
-$(A64)/bench: bench/bench.c $(SRC) | $(A64)
-	$(AARCH64_CC) $(A64_CFLAGS) -o $@ bench/bench.c $(LDLIBS)
-
-$(A64)/%: test/%.c $(SRC) | $(A64)
-	$(AARCH64_CC) $(A64_CFLAGS) $(A64_EXTRA) -o $@ $< $(LDLIBS)
-
-# aarch64-linux-gnu-gcc 12.2 (Debian 12) crashes (ICE in vect_transform_reduction) vectorizing the
-# fmax reductions of test_activations; only this test program is built without loop vectorization.
-$(A64)/test_blocks: A64_EXTRA = -fno-tree-loop-vectorize
-
-$(A64):
-	mkdir -p $(A64)
 
 # Fuzzing (test/fuzz/): libFuzzer harnesses for the media readers, the tokenizer and the model loader.
 #   make fuzz [FUZZ_SECONDS=600] [FUZZ=media]   runs each harness that long, one after the other, nice'd;
@@ -156,7 +139,7 @@ fuzz: build/models/tiny_b_q8.bin
 	echo "make fuzz: no crashes"
 
 clean:
-	rm -rf llava llava_cuda build $(A64) build-port
+	rm -rf llava llava_cuda build build-aarch64 build-port
 
 FORCE:
 .PHONY: test bench bench-torch fuzz clean test-aarch64 test-aarch64-run portability port-bins FORCE
@@ -240,12 +223,7 @@ $(PORT_DIR)/bench: bench/bench.c $(SRC) $(PORT_FLAGS) | $(PORT_DIR)
 	$(PORT_CC) $(PORT_CFLAGS) -o $@ bench/bench.c $(LDLIBS) $(PORT_CC_LOG)
 
 $(PORT_DIR)/%: test/%.c $(SRC) $(PORT_FLAGS) | $(PORT_DIR)
-	$(PORT_CC) $(PORT_CFLAGS) $(PORT_EXTRA) -o $@ $< $(LDLIBS) $(PORT_CC_LOG)
-
-# the same aarch64 gcc 12.2 ICE as for test-aarch64 above
-ifeq ($(PORT_ARCH),aarch64)
-$(PORT_DIR)/test_blocks: PORT_EXTRA = -fno-tree-loop-vectorize
-endif
+	$(PORT_CC) $(PORT_CFLAGS) -o $@ $< $(LDLIBS) $(PORT_CC_LOG)
 
 $(PORT_DIR):
 	mkdir -p $(PORT_DIR)
