@@ -20,27 +20,7 @@ done
 probe=$(./llava_cuda build/models/tiny_a_f32.bin -p hi -n 1 -q 2>&1 >/dev/null)
 case "$probe" in *"no GPU found"*) skip "$probe" ;; esac
 
-total_pass=0
-total_fail=0
-run() {  # as test/run_tests.sh: echoes the output, adds up the last "N passed, N failed" line
-    name=$1
-    shift
-    out=$("$@" 2>&1)
-    rc=$?
-    printf '%s\n' "$out"
-    line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
-    if [ -z "$line" ]; then
-        echo "== $name: no summary line (exit $rc): counted as 1 failure"
-        total_fail=$((total_fail + 1))
-        return
-    fi
-    p=$(echo "$line" | cut -d' ' -f1)
-    f=$(echo "$line" | cut -d' ' -f3)
-    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
-    total_pass=$((total_pass + p))
-    total_fail=$((total_fail + f))
-    echo "== $name: $p passed, $f failed"
-}
+. test/summary.sh  # run NAME CMD...: as in test/run_tests.sh
 
 # 1. test/test_model.c, compiled with -DLLAVA_CUDA: every stage of every golden case on the GPU, with
 #    the CPU's tolerances.
