@@ -1888,8 +1888,7 @@ static char* read_stream(FILE* f, size_t* len) {
     size_t r;
     while ((r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
         n += r;
-        if (n + 1 == cap) buf = realloc(buf, cap *= 2);
-        if (!buf) fatal("out of memory reading stdin");
+        if (n + 1 == cap) buf = xrealloc(buf, cap *= 2);
     }
     buf[n] = 0;
     *len = n;
@@ -1907,8 +1906,7 @@ static int* parse_ids(const char* s, int* n) {
         char* end;
         long v = strtol(s, &end, 10);
         if (end == s || v < 0 || v > INT32_MAX) fatal("--ids / decode input: '%.20s' is not a token id", s);
-        if ((size_t)*n == cap) ids = realloc(ids, (cap *= 2) * sizeof(int));
-        if (!ids) fatal("out of memory");
+        if ((size_t)*n == cap) ids = xrealloc(ids, (cap *= 2) * sizeof(int));
         ids[(*n)++] = (int)v;
         s = end;
     }
