@@ -539,8 +539,7 @@ int32_t mm_quantize_group(const float* x, int G, int8_t* q, float* scale) {
 // GEMV streams gigabytes of weights.
 static void* mm_alloc(size_t bytes) {
     size_t align = bytes >= ((size_t)4 << 20) ? ((size_t)2 << 20) : 64;   // 2 MB for huge pages
-    // C11 aligned_alloc wants the size to be a multiple of the alignment
-    size_t size = (bytes + align - 1) / align * align;
+    size_t size = align_up(bytes, align);  // C11 aligned_alloc wants a multiple of the alignment
     void* p = aligned_alloc(align, size ? size : align);
     if (!p) fatal("out of memory allocating %zu bytes for the matmul kernels", bytes);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
