@@ -528,31 +528,54 @@ static void for_each_matrix(Model* m, void (*fn)(Matrix*)) {
 // x W^T over it computes every output column with the same dot product as the part's own matmul
 // (the kernels' results depend on the input row and the weight column alone, not on the column's
 // neighbours or on N), so fused outputs are bit-identical to separate ones, and x is read, packed or
-// quantized once instead of once per part. The rows are copied into one buffer for pack_matrix;
-// once packed, the copy is freed (the panels hold the weights) and the parts' file pages released,
-// so the resident weights do not grow. Without packing (LLAVA_ISA=scalar, or a level that packs
-// nothing) the copy is kept as the matrix's data and the file pages are released all the same.
-static Matrix fuse_matrices(Matrix* const parts[], int n) {
+// quantized once instead of once per part. The rows are copied into `scratch` (reused for every
+// matrix: fresh memory per copy would cost a page fault per 4 KB) for pack_matrix; the panels then
+// hold the weights and the parts' file pages are released, so the resident weights do not grow.
+// Without packing (LLAVA_ISA=scalar, or a level that packs nothing) the matrix keeps its own copy
+// of the rows as its data, and the file pages are released all the same.
+typedef struct { char* data; float* scales; } FuseScratch;   // room for the largest fused matrix
+
+// memcpy of several (dst, src, bytes) segments split over the thread pool: the sources are mapped file
+// pages, so the copy is mostly page faults, which the threads take in parallel (as pack_matrix does).
+#define FUSE_MAX_SEGMENTS 6
+typedef struct { int n, n_tasks; char* dst[FUSE_MAX_SEGMENTS]; const char* src[FUSE_MAX_SEGMENTS]; size_t bytes[FUSE_MAX_SEGMENTS]; } CopyArgs;
+static void copy_task(void* ctx, int task) {
+    const CopyArgs* c = ctx;
+    for (int i = 0; i < c->n; i++) {
+        size_t a = c->bytes[i] * task / c->n_tasks, b = c->bytes[i] * (task + 1) / c->n_tasks;
+        memcpy(c->dst[i] + a, c->src[i] + a, b - a);
+    }
+}
+
+static Matrix fuse_matrices(Matrix* const parts[], int n, FuseScratch* scratch) {
     Matrix f = *parts[0];
     f.rows = 0;
     for (int i = 0; i < n; i++) f.rows += parts[i]->rows;
     size_t elem = f.type == DT_F32 ? 4 : f.type == DT_BF16 ? 2 : 1, row_bytes = (size_t)f.cols * elem;
     size_t n_scales = f.type == DT_Q8 ? (size_t)f.cols / f.group : 0;   // per row
-    char* data = xmalloc((size_t)f.rows * row_bytes);
-    float* scales = n_scales ? xmalloc((size_t)f.rows * n_scales * sizeof(float)) : NULL;
+    size_t data_bytes = (size_t)f.rows * row_bytes, scale_bytes = (size_t)f.rows * n_scales * sizeof(float);
+    if (n > FUSE_MAX_SEGMENTS / 2) fatal("internal: fusing %d matrices, at most %d", n, FUSE_MAX_SEGMENTS / 2);
+    CopyArgs copy = {.n_tasks = pool_size() * 4};   // 4 tasks per thread: uneven progress evens out
     for (int i = 0, r = 0; i < n; r += parts[i]->rows, i++) {
-        memcpy(data + (size_t)r * row_bytes, parts[i]->data, (size_t)parts[i]->rows * row_bytes);
-        if (scales) memcpy(scales + (size_t)r * n_scales, parts[i]->scales, (size_t)parts[i]->rows * n_scales * sizeof(float));
+        copy.dst[copy.n] = scratch->data + (size_t)r * row_bytes;
+        copy.src[copy.n] = parts[i]->data;
+        copy.bytes[copy.n++] = (size_t)parts[i]->rows * row_bytes;
+        if (!n_scales) continue;
+        copy.dst[copy.n] = (char*)(scratch->scales + (size_t)r * n_scales);
+        copy.src[copy.n] = (const char*)parts[i]->scales;
+        copy.bytes[copy.n++] = (size_t)parts[i]->rows * n_scales * sizeof(float);
     }
-    f.data = data;
-    f.scales = scales;
+    pool_for(copy.n_tasks, copy_task, &copy);
+    f.data = scratch->data;
+    f.scales = n_scales ? scratch->scales : NULL;
     f.packed = NULL;
     pack_matrix(&f);
     if (f.packed) {  // the kernels read only the panels
-        free(data);
-        free(scales);
         f.data = NULL;
         f.scales = NULL;
+    } else {         // the unpacked kernels read the rows: a copy of its own
+        f.data = memcpy(xmalloc(data_bytes), scratch->data, data_bytes);
+        f.scales = n_scales ? memcpy(xmalloc(scale_bytes), scratch->scales, scale_bytes) : NULL;
     }
     for (int i = 0; i < n; i++) release_pages(parts[i]->data, (size_t)parts[i]->rows * row_bytes);
     return f;
@@ -565,13 +588,20 @@ static void fuse_weights(Model* m) {
     VisionWeights* v = &m->vision;
     LlmWeights* w = &m->llm;
     int Lv = vision_layers_needed(p), Dv = p->v_dim;
+    int qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
+    // the largest fused matrix: CLIP's q/k/v, the LLM's q/k/v or its gate/up (all have cols = their dim)
+    size_t most = (size_t)3 * Dv * Dv, llm_qkv = ((size_t)qd + 2 * kvd) * p->dim, gu = (size_t)2 * p->hidden_dim * p->dim;
+    most = llm_qkv > most ? llm_qkv : most;
+    most = gu > most ? gu : most;
+    size_t elem = p->weight_type == DT_F32 ? 4 : p->weight_type == DT_BF16 ? 2 : 1;
+    FuseScratch scratch = {xmalloc(most * elem), p->weight_type == DT_Q8 ? xmalloc(most / p->group_size * sizeof(float)) : NULL};
     if (Lv > 0) {
         v->wqkv = xcalloc(Lv, sizeof(Matrix));
         v->bqkv = xmalloc((size_t)Lv * 3 * Dv * sizeof(float));
     }
     for (int l = 0; l < Lv; l++) {
         Matrix* qkv[] = {&v->wq[l], &v->wk[l], &v->wv[l]};
-        v->wqkv[l] = fuse_matrices(qkv, 3);
+        v->wqkv[l] = fuse_matrices(qkv, 3, &scratch);
         const float* b[] = {v->bq, v->bk, v->bv};
         for (int i = 0; i < 3; i++)
             memcpy(v->bqkv + ((size_t)l * 3 + i) * Dv, b[i] + (size_t)l * Dv, (size_t)Dv * sizeof(float));
@@ -581,9 +611,11 @@ static void fuse_weights(Model* m) {
     for (int l = 0; l < p->n_layers; l++) {
         Matrix* qkv[] = {&w->wq[l], &w->wk[l], &w->wv[l]};
         Matrix* gate_up[] = {&w->w_gate[l], &w->w_up[l]};
-        w->wqkv[l] = fuse_matrices(qkv, 3);
-        w->w_gate_up[l] = fuse_matrices(gate_up, 2);
+        w->wqkv[l] = fuse_matrices(qkv, 3, &scratch);
+        w->w_gate_up[l] = fuse_matrices(gate_up, 2, &scratch);
     }
+    free(scratch.data);
+    free(scratch.scales);
 }
 
 // Bytes of memory this process may use: physical RAM, or less under an address-space limit (ulimit -v).
