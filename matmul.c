@@ -48,10 +48,11 @@
 //            6-row tile re-reads a 700 KB half panel from L3. K blocking was tried, bit-identical, and
 //            lost on every shape: blocks reused from L2 then come back from DRAM once per tile group);
 //            bf16 GEMM 85-93 %; q8 GEMM (vpsignb+vpmaddubsw+vpmaddwd kernel) 67-71 % of the
-//            vpmaddubsw+vpmaddwd+vpaddd peak loop; the int16 vpmaddwd kernel that replaced it gains
-//            1-3 % on the GEMM shapes (2 threads; +5 % with everything in L1). Its ceiling: every
-//            AVX2 int8 form costs 4 vector ops per 32 products (2 multiplies + 2 others), and on Zen 5
-//            a register-only loop of either mix runs at 0.87 of the peak loop; the per-group f32
+//            vpmaddubsw+vpmaddwd+vpaddd peak loop; the int16 vpmaddwd kernel that replaced it moves
+//            the GEMM shapes by -2..+3 % (65-71 %, 2 threads; +5 % with everything in L1; +2 % on 7B
+//            prefill end to end). Its ceiling: every AVX2 int8 form costs 4 vector ops per 32
+//            products (2 multiplies + 2 others), and on Zen 5 a register-only loop of either mix runs
+//            at 0.87 of the peak loop; the per-group f32
 //            epilogue (1 vmulps + 1 FMA per 32 vpmaddwd) costs another ~6 % (G = 256 runs 5-8 %
 //            faster than G = 64); GEMV 97-98 % of a one-thread read loop, f32, bf16 and q8.
 //   avxvnni  (Alder Lake+, Zen 5) avx2 plus a 6x16 q8 GEMM tile of ymm vpdpbusd with the -128*sum(q)
@@ -1058,7 +1059,8 @@ MM_TGT_AVX2 static void mm_kernel_bf16_avx2(const float* a, const uint32_t* w, i
 // vpsrlw with a memory source, only EVEX, which an AVX2 CPU lacks.)
 // This replaced a vpmaddubsw kernel (|w| x sign(q, w), then vpmaddwd with ones): the same count of
 // vector ops per product, but vpsignb + vpmaddubsw + vpmaddwd + vpaddd kept Zen 5 further from its
-// multiply peak than 2 x (vpmaddwd + vpaddd); measured +5 % in L1 and on the GEMM shapes.
+// multiply peak than 2 x (vpmaddwd + vpaddd): +5 % in L1, but -2..+3 % per GEMM shape (probably
+// because the int16 tile is twice the bytes, and the weights stream through L1 past it).
 // a: (K/4, 4, 2) words (row i's k4 step at a[(kq * 4 + i) * 2], the odd word after it); as / ac:
 // (ng, 4); w: panel + 16 * half, (K/4, 32) words; ws: panel scales + 16 * half, (ng, 32). The f32
 // sums f (8 ymm) stay in L1 between groups (no room in the registers). Loop nest: groups -> k4 steps
