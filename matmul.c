@@ -145,6 +145,7 @@ typedef struct {
 // never split a group.
 #define MM_Q4_OFFSET 8      // stored nibble = w + 8
 #define MM_Q4_GROUP_MULT 8  // q4 groups hold whole packed words of 8 inputs
+#define MM_Q4_COMP_DIV 16   // the q8 packers' -128 * sum(q) / 16 = -8 * sum(q): the q4 offset's compensation
 
 // ----------------------------------------------------------------------------
 // Thread pool
@@ -2178,7 +2179,6 @@ static void mm_task_gemm(void* v, int task) {
 
 #define MM_Q4_GEMV_MAX_T_512 3   // AVX512-VNNI: T <= 3 takes the q4 GEMV (as q8: one pass of <= 3 rows)
 #define MM_Q4_GEMV_MAX_T_AVX2 2  // AVX2 / AVX-VNNI: T <= 2 (as q8)
-#define MM_Q4_COMP_DIV 16        // -128 * sum(q) / 16 = -8 * sum(q): the q4 offset's compensation
 
 // 16 bf16 weight scales -> f32 (a bf16 is the top half of an f32: zero-extend, shift left 16; exact).
 MM_INLINE MM_TGT_512 __m512 mm512_q4_scales(const uint16_t* s) {
@@ -2830,6 +2830,233 @@ static void mm_arm_gemv_q8_neon(const int8_t* q, const float* sx, int ng, int G4
     for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
 }
 
+// ---- q4 on ARM64: the q8 kernels' arithmetic on unpacked nibbles (see "q4 kernels (x86)" for the
+// format and why the result is matmul_ref's, bit for bit). 16 bytes of a q4 panel row are 4 columns
+// x 8 k (one word per column); a byte shift right by 4 gives the high nibbles (k+4..k+7 of each
+// column) and an and with 0x0f the low ones (k..k+3): two q8-layout registers. usdot (i8mm) takes
+// them as u8 = w + 8 with lanes starting at -8 * sum(q); sdot and the plain-NEON vmull_s8 take them
+// as s8 after subtracting the offset 8 (no compensation). Weight scales are bf16, widened with a
+// shift (exact). Per group: f = fma(float(dot), scale_w * scale_x, f), as everywhere.
+
+// 4 bf16 scales -> f32x4 (zero-extend each 16-bit lane to 32 bits, shifted left 16: exact)
+MM_INLINE float32x4_t mm_arm_q4_scales(const uint16_t* s) {
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(s), 16));
+}
+
+// 16 packed bytes -> low / high nibbles as s8 (w = u - 8)
+MM_INLINE void mm_arm_q4_unpack_s8(const uint8_t* w, int8x16_t* lo, int8x16_t* hi) {
+    uint8x16_t v = vld1q_u8(w);
+    const int8x16_t off = vdupq_n_s8(MM_Q4_OFFSET);
+    *lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), off);
+    *hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), off);
+}
+
+// GEMV, one row: q (K) s8, sx / cx (ng) its scales and -128 * sum(q) (as the q8 packers give it),
+// w the panel ((K/8, 32) words = (K/8, 128) bytes), ws (ng, 32) bf16, y 32 outputs (nc stored).
+MM_ARM_TGT_I8MM static void mm_arm_gemv_q4_usdot(const int8_t* q, const float* sx, const int32_t* cx, int ng, int G8,
+                                                 const uint8_t* w, const uint16_t* ws, float* y, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) acc[c] = vdupq_n_s32(cx[g] / MM_Q4_COMP_DIV);     // -8 * sum(q)
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            int32_t l4, h4;                             // the row's s8 words at k..k+3, k+4..k+7
+            memcpy(&l4, q + 8 * (size_t)kb, 4);
+            memcpy(&h4, q + 8 * (size_t)kb + 4, 4);
+            int8x16_t al = vreinterpretq_s8_s32(vdupq_n_s32(l4)), ah = vreinterpretq_s8_s32(vdupq_n_s32(h4));
+            const uint8_t* wk = w + (size_t)kb * 128;
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                uint8x16_t v = vld1q_u8(wk + 16 * c);
+                acc[c] = vusdotq_s32(acc[c], vandq_u8(v, vdupq_n_u8(0x0f)), al);
+                acc[c] = vusdotq_s32(acc[c], vshrq_n_u8(v, 4), ah);
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++)
+            f[c] = vfmaq_f32(f[c], vcvtq_f32_s32(acc[c]), vmulq_n_f32(mm_arm_q4_scales(ws + (size_t)g * 32 + 4 * c), sx[g]));
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
+}
+
+MM_ARM_TGT_DOT static void mm_arm_gemv_q4_sdot(const int8_t* q, const float* sx, int ng, int G8, const uint8_t* w,
+                                               const uint16_t* ws, float* y, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) acc[c] = vdupq_n_s32(0);
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            int32_t l4, h4;
+            memcpy(&l4, q + 8 * (size_t)kb, 4);
+            memcpy(&h4, q + 8 * (size_t)kb + 4, 4);
+            int8x16_t al = vreinterpretq_s8_s32(vdupq_n_s32(l4)), ah = vreinterpretq_s8_s32(vdupq_n_s32(h4));
+            const uint8_t* wk = w + (size_t)kb * 128;
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                int8x16_t lo, hi;
+                mm_arm_q4_unpack_s8(wk + 16 * c, &lo, &hi);
+                acc[c] = vdotq_s32(vdotq_s32(acc[c], lo, al), hi, ah);
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++)
+            f[c] = vfmaq_f32(f[c], vcvtq_f32_s32(acc[c]), vmulq_n_f32(mm_arm_q4_scales(ws + (size_t)g * 32 + 4 * c), sx[g]));
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
+}
+
+// Plain NEON: vmull_s8 + vpadalq_s16 as in mm_arm_gemv_q8_neon (|w q| <= 8 * 127, exact in s16),
+// for the low and the high nibbles in turn; half sums added pairwise at the end of the group.
+static void mm_arm_gemv_q4_neon(const int8_t* q, const float* sx, int ng, int G8, const uint8_t* w,
+                                const uint16_t* ws, float* y, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t lo2[8], hi2[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) lo2[c] = hi2[c] = vdupq_n_s32(0);
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            int32_t l4, h4;
+            memcpy(&l4, q + 8 * (size_t)kb, 4);
+            memcpy(&h4, q + 8 * (size_t)kb + 4, 4);
+            int8x16_t al = vreinterpretq_s8_s32(vdupq_n_s32(l4)), ah = vreinterpretq_s8_s32(vdupq_n_s32(h4));
+            const uint8_t* wk = w + (size_t)kb * 128;
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                int8x16_t lo, hi;
+                mm_arm_q4_unpack_s8(wk + 16 * c, &lo, &hi);
+                lo2[c] = vpadalq_s16(lo2[c], vmull_s8(vget_low_s8(lo), vget_low_s8(al)));
+                hi2[c] = vpadalq_s16(hi2[c], vmull_high_s8(lo, al));
+                lo2[c] = vpadalq_s16(lo2[c], vmull_s8(vget_low_s8(hi), vget_low_s8(ah)));
+                hi2[c] = vpadalq_s16(hi2[c], vmull_high_s8(hi, ah));
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++)
+            f[c] = vfmaq_f32(f[c], vcvtq_f32_s32(vpaddq_s32(lo2[c], hi2[c])),
+                             vmulq_n_f32(mm_arm_q4_scales(ws + (size_t)g * 32 + 4 * c), sx[g]));
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
+}
+
+// GEMM epilogue of an 8-row x 4-column tile (MM_ARM_Q8_EPILOGUE with bf16 weight scales).
+MM_INLINE void mm_arm_q4_epilogue8(float32x4_t f[8], const int32x4_t acc[8], const uint16_t* ws, const float* as) {
+    float32x4_t sw = mm_arm_q4_scales(ws);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) f[i] = vfmaq_f32(f[i], vcvtq_f32_s32(acc[i]), vmulq_n_f32(sw, as[i]));
+}
+
+// GEMM, 8 rows x 4 columns (the q8 tile): a (K/4, 8) words (mm_arm_task_pack), as / ac (ng, 8);
+// w: the panel's bytes + 16 * (column quad); ws: the panel's bf16 scales + 4 * quad, row stride 32.
+// Per panel row: one 16-byte load -> low / high nibble registers, 16 lane-indexed dots.
+MM_ARM_TGT_I8MM static void mm_arm_kernel_q4_usdot(const uint32_t* a, const float* as, const int32_t* ac,
+                                                   const uint8_t* w, const uint16_t* ws, int ng, int G8, float* y,
+                                                   int ldy, int mr, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = vdupq_n_s32(ac[g * 8 + i] / MM_Q4_COMP_DIV);
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            uint8x16_t v = vld1q_u8(w + (size_t)kb * 128);
+            uint8x16_t lo = vandq_u8(v, vdupq_n_u8(0x0f)), hi = vshrq_n_u8(v, 4);
+            const uint32_t* ak = a + (size_t)kb * 16;   // words of k..k+3 (rows 0-7), then k+4..k+7
+            int8x16_t l03 = vreinterpretq_s8_u32(vld1q_u32(ak)), l47 = vreinterpretq_s8_u32(vld1q_u32(ak + 4));
+            int8x16_t h03 = vreinterpretq_s8_u32(vld1q_u32(ak + 8)), h47 = vreinterpretq_s8_u32(vld1q_u32(ak + 12));
+            acc[0] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[0], lo, l03, 0), hi, h03, 0);
+            acc[1] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[1], lo, l03, 1), hi, h03, 1);
+            acc[2] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[2], lo, l03, 2), hi, h03, 2);
+            acc[3] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[3], lo, l03, 3), hi, h03, 3);
+            acc[4] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[4], lo, l47, 0), hi, h47, 0);
+            acc[5] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[5], lo, l47, 1), hi, h47, 1);
+            acc[6] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[6], lo, l47, 2), hi, h47, 2);
+            acc[7] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[7], lo, l47, 3), hi, h47, 3);
+        }
+        mm_arm_q4_epilogue8(f, acc, ws + (size_t)g * 32, as + (size_t)g * 8);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
+}
+
+MM_ARM_TGT_DOT static void mm_arm_kernel_q4_sdot(const uint32_t* a, const float* as, const uint8_t* w,
+                                                 const uint16_t* ws, int ng, int G8, float* y, int ldy, int mr,
+                                                 int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = vdupq_n_s32(0);
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            int8x16_t lo, hi;
+            mm_arm_q4_unpack_s8(w + (size_t)kb * 128, &lo, &hi);
+            const uint32_t* ak = a + (size_t)kb * 16;
+            int8x16_t l03 = vreinterpretq_s8_u32(vld1q_u32(ak)), l47 = vreinterpretq_s8_u32(vld1q_u32(ak + 4));
+            int8x16_t h03 = vreinterpretq_s8_u32(vld1q_u32(ak + 8)), h47 = vreinterpretq_s8_u32(vld1q_u32(ak + 12));
+            acc[0] = vdotq_laneq_s32(vdotq_laneq_s32(acc[0], lo, l03, 0), hi, h03, 0);
+            acc[1] = vdotq_laneq_s32(vdotq_laneq_s32(acc[1], lo, l03, 1), hi, h03, 1);
+            acc[2] = vdotq_laneq_s32(vdotq_laneq_s32(acc[2], lo, l03, 2), hi, h03, 2);
+            acc[3] = vdotq_laneq_s32(vdotq_laneq_s32(acc[3], lo, l03, 3), hi, h03, 3);
+            acc[4] = vdotq_laneq_s32(vdotq_laneq_s32(acc[4], lo, l47, 0), hi, h47, 0);
+            acc[5] = vdotq_laneq_s32(vdotq_laneq_s32(acc[5], lo, l47, 1), hi, h47, 1);
+            acc[6] = vdotq_laneq_s32(vdotq_laneq_s32(acc[6], lo, l47, 2), hi, h47, 2);
+            acc[7] = vdotq_laneq_s32(vdotq_laneq_s32(acc[7], lo, l47, 3), hi, h47, 3);
+        }
+        mm_arm_q4_epilogue8(f, acc, ws + (size_t)g * 32, as + (size_t)g * 8);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
+}
+
+// Plain NEON GEMM: per row, the activation words repeated (ld1r), vmull_s8 + vpadalq_s16 on the low
+// and high nibbles (mm_arm_kernel_q8_neon's scheme), half sums added pairwise per group.
+static void mm_arm_kernel_q4_neon(const uint32_t* a, const float* as, const uint8_t* w, const uint16_t* ws, int ng,
+                                  int G8, float* y, int ldy, int mr, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t lo2[8], hi2[8], acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) lo2[i] = hi2[i] = vdupq_n_s32(0);
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            int8x16_t lo, hi;
+            mm_arm_q4_unpack_s8(w + (size_t)kb * 128, &lo, &hi);
+            const uint32_t* ak = a + (size_t)kb * 16;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                int8x16_t al = vreinterpretq_s8_u32(vld1q_dup_u32(ak + i));
+                int8x16_t ah = vreinterpretq_s8_u32(vld1q_dup_u32(ak + 8 + i));
+                lo2[i] = vpadalq_s16(lo2[i], vmull_s8(vget_low_s8(lo), vget_low_s8(al)));
+                hi2[i] = vpadalq_s16(hi2[i], vmull_high_s8(lo, al));
+                lo2[i] = vpadalq_s16(lo2[i], vmull_s8(vget_low_s8(hi), vget_low_s8(ah)));
+                hi2[i] = vpadalq_s16(hi2[i], vmull_high_s8(hi, ah));
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = vpaddq_s32(lo2[i], hi2[i]);
+        mm_arm_q4_epilogue8(f, acc, ws + (size_t)g * 32, as + (size_t)g * 8);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
+}
+
 // GEMV task: panels [task * chunk, (task + 1) * chunk), each streamed from memory once for all rows
 // (f32), in passes of 2 rows (bf16) or one pass per row (q8; later passes hit L2: a q8 panel is
 // K * 32 bytes, 128 KiB at K = 4096).
@@ -2853,6 +3080,18 @@ static void mm_arm_task_gemv(void* v, int task) {
                     mm_arm_gemv_q8_sdot(q, sx, p->ng, p->G / 4, (const uint8_t*)wp, ws, yt, nc);
                 else
                     mm_arm_gemv_q8_neon(q, sx, p->ng, p->G / 4, (const uint8_t*)wp, ws, yt, nc);
+            }
+        } else if (j->type == DT_Q4) {                  // as q8: one row per pass
+            const uint16_t* ws = p->s16 + (size_t)pi * p->ng * 32;
+            for (int t = 0; t < j->T; t++) {
+                const int8_t* q = (const int8_t*)j->a + (size_t)t * j->K;
+                const float* sx = j->as + (size_t)t * p->ng;
+                float* yt = y + (size_t)t * j->N;
+                const uint8_t* w8 = (const uint8_t*)wp;
+                if (j->level >= MM_ARM_I8MM)
+                    mm_arm_gemv_q4_usdot(q, sx, j->ac + (size_t)t * p->ng, p->ng, p->G / 8, w8, ws, yt, nc);
+                else if (j->level >= MM_ARM_DOTPROD) mm_arm_gemv_q4_sdot(q, sx, p->ng, p->G / 8, w8, ws, yt, nc);
+                else mm_arm_gemv_q4_neon(q, sx, p->ng, p->G / 8, w8, ws, yt, nc);
             }
         } else if (j->type == DT_F32) {                 // T <= 3 rows: one pass over the panel
             const float* wf = (const float*)wp;
@@ -2887,7 +3126,7 @@ static void mm_arm_task_pack(void* v, int task) {
     MMArmJob* j = c->j;
     int K = j->K, ta, tb;
     mm_split(j->ntiles, task, c->n_tasks, &ta, &tb);
-    if (j->type != DT_Q8) {
+    if (j->type == DT_F32 || j->type == DT_BF16) {     // q8 and q4: quantized below
         for (int it = ta; it < tb; it++) {
             float* a = (float*)j->a + (size_t)it * j->ka * MM_ARM_F32_MR;
             for (int i = 0; i < MM_ARM_F32_MR; i++) {
@@ -3150,11 +3389,27 @@ static void mm_arm_task_gemm(void* v, int task) {
     MMArmJob* j = v;
     const MMPacked* p = j->p;
     int N = j->N, p0 = task * j->chunk, p1 = mm_min(p->np, p0 + j->chunk);
-    int mrt = j->type == DT_Q8 ? MM_ARM_Q8_MR : MM_ARM_F32_MR;
+    int mrt = j->type == DT_Q8 || j->type == DT_Q4 ? MM_ARM_Q8_MR : MM_ARM_F32_MR;
     for (int it = 0; it < j->ntiles; it++) {
         int t0 = it * mrt, mr = mm_min(mrt, j->T - t0);
         for (int pi = p0; pi < p1; pi++) {
             const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
+            if (j->type == DT_Q4) {                     // the q8 tile: activations (K/4, 8) words
+                const uint32_t* a = (const uint32_t*)j->a + (size_t)it * (j->K / 4) * MM_ARM_Q8_MR;
+                const float* as = j->as + (size_t)it * p->ng * MM_ARM_Q8_MR;
+                const int32_t* ac = j->ac + (size_t)it * p->ng * MM_ARM_Q8_MR;
+                for (int cq = 0; cq < 8; cq++) {        // eight 4-column quads, 16 bytes of each row
+                    int n0 = pi * 32 + 4 * cq;
+                    if (n0 >= N) break;
+                    const uint8_t* w = (const uint8_t*)wp + 16 * cq;
+                    const uint16_t* ws = p->s16 + (size_t)pi * p->ng * 32 + 4 * cq;
+                    float* y = j->y + (size_t)t0 * N + n0;
+                    if (j->level >= MM_ARM_I8MM) mm_arm_kernel_q4_usdot(a, as, ac, w, ws, p->ng, p->G / 8, y, N, mr, N - n0);
+                    else if (j->level >= MM_ARM_DOTPROD) mm_arm_kernel_q4_sdot(a, as, w, ws, p->ng, p->G / 8, y, N, mr, N - n0);
+                    else mm_arm_kernel_q4_neon(a, as, w, ws, p->ng, p->G / 8, y, N, mr, N - n0);
+                }
+                continue;
+            }
             if (j->type != DT_Q8) {
                 const float* a = (const float*)j->a + (size_t)it * j->ka * MM_ARM_F32_MR;
                 for (int h = 0; h < 2; h++) {           // two 16-column halves
@@ -3193,12 +3448,13 @@ static void mm_matmul_arm(float* y, const float* x, const Matrix* w, int T) {
     const MMPacked* p = w->packed;
     int nth = pool_size(), np = p->np, K = w->cols;
     MMArmJob j = { .y = y, .x = x, .p = p, .type = w->type, .level = mm_arm_level, .T = T, .N = w->rows, .K = K };
-    int gemv = T <= MM_ARM_GEMV_MAX_T, mrt = j.type == DT_Q8 ? MM_ARM_Q8_MR : MM_ARM_F32_MR;
+    int quant = j.type == DT_Q8 || j.type == DT_Q4;    // int8 activations (q8 and q4 alike)
+    int gemv = T <= MM_ARM_GEMV_MAX_T, mrt = quant ? MM_ARM_Q8_MR : MM_ARM_F32_MR;
     // bytes of activations to prepare: q8 GEMV (T, K) s8 + scales; GEMM tiles; f32/bf16 GEMV none
     j.ntiles = (T + mrt - 1) / mrt;
     j.ka = j.type == DT_BF16 ? 2 * p->kw : K;
     size_t abytes = 0, sbytes = 0;
-    if (j.type == DT_Q8) {
+    if (quant) {
         abytes = gemv ? (size_t)T * K : (size_t)j.ntiles * MM_ARM_Q8_MR * K;
         sbytes = (gemv ? (size_t)T : (size_t)j.ntiles * MM_ARM_Q8_MR) * p->ng * 4;
     } else if (!gemv) {
@@ -3224,7 +3480,7 @@ static void mm_matmul_arm(float* y, const float* x, const Matrix* w, int T) {
     }
     // scratch layout: [a: abytes][as: sbytes][ac: sbytes]; as and ac are only used by q8
     if (gemv) {
-        if (j.type == DT_Q8)                // quantize the T <= 3 rows once, in this thread
+        if (quant)                          // quantize the T <= 3 rows once, in this thread
             for (int t = 0; t < T; t++)
                 for (int g = 0; g < p->ng; g++) {
                     int32_t s = mm_quantize_group(x + (size_t)t * K + (size_t)g * p->G, p->G,
