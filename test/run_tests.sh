@@ -119,6 +119,8 @@ run "q4 twin tiny_a video" q4_twin tiny_a -v test/data/city_320x240_420jpeg_4f.y
 run "q4 twin tiny_b image" q4_twin tiny_b -i test/data/chelsea_451x300.ppm -p "What is in the picture?"
 run "q4 twin tiny_b text" q4_twin tiny_b -p "Tell me a story about a cat."
 
+# export.py's q8 and q4 quantizers on Llama-like N(0, 0.02) weights with outlier columns
+run quantizers $PYTHON test/check_quant.py
 run cli $PYTHON test/test_cli.py
 
 echo "$total_pass passed, $total_fail failed"
