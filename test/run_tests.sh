@@ -90,12 +90,13 @@ for dir in test/goldens/tiny_*; do
     run "$(basename $dir) q8" $RUN $BIN/test_model build/models/${model}_q8.bin "$dir" --loose --tol 1e-1
 done
 # q4 weights against the f32 goldens: on these N(0, 0.2) weights the 4-bit rounding (steps of 1/8 of
-# a group's largest weight, 16x q8's) moves the logits by 7-78% of their scale (measured on every
-# case), so this bound of 1 only catches a collapse (NaN, garbage of order 1 and more). The tight
-# check of the q4 path is q4_twin.
+# a group's largest weight, 16x q8's) moves the logits by 4-85% of their scale (measured on every
+# case: tiny_b, group 16, is the worst), so this bound of 1.5 only catches a collapse (NaN, inf, a
+# blow-up); the prefill-in-two-calls check inside stays tight. The tight check of the q4 path
+# against its own weights is q4_twin.
 for dir in test/goldens/tiny_*; do
     model=$(basename "$dir" | cut -d_ -f1-2)
-    run "$(basename $dir) q4" $RUN $BIN/test_model build/models/${model}_q4.bin "$dir" --loose --tol 1
+    run "$(basename $dir) q4" $RUN $BIN/test_model build/models/${model}_q4.bin "$dir" --loose --tol 1.5
 done
 # q4_twin MODEL ARGS...: the q4 file against its f32 twin (the same weights, dequantized by export.py's
 # own quantizers) on one question, every --dump stage within 5e-2 of the tensor's scale. Only the
