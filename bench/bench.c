@@ -17,7 +17,7 @@
 // minute), with several copies of each matrix so the working set is far larger than L3. All figures
 // are medians. "q8" is the decode path (VNNI: activations quantized, vpdpbusd), "q8w" the widening
 // kernel (int8 -> f32, f32 activations) on the same matrices in the same run, for comparison.
-// "q4" rows: 4-bit weights with bf16 scales per group of --q4-group inputs (default 32, export.py's),
+// "q4" rows: 4-bit weights with bf16 scales per group of --q4-group inputs (default 64, export.py's),
 // on the q8 kernels' dot instructions (so its GEMM % is of the same int8 peak as q8's); its GEMV
 // GB/s counts the packed nibbles and scales (0.5 + 2/G bytes per weight).
 // Tuning knobs: --pf, --tpt, --alt, --q8-max-t (see usage).
@@ -368,7 +368,7 @@ static double weight_bytes(const Matrix* m) {
 
 static const char* tname[] = { "f32", "bf16", "q8", "q4" };
 enum { NTYPES = 4 };
-static int q4_group = 32;           // --q4-group G
+static int q4_group = 64;           // --q4-group G (export.py's default)
 
 int main(int argc, char** argv) {
     int nth = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, quick = 0, do_gemm = 1, do_gemv = 1, gemv_t = 1;
@@ -401,7 +401,7 @@ int main(int argc, char** argv) {
                             "       [--isa scalar|avx2|avxvnni|avx512 (cap the kernel level, as LLAVA_ISA)]\n"
                             "       [--gemv-t T (GEMV rows, default 1)] [--pf BYTES (q8 GEMV prefetch)] [--tpt N (GEMV tasks/thread)]\n"
                             "       [--alt PF TPT (extra q8 row; TPT 0 = guided)] [--q8-max-t T (q8 GEMV/GEMM threshold)]\n"
-                            "       [--q4-group G (q4 group size, a multiple of 8 dividing 4096 and 11008; default 32)]\n", argv[0]);
+                            "       [--q4-group G (q4 group size, a multiple of 8 dividing 4096 and 11008; default 64)]\n", argv[0]);
             return 1;
         }
     }

@@ -120,8 +120,8 @@ echo "$PAIRS" | while IFS='|' read -r label isa ldir; do
         for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
         return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
-    # bytes per weight: q8 group 64 + f32 scale; q4 group 32 + bf16 scale (make_random_model.py default)
-    BEGIN { bpw["q8"] = 68 / 64; bpw["q4"] = 18 / 32; bpw["bf16"] = 2; bpw["q8_0"] = 34 / 32; bpw["q4_0"] = 18 / 32; bpw["f16"] = 2; W = 6.607e9 }
+    # bytes per weight: q8 group 64 + f32 scale; q4 group 64 + bf16 scale (make_random_model.py default)
+    BEGIN { bpw["q8"] = 68 / 64; bpw["q4"] = 17 / 32; bpw["bf16"] = 2; bpw["q8_0"] = 34 / 32; bpw["q4_0"] = 18 / 32; bpw["f16"] = 2; W = 6.607e9 }
     { line[NR] = $0 }
     END {
         for (i = 1; i <= NR; i++) {
