@@ -30,6 +30,11 @@
 //             activations (same bits); the zmm widening kernel (int8 -> f32, f32 activations) stays
 //             as a bench/test knob (mm_q8_gemv_vnni = 0).
 //   * Portable scalar code when the CPU has no AVX2 (or on non-x86): matmul_ref's loops, threaded.
+//   q4 (4-bit weights, two per byte, one bf16 scale per group of a multiple of 8 inputs; section "q4
+//   kernels (x86)" and the ARM q4 kernels) runs on the q8 machinery: the same activation quantization
+//   and packers, the same dot instructions on nibbles unpacked in registers (and + shift), the same
+//   epilogue. Unlike q8, its matmul_ref IS that integer arithmetic, so every level, GEMV and GEMM,
+//   gives matmul_ref's bits (tested).
 //
 // Instruction-set levels (mm_detect_isa; LLAVA_ISA=scalar|avx2|avxvnni|avx512 caps the level, never
 // raises it; matmul_isa_name() names what runs). The kernels above are the AVX-512 level. Below it:
