@@ -2442,6 +2442,44 @@ MM_TGT_AVXVNNI static void mm_kernel_q4_avxvnni(const uint32_t* a, const float* 
             acc[i][0] = acc[i][1] = _mm256_set1_epi32(ac[g * MM_AVNNI_MR + i] / MM_Q4_COMP_DIV);
         const uint32_t* wg = w + (size_t)g * G8 * 32;
         const uint32_t* ag = a + (size_t)g * G8 * 2 * MM_AVNNI_MR;
+#if defined(__GNUC__) && !defined(__clang__)
+        // As in mm_kernel_q8_avxvnni (GCC wraps each vpdpbusd of the unrolled tile in register copies:
+        // the intrinsics loop below measured 54-69 % of the AVX-VNNI peak), the group loop written
+        // out: weights ymm14/15 (low nibbles: and with the mask straight from memory; high nibbles:
+        // load, shift, and), the activation broadcast ymm13, the mask and 12 accumulators where GCC
+        // puts them. Rows 0-5 at offsets 0..20 (the k..k+3 word) and 24..44 (k+4..k+7). Steps per
+        // panel row: w 128 bytes, a 48 (2 words x 6 rows).
+        const uint32_t* wend = wg + (size_t)G8 * 32;
+        __asm__(
+            "1:\n\t"
+            "vpand (%[w]), %[nib], %%ymm14\n\t"
+            "vpand 32(%[w]), %[nib], %%ymm15\n\t"
+#define MM_AVNNI_Q4_ROW(off, c0, c1)                                                                    \
+            "vpbroadcastd " off "(%[a]), %%ymm13\n\t"                                                   \
+            "%{vex%} vpdpbusd %%ymm13, %%ymm14, %[" c0 "]\n\t"                                            \
+            "%{vex%} vpdpbusd %%ymm13, %%ymm15, %[" c1 "]\n\t"
+            MM_AVNNI_Q4_ROW("0", "c00", "c01") MM_AVNNI_Q4_ROW("4", "c10", "c11") MM_AVNNI_Q4_ROW("8", "c20", "c21")
+            MM_AVNNI_Q4_ROW("12", "c30", "c31") MM_AVNNI_Q4_ROW("16", "c40", "c41") MM_AVNNI_Q4_ROW("20", "c50", "c51")
+            "vmovdqu (%[w]), %%ymm14\n\t"
+            "vmovdqu 32(%[w]), %%ymm15\n\t"
+            "vpsrld $4, %%ymm14, %%ymm14\n\t"
+            "vpsrld $4, %%ymm15, %%ymm15\n\t"
+            "vpand %%ymm14, %[nib], %%ymm14\n\t"
+            "vpand %%ymm15, %[nib], %%ymm15\n\t"
+            MM_AVNNI_Q4_ROW("24", "c00", "c01") MM_AVNNI_Q4_ROW("28", "c10", "c11") MM_AVNNI_Q4_ROW("32", "c20", "c21")
+            MM_AVNNI_Q4_ROW("36", "c30", "c31") MM_AVNNI_Q4_ROW("40", "c40", "c41") MM_AVNNI_Q4_ROW("44", "c50", "c51")
+#undef MM_AVNNI_Q4_ROW
+            "subq $-128, %[w]\n\t"
+            "addq $48, %[a]\n\t"
+            "cmpq %[wend], %[w]\n\t"
+            "jne 1b\n\t"
+            : [c00] "+x"(acc[0][0]), [c01] "+x"(acc[0][1]), [c10] "+x"(acc[1][0]), [c11] "+x"(acc[1][1]),
+              [c20] "+x"(acc[2][0]), [c21] "+x"(acc[2][1]), [c30] "+x"(acc[3][0]), [c31] "+x"(acc[3][1]),
+              [c40] "+x"(acc[4][0]), [c41] "+x"(acc[4][1]), [c50] "+x"(acc[5][0]), [c51] "+x"(acc[5][1]),
+              [w] "+r"(wg), [a] "+r"(ag)
+            : [wend] "r"(wend), [nib] "x"(nib)
+            : "cc", "memory", "xmm13", "xmm14", "xmm15");
+#else
         for (int kb = 0; kb < G8; kb++) {
             const __m256i* wk = (const __m256i*)(wg + (size_t)kb * 32);
             __m256i w0 = _mm256_and_si256(_mm256_loadu_si256(wk), nib);
@@ -2461,6 +2499,7 @@ MM_TGT_AVXVNNI static void mm_kernel_q4_avxvnni(const uint32_t* a, const float* 
                 acc[i][1] = _mm256_dpbusd_avx_epi32(acc[i][1], w1, ah);
             }
         }
+#endif
         __m256 sw0 = mm256_q4_scales(ws + (size_t)g * 32), sw1 = mm256_q4_scales(ws + (size_t)g * 32 + 8);
 #pragma GCC unroll 6
         for (int i = 0; i < MM_AVNNI_MR; i++) {
