@@ -706,8 +706,8 @@ def main():
     # (argparse %-formats help strings itself: a literal percent sign is %%)
     ap.add_argument("--group-size", type=int, default=None, help="inputs per scale: q8 default {} (8.5 bits per "
                     "weight); q4 default {}, a multiple of {} (4.25 bits per weight with its bf16 scale). Why 64: "
-                    "the q4 GEMM (prefill) pays one f32 epilogue per group, so group 32 ran 0.91-1.0x q8's speed "
-                    "and group 64 1.08-1.17x (Zen 5, AVX512-VNNI), and 64 streams 6%% fewer bytes per decoded "
+                    "the q4 GEMM (prefill) pays one f32 epilogue per group, so group 32 ran 0.93-1.0x q8's speed "
+                    "and group 64 1.04-1.17x (Zen 5, AVX512-VNNI), and 64 streams 6%% fewer bytes per decoded "
                     "token; group 32 has 20%% less RMS error on N(0, 0.02) weights (10.5%% vs 13.1%%, "
                     "test/check_quant.py) for those who prefer accuracy (see README)".format(Q8_GROUP, Q4_GROUP, Q4_GROUP_MULT))
     ap.add_argument("--vision-group-size", type=int, default=Q8_GROUP, help="q4 files: the q8 group of the "
