@@ -13,6 +13,11 @@ embeddings, as max|gpu - cpu| / max|cpu|, and the greedy tokens.
   q8    1e-1, tokens reported: the CPU quantizes activations to int8 per group (~0.4% each), the GPU's
         prefill rounds the dequantized weights and the activations to bf16 and its decode keeps f32
         activations: different roundings of the same size as bf16's.
+For bf16 and q8 the GPU's prompt attention runs on the tensor cores (queries and probabilities rounded
+to bf16); it is also checked against the f32 attention kernel (LLAVA_CUDA_ATTN=simple) on the same
+file: logits within 5e-2 of the scale (two bf16 roundings, ~2^-9 each, amplified by these models as
+bf16 weights are). (The tiny models' CLIP heads are 8 and 12 wide, so their towers keep the f32 kernel;
+test/test_cuda_kernels.cu covers the tensor-core kernel on CLIP-shaped views.)
 Last line: "N passed, N failed". Run from the repository root after make llava llava_cuda (LLAVA_CUDA=./llava
 checks this script itself on a machine without a GPU: every difference is then 0).
 """
@@ -37,8 +42,9 @@ def check(ok, what, detail=""):
         failed += 1
 
 
-def run(binary, args):
-    p = subprocess.run([binary] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+def run(binary, args, env=None):
+    p = subprocess.run([binary] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300,
+                       env=dict(os.environ, **(env or {})))
     return p.returncode, p.stdout, p.stderr
 
 
@@ -62,9 +68,13 @@ def main():
             if meta["kind"] in ("video", "mixed"):
                 args += ["-v", "test/data/%s.y4m" % meta["clip"], "-f", str(meta["num_frames"])]
             dumps = {}
-            for side, binary in (("cpu", "./llava"), ("gpu", os.environ.get("LLAVA_CUDA", "./llava_cuda"))):
+            gpu = os.environ.get("LLAVA_CUDA", "./llava_cuda")
+            sides = [("cpu", "./llava", None), ("gpu", gpu, None)]
+            if dtype != "f32":
+                sides.append(("gpu_simple", gpu, {"LLAVA_CUDA_ATTN": "simple"}))
+            for side, binary, env in sides:
                 dumps[side] = os.path.join(tmp, "%s_%s_%s" % (case, dtype, side))
-                rc, out, err = run(binary, args + ["--dump", dumps[side]])
+                rc, out, err = run(binary, args + ["--dump", dumps[side]], env)
                 if rc != 0:
                     check(False, "%s runs" % binary, err.decode(errors="replace").strip()[-80:])
                     break
@@ -78,6 +88,9 @@ def main():
                     if os.path.exists(os.path.join(dumps["cpu"], name)):
                         e = rel(load("gpu", name), load("cpu", name))
                         check(e <= tol, name, "max rel err %.3g (tol %.0e)" % (e, tol))
+                if "gpu_simple" in dumps:
+                    e = rel(load("gpu", "logits.npy"), load("gpu_simple", "logits.npy"))
+                    check(e <= 5e-2, "tensor-core vs f32 attention: logits", "max rel err %.3g (tol 5e-2)" % e)
                 same = load("gpu", "generated.npy").tolist() == load("cpu", "generated.npy").tolist()
                 if dtype == "f32":
                     check(same, "greedy tokens identical", "%d tokens" % n)
