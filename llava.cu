@@ -1,7 +1,7 @@
 /*
  * llava.cu: the GPU path of llava.c. The same checkpoint (f32, bf16 or q8), the same command line, the
  * same --dump files, on one NVIDIA GPU. Build: make llava_cuda (nvcc + cuBLAS); run: ./llava_cuda
- * with llava's arguments. NOT YET RUN ON A GPU: it compiles warning-free; see README, "GPU (CUDA)".
+ * with llava's arguments. Tested on an H200 (make test_cuda; README, "GPU (CUDA)", has its speed).
  *
  * One file, two halves, two compilers:
  *   the device half (#ifdef __CUDACC__)  compiled by nvcc: the kernels and the GPU forward passes,
@@ -25,17 +25,18 @@
  * last position's logits come back, and per decode step only the logits (vocab floats).
  *
  * Matmuls, y (T, N) = x (T, K) W^T:
- *   T = 1 (decode, and the last row's lm_head): gemv_kernel, one warp per output row, reading the weights
- *       as stored: f32, bf16, or int8 with per-group f32 scales (x stays f32: y = sum_g s_g sum q x).
+ *   T = 1 (decode, and the last row's lm_head): gemv_kernel, GEMV_ROWS output rows per warp, reading the
+ *       weights as stored: f32, bf16, or int8 with per-group f32 scales (x stays f32: y = sum_g s_g sum q x).
  *   T > 1 (prefill, vision batch, projector): cuBLAS. f32 weights: f32 GEMM with the pedantic compute type
  *       (no TF32), for the fidelity tests. bf16: tensor-core GEMM, activations rounded to bf16 first (as the
  *       CPU's AVX512-BF16 GEMM does), f32 accumulation. q8: the same bf16 GEMM on a bf16 copy of the weights
  *       dequantized once at load (q * s is exact in f32; rounding it to bf16 costs <= 2^-9 relative), so a
  *       q8 model holds int8 for decode AND bf16 for prefill on the GPU (7 + 14 GB at 7B).
  * Everything else is written here: RMSNorm / LayerNorm (one block per row), RoPE (HF rotate_half, linear
- * scaling), the KV store (bf16 cache for bf16/q8 weights, f32 for f32, as llava.c), attention
- * (flash-style: online softmax over tiles of 32 keys per (query block, head); no T x T matrix), the
- * activations, the 2x2 pooling, the projector, the anyres packing with image_newline.
+ * scaling), the KV store (bf16 cache for bf16/q8 weights, f32 for f32, as llava.c), attention (three
+ * kernels, all flash-style, online softmax, no T x T matrix: f32 for f32 weights, bf16 tensor cores for
+ * bf16/q8 weights, split over the keys for decode), the activations, the 2x2 pooling, the projector, the
+ * anyres packing with image_newline.
  *
  * Every CUDA and cuBLAS call is checked: CUDA_CHECK / CUBLAS_CHECK name the call, the file and the line,
  * and end the program through llava.c's fatal() (base.c), like every other error.
