@@ -13,11 +13,9 @@ embeddings, as max|gpu - cpu| / max|cpu|, and the greedy tokens.
   q8    1e-1, tokens reported: the CPU quantizes activations to int8 per group (~0.4% each), the GPU's
         prefill rounds the dequantized weights and the activations to bf16 and its decode keeps f32
         activations: different roundings of the same size as bf16's.
-For bf16 and q8 the GPU's prompt attention runs on the tensor cores (queries and probabilities rounded
-to bf16); it is also checked against the f32 attention kernel (LLAVA_CUDA_ATTN=simple) on the same
-file: logits within 5e-2 of the scale (two bf16 roundings, ~2^-9 each, amplified by these models as
-bf16 weights are). (The tiny models' CLIP heads are 8 and 12 wide, so their towers keep the f32 kernel;
-test/test_cuda_kernels.cu covers the tensor-core kernel on CLIP-shaped views.)
+(The GPU's tensor-core attention needs head_dim % 16 == 0; the tiny models' heads are 8 and 12 wide, so
+here every attention runs the f32 kernels. test/test_cuda_kernels.cu checks the tensor-core kernel on
+LLM- and CLIP-shaped heads against double-precision loops.)
 Last line: "N passed, N failed". Run from the repository root after make llava llava_cuda (LLAVA_CUDA=./llava
 checks this script itself on a machine without a GPU: every difference is then 0).
 """
@@ -70,8 +68,6 @@ def main():
             dumps = {}
             gpu = os.environ.get("LLAVA_CUDA", "./llava_cuda")
             sides = [("cpu", "./llava", None), ("gpu", gpu, None)]
-            if dtype != "f32":
-                sides.append(("gpu_simple", gpu, {"LLAVA_CUDA_ATTN": "simple"}))
             for side, binary, env in sides:
                 dumps[side] = os.path.join(tmp, "%s_%s_%s" % (case, dtype, side))
                 rc, out, err = run(binary, args + ["--dump", dumps[side]], env)
@@ -88,9 +84,6 @@ def main():
                     if os.path.exists(os.path.join(dumps["cpu"], name)):
                         e = rel(load("gpu", name), load("cpu", name))
                         check(e <= tol, name, "max rel err %.3g (tol %.0e)" % (e, tol))
-                if "gpu_simple" in dumps:
-                    e = rel(load("gpu", "logits.npy"), load("gpu_simple", "logits.npy"))
-                    check(e <= 5e-2, "tensor-core vs f32 attention: logits", "max rel err %.3g (tol 5e-2)" % e)
                 same = load("gpu", "generated.npy").tolist() == load("cpu", "generated.npy").tolist()
                 if dtype == "f32":
                     check(same, "greedy tokens identical", "%d tokens" % n)
