@@ -47,7 +47,7 @@ test: llava $(TESTS)
 	PYTHON=$(PYTHON) CC="$(CC)" sh test/run_tests.sh
 
 # A benchmark, not a test: prints tables, never fails on speed. e2e.sh writes 7B-shaped random models
-# into build/ the first time (7.5 GB q8 + 14 GB bf16, a few minutes each).
+# into build/ the first time (7.5 GB q8 + 4.1 GB q4 + 14 GB bf16, a few minutes each; MODELS=DIR elsewhere).
 bench: llava build/bench
 	./build/bench
 	sh bench/e2e.sh

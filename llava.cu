@@ -1380,6 +1380,8 @@ static void cuda_vision_progress(double done, double total) { progress("vision",
 // so -m encode / -m decode (the tokenizer alone) never start it.
 static void cuda_upload_weights(Model* m) {
     Config* p = &m->config;
+    if (p->weight_type == DT_Q4)    // the GPU kernels know f32, bf16 and q8 (matmul.c's DType 0-2)
+        fatal("%s: q4 weights are not supported by llava_cuda yet (export f32, bf16 or q8 for the GPU)", m->path);
     int Lv = vision_layers_needed(p), Dv = p->v_dim, Dvh = p->v_hidden_dim, D = p->dim, L = p->n_layers;
     int g = p->image_size / p->patch_size;
     GpuDims d = {.weight_type = p->weight_type, .group = p->group_size, .dim = D, .hidden_dim = p->hidden_dim,

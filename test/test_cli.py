@@ -192,6 +192,23 @@ def test_errors(tmp):
                  needle="<image>")
     rc, out, err = run([good, "-p", "hi", "-n", "0"])
     check(rc == 0 and out == b"", "-n 0 runs the prompt and prints nothing")
+    # q4 files: a bad group size (not a multiple of 8, or 0 for the vision matrices), a truncated file,
+    # a q4 group size field on a file of another type: one error line each
+    q4 = "build/models/tiny_b_q4.bin"
+    q4data = open(q4, "rb").read()
+    q4trunc = os.path.join(tmp, "truncated_q4.bin")
+    open(q4trunc, "wb").write(q4data[: len(q4data) - 1000])
+    expect_error("truncated q4 model file", [q4trunc, "-p", "hi"], needle="truncated")
+    for i, (edits, needle) in enumerate([({"group_size": ("i", 12)}, "q4 group size 12"),
+                                         ({"group_size": ("i", 0)}, "q4 group size 0"),
+                                         ({"group_size": ("i", 64)}, "not a multiple of the q4 group 64"),
+                                         ({"vision_group_size": ("i", 0)}, "vision matrices"),
+                                         ({"vision_group_size": ("i", 6)}, "vision matrices"),
+                                         ({"vision_group_size": ("i", 64)}, "not a multiple of the q8 group 64")]):
+        bad = patched(tmp, q4, "bad_q4_%d.bin" % i, edits)
+        expect_error("q4 header %s refused" % edits, [bad, "-p", "hi"], needle=needle)
+    bad = patched(tmp, good, "f32_with_vision_group.bin", {"vision_group_size": ("i", 8)})
+    expect_error("vision_group_size on an f32 file refused", [bad, "-p", "hi"], needle="vision group size")
 
 
 def header_offsets():
