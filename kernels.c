@@ -113,43 +113,61 @@ static vf vsigmoid(vf z) {
 
 enum { ACT_QUICK_GELU, ACT_GELU, ACT_SILU_MUL };
 typedef struct {
-    float* x;        // (n,) activated in place
-    const float* y;  // (n,) the "up" projection for ACT_SILU_MUL, else unused
-    size_t n;
+    float* out;        // (rows * n,) the results, contiguous (may be x itself when stride == n)
+    const float* x;    // rows of n inputs, row r at x + r * stride
+    const float* y;    // the "up" projection for ACT_SILU_MUL, rows at the same stride, else unused
+    size_t n, stride;  // elements per row, floats from one row to the next
+    size_t total;      // rows * n
     int act;
 } ActArgs;
 // Elements per task: 64 KB of x, big enough that a task costs far more than its dispatch (~1 us),
 // small enough that the 4,616 x 4,096 vision buffer still makes over a thousand tasks to balance.
 #define ACT_CHUNK 16384
 
+// Element e of the rows (e = r * n + c) is read from row r, column c. The vector loop and the scalar
+// tail split the elements by e alone, exactly as for one contiguous buffer, so strided rows give the
+// same bits as their contiguous copy would (the vector and scalar forms round differently).
 static void activation_task(void* ctx, int task) {
     const ActArgs* a = ctx;
-    size_t i0 = (size_t)task * ACT_CHUNK, i1 = i0 + ACT_CHUNK < a->n ? i0 + ACT_CHUNK : a->n, i = i0;
+    size_t i0 = (size_t)task * ACT_CHUNK, i1 = i0 + ACT_CHUNK < a->total ? i0 + ACT_CHUNK : a->total, i = i0;
+    size_t r = i / a->n, c = i % a->n;      // row and column of element i
     // erf has no vector form here, so the projector's GELU (4096 x rows, small) runs the scalar loop
     if (a->act != ACT_GELU && !kernels_scalar())
         for (; i + VL <= i1; i += VL) {
-            vf x;
-            memcpy(&x, a->x + i, sizeof(x));
-            if (a->act == ACT_QUICK_GELU) {
-                x = x * vsigmoid(1.702f * x);
-            } else {  // silu(gate) * up
-                vf y;
-                memcpy(&y, a->y + i, sizeof(y));
-                x = x * vsigmoid(x) * y;
+            vf x, y = {0};
+            if (c + VL <= a->n) {           // the VL elements lie in one row
+                memcpy(&x, a->x + r * a->stride + c, sizeof(x));
+                if (a->act == ACT_SILU_MUL) memcpy(&y, a->y + r * a->stride + c, sizeof(y));
+            } else {                        // they straddle rows: gather them one by one
+                for (size_t l = 0, rr = r, cc = c; l < VL; l++, cc++) {
+                    if (cc == a->n) { cc = 0; rr++; }
+                    x[l] = a->x[rr * a->stride + cc];
+                    if (a->act == ACT_SILU_MUL) y[l] = a->y[rr * a->stride + cc];
+                }
             }
-            memcpy(a->x + i, &x, sizeof(x));
+            if (a->act == ACT_QUICK_GELU) x = x * vsigmoid(1.702f * x);
+            else x = x * vsigmoid(x) * y;   // silu(gate) * up
+            memcpy(a->out + i, &x, sizeof(x));
+            for (c += VL; c >= a->n; c -= a->n) r++;
         }
-    for (; i < i1; i++)  // the tail, or everything with LLAVA_ISA=scalar
-        a->x[i] = a->act == ACT_QUICK_GELU ? quick_gelu(a->x[i])
-                : a->act == ACT_GELU     ? gelu(a->x[i])
-                                         : silu(a->x[i]) * a->y[i];
+    for (; i < i1; i++) {  // the tail, or everything with LLAVA_ISA=scalar
+        float x = a->x[r * a->stride + c];
+        a->out[i] = a->act == ACT_QUICK_GELU ? quick_gelu(x)
+                  : a->act == ACT_GELU     ? gelu(x)
+                                           : silu(x) * a->y[r * a->stride + c];
+        if (++c == a->n) { c = 0; r++; }
+    }
 }
 
-// x = act(x), or x = silu(x) * y.
-static void activation(float* x, const float* y, size_t n, int act) {
-    ActArgs a = {x, y, n, act};
-    pool_for((int)((n + ACT_CHUNK - 1) / ACT_CHUNK), activation_task, &a);
+// out (rows, n) = act(x), or silu(x) * y, for rows of x and y `stride` floats apart.
+static void activation_rows(float* out, const float* x, const float* y, size_t rows, size_t n, size_t stride, int act) {
+    ActArgs a = {out, x, y, n, stride, rows * n, act};
+    if (a.total == 0) return;
+    pool_for((int)((a.total + ACT_CHUNK - 1) / ACT_CHUNK), activation_task, &a);
 }
+
+// x = act(x), or x = silu(x) * y, over n contiguous elements.
+static void activation(float* x, const float* y, size_t n, int act) { activation_rows(x, x, y, 1, n, n, act); }
 
 // ----------------------------------------------------------------------------
 // Attention: softmax(q k^T * scale + causal mask) v per head, for the vision tower (no mask) and the

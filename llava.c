@@ -162,6 +162,8 @@ typedef struct {
     Matrix* wq; float* bq;      // (v_layers) x (v_dim, v_dim); (v_layers, v_dim)
     Matrix* wk; float* bk;
     Matrix* wv; float* bv;
+    Matrix* wqkv; float* bqkv;  // (layers run) x (3 v_dim, v_dim); (layers run, 3 v_dim): wq | wk | wv and
+                                // bq | bk | bv stacked at load (fuse_weights), NULL when not fused
     Matrix* wo; float* bo;
     float* ln2_w; float* ln2_b; // (v_layers, v_dim)
     Matrix* fc1; float* fc1_b;  // (v_layers) x (v_hidden_dim, v_dim); (v_layers, v_hidden_dim)
@@ -186,6 +188,10 @@ typedef struct {
     Matrix* w_gate;             // (n_layers) x (hidden_dim, dim)
     Matrix* w_up;               // (n_layers) x (hidden_dim, dim)
     Matrix* w_down;             // (n_layers) x (dim, hidden_dim)
+    // Fused at load (fuse_weights, CPU only; NULL otherwise): the rows of wq | wk | wv, and of
+    // w_gate | w_up, one matrix each, so one matmul reads the normed input once (see fuse_matrices)
+    Matrix* wqkv;               // (n_layers) x (n_heads*head_dim + 2*n_kv_heads*head_dim, dim)
+    Matrix* w_gate_up;          // (n_layers) x (2*hidden_dim, dim)
     float* final_norm;          // (dim,)
     Matrix lm_head;             // (vocab_size, dim), untied
 } LlmWeights;
@@ -196,12 +202,13 @@ typedef struct {
     int ctx;          // positions in the KV cache
     float* x;         // (max_rows, dim) the residual stream
     float* xb;        // (max_rows, dim) normed input of a block
-    float* q;         // (max_rows, n_heads*head_dim)
-    float* k;         // (max_rows, n_kv_heads*head_dim)
-    float* v;         // (max_rows, n_kv_heads*head_dim)
+    float* q;         // (max_rows, n_heads*head_dim); one block holds q, k and v: with fused weights
+                      // it is (max_rows, n_heads*head_dim + 2*n_kv_heads*head_dim), each row q | k | v
+    float* k;         // (max_rows, n_kv_heads*head_dim) inside q's block (unfused weights)
+    float* v;         // (max_rows, n_kv_heads*head_dim) inside q's block (unfused weights)
     float* att;       // (max_rows, n_heads*head_dim) attention output before o_proj
-    float* hb;        // (max_rows, hidden_dim)
-    float* hb2;       // (max_rows, hidden_dim)
+    float* hb;        // (max_rows, hidden_dim): gate; with fused weights (max_rows, 2*hidden_dim), gate | up
+    float* hb2;       // (max_rows, hidden_dim): up; with fused weights silu(gate) * up
     float* logits;    // (vocab_size,) of the last row
     // The KV cache, (n_layers, n_kv_heads, ctx, head_dim): each head's keys contiguous, so decode streams
     // them instead of hopping pages. f32 for f32 weights (the fidelity tests); bf16 for bf16 and q8 weights,
@@ -223,9 +230,10 @@ typedef struct {
     float* patches; // (max_views * n_patches, n_channels * patch * patch) views cut into flat patches
     float* x;       // (max_views * n_pos, v_dim) the residual stream
     float* xb;      // (max_views * n_pos, v_dim) normed input of a block, then a projection's output
-    float* q;       // (max_views * n_pos, v_dim) queries (first the patch embeddings, see clip_embeddings)
-    float* k;       // (max_views * n_pos, v_dim) keys
-    float* v;       // (max_views * n_pos, v_dim) values
+    float* q;       // (max_views * n_pos, v_dim) queries (first the patch embeddings, see clip_embeddings);
+                    // one block holds q, k and v: with fused weights (max_views * n_pos, 3 v_dim), q | k | v
+    float* k;       // (max_views * n_pos, v_dim) keys, inside q's block (unfused weights)
+    float* v;       // (max_views * n_pos, v_dim) values, inside q's block (unfused weights)
     float* kh;      // (max_views, v_heads, n_pos, head_dim) k regrouped per head for attention
     float* vh;      // (max_views, v_heads, n_pos, head_dim) v regrouped per head
     float* att;     // (max_views * n_pos, v_dim) attention output before out_proj
@@ -509,6 +517,7 @@ static void release_pages(const void* p, size_t bytes) {
 // Packs one weight for the fast kernels and, when the kernel keeps its own copy, releases the file
 // pages it came from, so a 7B model is never held twice in RAM.
 static void pack_and_release(Matrix* w) {
+    if (w->packed) return;  // a fused matrix: packed, and its sources released, by fuse_matrices
     pack_matrix(w);
     if (w->packed) release_pages(w->data, matrix_data_bytes(w->type, w->rows, w->cols));
 }
@@ -521,23 +530,146 @@ static int vision_layers_needed(const Config* p) {
     return p->feature_layer < 0 ? p->v_layers + 1 + p->feature_layer : p->feature_layer;
 }
 
-// Calls fn on every matmul weight the forward passes use (CLIP layers past the feature layer are not).
+// Calls fn on every matmul weight the forward passes use (CLIP layers past the feature layer are not):
+// the fused matrices where fuse_weights built them, instead of their parts.
 static void for_each_matrix(Model* m, void (*fn)(Matrix*)) {
     Config* p = &m->config;
+    VisionWeights* v = &m->vision;
+    LlmWeights* w = &m->llm;
     for (int l = 0; l < vision_layers_needed(p); l++) {
-        Matrix* ms[] = {&m->vision.wq[l], &m->vision.wk[l], &m->vision.wv[l], &m->vision.wo[l],
-                        &m->vision.fc1[l], &m->vision.fc2[l]};
-        for (int i = 0; i < 6; i++) fn(ms[i]);
+        if (v->wqkv) fn(&v->wqkv[l]);
+        else { fn(&v->wq[l]); fn(&v->wk[l]); fn(&v->wv[l]); }
+        fn(&v->wo[l]); fn(&v->fc1[l]); fn(&v->fc2[l]);
     }
-    fn(&m->vision.patch_embedding);
+    fn(&v->patch_embedding);
     fn(&m->projector.linear_1);
     fn(&m->projector.linear_2);
     for (int l = 0; l < p->n_layers; l++) {
-        Matrix* ms[] = {&m->llm.wq[l], &m->llm.wk[l], &m->llm.wv[l], &m->llm.wo[l],
-                        &m->llm.w_gate[l], &m->llm.w_up[l], &m->llm.w_down[l]};
-        for (int i = 0; i < 7; i++) fn(ms[i]);
+        if (w->wqkv) fn(&w->wqkv[l]);
+        else { fn(&w->wq[l]); fn(&w->wk[l]); fn(&w->wv[l]); }
+        fn(&w->wo[l]);
+        if (w->w_gate_up) fn(&w->w_gate_up[l]);
+        else { fn(&w->w_gate[l]); fn(&w->w_up[l]); }
+        fn(&w->w_down[l]);
     }
-    fn(&m->llm.lm_head);
+    fn(&w->lm_head);
+}
+
+// One matrix whose rows are those of parts[0], then parts[1], ... (same type, cols and group): y =
+// x W^T over it computes every output column with the same dot product as the part's own matmul
+// (the kernels' results depend on the input row and the weight column alone, not on the column's
+// neighbours or on N), so fused outputs are bit-identical to separate ones, and x is read, packed or
+// quantized once instead of once per part. The rows are copied into `scratch` (reused for every
+// matrix: fresh memory per copy would cost a page fault per 4 KB) for pack_matrix; the panels then
+// hold the weights and the parts' file pages are released, so the resident weights do not grow.
+// Without packing (LLAVA_ISA=scalar, or a level that packs nothing) the matrix keeps its own copy
+// of the rows as its data, and the file pages are released all the same.
+typedef struct { char* data; char* scales; } FuseScratch;   // room for the largest fused matrix
+
+// Bytes of one row's group scales: f32 for q8, bf16 for q4, none for f32 and bf16 weights.
+static size_t row_scale_bytes(const Matrix* w) {
+    size_t n = w->type == DT_Q8 || w->type == DT_Q4 ? (size_t)w->cols / w->group : 0;
+    return n * (w->type == DT_Q8 ? sizeof(float) : sizeof(uint16_t));
+}
+
+static const void* matrix_scales(const Matrix* w) {
+    return w->type == DT_Q8 ? (const void*)w->scales : (const void*)w->scales_bf16;
+}
+
+// memcpy of several (dst, src, bytes) segments split over the thread pool: the sources are mapped file
+// pages, so the copy is mostly page faults, which the threads take in parallel (as pack_matrix does).
+#define FUSE_MAX_SEGMENTS 6
+typedef struct { int n, n_tasks; char* dst[FUSE_MAX_SEGMENTS]; const char* src[FUSE_MAX_SEGMENTS]; size_t bytes[FUSE_MAX_SEGMENTS]; } CopyArgs;
+static void copy_task(void* ctx, int task) {
+    const CopyArgs* c = ctx;
+    for (int i = 0; i < c->n; i++) {
+        size_t a = c->bytes[i] * task / c->n_tasks, b = c->bytes[i] * (task + 1) / c->n_tasks;
+        memcpy(c->dst[i] + a, c->src[i] + a, b - a);
+    }
+}
+
+static Matrix fuse_matrices(Matrix* const parts[], int n, FuseScratch* scratch) {
+    Matrix f = *parts[0];
+    f.rows = 0;
+    for (int i = 0; i < n; i++) f.rows += parts[i]->rows;
+    size_t row_bytes = matrix_data_bytes(f.type, 1, f.cols), row_scales = row_scale_bytes(&f);
+    size_t data_bytes = (size_t)f.rows * row_bytes, scale_bytes = (size_t)f.rows * row_scales;
+    if (n > FUSE_MAX_SEGMENTS / 2) fatal("internal: fusing %d matrices, at most %d", n, FUSE_MAX_SEGMENTS / 2);
+    CopyArgs copy = {.n_tasks = pool_size() * 4};   // 4 tasks per thread: uneven progress evens out
+    for (int i = 0, r = 0; i < n; r += parts[i]->rows, i++) {
+        copy.dst[copy.n] = scratch->data + (size_t)r * row_bytes;
+        copy.src[copy.n] = parts[i]->data;
+        copy.bytes[copy.n++] = (size_t)parts[i]->rows * row_bytes;
+        if (!row_scales) continue;
+        copy.dst[copy.n] = scratch->scales + (size_t)r * row_scales;
+        copy.src[copy.n] = matrix_scales(parts[i]);
+        copy.bytes[copy.n++] = (size_t)parts[i]->rows * row_scales;
+    }
+    pool_for(copy.n_tasks, copy_task, &copy);
+    const char* scales = scratch->scales;
+    f.data = scratch->data;
+    f.scales = f.type == DT_Q8 ? (const float*)scales : NULL;
+    f.scales_bf16 = f.type == DT_Q4 ? (const uint16_t*)scales : NULL;
+    f.packed = NULL;
+    pack_matrix(&f);
+    if (f.packed) {  // the kernels read only the panels
+        f.data = NULL;
+        f.scales = NULL;
+        f.scales_bf16 = NULL;
+    } else {         // the unpacked kernels read the rows: a copy of its own
+        f.data = memcpy(xmalloc(data_bytes), scratch->data, data_bytes);
+        char* own = row_scales ? memcpy(xmalloc(scale_bytes), scratch->scales, scale_bytes) : NULL;
+        f.scales = f.type == DT_Q8 ? (const float*)own : NULL;
+        f.scales_bf16 = f.type == DT_Q4 ? (const uint16_t*)own : NULL;
+    }
+    for (int i = 0; i < n; i++) release_pages(parts[i]->data, (size_t)parts[i]->rows * row_bytes);
+    return f;
+}
+
+// Room in the scratch for fusing `rows` rows shaped like `part` (data, scales): grows *data, *scales.
+static void fuse_room(const Matrix* part, size_t rows, size_t* data, size_t* scales) {
+    size_t d = rows * matrix_data_bytes(part->type, 1, part->cols), s = rows * row_scale_bytes(part);
+    if (d > *data) *data = d;
+    if (s > *scales) *scales = s;
+}
+
+// Builds the fused matrices of the forward passes, layer by layer (one layer's copy in flight at a
+// time): CLIP's q/k/v (and their biases), the language model's q/k/v and gate/up. (In a q4 file the
+// CLIP tower is q8 and the language model q4: the scratch is sized for the larger of each.)
+static void fuse_weights(Model* m) {
+    Config* p = &m->config;
+    VisionWeights* v = &m->vision;
+    LlmWeights* w = &m->llm;
+    int Lv = vision_layers_needed(p), Dv = p->v_dim;
+    int qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
+    size_t data_room = 0, scale_room = 0;
+    if (Lv > 0) fuse_room(&v->wq[0], (size_t)3 * Dv, &data_room, &scale_room);
+    if (p->n_layers > 0) {
+        fuse_room(&w->wq[0], (size_t)qd + 2 * kvd, &data_room, &scale_room);
+        fuse_room(&w->w_gate[0], (size_t)2 * p->hidden_dim, &data_room, &scale_room);
+    }
+    FuseScratch scratch = {xmalloc(data_room), scale_room ? xmalloc(scale_room) : NULL};
+    if (Lv > 0) {
+        v->wqkv = xcalloc(Lv, sizeof(Matrix));
+        v->bqkv = xmalloc((size_t)Lv * 3 * Dv * sizeof(float));
+    }
+    for (int l = 0; l < Lv; l++) {
+        Matrix* qkv[] = {&v->wq[l], &v->wk[l], &v->wv[l]};
+        v->wqkv[l] = fuse_matrices(qkv, 3, &scratch);
+        const float* b[] = {v->bq, v->bk, v->bv};
+        for (int i = 0; i < 3; i++)
+            memcpy(v->bqkv + ((size_t)l * 3 + i) * Dv, b[i] + (size_t)l * Dv, (size_t)Dv * sizeof(float));
+    }
+    w->wqkv = xcalloc(p->n_layers, sizeof(Matrix));
+    w->w_gate_up = xcalloc(p->n_layers, sizeof(Matrix));
+    for (int l = 0; l < p->n_layers; l++) {
+        Matrix* qkv[] = {&w->wq[l], &w->wk[l], &w->wv[l]};
+        Matrix* gate_up[] = {&w->w_gate[l], &w->w_up[l]};
+        w->wqkv[l] = fuse_matrices(qkv, 3, &scratch);
+        w->w_gate_up[l] = fuse_matrices(gate_up, 2, &scratch);
+    }
+    free(scratch.data);
+    free(scratch.scales);
 }
 
 // Bytes of memory this process may use: physical RAM, or less under an address-space limit (ulimit -v).
@@ -584,15 +716,29 @@ static void build_model(Model* m, const char* path) {
         fatal("%s: the model needs %.1f GB of memory for its weights, this machine has %.1f GB", path,
               m->file_size / 1e9, have / 1e9);
     if (llava_accel.load_weights) llava_accel.load_weights(m);
-    else for_each_matrix(m, pack_and_release);  // the kernels' panel layout, packed once
+    else {
+        fuse_weights(m);                           // q/k/v and gate/up, packed as they are built
+        for_each_matrix(m, pack_and_release);      // the kernels' panel layout, packed once
+    }
 }
 
 // Frees the packed weights, the per-layer Matrix arrays and the tokenizer, and unmaps the file.
 static void free_model(Model* m) {
     for_each_matrix(m, unpack_matrix);
     VisionWeights* v = &m->vision;
-    Matrix* stacks[] = {v->wq, v->wk, v->wv, v->wo, v->fc1, v->fc2, m->llm.wq, m->llm.wk, m->llm.wv,
-                        m->llm.wo, m->llm.w_gate, m->llm.w_up, m->llm.w_down};
+    LlmWeights* w = &m->llm;
+    // the fused matrices own their data when it was not packed (fuse_matrices); free(NULL) otherwise
+    Matrix* fused[] = {v->wqkv, w->wqkv, w->w_gate_up};
+    int n_fused[] = {vision_layers_needed(&m->config), m->config.n_layers, m->config.n_layers};
+    for (int i = 0; i < 3; i++)
+        for (int l = 0; fused[i] && l < n_fused[i]; l++) {
+            free((void*)fused[i][l].data);
+            free((void*)fused[i][l].scales);
+            free((void*)fused[i][l].scales_bf16);
+        }
+    free(v->bqkv);
+    Matrix* stacks[] = {v->wq, v->wk, v->wv, v->wqkv, v->wo, v->fc1, v->fc2, w->wq, w->wk, w->wv, w->wqkv,
+                        w->wo, w->w_gate, w->w_up, w->w_gate_up, w->w_down};
     for (size_t i = 0; i < sizeof(stacks) / sizeof(stacks[0]); i++) free(stacks[i]);
     free_tokenizer(&m->tokenizer);
     munmap(m->data, m->file_size);
@@ -736,9 +882,9 @@ static void build_vision_state(VisionState* s, const Config* p, int max_views) {
     s->patches = xmalloc((size_t)max_views * g * g * p->n_channels * p->patch_size * p->patch_size * sizeof(float));
     s->x = xmalloc(rows * D * sizeof(float));
     s->xb = xmalloc(rows * D * sizeof(float));
-    s->q = xmalloc(rows * D * sizeof(float));
-    s->k = xmalloc(rows * D * sizeof(float));
-    s->v = xmalloc(rows * D * sizeof(float));
+    s->q = xmalloc(3 * rows * D * sizeof(float));  // q, k, v: fused rows, or three blocks
+    s->k = s->q + rows * D;
+    s->v = s->k + rows * D;
     s->kh = xmalloc(rows * D * sizeof(float));
     s->vh = xmalloc(rows * D * sizeof(float));
     s->att = xmalloc(rows * D * sizeof(float));
@@ -746,7 +892,7 @@ static void build_vision_state(VisionState* s, const Config* p, int max_views) {
 }
 
 static void free_vision_state(VisionState* s) {
-    free(s->patches); free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v);
+    free(s->patches); free(s->x); free(s->xb); free(s->q);
     free(s->kh); free(s->vh); free(s->att); free(s->hb);
     memset(s, 0, sizeof(*s));
 }
@@ -791,26 +937,34 @@ static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
     int g = p->image_size / p->patch_size, N = g * g + 1, D = p->v_dim, Dh = p->v_hidden_dim;
     int H = p->v_heads, hd = D / H;
     int rows = B * N;
-    // CLIPAttention: q, k, v projections with biases
+    // CLIPAttention: q, k, v projections with biases. Fused (fuse_weights): one matmul writes rows
+    // q | k | v (stride 3D); otherwise three, into three blocks (stride D). The same values either way.
     norm_rows(s->xb, s->x, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, rows, D, p->v_eps);
-    matmul(s->q, s->xb, &w->wq[l], rows); add_rows(s->q, NULL, w->bq + (size_t)l * D, rows, D);
-    matmul(s->k, s->xb, &w->wk[l], rows); add_rows(s->k, NULL, w->bk + (size_t)l * D, rows, D);
-    matmul(s->v, s->xb, &w->wv[l], rows); add_rows(s->v, NULL, w->bv + (size_t)l * D, rows, D);
+    float *q = s->q, *k = s->k, *v = s->v;
+    size_t qs = D;  // row stride of q, k and v
+    if (w->wqkv) {
+        matmul(s->q, s->xb, &w->wqkv[l], rows); add_rows(s->q, NULL, w->bqkv + (size_t)l * 3 * D, rows, 3 * D);
+        k = q + D, v = q + 2 * D, qs = 3 * (size_t)D;
+    } else {
+        matmul(q, s->xb, &w->wq[l], rows); add_rows(q, NULL, w->bq + (size_t)l * D, rows, D);
+        matmul(k, s->xb, &w->wk[l], rows); add_rows(k, NULL, w->bk + (size_t)l * D, rows, D);
+        matmul(v, s->xb, &w->wv[l], rows); add_rows(v, NULL, w->bv + (size_t)l * D, rows, D);
+    }
     // Each view attends only to itself, with no mask. K and V are first regrouped per head,
     // (view, head, position, head_dim), so every attention task reads its keys contiguously.
     for (int b = 0; b < B; b++)
         for (int t = 0; t < N; t++)
             for (int h = 0; h < H; h++) {
-                size_t src = ((size_t)b * N + t) * D + (size_t)h * hd;
+                size_t src = ((size_t)b * N + t) * qs + (size_t)h * hd;
                 size_t dst = (((size_t)b * H + h) * N + t) * hd;
-                memcpy(s->kh + dst, s->k + src, hd * sizeof(float));
-                memcpy(s->vh + dst, s->v + src, hd * sizeof(float));
+                memcpy(s->kh + dst, k + src, hd * sizeof(float));
+                memcpy(s->vh + dst, v + src, hd * sizeof(float));
             }
     for (int b = 0; b < B; b++) {
         size_t off = (size_t)b * N * D;  // a view takes the same N * D floats in both layouts
-        AttnArgs a = {.out = s->att + off, .q = s->q + off, .k = s->kh + off, .v = s->vh + off, .T = N,
+        AttnArgs a = {.out = s->att + off, .q = q + (size_t)b * N * qs, .k = s->kh + off, .v = s->vh + off, .T = N,
                       .n_heads = H, .n_kv_heads = H, .head_dim = hd,
-                      .q_stride = D, .kv_stride = hd, .kv_head_stride = (size_t)N * hd, .out_stride = D,
+                      .q_stride = qs, .kv_stride = hd, .kv_head_stride = (size_t)N * hd, .out_stride = D,
                       .causal_offset = -1, .n_keys = N, .scale = 1.0f / sqrtf((float)hd)};
         attention(&a);
     }
@@ -1325,11 +1479,11 @@ static void build_state(Model* m, int ctx, int max_rows) {
     s->max_rows = max_rows;
     s->x = xcalloc((size_t)max_rows * D, sizeof(float));
     s->xb = xcalloc((size_t)max_rows * D, sizeof(float));
-    s->q = xcalloc((size_t)max_rows * qd, sizeof(float));
-    s->k = xcalloc((size_t)max_rows * kvd, sizeof(float));
-    s->v = xcalloc((size_t)max_rows * kvd, sizeof(float));
+    s->q = xcalloc((size_t)max_rows * (qd + 2 * kvd), sizeof(float));  // q, k, v: fused rows, or three blocks
+    s->k = s->q + (size_t)max_rows * qd;
+    s->v = s->k + (size_t)max_rows * kvd;
     s->att = xcalloc((size_t)max_rows * qd, sizeof(float));
-    s->hb = xcalloc((size_t)max_rows * p->hidden_dim, sizeof(float));
+    s->hb = xcalloc((size_t)max_rows * p->hidden_dim * (m->llm.w_gate_up ? 2 : 1), sizeof(float));
     s->hb2 = xcalloc((size_t)max_rows * p->hidden_dim, sizeof(float));
     s->logits = xcalloc(p->vocab_size, sizeof(float));
     s->kv_bf16 = p->weight_type != DT_F32;
@@ -1353,7 +1507,7 @@ static void build_state(Model* m, int ctx, int max_rows) {
 
 static void free_state(RunState* s) {
     if (llava_accel.free_state) llava_accel.free_state(s);
-    free(s->x); free(s->xb); free(s->q); free(s->k); free(s->v); free(s->att);
+    free(s->x); free(s->xb); free(s->q); free(s->att);
     free(s->hb); free(s->hb2); free(s->logits); free(s->key_cache); free(s->value_cache); free(s->inv_freq);
     free(s->rope_cos); free(s->rope_sin);
     memset(s, 0, sizeof(*s));
@@ -1372,40 +1526,55 @@ static void llama_decoder_layer(Model* m, int l, int T, int pos) {
     int qd = p->n_heads * hd, kvd = p->n_kv_heads * hd;
     norm_rows(s->xb, s->x, w->attn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
     // LlamaAttention: q/k/v projections (no biases), RoPE on q and k only, then k and v go to the
-    // cache at positions pos..pos+T-1 (so this chunk's queries see themselves and everything before)
-    matmul(s->q, s->xb, &w->wq[l], T);
-    matmul(s->k, s->xb, &w->wk[l], T);
-    matmul(s->v, s->xb, &w->wv[l], T);
+    // cache at positions pos..pos+T-1 (so this chunk's queries see themselves and everything before).
+    // Fused (fuse_weights): one matmul writes rows q | k | v; otherwise three, into three blocks.
+    float *q = s->q, *k = s->k, *v = s->v;
+    size_t qs = qd, kvs = kvd;  // row strides of q and of k, v
+    if (w->wqkv) {
+        matmul(s->q, s->xb, &w->wqkv[l], T);
+        k = q + qd, v = k + kvd, qs = kvs = (size_t)qd + 2 * kvd;
+    } else {
+        matmul(q, s->xb, &w->wq[l], T);
+        matmul(k, s->xb, &w->wk[l], T);
+        matmul(v, s->xb, &w->wv[l], T);
+    }
     size_t kv_elem = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float), layer = (size_t)l * s->ctx * kvd;
     char* kc = (char*)s->key_cache + layer * kv_elem;    // this layer's (n_kv_heads, ctx, head_dim)
     char* vc = (char*)s->value_cache + layer * kv_elem;
     for (int t = 0; t < T; t++) {
         const float* c = s->rope_cos + (size_t)t * (hd / 2);
         const float* sn = s->rope_sin + (size_t)t * (hd / 2);
-        rope(s->q + (size_t)t * qd, p->n_heads, hd, c, sn);
-        rope(s->k + (size_t)t * kvd, p->n_kv_heads, hd, c, sn);
+        rope(q + (size_t)t * qs, p->n_heads, hd, c, sn);
+        rope(k + (size_t)t * kvs, p->n_kv_heads, hd, c, sn);
     }
     for (int t = 0; t < T; t++)
         for (int h = 0; h < p->n_kv_heads; h++) {
-            size_t dst = ((size_t)h * s->ctx + pos + t) * hd, src = (size_t)t * kvd + (size_t)h * hd;
-            store_kv(kc, dst, s->k + src, hd, s->kv_bf16);
-            store_kv(vc, dst, s->v + src, hd, s->kv_bf16);
+            size_t dst = ((size_t)h * s->ctx + pos + t) * hd, src = (size_t)t * kvs + (size_t)h * hd;
+            store_kv(kc, dst, k + src, hd, s->kv_bf16);
+            store_kv(vc, dst, v + src, hd, s->kv_bf16);
         }
     // softmax(q k^T / sqrt(head_dim) + causal mask) v, in f32 like the eager path (and SDPA)
-    AttnArgs a = {.out = s->att, .q = s->q, .k = kc, .v = vc, .T = T, .n_heads = p->n_heads,
-                  .n_kv_heads = p->n_kv_heads, .head_dim = hd, .q_stride = qd, .kv_stride = hd,
+    AttnArgs a = {.out = s->att, .q = q, .k = kc, .v = vc, .T = T, .n_heads = p->n_heads,
+                  .n_kv_heads = p->n_kv_heads, .head_dim = hd, .q_stride = qs, .kv_stride = hd,
                   .kv_head_stride = (size_t)s->ctx * hd, .kv_bf16 = s->kv_bf16, .out_stride = qd,
                   .causal_offset = pos,
                   .scale = 1.0f / sqrtf((float)hd)};
     attention(&a);
     matmul(s->xb, s->att, &w->wo[l], T);
     add_rows(s->x, s->xb, NULL, T, D);
-    // LlamaMLP (hidden_act silu): the gate and up projections, combined element-wise
+    // LlamaMLP (hidden_act silu): the gate and up projections, combined element-wise. Fused: one
+    // matmul writes rows gate | up into hb, and silu(gate) * up goes to hb2, contiguous for down_proj.
     norm_rows(s->xb, s->x, w->ffn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
-    matmul(s->hb, s->xb, &w->w_gate[l], T);
-    matmul(s->hb2, s->xb, &w->w_up[l], T);
-    activation(s->hb, s->hb2, (size_t)T * F, ACT_SILU_MUL);
-    matmul(s->xb, s->hb, &w->w_down[l], T);
+    if (w->w_gate_up) {
+        matmul(s->hb, s->xb, &w->w_gate_up[l], T);
+        activation_rows(s->hb2, s->hb, s->hb + F, T, F, 2 * (size_t)F, ACT_SILU_MUL);
+        matmul(s->xb, s->hb2, &w->w_down[l], T);
+    } else {
+        matmul(s->hb, s->xb, &w->w_gate[l], T);
+        matmul(s->hb2, s->xb, &w->w_up[l], T);
+        activation(s->hb, s->hb2, (size_t)T * F, ACT_SILU_MUL);
+        matmul(s->xb, s->hb, &w->w_down[l], T);
+    }
     add_rows(s->x, s->xb, NULL, T, D);
 }
 

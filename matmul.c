@@ -41,8 +41,9 @@
 //   avx2     (Haswell+, Zen 1-3; 16 ymm registers) the same packed panels, half a panel per GEMM call:
 //            f32 6x16 FMA tile; bf16 6x16 tile with the weight pairs widened in registers (shift /
 //            and, exact) times f32 activations (matmul_ref's semantics: there is no bf16 dot); q8 4x16
-//            tile of vpmaddubsw + vpmaddwd on |w| x sign(q, w) (never saturates, exact), on the SAME
-//            quantized activations as the VNNI path; GEMV over full panels with 4 KB prefetch and
+//            tile of vpmaddwd on int16: weight bytes widened in registers, activations packed as
+//            int16 (exact, never saturates), on the SAME quantized activations as the VNNI path; the
+//            q8 GEMV uses vpmaddubsw on |w| x sign(q, w); GEMV over full panels with 4 KB prefetch and
 //            guided chunks (T <= 2). The bf16 and q8 GEMM inner loops are inline asm for GCC (it
 //            spilled their accumulators), with the register plan written next to each.
 //            Measured on an AMD EPYC (Zen 5, 4.2 GHz) built with -march=x86-64-v3 and capped to avx2,
@@ -51,10 +52,14 @@
 //            thread, 90 % two; it drops to ~60 % only while another process thrashes L3, because each
 //            6-row tile re-reads a 700 KB half panel from L3. K blocking was tried, bit-identical, and
 //            lost on every shape: blocks reused from L2 then come back from DRAM once per tile group);
-//            bf16 GEMM 85-93 %; q8 GEMM 67-71 % of vpmaddubsw+vpmaddwd+vpaddd (the sign fix is a 4th
-//            vector op per product: on Zen 5 a register-only mix of the four runs at 0.82 of the
-//            peak loop, and on Haswell-Skylake vpsignb shares ports 0/1 with the multiplies, so 2/3
-//            is the ceiling there); GEMV 97-98 % of a one-thread read loop, f32, bf16 and q8.
+//            bf16 GEMM 85-93 %; q8 GEMM (vpsignb+vpmaddubsw+vpmaddwd kernel) 67-71 % of the
+//            vpmaddubsw+vpmaddwd+vpaddd peak loop; the int16 vpmaddwd kernel that replaced it moves
+//            the GEMM shapes by -2..+3 % (65-71 %, 2 threads; +5 % with everything in L1; +2 % on 7B
+//            prefill end to end). Its ceiling: every AVX2 int8 form costs 4 vector ops per 32
+//            products (2 multiplies + 2 others), and on Zen 5 a register-only loop of either mix runs
+//            at 0.87 of the peak loop; the per-group f32
+//            epilogue (1 vmulps + 1 FMA per 32 vpmaddwd) costs another ~6 % (G = 256 runs 5-8 %
+//            faster than G = 64); GEMV 97-98 % of a one-thread read loop, f32, bf16 and q8.
 //   avxvnni  (Alder Lake+, Zen 5) avx2 plus a 6x16 q8 GEMM tile of ymm vpdpbusd with the -128*sum(q)
 //            compensation, like AVX512-VNNI (74-81 % of ymm vpdpbusd, same machine and method). q8
 //            decode stays on vpmaddubsw (memory bound).
@@ -814,7 +819,9 @@ typedef struct {
     int32_t* ac;            // q8: compensation -128 * sum(q) (ntiles, ng, 6)
     const int* bounds;      // if set: task t covers panels [bounds[t], bounds[t+1]) (guided schedule)
     int mr;                 // AVX2 GEMM: tile rows (MM_A2_MR, MM_A2_Q8_MR or MM_AVNNI_MR)
-    int avxvnni;            // AVX2 q8 GEMM: 1 = AVX-VNNI kernel, 0 = vpmaddubsw kernel
+    int avxvnni;            // AVX2 q8 GEMM: 1 = AVX-VNNI kernel, 0 = vpmaddwd (int16) kernel
+    int a_int16;            // mm_task_pack_avx2: 1 = activations as int16 pairs (the q8 vpmaddwd kernel),
+                            // 0 = 4 s8 per word (AVX-VNNI, and every q4 kernel)
     int8_t* q;              // AVX2 q8: quantized activations (T rounded up to tiles, K) row-major
     float* asr;             // AVX2 q8: their scales (rows, ng) row-major
     int32_t* acr;           // AVX2 q8: their compensation -128 * sum(q) (rows, ng) row-major
@@ -886,13 +893,13 @@ static void mm_task_scalar(void* v, int task) {
 //           f32 activations: matmul_ref's semantics (no bf16 dot instruction before AVX512-BF16);
 //     q8    activations quantized per group exactly as on AVX-512 (mm_quantize_group's rounding),
 //           exact int32 dot per group, the same f32 epilogue: the same bits as the AVX512-VNNI path.
-//           AVX2: 4x16 tile of vpmaddubsw + vpmaddwd; AVX-VNNI: 6x16 tile of ymm vpdpbusd.
+//           AVX2: 4x16 tile of vpmaddwd on int16; AVX-VNNI: 6x16 tile of ymm vpdpbusd.
 //   GEMV (T <= 2: decode): one full panel per step (4 ymm = 128 bytes, sequential), 1 or 2 rows,
 //     weights prefetched ahead, guided chunks; q8 uses the same quantized activations and per-group
 //     arithmetic as the GEMM (vpmaddubsw on every level: memory bound, so VNNI would not help).
 
 #define MM_A2_MR 6        // f32/bf16 GEMM tile rows: 12 accumulators + 2 weights + 1 broadcast = 15 ymm
-#define MM_A2_Q8_MR 4     // q8 vpmaddubsw tile rows: 8 acc + 4 weight forms + ones + broadcast + temp = 15
+#define MM_A2_Q8_MR 4     // q8 vpmaddwd tile rows: 8 acc + 4 weight halves + 2 broadcasts + product + mask = 16
 #define MM_AVNNI_MR 6     // q8 AVX-VNNI tile rows: 12 acc + 2 weights + 1 broadcast = 15
 #define MM_A2_NCP 8       // panels per weight block (256 columns), as in the AVX-512 GEMM
 static int mm_gemv_max_t_avx2[3] = { 2, 2, 2 };   // largest T on the AVX2 GEMV path, per DType
@@ -910,7 +917,8 @@ MM_INLINE MM_TGT_AVX2 void mm_avx2_store16(float* y, __m256 lo, __m256 hi, int n
     for (int c = 0; c < nc; c++) y[c] = tmp[c];
 }
 
-// The int8 dot step without VNNI, for 8 columns and one row: acc (8 x int32) += sum_{j<4} w_j * q_j
+// The int8 dot step of the AVX2 GEMV (the GEMM uses int16 vpmaddwd, see mm_kernel_q8_avx2), for 8
+// columns and one row: acc (8 x int32) += sum_{j<4} w_j * q_j
 // where the ymm `ws` holds 4 signed weight bytes per column lane and `q4` the row's 4 activation
 // bytes broadcast to every lane. vpmaddubsw multiplies unsigned by signed bytes and adds adjacent
 // pairs into int16 WITH SATURATION, so the operands are arranged to never saturate:
@@ -1115,75 +1123,92 @@ MM_TGT_AVX2 static void mm_kernel_bf16_avx2(const float* a, const uint32_t* w, i
         if (i < mr) mm_avx2_store16(y + (size_t)i * ldy, acc[i][0], acc[i][1], nc);
 }
 
-// q8 4x16 with vpmaddubsw (mm_dot4_avx2). Per k4 step: 2 weight loads, xor 0x80 (u8 = w+128 back to
-// s8) and vpabsb once per 8-column vector, shared by the 4 rows; then 8 dot steps of 4 instructions.
-// The int32 accumulators start at 0 (signed weights need no -128 compensation) and hold the exact
-// group dot; the f32 sums f (8 ymm) stay in L1 between groups (no room in the registers).
-// a: (K/4, 4) words of 4 s8 (row i's k4 step at a[kq * 4 + i]); as: (ng, 4) activation scales;
-// w: panel + 16 * half, (K/4, 32) words; ws: panel scales + 16 * half, (ng, 32). Loop nest: groups
-// -> k4 steps -> rows; the int32 dot of a group must be finished before its f32 epilogue.
-MM_TGT_AVX2 static void mm_kernel_q8_avx2(const uint32_t* a, const float* as, const uint32_t* w, const float* ws,
-                                          int ng, int G4, float* y, int ldy, int mr, int nc) {
-    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
+// q8 4x16 with vpmaddwd on int16 (no VNNI). vpmaddwd multiplies signed int16 pairs and adds each pair
+// into an int32 lane: exact, and it never saturates (unlike vpmaddubsw's int16 pair sums). So the
+// weight bytes are widened to int16 in registers and the activations are packed as int16:
+//   a panel word of column c holds the bytes u8 = w+128 of k0..k3; read as two 16-bit halves,
+//   `and 0x00ff` leaves (k0, k2) and `shift right 8` leaves (k1, k3), both zero-extended (0..255);
+//   the packed activation tile holds, per k4 step and row, two words: (q0, q2) and (q1, q3) as int16;
+//   vpmaddwd(even weights, (q0, q2)) + vpmaddwd(odd weights, (q1, q3)) = sum_j (w_j + 128) * q_j.
+// The lanes start at the compensation -128 * sum(q) of the group, as in the VNNI kernels, so they end
+// at the exact group dot sum w*q (|sum| < 2^31: G products of at most 255 * 127) -- the same integer
+// as every other q8 kernel. Per k4 step: 2 weight loads, 2 and + 2 shift, shared by the 4 rows;
+// then per row 2 broadcasts and 4 x (vpmaddwd + vpaddd). (The shift takes a register: VEX has no
+// vpsrlw with a memory source, only EVEX, which an AVX2 CPU lacks.)
+// This replaced a vpmaddubsw kernel (|w| x sign(q, w), then vpmaddwd with ones): the same count of
+// vector ops per product, but vpsignb + vpmaddubsw + vpmaddwd + vpaddd kept Zen 5 further from its
+// multiply peak than 2 x (vpmaddwd + vpaddd): +5 % in L1, but -2..+3 % per GEMM shape (probably
+// because the int16 tile is twice the bytes, and the weights stream through L1 past it).
+// a: (K/4, 4, 2) words (row i's k4 step at a[(kq * 4 + i) * 2], the odd word after it); as / ac:
+// (ng, 4); w: panel + 16 * half, (K/4, 32) words; ws: panel scales + 16 * half, (ng, 32). The f32
+// sums f (8 ymm) stay in L1 between groups (no room in the registers). Loop nest: groups -> k4 steps
+// -> rows; the int32 dot of a group must be finished before its f32 epilogue.
+MM_TGT_AVX2 static void mm_kernel_q8_avx2(const uint32_t* a, const float* as, const int32_t* ac, const uint32_t* w,
+                                          const float* ws, int ng, int G4, float* y, int ldy, int mr, int nc) {
+    const __m256i lo8 = _mm256_set1_epi16(0x00ff);     // the low byte of each 16-bit half
     __m256 f[MM_A2_Q8_MR][2];
 #pragma GCC unroll 4
     for (int i = 0; i < MM_A2_Q8_MR; i++) f[i][0] = f[i][1] = _mm256_setzero_ps();
     for (int g = 0; g < ng; g++) {
         __m256i acc[MM_A2_Q8_MR][2];
 #pragma GCC unroll 4
-        for (int i = 0; i < MM_A2_Q8_MR; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+        for (int i = 0; i < MM_A2_Q8_MR; i++) acc[i][0] = acc[i][1] = _mm256_set1_epi32(ac[g * MM_A2_Q8_MR + i]);
         const uint32_t* wg = w + (size_t)g * G4 * 32;
-        const uint32_t* ag = a + (size_t)g * G4 * MM_A2_Q8_MR;
+        const uint32_t* ag = a + (size_t)g * G4 * MM_A2_Q8_MR * 2;
 #if defined(__GNUC__) && !defined(__clang__)
-        // GCC 12 spills accumulators of this loop to the stack (a load-add-store chain per step,
-        // measured 40 % of the vpmaddubsw peak), so the group loop is written out with a fixed
-        // register plan: acc in 8 registers the compiler picks (ymm0-7 by elimination), signed
-        // weights ymm8/9, |w| ymm10/11, activation broadcast ymm12, temp ymm13, ones ymm14, 0x80 ymm15.
-        // AT&T operand order: vpsignb s, q, t is t = sign(q, s); vpmaddubsw t, |w|, t multiplies u8 |w|
-        // by s8 t.
-        // Pointer steps per k4 step: w by 128 bytes (one panel row), a by 16 bytes (4 rows x 4 s8);
-        // the activation offsets 0, 4, 8, 12 in MM_A2_Q8_ROW are rows 0-3 of the tile.
+        // GCC 12 spills accumulators of such loops to the stack (a load-add-store chain per step), so
+        // the group loop is written out with a fixed register plan: acc in 8 registers the compiler
+        // picks (ymm0-7 by elimination), even weights ymm8/9 (columns 0-7, 8-15), odd weights
+        // ymm10/11, the row's (q0, q2) broadcast ymm12 and (q1, q3) ymm13, product ymm14, 0x00ff ymm15.
+        // Pointer steps per k4 step: w by 128 bytes (one panel row), a by 32 bytes (4 rows x 2
+        // words); the offsets in MM_A2_Q8_ROW are row i's two words, 8i and 8i + 4.
         const uint32_t* wend = wg + (size_t)G4 * 32;
         __asm__(
-            "vmovdqa %[ones], %%ymm14\n\t"
-            "vmovdqa %[flip], %%ymm15\n\t"
+            "vmovdqa %[lo8], %%ymm15\n\t"
             "1:\n\t"
-            "vpxor (%[w]), %%ymm15, %%ymm8\n\t"
-            "vpxor 32(%[w]), %%ymm15, %%ymm9\n\t"
-            "vpabsb %%ymm8, %%ymm10\n\t"
-            "vpabsb %%ymm9, %%ymm11\n\t"
-#define MM_A2_Q8_ROW(off, c0, c1)                                                                       \
-            "vpbroadcastd " off "(%[a]), %%ymm12\n\t"                                                   \
-            "vpsignb %%ymm8, %%ymm12, %%ymm13\n\t"                                                      \
-            "vpmaddubsw %%ymm13, %%ymm10, %%ymm13\n\t"                                                  \
-            "vpmaddwd %%ymm14, %%ymm13, %%ymm13\n\t"                                                    \
-            "vpaddd %%ymm13, %[" c0 "], %[" c0 "]\n\t"                                                  \
-            "vpsignb %%ymm9, %%ymm12, %%ymm13\n\t"                                                      \
-            "vpmaddubsw %%ymm13, %%ymm11, %%ymm13\n\t"                                                  \
-            "vpmaddwd %%ymm14, %%ymm13, %%ymm13\n\t"                                                    \
-            "vpaddd %%ymm13, %[" c1 "], %[" c1 "]\n\t"
-            MM_A2_Q8_ROW("0", "c00", "c01") MM_A2_Q8_ROW("4", "c10", "c11")
-            MM_A2_Q8_ROW("8", "c20", "c21") MM_A2_Q8_ROW("12", "c30", "c31")
+            "vmovdqu (%[w]), %%ymm10\n\t"
+            "vmovdqu 32(%[w]), %%ymm11\n\t"
+            "vpand %%ymm10, %%ymm15, %%ymm8\n\t"
+            "vpand %%ymm11, %%ymm15, %%ymm9\n\t"
+            "vpsrlw $8, %%ymm10, %%ymm10\n\t"
+            "vpsrlw $8, %%ymm11, %%ymm11\n\t"
+#define MM_A2_Q8_ROW(even, odd, c0, c1)                                                                 \
+            "vpbroadcastd " even "(%[a]), %%ymm12\n\t"                                                  \
+            "vpbroadcastd " odd "(%[a]), %%ymm13\n\t"                                                   \
+            "vpmaddwd %%ymm12, %%ymm8, %%ymm14\n\t"                                                     \
+            "vpaddd %%ymm14, %[" c0 "], %[" c0 "]\n\t"                                                  \
+            "vpmaddwd %%ymm12, %%ymm9, %%ymm14\n\t"                                                     \
+            "vpaddd %%ymm14, %[" c1 "], %[" c1 "]\n\t"                                                  \
+            "vpmaddwd %%ymm13, %%ymm10, %%ymm14\n\t"                                                    \
+            "vpaddd %%ymm14, %[" c0 "], %[" c0 "]\n\t"                                                  \
+            "vpmaddwd %%ymm13, %%ymm11, %%ymm14\n\t"                                                    \
+            "vpaddd %%ymm14, %[" c1 "], %[" c1 "]\n\t"
+            MM_A2_Q8_ROW("0", "4", "c00", "c01") MM_A2_Q8_ROW("8", "12", "c10", "c11")
+            MM_A2_Q8_ROW("16", "20", "c20", "c21") MM_A2_Q8_ROW("24", "28", "c30", "c31")
 #undef MM_A2_Q8_ROW
             "subq $-128, %[w]\n\t"
-            "addq $16, %[a]\n\t"
+            "addq $32, %[a]\n\t"
             "cmpq %[wend], %[w]\n\t"
             "jne 1b\n\t"
             : [c00] "+x"(acc[0][0]), [c01] "+x"(acc[0][1]), [c10] "+x"(acc[1][0]), [c11] "+x"(acc[1][1]),
               [c20] "+x"(acc[2][0]), [c21] "+x"(acc[2][1]), [c30] "+x"(acc[3][0]), [c31] "+x"(acc[3][1]),
               [w] "+r"(wg), [a] "+r"(ag)
-            : [wend] "r"(wend), [ones] "m"(ones), [flip] "m"(flip)
+            : [wend] "r"(wend), [lo8] "m"(lo8)
             : "cc", "memory", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 #else
         for (int q = 0; q < G4; q++) {
-            __m256i s0 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32)), flip);
-            __m256i s1 = _mm256_xor_si256(_mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32 + 8)), flip);
-            __m256i a0 = _mm256_abs_epi8(s0), a1 = _mm256_abs_epi8(s1);
+            __m256i w0 = _mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32));
+            __m256i w1 = _mm256_loadu_si256((const __m256i*)(wg + (size_t)q * 32 + 8));
+            __m256i e0 = _mm256_and_si256(w0, lo8), e1 = _mm256_and_si256(w1, lo8);
+            __m256i o0 = _mm256_srli_epi16(w0, 8), o1 = _mm256_srli_epi16(w1, 8);
 #pragma GCC unroll 4
             for (int i = 0; i < MM_A2_Q8_MR; i++) {
-                __m256i qb = _mm256_set1_epi32((int)ag[q * MM_A2_Q8_MR + i]);
-                acc[i][0] = mm_dot4_avx2(acc[i][0], a0, s0, qb, ones);
-                acc[i][1] = mm_dot4_avx2(acc[i][1], a1, s1, qb, ones);
+                __m256i qe = _mm256_set1_epi32((int)ag[(q * MM_A2_Q8_MR + i) * 2]);
+                __m256i qo = _mm256_set1_epi32((int)ag[(q * MM_A2_Q8_MR + i) * 2 + 1]);
+                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(qe, e0));
+                acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(qe, e1));
+                acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(qo, o0));
+                acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(qo, o1));
             }
         }
 #endif
@@ -1202,7 +1227,7 @@ MM_TGT_AVX2 static void mm_kernel_q8_avx2(const uint32_t* a, const float* as, co
 // q8 6x16 with AVX-VNNI: the AVX512-VNNI kernel in ymm. Lanes start at the compensation -128*sum(q)
 // and take G/4 vpdpbusd steps of u8 panel words (w+128) x the broadcast s8 activation word, so they
 // end at the exact group dot sum w*q -- the same integer as mm_kernel_q8_avx2 computes another way.
-// One vpdpbusd replaces the 4-instruction vpmaddubsw step, which frees the registers for 6 rows:
+// One vpdpbusd replaces 2 x (vpmaddwd + vpaddd), which frees the registers for 6 rows:
 // a: (K/4, 6) words, as / ac: (ng, 6), w / ws as in mm_kernel_q8_avx2; f32 sums in L1 between groups.
 // No overflow: a group adds G products of at most 255 * 127 in magnitude, far from 2^31.
 MM_TGT_AVXVNNI static void mm_kernel_q8_avxvnni(const uint32_t* a, const float* as, const int32_t* ac,
@@ -1272,7 +1297,10 @@ MM_TGT_AVXVNNI static void mm_kernel_q8_avxvnni(const uint32_t* a, const float* 
 // ---- Activation packing for the AVX2 GEMM (per call; tasks split the row tiles). MR = the tile rows.
 //   f32, bf16  a: (ntiles, K2, MR) f32, K2 = K rounded up to even; rows past T and k = K are zero
 //   q8         q: (ntiles*MR, K) s8 row-major (mm_quantize_rows_q8_avx2), then
-//              a: (ntiles, K/4, MR) uint32 = 4 x s8;  as, ac: (ntiles, ng, MR)  (zero past T)
+//              AVX-VNNI  a: (ntiles, K/4, MR) uint32 = 4 x s8 (q0..q3, the vpdpbusd word)
+//              AVX2      a: (ntiles, K/4, MR, 2) uint32 = 2 x int16: (q0, q2), then (q1, q3), the
+//                        pairs that meet the even and odd weight bytes in mm_kernel_q8_avx2
+//              as, ac: (ntiles, ng, MR)  (zero past T)
 MM_TGT_AVX2 static void mm_task_pack_avx2(void* v, int task) {
     MMJob* j = v;
     int K = j->K, T = j->T, MR = j->mr, ta, tb;
@@ -1293,12 +1321,17 @@ MM_TGT_AVX2 static void mm_task_pack_avx2(void* v, int task) {
         float* asr = j->asr + (size_t)t0 * ng;              // (mr, ng)
         int32_t* acr = j->acr + (size_t)t0 * ng;            // (mr, ng)
         mm_quantize_rows_q8_avx2(j->x + (size_t)t0 * K, mr, K, j->p->G, q, asr, acr);
-        uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MR;      // (kw, MR) words of this tile
+        int aw = j->a_int16 ? 2 : 1;                                // words per row and k4 step
+        uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MR * aw;  // (kw, MR, aw) words of this tile
         for (int kq = 0; kq < kw; kq++)
             for (int i = 0; i < MR; i++) {
-                uint32_t word = 0;
-                if (i < mr) memcpy(&word, q + (size_t)i * K + 4 * kq, 4);
-                a[(size_t)kq * MR + i] = word;
+                uint32_t* dst = a + ((size_t)kq * MR + i) * aw;
+                if (i >= mr) { dst[0] = 0; if (aw == 2) dst[1] = 0; continue; }
+                const int8_t* q4 = q + (size_t)i * K + 4 * kq;
+                if (aw == 1) { memcpy(dst, q4, 4); continue; }
+                // int16 pairs, low half first: (q0, q2) and (q1, q3), each sign-extended
+                dst[0] = (uint32_t)(uint16_t)q4[0] | (uint32_t)(uint16_t)q4[2] << 16;
+                dst[1] = (uint32_t)(uint16_t)q4[1] | (uint32_t)(uint16_t)q4[3] << 16;
             }
         for (int g = 0; g < ng; g++)
             for (int i = 0; i < MR; i++) {
@@ -1330,13 +1363,14 @@ MM_TGT_AVX2 static void mm_task_gemm_avx2(void* v, int task) {
                 else if (type == DT_BF16)
                     mm_kernel_bf16_avx2((const float*)j->a + (size_t)it * K2 * MR, wp, p->kw, y, N, mr, nc);
                 else {
-                    const uint32_t* a = (const uint32_t*)j->a + (size_t)it * p->kw * MR;
+                    // the tile's packed activations: 1 word per (k4, row) for AVX-VNNI, 2 for AVX2
+                    const uint32_t* a = (const uint32_t*)j->a + (size_t)it * p->kw * MR * (j->a_int16 ? 2 : 1);
                     const float* as = j->as + (size_t)it * p->ng * MR;
                     const float* ws = p->s + (size_t)pi * p->ng * 32 + h * 16;
                     if (j->avxvnni)
                         mm_kernel_q8_avxvnni(a, as, j->ac + (size_t)it * p->ng * MR, wp, ws, p->ng, p->G / 4, y, N, mr, nc);
                     else
-                        mm_kernel_q8_avx2(a, as, wp, ws, p->ng, p->G / 4, y, N, mr, nc);
+                        mm_kernel_q8_avx2(a, as, j->ac + (size_t)it * p->ng * MR, wp, ws, p->ng, p->G / 4, y, N, mr, nc);
                 }
             }
     }
@@ -1500,11 +1534,14 @@ static void mm_matmul_avx2(MMJob* j) {
     }
     // GEMM: pack (or quantize) the activations into row tiles, then the kernels
     j->avxvnni = type == DT_Q8 && mm_isa == MM_AVXVNNI;
+    j->a_int16 = type == DT_Q8 && !j->avxvnni;
     j->mr = type != DT_Q8 ? MM_A2_MR : j->avxvnni ? MM_AVNNI_MR : MM_A2_Q8_MR;
     j->ntiles = (T + j->mr - 1) / j->mr;
     size_t rows = (size_t)j->ntiles * j->mr;
     // f32 and bf16 tiles are packed K2 = K rounded up to even deep (mm_task_pack_avx2), q8 tiles K/4 words
-    size_t abytes = rows * (type != DT_Q8 ? (size_t)(K + 1) / 2 * 2 * 4 : (size_t)p->kw * 4), sbytes = 0, qbytes = 0;
+    // (AVX2 q8 tiles hold int16 activations: 2 words per k4 step)
+    size_t abytes = rows * (type != DT_Q8 ? (size_t)(K + 1) / 2 * 2 * 4 : (size_t)p->kw * 4 * (j->a_int16 ? 2 : 1));
+    size_t sbytes = 0, qbytes = 0;
     if (type == DT_Q8) { sbytes = rows * p->ng * 4; qbytes = align_up(rows * K, 64); }
     char* buf = mm_get_scratch(abytes + qbytes + 4 * sbytes + 64, own);
     // scratch layout: [a: abytes][q: qbytes][as | ac | asr | acr: sbytes each] (+64 slack for
@@ -2629,6 +2666,7 @@ static void mm_matmul_q4_x86(MMJob* j) {
     }
     // GEMM: the activations quantized into row tiles by the q8 packers, then the q4 kernels
     j->avxvnni = !vnni512 && mm_isa == MM_AVXVNNI;
+    j->a_int16 = 0;                        // the q4 kernels read 4 s8 per word at every level
     j->mr = vnni512 ? MM_Q8_MR : j->avxvnni ? MM_AVNNI_MR : MM_A2_Q8_MR;
     j->ntiles = (T + j->mr - 1) / j->mr;
     size_t rows = (size_t)j->ntiles * j->mr;

@@ -75,6 +75,23 @@ static void test_activations(void) {
     check(ea < 1e-6, "activation(quick_gelu) vs formula (rel)", ea);
     check(eb < 1e-6, "activation(silu(x)*y) vs formula (rel)", eb);
     check(ec < 1e-5, "activation(gelu) vs formula", ec);
+    // activation_rows over strided rows (the fused gate | up output) gives the bits of the contiguous
+    // call on the same elements: rows of n = 37 (vector blocks straddle rows at every VL), then a
+    // chunk-crossing size, each at stride 2n with the "up" half right after the "gate" half
+    size_t shapes[][2] = {{1081, 37}, {7, 6001}};
+    for (int sh = 0; sh < 2; sh++) {
+        size_t rows = shapes[sh][0], nn = shapes[sh][1], tot = rows * nn;
+        float *g = xmalloc(tot * 2 * 4), *out = xmalloc(tot * 4), *ref = xmalloc(tot * 4), *up = xmalloc(tot * 4);
+        fill(g, tot * 2, 8.0f);
+        for (size_t r = 0; r < rows; r++) {
+            memcpy(ref + r * nn, g + r * 2 * nn, nn * 4);
+            memcpy(up + r * nn, g + r * 2 * nn + nn, nn * 4);
+        }
+        activation(ref, up, tot, ACT_SILU_MUL);
+        activation_rows(out, g, g + nn, rows, nn, 2 * nn, ACT_SILU_MUL);
+        check(memcmp(out, ref, tot * 4) == 0, "activation_rows(silu*up, strided rows) == contiguous, bit for bit", 0);
+        free(g); free(out); free(ref); free(up);
+    }
     free(x); free(y); free(z);
     float sx[100];
     fill(sx, 100, 20.0f);
