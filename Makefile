@@ -47,7 +47,7 @@ test: llava $(TESTS)
 	PYTHON=$(PYTHON) CC="$(CC)" sh test/run_tests.sh
 
 # A benchmark, not a test: prints tables, never fails on speed. e2e.sh writes 7B-shaped random models
-# into build/ the first time (7.5 GB q8 + 14 GB bf16, a few minutes each).
+# into build/ the first time (7.5 GB q8 + 4.1 GB q4 + 14 GB bf16, a few minutes each; MODELS=DIR elsewhere).
 bench: llava build/bench
 	./build/bench
 	sh bench/e2e.sh
@@ -158,7 +158,7 @@ CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=s
 NVCCFLAGS ?= -O3 $(CUDA_ARCH)
 override NVCCFLAGS += -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror
 CUDA_LDLIBS = -lcublas -lm -Xcompiler -pthread
-CUDA_BINS = llava_cuda build/test_model_cuda build/bench_cuda
+CUDA_BINS = llava_cuda build/test_model_cuda build/bench_cuda build/test_cuda_kernels
 
 build/llava_cu.o: llava.cu $(FLAGS) | build
 	$(NVCC) $(NVCCFLAGS) -c -o $@ llava.cu
@@ -179,12 +179,15 @@ build/test_model_cuda: build/test_model_cuda.o build/llava_cu.o
 build/bench_cuda: bench/bench_cuda.cu llava.cu $(FLAGS) | build
 	$(NVCC) $(NVCCFLAGS) -o $@ bench/bench_cuda.cu -lcublas
 
+build/test_cuda_kernels: test/test_cuda_kernels.cu llava.cu $(FLAGS) | build
+	$(NVCC) $(NVCCFLAGS) -o $@ test/test_cuda_kernels.cu -lcublas
+
 cuda-check:
 	@if [ -x "$(NVCC)" ] || command -v "$(NVCC)" >/dev/null 2>&1; then \
-	    $(MAKE) --no-print-directory $(CUDA_BINS) && echo "cuda-check: llava.cu, test_model_cuda, bench_cuda compile with no warnings"; \
+	    $(MAKE) --no-print-directory $(CUDA_BINS) && echo "cuda-check: llava.cu, test_model_cuda, bench_cuda, test_cuda_kernels compile with no warnings"; \
 	else echo "cuda-check: SKIPPED: nvcc not found (set NVCC=/path/to/nvcc)"; fi
 
-test_cuda: llava build/test_model_cuda llava_cuda
+test_cuda: llava build/test_model_cuda llava_cuda build/test_cuda_kernels
 	PYTHON=$(PYTHON) sh test/run_cuda_tests.sh
 
 bench_cuda: build/bench_cuda

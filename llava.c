@@ -8,7 +8,8 @@
  * plus tiles, no pooling, an image_newline after each row of the tile grid), and several images and
  * videos can share one question. Text-only prompts work too.
  *
- * Weights are f32, bf16 or q8 (int8 with per-group scales), as export.py wrote them; the KV cache is
+ * Weights are f32, bf16, q8 (int8 with per-group scales) or q4 (the language model in 4 bits with
+ * per-group scales, the vision tower and projector in q8), as export.py wrote them; the KV cache is
  * f32 for f32 weights and bf16 otherwise.
  *
  * It mirrors Hugging Face transformers' LlavaNextVideoForConditionalGeneration module by module; the
@@ -104,8 +105,8 @@ static void progress_frames_read(int n) {  // video.c's hook while a stream is r
 typedef struct {
     uint32_t magic;
     int32_t version;
-    int32_t weight_type;  // DType of the matmul weights: 0 f32, 1 bf16, 2 q8
-    int32_t group_size;   // q8: inputs per scale
+    int32_t weight_type;  // DType of the matmul weights: 0 f32, 1 bf16, 2 q8, 3 q4 (LLM q4, vision q8)
+    int32_t group_size;   // q8, q4: inputs per scale (q4: of the language model's matrices)
     // language model (Llama)
     int32_t dim;          // hidden size, 4096
     int32_t hidden_dim;   // MLP intermediate size, 11008
@@ -143,6 +144,9 @@ typedef struct {
     // the tokenizer blob right after the header
     int32_t n_tokens;
     int32_t tokenizer_bytes;
+    // q4 files only (0 in others): the group size of their q8 matrices, the vision tower's and the
+    // projector's (a field added after the others, so files written before it read 0 here)
+    int32_t vision_group_size;
 } Config;
 
 // ----------------------------------------------------------------------------
@@ -286,21 +290,30 @@ static void* cursor_take(Cursor* c, size_t bytes) {
 
 static float* take_f32(Cursor* c, size_t count) { return cursor_take(c, count * sizeof(float)); }
 
-// n_stack matrices of (rows, cols) in the file's weight type, stored back to back (q8: all int8 data,
-// then all scales). Returns an array of n_stack Matrix views, one per layer.
+// Bytes of a (rows, cols) matrix's values in the file (q8: 1 per weight, q4: 2 weights per byte;
+// the scales follow separately).
+static size_t matrix_data_bytes(DType type, int rows, int cols) {
+    size_t n = (size_t)rows * cols;
+    return type == DT_F32 ? 4 * n : type == DT_BF16 ? 2 * n : type == DT_Q8 ? n : n / 2;
+}
+
+// n_stack matrices of (rows, cols) in the given weight type, stored back to back (q8 / q4: all the
+// values, then all scales: f32 for q8, bf16 for q4). Returns an array of n_stack Matrix views.
 static Matrix* take_matrices(Cursor* c, int n_stack, int rows, int cols, DType type, int group) {
     Matrix* m = xcalloc(n_stack, sizeof(Matrix));
-    size_t per = (size_t)rows * cols;
-    size_t elem = type == DT_F32 ? 4 : type == DT_BF16 ? 2 : 1;
-    char* data = cursor_take(c, n_stack * per * elem);
+    size_t per = (size_t)rows * cols, bytes = matrix_data_bytes(type, rows, cols);
+    char* data = cursor_take(c, n_stack * bytes);
     float* scales = NULL;
+    uint16_t* scales_bf16 = NULL;
     if (type == DT_Q8) scales = take_f32(c, n_stack * per / group);
+    if (type == DT_Q4) scales_bf16 = cursor_take(c, n_stack * per / group * sizeof(uint16_t));
     for (int l = 0; l < n_stack; l++) {
         m[l].type = type;
         m[l].rows = rows;
         m[l].cols = cols;
-        m[l].data = data + l * per * elem;
+        m[l].data = data + l * bytes;
         m[l].scales = scales ? scales + l * per / group : NULL;
+        m[l].scales_bf16 = scales_bf16 ? scales_bf16 + l * per / group : NULL;
         m[l].group = group;
         m[l].packed = NULL;
     }
@@ -308,7 +321,8 @@ static Matrix* take_matrices(Cursor* c, int n_stack, int rows, int cols, DType t
 }
 
 static const char* weight_type_name(const Config* p) {
-    return p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : "q8";
+    return p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : p->weight_type == DT_Q8 ? "q8"
+         : "q4 (vision q8)";
 }
 
 // Refuses a header that is not ours, or whose numbers would make the forward passes read out of
@@ -324,12 +338,22 @@ static void check_config(const Config* p, const char* path) {
     if (p->version != LLAVA_VERSION)
         fatal("%s: file format version %d, this build reads version %d (re-export with this export.py)",
               path, p->version, LLAVA_VERSION);
-    if (p->weight_type < 0 || p->weight_type > 2) fatal("%s: unknown weight type %d", path, p->weight_type);
+    if (p->weight_type < 0 || p->weight_type > 3) fatal("%s: unknown weight type %d", path, p->weight_type);
+    // group sizes: at most 65536 (far above any sensible group), q8 a multiple of 4 (the packed
+    // int8 word), q4 a multiple of 8 (the packed nibble word, MM_Q4_GROUP_MULT)
     if (p->weight_type == DT_Q8 && (p->group_size <= 0 || p->group_size % 4 || p->group_size > 65536))
         fatal("%s: bad q8 group size %d (a positive multiple of 4)", path, p->group_size);
-    if (p->weight_type != DT_Q8 && p->group_size != 0)
-        fatal("%s: group size %d on a %s file (only q8 files have groups; export.py writes 0)", path,
+    if (p->weight_type == DT_Q4 && (p->group_size <= 0 || p->group_size % MM_Q4_GROUP_MULT || p->group_size > 65536))
+        fatal("%s: bad q4 group size %d (a positive multiple of %d)", path, p->group_size, MM_Q4_GROUP_MULT);
+    if (p->weight_type == DT_Q4 && (p->vision_group_size <= 0 || p->vision_group_size % 4 || p->vision_group_size > 65536))
+        fatal("%s: bad q8 group size %d of the vision matrices of a q4 file (a positive multiple of 4)", path,
+              p->vision_group_size);
+    if (p->weight_type != DT_Q8 && p->weight_type != DT_Q4 && p->group_size != 0)
+        fatal("%s: group size %d on a %s file (only q8 and q4 files have groups; export.py writes 0)", path,
               p->group_size, p->weight_type == DT_F32 ? "f32" : "bf16");
+    if (p->weight_type != DT_Q4 && p->vision_group_size != 0)
+        fatal("%s: vision group size %d on a %s file (only q4 files have one; export.py writes 0)", path,
+              p->vision_group_size, weight_type_name(p));
     // Enums: what the forward passes know how to compute.
     if (p->v_act != 0 && p->v_act != 1) fatal("%s: unknown vision activation %d (0 quick_gelu, 1 gelu)", path, p->v_act);
     if (p->proj_act != 0) fatal("%s: unknown projector activation %d (0 gelu)", path, p->proj_act);
@@ -390,19 +414,29 @@ static void check_config(const Config* p, const char* path) {
     for (int i = 0; i < 4; i++)
         for (int j = i + 1; j < 4; j++)
             if (ids[i] == ids[j]) fatal("%s: header fields %s and %s are the same token %d", path, id_names[i], id_names[j], ids[i]);
-    if (p->weight_type == DT_Q8) {  // every matmul's input width must hold whole quantization groups
-        const int ks[] = {p->v_dim, p->v_hidden_dim, p->dim, p->n_heads * p->head_dim, p->hidden_dim};
-        for (int i = 0; i < 5; i++)
-            if (ks[i] % p->group_size) fatal("%s: dimension %d is not a multiple of the q8 group %d", path, ks[i],
-                                              p->group_size);
+    if (p->weight_type == DT_Q8 || p->weight_type == DT_Q4) {
+        // every matmul's input width must hold whole quantization groups: the vision tower's and the
+        // projector's (q8, with the q4 file's own vision group), then the language model's
+        int gv = p->weight_type == DT_Q4 ? p->vision_group_size : p->group_size;
+        const char* tl = p->weight_type == DT_Q4 ? "q4" : "q8";
+        const int kv[] = {p->v_dim, p->v_hidden_dim, p->dim}, kl[] = {p->dim, p->n_heads * p->head_dim, p->hidden_dim};
+        for (int i = 0; i < 3; i++)
+            if (kv[i] % gv) fatal("%s: dimension %d is not a multiple of the q8 group %d", path, kv[i], gv);
+        for (int i = 0; i < 3; i++)
+            if (kl[i] % p->group_size) fatal("%s: dimension %d is not a multiple of the %s group %d", path, kl[i], tl,
+                                             p->group_size);
     }
 }
 
 // Tensors in the order export.py's tensor_plan writes them.
 static void memory_map_weights(Model* m, Cursor* c) {
     Config* p = &m->config;
-    DType wt = (DType)p->weight_type;
-    int G = p->group_size;
+    // One weight type for every matmul, except in q4 files: the language model's matrices (embed_tokens
+    // and lm_head included) are q4 with group_size, the vision tower's and the projector's q8 with
+    // vision_group_size (4 bits cost the small CLIP tower too much accuracy for little speed).
+    DType wt = (DType)p->weight_type, wv = wt;
+    int G = p->group_size, Gv = G;
+    if (wt == DT_Q4) { wv = DT_Q8; Gv = p->vision_group_size; }
     int Dv = p->v_dim, Dvh = p->v_hidden_dim, Lv = p->v_layers, P = p->patch_size;
     int npos = (p->image_size / P) * (p->image_size / P) + 1;  // 24 x 24 patches + CLS = 577 at 336 / 14
 
@@ -419,24 +453,24 @@ static void memory_map_weights(Model* m, Cursor* c) {
     v->pre_ln_b = take_f32(c, Dv);
     v->ln1_w = take_f32(c, (size_t)Lv * Dv);
     v->ln1_b = take_f32(c, (size_t)Lv * Dv);
-    v->wq = take_matrices(c, Lv, Dv, Dv, wt, G);  v->bq = take_f32(c, (size_t)Lv * Dv);
-    v->wk = take_matrices(c, Lv, Dv, Dv, wt, G);  v->bk = take_f32(c, (size_t)Lv * Dv);
-    v->wv = take_matrices(c, Lv, Dv, Dv, wt, G);  v->bv = take_f32(c, (size_t)Lv * Dv);
-    v->wo = take_matrices(c, Lv, Dv, Dv, wt, G);  v->bo = take_f32(c, (size_t)Lv * Dv);
+    v->wq = take_matrices(c, Lv, Dv, Dv, wv, Gv);  v->bq = take_f32(c, (size_t)Lv * Dv);
+    v->wk = take_matrices(c, Lv, Dv, Dv, wv, Gv);  v->bk = take_f32(c, (size_t)Lv * Dv);
+    v->wv = take_matrices(c, Lv, Dv, Dv, wv, Gv);  v->bv = take_f32(c, (size_t)Lv * Dv);
+    v->wo = take_matrices(c, Lv, Dv, Dv, wv, Gv);  v->bo = take_f32(c, (size_t)Lv * Dv);
     v->ln2_w = take_f32(c, (size_t)Lv * Dv);
     v->ln2_b = take_f32(c, (size_t)Lv * Dv);
-    v->fc1 = take_matrices(c, Lv, Dvh, Dv, wt, G); v->fc1_b = take_f32(c, (size_t)Lv * Dvh);
-    v->fc2 = take_matrices(c, Lv, Dv, Dvh, wt, G); v->fc2_b = take_f32(c, (size_t)Lv * Dv);
+    v->fc1 = take_matrices(c, Lv, Dvh, Dv, wv, Gv); v->fc1_b = take_f32(c, (size_t)Lv * Dvh);
+    v->fc2 = take_matrices(c, Lv, Dv, Dvh, wv, Gv); v->fc2_b = take_f32(c, (size_t)Lv * Dv);
     v->post_ln_w = take_f32(c, Dv);
     v->post_ln_b = take_f32(c, Dv);
 
     // The multi-modal projector (v_dim -> dim -> dim) and the image_newline row of anyres images.
     ProjectorWeights* pr = &m->projector;
-    Matrix* l1 = take_matrices(c, 1, p->dim, Dv, wt, G);
+    Matrix* l1 = take_matrices(c, 1, p->dim, Dv, wv, Gv);
     pr->linear_1 = *l1;
     free(l1);
     pr->b1 = take_f32(c, p->dim);
-    Matrix* l2 = take_matrices(c, 1, p->dim, p->dim, wt, G);
+    Matrix* l2 = take_matrices(c, 1, p->dim, p->dim, wv, Gv);
     pr->linear_2 = *l2;
     free(l2);
     pr->b2 = take_f32(c, p->dim);
@@ -485,10 +519,7 @@ static void release_pages(const void* p, size_t bytes) {
 static void pack_and_release(Matrix* w) {
     if (w->packed) return;  // a fused matrix: packed, and its sources released, by fuse_matrices
     pack_matrix(w);
-    if (w->packed) {
-        size_t elem = w->type == DT_F32 ? 4 : w->type == DT_BF16 ? 2 : 1;
-        release_pages(w->data, (size_t)w->rows * w->cols * elem);
-    }
+    if (w->packed) release_pages(w->data, matrix_data_bytes(w->type, w->rows, w->cols));
 }
 
 // Number of CLIP encoder layers to run: hidden_states[0] is the embeddings (after pre-LN), hidden_states[i]
@@ -533,7 +564,17 @@ static void for_each_matrix(Model* m, void (*fn)(Matrix*)) {
 // hold the weights and the parts' file pages are released, so the resident weights do not grow.
 // Without packing (LLAVA_ISA=scalar, or a level that packs nothing) the matrix keeps its own copy
 // of the rows as its data, and the file pages are released all the same.
-typedef struct { char* data; float* scales; } FuseScratch;   // room for the largest fused matrix
+typedef struct { char* data; char* scales; } FuseScratch;   // room for the largest fused matrix
+
+// Bytes of one row's group scales: f32 for q8, bf16 for q4, none for f32 and bf16 weights.
+static size_t row_scale_bytes(const Matrix* w) {
+    size_t n = w->type == DT_Q8 || w->type == DT_Q4 ? (size_t)w->cols / w->group : 0;
+    return n * (w->type == DT_Q8 ? sizeof(float) : sizeof(uint16_t));
+}
+
+static const void* matrix_scales(const Matrix* w) {
+    return w->type == DT_Q8 ? (const void*)w->scales : (const void*)w->scales_bf16;
+}
 
 // memcpy of several (dst, src, bytes) segments split over the thread pool: the sources are mapped file
 // pages, so the copy is mostly page faults, which the threads take in parallel (as pack_matrix does).
@@ -551,50 +592,63 @@ static Matrix fuse_matrices(Matrix* const parts[], int n, FuseScratch* scratch) 
     Matrix f = *parts[0];
     f.rows = 0;
     for (int i = 0; i < n; i++) f.rows += parts[i]->rows;
-    size_t elem = f.type == DT_F32 ? 4 : f.type == DT_BF16 ? 2 : 1, row_bytes = (size_t)f.cols * elem;
-    size_t n_scales = f.type == DT_Q8 ? (size_t)f.cols / f.group : 0;   // per row
-    size_t data_bytes = (size_t)f.rows * row_bytes, scale_bytes = (size_t)f.rows * n_scales * sizeof(float);
+    size_t row_bytes = matrix_data_bytes(f.type, 1, f.cols), row_scales = row_scale_bytes(&f);
+    size_t data_bytes = (size_t)f.rows * row_bytes, scale_bytes = (size_t)f.rows * row_scales;
     if (n > FUSE_MAX_SEGMENTS / 2) fatal("internal: fusing %d matrices, at most %d", n, FUSE_MAX_SEGMENTS / 2);
     CopyArgs copy = {.n_tasks = pool_size() * 4};   // 4 tasks per thread: uneven progress evens out
     for (int i = 0, r = 0; i < n; r += parts[i]->rows, i++) {
         copy.dst[copy.n] = scratch->data + (size_t)r * row_bytes;
         copy.src[copy.n] = parts[i]->data;
         copy.bytes[copy.n++] = (size_t)parts[i]->rows * row_bytes;
-        if (!n_scales) continue;
-        copy.dst[copy.n] = (char*)(scratch->scales + (size_t)r * n_scales);
-        copy.src[copy.n] = (const char*)parts[i]->scales;
-        copy.bytes[copy.n++] = (size_t)parts[i]->rows * n_scales * sizeof(float);
+        if (!row_scales) continue;
+        copy.dst[copy.n] = scratch->scales + (size_t)r * row_scales;
+        copy.src[copy.n] = matrix_scales(parts[i]);
+        copy.bytes[copy.n++] = (size_t)parts[i]->rows * row_scales;
     }
     pool_for(copy.n_tasks, copy_task, &copy);
+    const char* scales = scratch->scales;
     f.data = scratch->data;
-    f.scales = n_scales ? scratch->scales : NULL;
+    f.scales = f.type == DT_Q8 ? (const float*)scales : NULL;
+    f.scales_bf16 = f.type == DT_Q4 ? (const uint16_t*)scales : NULL;
     f.packed = NULL;
     pack_matrix(&f);
     if (f.packed) {  // the kernels read only the panels
         f.data = NULL;
         f.scales = NULL;
+        f.scales_bf16 = NULL;
     } else {         // the unpacked kernels read the rows: a copy of its own
         f.data = memcpy(xmalloc(data_bytes), scratch->data, data_bytes);
-        f.scales = n_scales ? memcpy(xmalloc(scale_bytes), scratch->scales, scale_bytes) : NULL;
+        char* own = row_scales ? memcpy(xmalloc(scale_bytes), scratch->scales, scale_bytes) : NULL;
+        f.scales = f.type == DT_Q8 ? (const float*)own : NULL;
+        f.scales_bf16 = f.type == DT_Q4 ? (const uint16_t*)own : NULL;
     }
     for (int i = 0; i < n; i++) release_pages(parts[i]->data, (size_t)parts[i]->rows * row_bytes);
     return f;
 }
 
+// Room in the scratch for fusing `rows` rows shaped like `part` (data, scales): grows *data, *scales.
+static void fuse_room(const Matrix* part, size_t rows, size_t* data, size_t* scales) {
+    size_t d = rows * matrix_data_bytes(part->type, 1, part->cols), s = rows * row_scale_bytes(part);
+    if (d > *data) *data = d;
+    if (s > *scales) *scales = s;
+}
+
 // Builds the fused matrices of the forward passes, layer by layer (one layer's copy in flight at a
-// time): CLIP's q/k/v (and their biases), the language model's q/k/v and gate/up.
+// time): CLIP's q/k/v (and their biases), the language model's q/k/v and gate/up. (In a q4 file the
+// CLIP tower is q8 and the language model q4: the scratch is sized for the larger of each.)
 static void fuse_weights(Model* m) {
     Config* p = &m->config;
     VisionWeights* v = &m->vision;
     LlmWeights* w = &m->llm;
     int Lv = vision_layers_needed(p), Dv = p->v_dim;
     int qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
-    // the largest fused matrix: CLIP's q/k/v, the LLM's q/k/v or its gate/up (all have cols = their dim)
-    size_t most = (size_t)3 * Dv * Dv, llm_qkv = ((size_t)qd + 2 * kvd) * p->dim, gu = (size_t)2 * p->hidden_dim * p->dim;
-    most = llm_qkv > most ? llm_qkv : most;
-    most = gu > most ? gu : most;
-    size_t elem = p->weight_type == DT_F32 ? 4 : p->weight_type == DT_BF16 ? 2 : 1;
-    FuseScratch scratch = {xmalloc(most * elem), p->weight_type == DT_Q8 ? xmalloc(most / p->group_size * sizeof(float)) : NULL};
+    size_t data_room = 0, scale_room = 0;
+    if (Lv > 0) fuse_room(&v->wq[0], (size_t)3 * Dv, &data_room, &scale_room);
+    if (p->n_layers > 0) {
+        fuse_room(&w->wq[0], (size_t)qd + 2 * kvd, &data_room, &scale_room);
+        fuse_room(&w->w_gate[0], (size_t)2 * p->hidden_dim, &data_room, &scale_room);
+    }
+    FuseScratch scratch = {xmalloc(data_room), scale_room ? xmalloc(scale_room) : NULL};
     if (Lv > 0) {
         v->wqkv = xcalloc(Lv, sizeof(Matrix));
         v->bqkv = xmalloc((size_t)Lv * 3 * Dv * sizeof(float));
@@ -680,6 +734,7 @@ static void free_model(Model* m) {
         for (int l = 0; fused[i] && l < n_fused[i]; l++) {
             free((void*)fused[i][l].data);
             free((void*)fused[i][l].scales);
+            free((void*)fused[i][l].scales_bf16);
         }
     free(v->bqkv);
     Matrix* stacks[] = {v->wq, v->wk, v->wv, v->wqkv, v->wo, v->fc1, v->fc2, w->wq, w->wk, w->wv, w->wqkv,
@@ -784,7 +839,7 @@ static void rope_angles(float* cos_t, float* sin_t, int pos, const float* inv_fr
 }
 
 // Row `row` of a weight matrix as f32 (the embedding lookup, whatever the weight type): out (cols,).
-// q8 is the int8 value times its group's scale, exactly what the matmuls compute with.
+// q8 / q4 is the integer value times its group's scale, exactly the weight the matmuls compute with.
 static void dequantize_row(float* out, const Matrix* w, int row) {
     size_t off = (size_t)row * w->cols;
     if (w->type == DT_F32) {
@@ -792,10 +847,15 @@ static void dequantize_row(float* out, const Matrix* w, int row) {
     } else if (w->type == DT_BF16) {
         const uint16_t* b = (const uint16_t*)w->data + off;
         for (int i = 0; i < w->cols; i++) out[i] = bf16_to_f32(b[i]);
-    } else {
+    } else if (w->type == DT_Q8) {
         const int8_t* q = (const int8_t*)w->data + off;
         const float* s = w->scales + off / w->group;
         for (int i = 0; i < w->cols; i++) out[i] = q[i] * s[i / w->group];
+    } else {                        // q4: two weights per byte (low nibble first), w = (u - 8) * scale
+        const uint8_t* b = (const uint8_t*)w->data + off / 2;
+        const uint16_t* s = w->scales_bf16 + off / w->group;
+        for (int i = 0; i < w->cols; i++)
+            out[i] = (float)((i & 1 ? b[i / 2] >> 4 : b[i / 2] & 0x0f) - MM_Q4_OFFSET) * bf16_to_f32(s[i / w->group]);
     }
 }
 

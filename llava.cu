@@ -1,7 +1,7 @@
 /*
  * llava.cu: the GPU path of llava.c. The same checkpoint (f32, bf16 or q8), the same command line, the
  * same --dump files, on one NVIDIA GPU. Build: make llava_cuda (nvcc + cuBLAS); run: ./llava_cuda
- * with llava's arguments. NOT YET RUN ON A GPU: it compiles warning-free; see README, "GPU (CUDA)".
+ * with llava's arguments. Tested on an H200 (make test_cuda; README, "GPU (CUDA)", has its speed).
  *
  * One file, two halves, two compilers:
  *   the device half (#ifdef __CUDACC__)  compiled by nvcc: the kernels and the GPU forward passes,
@@ -25,17 +25,18 @@
  * last position's logits come back, and per decode step only the logits (vocab floats).
  *
  * Matmuls, y (T, N) = x (T, K) W^T:
- *   T = 1 (decode, and the last row's lm_head): gemv_kernel, one warp per output row, reading the weights
- *       as stored: f32, bf16, or int8 with per-group f32 scales (x stays f32: y = sum_g s_g sum q x).
+ *   T = 1 (decode, and the last row's lm_head): gemv_kernel, GEMV_ROWS output rows per warp, reading the
+ *       weights as stored: f32, bf16, or int8 with per-group f32 scales (x stays f32: y = sum_g s_g sum q x).
  *   T > 1 (prefill, vision batch, projector): cuBLAS. f32 weights: f32 GEMM with the pedantic compute type
  *       (no TF32), for the fidelity tests. bf16: tensor-core GEMM, activations rounded to bf16 first (as the
  *       CPU's AVX512-BF16 GEMM does), f32 accumulation. q8: the same bf16 GEMM on a bf16 copy of the weights
  *       dequantized once at load (q * s is exact in f32; rounding it to bf16 costs <= 2^-9 relative), so a
  *       q8 model holds int8 for decode AND bf16 for prefill on the GPU (7 + 14 GB at 7B).
  * Everything else is written here: RMSNorm / LayerNorm (one block per row), RoPE (HF rotate_half, linear
- * scaling), the KV store (bf16 cache for bf16/q8 weights, f32 for f32, as llava.c), attention
- * (flash-style: online softmax over tiles of 32 keys per (query block, head); no T x T matrix), the
- * activations, the 2x2 pooling, the projector, the anyres packing with image_newline.
+ * scaling), the KV store (bf16 cache for bf16/q8 weights, f32 for f32, as llava.c), attention (three
+ * kernels, all flash-style, online softmax, no T x T matrix: f32 for f32 weights, bf16 tensor cores for
+ * bf16/q8 weights, split over the keys for decode), the activations, the 2x2 pooling, the projector, the
+ * anyres packing with image_newline.
  *
  * Every CUDA and cuBLAS call is checked: CUDA_CHECK / CUBLAS_CHECK name the call, the file and the line,
  * and end the program through llava.c's fatal() (base.c), like every other error.
@@ -93,6 +94,8 @@ float* gpu_upload(GpuModel* g, const void* host, size_t bytes);
 GpuMatrix gpu_upload_matrix(GpuModel* g, int type, int rows, int cols, int group, const void* data,
                             const float* scales);
 size_t gpu_bytes_allocated(const GpuModel* g);
+size_t gpu_memory_free(void);                                // bytes the device has free now
+void gpu_set_progress(GpuModel* g, void (*fn)(double done, double total));  // vision progress, in views
 const char* gpu_device_name(void);
 void gpu_build_state(GpuModel* g, int ctx, int max_rows);
 void gpu_free_state(GpuModel* g);
@@ -115,7 +118,10 @@ void llava_cuda_fatal(const char* fmt, ...) __attribute__((noreturn, format(prin
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <math.h>
+#include <mma.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
 #define CUBLAS_CHECK(call) cublas_check((call), #call, __FILE__, __LINE__)
@@ -146,6 +152,9 @@ struct GpuModel {
     float *x, *xb, *q, *k, *v, *att, *hb, *hb2, *logits, *all_logits;
     void *key_cache, *value_cache;
     float *inv_freq, *rope_cos, *rope_sin;
+    float* part;  // decode attention's per-chunk partial results (n_heads, chunks, head_dim + 2)
+    size_t part_elems;
+    void (*progress)(double done, double total);  // the host's progress line (NULL: none)
     // a bf16 copy of a GEMM's activations (grown on demand)
     uint16_t* xbf;
     size_t xbf_elems;
@@ -185,6 +194,14 @@ extern "C" size_t gpu_bytes_allocated(const GpuModel* g) {
     for (int i = 0; i < g->n_allocs; i++) n += g->alloc_bytes[i];
     return n;
 }
+
+extern "C" size_t gpu_memory_free(void) {
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    return free_b;
+}
+
+extern "C" void gpu_set_progress(GpuModel* g, void (*fn)(double done, double total)) { g->progress = fn; }
 
 extern "C" const char* gpu_device_name(void) {
     static cudaDeviceProp prop;
@@ -296,45 +313,150 @@ extern "C" GpuMatrix gpu_upload_matrix(GpuModel* g, int type, int rows, int cols
 // ----------------------------------------------------------------------------
 // Matmul: y (T, rows) = x (T, cols) W^T
 
-// One warp per output row: the lanes stride over the row 4 weights at a time (f32: 16 bytes, bf16: 8,
-// q8: 4 bytes + the group's scale; cols % 4 == 0), so a warp reads 128-512 contiguous bytes per step.
-// Rows whose width is not a multiple of 4 take the scalar loop. f32 accumulation, then a warp sum.
-#define GEMV_WARPS 8
-__global__ static void gemv_kernel(float* y, const float* x, GpuMatrix w) {
-    int row = blockIdx.x * GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= w.rows) return;
-    size_t base = (size_t)row * w.cols;
-    float sum = 0.0f;
-    if (w.cols % 4 == 0) {
+// GEMV_ROWS output rows per warp, GEMV_WARPS warps per block. Each lane reads 16 bytes of each row per
+// step (f32: 4 weights, bf16: 8, q8: 16 + their group's scale) and the x values they meet once, for all
+// GEMV_ROWS rows (x is re-read per row otherwise, 4x the weight bytes for q8); a warp streams 512
+// contiguous bytes per row per step, and several steps are in flight (unrolled): decode is a read of
+// every weight, and this is where its bandwidth is won. Rows whose width is not a multiple of the
+// vector (or q8 groups smaller than it) take the scalar loop. f32 accumulation, then warp sums.
+#define GEMV_WARPS 4
+#define GEMV_ROWS 2
+
+template <int TYPE> struct GemvVec;  // how many weights one lane reads per step, and their dot with x
+template <> struct GemvVec<0> {
+    static constexpr int N = 4;
+    __device__ static float dot(const GpuMatrix& w, int row, int i, const float* x) {
+        float4 v = *(const float4*)((const float*)w.data + (size_t)row * w.cols + i);
+        return v.x * x[0] + v.y * x[1] + v.z * x[2] + v.w * x[3];
+    }
+};
+template <> struct GemvVec<1> {
+    static constexpr int N = 8;
+    __device__ static float dot(const GpuMatrix& w, int row, int i, const float* x) {
+        uint4 v = *(const uint4*)((const uint16_t*)w.data + (size_t)row * w.cols + i);
+        return __uint_as_float(v.x << 16) * x[0] + __uint_as_float(v.x & 0xffff0000u) * x[1] +
+               __uint_as_float(v.y << 16) * x[2] + __uint_as_float(v.y & 0xffff0000u) * x[3] +
+               __uint_as_float(v.z << 16) * x[4] + __uint_as_float(v.z & 0xffff0000u) * x[5] +
+               __uint_as_float(v.w << 16) * x[6] + __uint_as_float(v.w & 0xffff0000u) * x[7];
+    }
+};
+template <> struct GemvVec<2> {  // 16 int8 weights of one group (group % 16 == 0): sum q x, then * s
+    static constexpr int N = 16;
+    __device__ static float dot(const GpuMatrix& w, int row, int i, const float* x) {
+        // the group's scale: (row * cols + i) / group = row * (cols / group) + i / group, in 32-bit
+        // arithmetic (a 64-bit division is a long software routine on the GPU, once per 16 weights)
+        float scale = w.scales[(size_t)row * (unsigned)(w.cols / w.group) + (unsigned)i / (unsigned)w.group];
+        int4 v = *(const int4*)((const int8_t*)w.data + (size_t)row * w.cols + i);
+        const int words[4] = {v.x, v.y, v.z, v.w};
+        float sum = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            sum += (float)(int8_t)(words[k]) * x[4 * k] + (float)(int8_t)(words[k] >> 8) * x[4 * k + 1] +
+                   (float)(int8_t)(words[k] >> 16) * x[4 * k + 2] + (float)(int8_t)(words[k] >> 24) * x[4 * k + 3];
+        return sum * scale;
+    }
+};
+
+__device__ static float weight_at(const GpuMatrix& w, size_t j) {
+    return w.type == 0 ? ((const float*)w.data)[j]
+         : w.type == 1 ? bf16_bits_to_f32(((const uint16_t*)w.data)[j])
+                       : ((const int8_t*)w.data)[j] * w.scales[j / w.group];
+}
+
+// sums[r] = W[row0 + r] . x for r < GEMV_ROWS (rows past the end: 0), summed over the warp (every lane
+// gets them). vec: the rows allow TYPE's vector loads.
+template <int TYPE> __device__ static void row_dots(const GpuMatrix& w, int row0, const float* x, bool vec, float* sums) {
+    const int N = GemvVec<TYPE>::N;
+    int lane = threadIdx.x % 32, n_rows = min(GEMV_ROWS, w.rows - row0);
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) sums[r] = 0.0f;
+    if (vec) {
 #pragma unroll 4
-        for (int i = lane * 4; i < w.cols; i += 128) {
-            float4 xv = *(const float4*)(x + i);
-            float a, b, c, d;
-            if (w.type == 0) {
-                float4 v = *(const float4*)((const float*)w.data + base + i);
-                a = v.x; b = v.y; c = v.z; d = v.w;
-            } else if (w.type == 1) {
-                uint2 v = *(const uint2*)((const uint16_t*)w.data + base + i);
-                a = __uint_as_float(v.x << 16); b = __uint_as_float(v.x & 0xffff0000u);
-                c = __uint_as_float(v.y << 16); d = __uint_as_float(v.y & 0xffff0000u);
-            } else {  // q8: the 4 values share one scale (group % 4 == 0)
-                char4 v = *(const char4*)((const int8_t*)w.data + base + i);
-                float s = w.scales[(base + i) / w.group];
-                a = v.x * s; b = v.y * s; c = v.z * s; d = v.w * s;
-            }
-            sum += a * xv.x + b * xv.y + c * xv.z + d * xv.w;
+        for (int i = lane * N; i < w.cols; i += 32 * N) {
+            float xv[N];
+#pragma unroll
+            for (int k = 0; k < N; k += 4) *(float4*)(xv + k) = *(const float4*)(x + i + k);
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++)
+                if (r < n_rows) sums[r] += GemvVec<TYPE>::dot(w, row0 + r, i, xv);
         }
     } else {
-        for (int i = lane; i < w.cols; i += 32) {
-            size_t j = base + i;
-            float wv = w.type == 0 ? ((const float*)w.data)[j]
-                     : w.type == 1 ? bf16_bits_to_f32(((const uint16_t*)w.data)[j])
-                                   : ((const int8_t*)w.data)[j] * w.scales[j / w.group];
-            sum += wv * x[i];
-        }
+        for (int i = lane; i < w.cols; i += 32)
+            for (int r = 0; r < n_rows; r++) sums[r] += weight_at(w, (size_t)(row0 + r) * w.cols + i) * x[i];
     }
-    sum = warp_sum(sum);
-    if (lane == 0) y[row] = sum;
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; r++) sums[r] = warp_sum(sums[r]);
+}
+
+// y = W x (accumulate = 0) or y += W x (1: the residual add of decode, fused), for up to GEMV_MAX_JOBS
+// matrices that read the same x in one launch (decode's q, k and v projections): the blocks are dealt
+// out to the matrices in order, the rows of a block all in one matrix.
+#define GEMV_MAX_JOBS 3
+typedef struct {
+    int n;                                 // matrices
+    GpuMatrix w[GEMV_MAX_JOBS];
+    float* y[GEMV_MAX_JOBS];
+    int first_block[GEMV_MAX_JOBS + 1];    // blocks [first_block[i], first_block[i + 1]) are matrix i's
+} GemvJobs;
+
+template <int TYPE> __global__ static void gemv_kernel(GemvJobs jobs, const float* x, int accumulate, bool vec) {
+    int job = 0;
+    while (job + 1 < jobs.n && (int)blockIdx.x >= jobs.first_block[job + 1]) job++;
+    const GpuMatrix& w = jobs.w[job];
+    float* y = jobs.y[job];
+    int row0 = ((blockIdx.x - jobs.first_block[job]) * GEMV_WARPS + threadIdx.x / 32) * GEMV_ROWS;
+    if (row0 >= w.rows) return;
+    float sums[GEMV_ROWS];
+    row_dots<TYPE>(w, row0, x, vec, sums);
+    if (threadIdx.x % 32 != 0) return;
+    for (int r = 0; r < GEMV_ROWS && row0 + r < w.rows; r++)
+        y[row0 + r] = accumulate ? y[row0 + r] + sums[r] : sums[r];
+}
+
+// The Llama MLP's first half for one token: y = silu(W_gate x) * (W_up x), the same rows of both per warp.
+template <int TYPE> __global__ static void gemv_swiglu_kernel(float* y, const float* x, GpuMatrix wg, GpuMatrix wu, bool vec) {
+    int row0 = (blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * GEMV_ROWS;
+    if (row0 >= wg.rows) return;
+    float gate[GEMV_ROWS], up[GEMV_ROWS];
+    row_dots<TYPE>(wg, row0, x, vec, gate);
+    row_dots<TYPE>(wu, row0, x, vec, up);
+    if (threadIdx.x % 32 != 0) return;
+    for (int r = 0; r < GEMV_ROWS && row0 + r < wg.rows; r++) y[row0 + r] = gate[r] / (1.0f + expf(-gate[r])) * up[r];
+}
+
+static bool gemv_vectorizable(const GpuMatrix* w) {
+    int n = w->type == 0 ? 4 : w->type == 1 ? 8 : 16;
+    return w->cols % n == 0 && (w->type != 2 || w->group % n == 0);
+}
+
+// y_i = W_i x (or +=) for the n matrices of ws (same type and width), one launch.
+static void gpu_gemv_n(int n, float* const* ys, const float* x, const GpuMatrix* const* ws, int accumulate) {
+    GemvJobs jobs;
+    memset(&jobs, 0, sizeof(jobs));
+    jobs.n = n;
+    bool vec = true;
+    for (int i = 0; i < n; i++) {
+        jobs.w[i] = *ws[i];
+        jobs.y[i] = ys[i];
+        jobs.first_block[i + 1] = jobs.first_block[i] + blocks_for(ws[i]->rows, GEMV_WARPS * GEMV_ROWS);
+        vec = vec && gemv_vectorizable(ws[i]);
+    }
+    int type = ws[0]->type, blocks = jobs.first_block[n], threads = GEMV_WARPS * 32;
+    if (type == 0) gemv_kernel<0><<<blocks, threads>>>(jobs, x, accumulate, vec);
+    else if (type == 1) gemv_kernel<1><<<blocks, threads>>>(jobs, x, accumulate, vec);
+    else gemv_kernel<2><<<blocks, threads>>>(jobs, x, accumulate, vec);
+    LAUNCH_CHECK();
+}
+
+static void gpu_gemv(float* y, const float* x, const GpuMatrix* w, int accumulate) { gpu_gemv_n(1, &y, x, &w, accumulate); }
+
+static void gpu_gemv_swiglu(float* y, const float* x, const GpuMatrix* wg, const GpuMatrix* wu) {
+    int blocks = blocks_for(wg->rows, GEMV_WARPS * GEMV_ROWS), threads = GEMV_WARPS * 32;
+    bool vec = gemv_vectorizable(wg);
+    if (wg->type == 0) gemv_swiglu_kernel<0><<<blocks, threads>>>(y, x, *wg, *wu, vec);
+    else if (wg->type == 1) gemv_swiglu_kernel<1><<<blocks, threads>>>(y, x, *wg, *wu, vec);
+    else gemv_swiglu_kernel<2><<<blocks, threads>>>(y, x, *wg, *wu, vec);
+    LAUNCH_CHECK();
 }
 
 // The bf16 copy of x that a tensor-core GEMM reads.
@@ -353,8 +475,7 @@ static uint16_t* gpu_x_bf16(GpuModel* g, const float* x, size_t n) {
 // W^T (as stored, row-major (rows, cols) = column-major (cols, rows), so op T) times x^T (cols x T).
 static void gpu_matmul(GpuModel* g, float* y, const float* x, const GpuMatrix* w, int T) {
     if (T == 1) {
-        gemv_kernel<<<blocks_for(w->rows, GEMV_WARPS), GEMV_WARPS * 32>>>(y, x, *w);
-        LAUNCH_CHECK();
+        gpu_gemv(y, x, w, 0);
         return;
     }
     const float one = 1.0f, zero = 0.0f;
@@ -443,44 +564,48 @@ __global__ static void rope_angles_kernel(float* cos_t, float* sin_t, const floa
     sin_t[i] = sinf(angle);
 }
 
-// RoPE, HF rotate_half layout: dims (j, j + head_dim/2) of each head rotate together. x (T, n_heads * hd).
-__global__ static void rope_kernel(float* x, const float* cos_t, const float* sin_t, int T, int n_heads, int hd) {
-    int half = hd / 2;
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;  // one (row, head, j) pair per thread
-    if (i >= (size_t)T * n_heads * half) return;
-    int j = (int)(i % half), t = (int)(i / ((size_t)n_heads * half));
-    size_t h = i / half % n_heads;
-    float* v = x + ((size_t)t * n_heads + h) * hd;
-    float c = cos_t[(size_t)t * half + j], s = sin_t[(size_t)t * half + j];
-    float a = v[j], b = v[j + half];
-    v[j] = a * c - b * s;
-    v[j + half] = b * c + a * s;
-}
-
-// k, v rows (T, n_kv * hd) -> the layer's cache (n_kv, ctx, hd) at positions pos.. (llava.c's store_kv).
-__global__ static void store_kv_kernel(void* kc, void* vc, const float* k, const float* v, int T, int n_kv, int hd,
-                                       int ctx, int pos, int bf16) {
+// RoPE (HF rotate_half layout: dims j and j + head_dim/2 of each head rotate together) on the queries
+// in place and on the keys, and the rotated keys and the values into the layer's cache (n_kv, ctx, hd)
+// at positions pos.. (llava.c's rope + store_kv, one launch). One thread per (row, head, j < hd/2) of
+// the n_heads query heads followed by the n_kv key/value heads.
+__global__ static void rope_store_kernel(float* q, const float* k, const float* v, void* kc, void* vc,
+                                         const float* cos_t, const float* sin_t, int T, int n_heads, int n_kv,
+                                         int hd, int ctx, int pos, int bf16) {
+    int half = hd / 2, heads = n_heads + n_kv;
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)T * n_kv * hd) return;
-    int d = (int)(i % hd), h = (int)(i / hd % n_kv), t = (int)(i / ((size_t)n_kv * hd));
-    size_t dst = ((size_t)h * ctx + pos + t) * hd + d;
+    if (i >= (size_t)T * heads * half) return;
+    int j = (int)(i % half), h = (int)(i / half % heads), t = (int)(i / ((size_t)heads * half));
+    float c = cos_t[(size_t)t * half + j], s = sin_t[(size_t)t * half + j];
+    if (h < n_heads) {
+        float* row = q + ((size_t)t * n_heads + h) * hd;
+        float a = row[j], b = row[j + half];
+        row[j] = a * c - b * s;
+        row[j + half] = b * c + a * s;
+        return;
+    }
+    h -= n_heads;
+    const float* kr = k + ((size_t)t * n_kv + h) * hd;
+    const float* vr = v + ((size_t)t * n_kv + h) * hd;
+    float a = kr[j], b = kr[j + half];
+    float k0 = a * c - b * s, k1 = b * c + a * s;
+    size_t dst = ((size_t)h * ctx + pos + t) * hd + j;
     if (bf16) {
-        ((uint16_t*)kc)[dst] = f32_to_bf16_bits(k[i]);
-        ((uint16_t*)vc)[dst] = f32_to_bf16_bits(v[i]);
+        ((uint16_t*)kc)[dst] = f32_to_bf16_bits(k0);
+        ((uint16_t*)kc)[dst + half] = f32_to_bf16_bits(k1);
+        ((uint16_t*)vc)[dst] = f32_to_bf16_bits(vr[j]);
+        ((uint16_t*)vc)[dst + half] = f32_to_bf16_bits(vr[j + half]);
     } else {
-        ((float*)kc)[dst] = k[i];
-        ((float*)vc)[dst] = v[i];
+        ((float*)kc)[dst] = k0;
+        ((float*)kc)[dst + half] = k1;
+        ((float*)vc)[dst] = vr[j];
+        ((float*)vc)[dst + half] = vr[j + half];
     }
 }
 
 // Row `token` of embed_tokens as f32 (llava.c's dequantize_row), straight into the residual stream.
 __global__ static void embed_kernel(float* out, GpuMatrix w, int token) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= w.cols) return;
-    size_t j = (size_t)token * w.cols + i;
-    out[i] = w.type == 0 ? ((const float*)w.data)[j]
-           : w.type == 1 ? bf16_bits_to_f32(((const uint16_t*)w.data)[j])
-                         : ((const int8_t*)w.data)[j] * w.scales[j / w.group];
+    if (i < w.cols) out[i] = weight_at(w, (size_t)token * w.cols + i);
 }
 
 // ----------------------------------------------------------------------------
@@ -507,6 +632,7 @@ typedef struct {
     size_t kv_head_stride;     // elements between kv heads
     int kv_bf16;
     int causal_offset;         // -1: no mask (CLIP); else query t sees keys 0..causal_offset + t
+    int lowp;                  // 1: bf16 rounding of q, k, v and p is acceptable (bf16 and q8 weights)
     int n_keys;
     float scale;
     size_t q_batch, kv_batch, out_batch;  // elements between the views of a batch (blockIdx.z)
@@ -578,9 +704,281 @@ __global__ static void attention_kernel(GpuAttn a) {
     }
 }
 
-static void gpu_attention(const GpuAttn* a, int batch) {
-    if (a->head_dim > ATT_MAX_HD) llava_cuda_fatal("CUDA: head_dim %d > %d is not supported", a->head_dim, ATT_MAX_HD);
-    size_t smem = (size_t)(ATT_WARPS * a->head_dim + ATT_TILE * (a->head_dim + 1) + ATT_TILE * a->head_dim) * sizeof(float);
+// One query per head (decode), split over the keys (flash-decoding): the block (chunk c, head h) takes
+// keys c*DEC_CHUNK.. of the cache; thread j scores key j against the query (the query in shared memory,
+// the key row read whole by its thread, so the loads of all keys are in flight at once), the block
+// takes the chunk's max m_c and sum l_c of exp(s - m_c), then each warp adds exp(s - m_c) v over a
+// quarter of the keys (lanes over head dims, coalesced rows) and the warps' sums are added: acc_c.
+// attention_merge then combines the chunks of each head: out = sum_c acc_c e^(m_c - M) / sum_c l_c
+// e^(m_c - M), M = max m_c. Enough blocks to fill the card at T = 1, which a query-parallel kernel
+// cannot do, and no long chains of dependent loads (decode is latency-bound here, not arithmetic-bound).
+#define DEC_CHUNK 128
+#define DEC_THREADS DEC_CHUNK  // a thread per key of the chunk
+#define DEC_WARPS (DEC_THREADS / 32)
+
+__device__ static float block_max(float v) {
+    __shared__ float partial[32];
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, n_warps = blockDim.x / 32;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) partial[warp] = v;
+    __syncthreads();
+    v = lane < n_warps ? partial[lane] : -INFINITY;
+    return warp_max(v);
+}
+
+__device__ static float cache_at(const void* c, size_t i, int bf16) {
+    return bf16 ? bf16_bits_to_f32(((const uint16_t*)c)[i]) : ((const float*)c)[i];
+}
+
+__global__ static void attention_decode_kernel(GpuAttn a, float* part) {
+    extern __shared__ float smem[];
+    int hd = a.head_dim, h = blockIdx.y, c = blockIdx.x, n_chunks = gridDim.x;
+    int kvh = h / (a.n_heads / a.n_kv_heads), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int k0 = c * DEC_CHUNK, n = min(a.n_keys, k0 + DEC_CHUNK) - k0;
+    float* sq = smem;                 // (hd) the query, pre-scaled
+    float* ss = sq + hd;              // (DEC_CHUNK) exp(s - m)
+    float* sacc = ss + DEC_CHUNK;     // (DEC_WARPS, hd) each warp's share of sum p v
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) sq[d] = a.q[(size_t)h * hd + d] * a.scale;
+    __syncthreads();
+    const size_t kv_base = (size_t)kvh * a.kv_head_stride + (size_t)k0 * a.kv_stride;
+    int j = threadIdx.x;
+    float s = -INFINITY;
+    if (j < n) {
+        s = 0.0f;
+#pragma unroll 8
+        for (int d = 0; d < hd; d++) s += sq[d] * cache_at(a.k, kv_base + (size_t)j * a.kv_stride + d, a.kv_bf16);
+    }
+    float m = block_max(s);
+    float p = j < n ? expf(s - m) : 0.0f;
+    ss[j] = p;
+    float l = block_sum(p);  // (its __syncthreads also publishes ss)
+    float acc[ATT_MAX_HD / 32];
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_HD / 32; i++) acc[i] = 0.0f;
+#pragma unroll 4
+    for (int jj = warp; jj < n; jj += DEC_WARPS) {
+        float pj = ss[jj];
+        size_t row = kv_base + (size_t)jj * a.kv_stride;
+#pragma unroll
+        for (int i = 0; i < ATT_MAX_HD / 32; i++)
+            if (lane + 32 * i < hd) acc[i] += pj * cache_at(a.v, row + lane + 32 * i, a.kv_bf16);
+    }
+#pragma unroll
+    for (int i = 0; i < ATT_MAX_HD / 32; i++)
+        if (lane + 32 * i < hd) sacc[warp * hd + lane + 32 * i] = acc[i];
+    __syncthreads();
+    float* out = part + ((size_t)h * n_chunks + c) * (hd + 2);  // (m, l, acc[hd])
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < DEC_WARPS; w++) sum += sacc[w * hd + d];
+        out[2 + d] = sum;
+    }
+    if (threadIdx.x == 0) { out[0] = m; out[1] = l; }
+}
+
+__global__ static void attention_merge_kernel(float* o, const float* part, int n_chunks, int hd) {
+    int h = blockIdx.x;
+    const float* p = part + (size_t)h * n_chunks * (hd + 2);
+    float M = -INFINITY;
+    for (int c = 0; c < n_chunks; c++) M = fmaxf(M, p[(size_t)c * (hd + 2)]);
+    float L = 0.0f;
+    for (int c = 0; c < n_chunks; c++) L += p[(size_t)c * (hd + 2) + 1] * expf(p[(size_t)c * (hd + 2)] - M);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int c = 0; c < n_chunks; c++) acc += p[(size_t)c * (hd + 2) + 2 + d] * expf(p[(size_t)c * (hd + 2)] - M);
+        o[(size_t)h * hd + d] = acc / L;
+    }
+}
+
+// Attention of many queries on the tensor cores, for bf16 and q8 weights (the LLM's prompt over its bf16
+// cache, causal; the CLIP tower's views, f32 q/k/v, no mask): the same online softmax as
+// attention_kernel, on tiles of FA_Q queries x FA_K keys, with q k^T and p v as 16x16x16 bf16 MMAs (f32
+// accumulation). A block holds FA_Q = 64 queries of one head of one view (a warp per 16); per key tile
+// each warp computes its 16 x 64 scores S into shared memory, takes two lanes per query row for the
+// softmax (max, exp, rescale of its output row), writes p as bf16, and adds p V to its output rows O,
+// which live in shared memory as f32 between tiles (wmma's register layout is opaque, so the per-row
+// rescale happens there). Rounding: q (pre-scaled), k, v (already bf16 in the LLM's cache) and p to
+// bf16; sums in f32. f32 weights never come here: their fidelity path keeps attention_kernel's f32.
+#define FA_Q 64
+#define FA_K 64
+#define FA_WARPS (FA_Q / 16)
+#define FA_PAD 8  // bf16 row padding (wmma wants leading dimensions of 8 bf16 / 4 floats; it also skews banks)
+
+typedef struct { int ldh, lds, ldp, ldo; size_t q_off, k_off, v_off, s_off, p_off, o_off, bytes; } FaLayout;
+
+__host__ __device__ static FaLayout fa_layout(int hd) {
+    FaLayout f;
+    f.ldh = hd + FA_PAD;      // Q, K, V rows (bf16)
+    f.lds = FA_K + 4;         // S rows (f32)
+    f.ldp = FA_K + FA_PAD;    // P rows (bf16)
+    f.ldo = hd + 4;           // O rows (f32)
+    f.q_off = 0;
+    f.k_off = f.q_off + (size_t)FA_Q * f.ldh * 2;
+    f.v_off = f.k_off + (size_t)FA_K * f.ldh * 2;
+    f.s_off = f.v_off + (size_t)FA_K * f.ldh * 2;
+    f.p_off = f.s_off + (size_t)FA_Q * f.lds * 4;
+    f.o_off = f.p_off + (size_t)FA_Q * f.ldp * 2;
+    f.bytes = f.o_off + (size_t)FA_Q * f.ldo * 4;
+    return f;
+}
+
+// 8 f32 (32-byte aligned) -> 8 bf16, round to nearest even, packed as the 16 bytes of a shared-memory row.
+__device__ static uint4 f32x8_to_bf16x8(const float* x) {
+    float4 lo = *(const float4*)x, hi = *(const float4*)(x + 4);
+    const float v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) w[i] = (uint32_t)f32_to_bf16_bits(v[2 * i]) | (uint32_t)f32_to_bf16_bits(v[2 * i + 1]) << 16;
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+__global__ static void attention_wmma_kernel(GpuAttn a) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+    using namespace nvcuda;
+    extern __shared__ __align__(128) unsigned char fa_smem[];
+    int hd = a.head_dim, h = blockIdx.y, b = blockIdx.z, kvh = h / (a.n_heads / a.n_kv_heads);
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t0 = blockIdx.x * FA_Q;
+    FaLayout f = fa_layout(hd);
+    const float* q = a.q + b * a.q_batch;
+    __nv_bfloat16* sQ = (__nv_bfloat16*)(fa_smem + f.q_off);
+    __nv_bfloat16* sK = (__nv_bfloat16*)(fa_smem + f.k_off);
+    __nv_bfloat16* sV = (__nv_bfloat16*)(fa_smem + f.v_off);
+    float* sS = (float*)(fa_smem + f.s_off);
+    __nv_bfloat16* sP = (__nv_bfloat16*)(fa_smem + f.p_off);
+    float* sO = (float*)(fa_smem + f.o_off);
+    for (int i = threadIdx.x; i < FA_Q * hd; i += blockDim.x) {  // the queries, scaled, as bf16; O = 0
+        int r = i / hd, d = i % hd, t = t0 + r;
+        float qv = t < a.T ? q[(size_t)t * a.q_stride + (size_t)h * hd + d] * a.scale : 0.0f;
+        sQ[r * f.ldh + d] = __float2bfloat16_rn(qv);
+        sO[r * f.ldo + d] = 0.0f;
+    }
+    // this lane's query row (two lanes per row) and its visible keys
+    int r = warp * 16 + lane / 2, half = lane % 2, t = t0 + r;
+    int causal = a.causal_offset >= 0;
+    int n_mine = t >= a.T ? 0 : causal ? min(a.n_keys, a.causal_offset + t + 1) : a.n_keys;
+    int n_block = causal ? min(a.n_keys, a.causal_offset + min(a.T - 1, t0 + FA_Q - 1) + 1) : a.n_keys;
+    float m = -INFINITY, l = 0.0f;
+    size_t kv_base = b * a.kv_batch + (size_t)kvh * a.kv_head_stride;
+    int vecs = hd / 8;  // pieces of 8 values (16 bytes as bf16) per K/V row
+    for (int k0 = 0; k0 < n_block; k0 += FA_K) {
+        __syncthreads();  // the previous tile's K and V are consumed (and sQ, sO written, the first time)
+        for (int i = threadIdx.x; i < FA_K * vecs; i += blockDim.x) {
+            int j = i / vecs, c = i % vecs, key = k0 + j;
+            uint4 kv = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
+            if (key < n_block) {
+                size_t off = kv_base + (size_t)key * a.kv_stride + c * 8;
+                if (a.kv_bf16) {
+                    kv = *(const uint4*)((const uint16_t*)a.k + off);
+                    vv = *(const uint4*)((const uint16_t*)a.v + off);
+                } else {
+                    kv = f32x8_to_bf16x8((const float*)a.k + off);
+                    vv = f32x8_to_bf16x8((const float*)a.v + off);
+                }
+            }
+            *(uint4*)(sK + j * f.ldh + c * 8) = kv;
+            *(uint4*)(sV + j * f.ldh + c * 8) = vv;
+        }
+        __syncthreads();
+        // S (this warp's 16 rows x FA_K keys) = Q K^T
+        for (int n = 0; n < FA_K / 16; n++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> s;
+            wmma::fill_fragment(s, 0.0f);
+            for (int kk = 0; kk < hd / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> qa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> kb;
+                wmma::load_matrix_sync(qa, sQ + warp * 16 * f.ldh + kk * 16, f.ldh);
+                wmma::load_matrix_sync(kb, sK + n * 16 * f.ldh + kk * 16, f.ldh);
+                wmma::mma_sync(s, qa, kb, s);
+            }
+            wmma::store_matrix_sync(sS + warp * 16 * f.lds + n * 16, s, f.lds, wmma::mem_row_major);
+        }
+        __syncwarp();
+        // online softmax of row r over this tile: this lane takes keys half*32 .. half*32+31
+        float* srow = sS + r * f.lds + half * (FA_K / 2);
+        float tile_max = -INFINITY;
+        for (int j = 0; j < FA_K / 2; j++)
+            if (k0 + half * (FA_K / 2) + j < n_mine) tile_max = fmaxf(tile_max, srow[j]);
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+        float m_new = fmaxf(m, tile_max);
+        float corr = m_new == -INFINITY ? 1.0f : expf(m - m_new);  // exp(-inf) = 0 the first time
+        float sum = 0.0f;
+        __nv_bfloat16* prow = sP + r * f.ldp + half * (FA_K / 2);
+        for (int j = 0; j < FA_K / 2; j++) {
+            float p = k0 + half * (FA_K / 2) + j < n_mine ? expf(srow[j] - m_new) : 0.0f;
+            prow[j] = __float2bfloat16_rn(p);
+            sum += p;
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        l = l * corr + sum;
+        m = m_new;
+        float* orow = sO + r * f.ldo + half * (hd / 2);
+        for (int d = 0; d < hd / 2; d++) orow[d] *= corr;
+        __syncwarp();
+        // O (this warp's 16 rows x hd) += P V
+        for (int n = 0; n < hd / 16; n++) {
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> o;
+            wmma::load_matrix_sync(o, sO + warp * 16 * f.ldo + n * 16, f.ldo, wmma::mem_row_major);
+            for (int kk = 0; kk < FA_K / 16; kk++) {
+                wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> pa;
+                wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> vb;
+                wmma::load_matrix_sync(pa, sP + warp * 16 * f.ldp + kk * 16, f.ldp);
+                wmma::load_matrix_sync(vb, sV + kk * 16 * f.ldh + n * 16, f.ldh);
+                wmma::mma_sync(o, pa, vb, o);
+            }
+            wmma::store_matrix_sync(sO + warp * 16 * f.ldo + n * 16, o, f.ldo, wmma::mem_row_major);
+        }
+        __syncwarp();
+    }
+    if (t >= a.T) return;
+    float* out = a.out + b * a.out_batch + (size_t)t * a.out_stride + (size_t)h * hd + half * (hd / 2);
+    const float* orow = sO + r * f.ldo + half * (hd / 2);
+    for (int d = 0; d < hd / 2; d++) out[d] = orow[d] / l;
+#endif
+}
+
+// Which attention kernel runs: the split-key one for a single query (decode); the tensor-core one for
+// bf16 and q8 weights (unless LLAVA_CUDA_ATTN=simple, which the tests use to check one against the
+// other); attention_kernel otherwise (f32 weights).
+static int gpu_tensor_attention_on = -1;  // -1: not decided yet; bench_cuda sets it to time both
+
+static int gpu_tensor_attention(void) {
+    if (gpu_tensor_attention_on < 0) {
+        const char* e = getenv("LLAVA_CUDA_ATTN");
+        int major = 0;
+        CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+        gpu_tensor_attention_on = major >= 8 && !(e && !strcmp(e, "simple"));
+    }
+    return gpu_tensor_attention_on;
+}
+
+static void gpu_attention(GpuModel* g, const GpuAttn* a, int batch) {
+    int hd = a->head_dim;
+    if (hd > ATT_MAX_HD) llava_cuda_fatal("CUDA: head_dim %d > %d is not supported", hd, ATT_MAX_HD);
+    if (a->T == 1 && batch == 1 && a->causal_offset >= 0) {
+        int n_chunks = (a->n_keys + DEC_CHUNK - 1) / DEC_CHUNK;
+        if ((size_t)a->n_heads * n_chunks * (hd + 2) > g->part_elems)
+            llava_cuda_fatal("internal: decode attention scratch too small");
+        size_t smem = (size_t)(hd + DEC_CHUNK + DEC_WARPS * hd) * sizeof(float);
+        attention_decode_kernel<<<dim3(n_chunks, a->n_heads), DEC_THREADS, smem>>>(*a, g->part);
+        LAUNCH_CHECK();
+        attention_merge_kernel<<<a->n_heads, 128>>>(a->out, g->part, n_chunks, hd);
+        LAUNCH_CHECK();
+        return;
+    }
+    int aligned = hd % 16 == 0 && a->kv_stride % 8 == 0 && a->kv_head_stride % 8 == 0 && a->kv_batch % 8 == 0;
+    if (a->lowp && aligned && gpu_tensor_attention()) {
+        FaLayout f = fa_layout(hd);
+        static size_t opted_in = 0;  // the shared memory this kernel may take, raised once past 48 KB
+        if (f.bytes > opted_in) {
+            CUDA_CHECK(cudaFuncSetAttribute(attention_wmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)f.bytes));
+            opted_in = f.bytes;
+        }
+        attention_wmma_kernel<<<dim3(blocks_for(a->T, FA_Q), a->n_heads, batch), FA_WARPS * 32, f.bytes>>>(*a);
+        LAUNCH_CHECK();
+        return;
+    }
+    size_t smem = (size_t)(ATT_WARPS * hd + ATT_TILE * (hd + 1) + ATT_TILE * hd) * sizeof(float);
     dim3 grid(blocks_for(a->T, ATT_WARPS), a->n_heads, batch);
     attention_kernel<<<grid, ATT_WARPS * 32, smem>>>(*a);
     LAUNCH_CHECK();
@@ -667,9 +1065,9 @@ static void gpu_clip_encoder_layer(GpuModel* g, GpuVisionState* s, int l, int B)
     a.out = s->att; a.q = s->q; a.k = s->k; a.v = s->v;
     a.T = N; a.n_heads = H; a.n_kv_heads = H; a.head_dim = hd;
     a.q_stride = D; a.out_stride = D; a.kv_stride = D; a.kv_head_stride = hd; a.kv_bf16 = 0;
-    a.causal_offset = -1; a.n_keys = N; a.scale = 1.0f / sqrtf((float)hd);
+    a.causal_offset = -1; a.n_keys = N; a.scale = 1.0f / sqrtf((float)hd); a.lowp = d->weight_type != 0;
     a.q_batch = a.kv_batch = a.out_batch = (size_t)N * D;  // each view attends only to itself
-    gpu_attention(&a, B);
+    gpu_attention(g, &a, B);
     gpu_matmul(g, s->xb, s->att, &w->v_wo[l], rows);
     gpu_add_rows(s->x, s->xb, w->bo + (size_t)l * D, rows, D);
     gpu_norm_rows(s->xb, s->x, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, rows, D, d->v_eps);
@@ -693,7 +1091,13 @@ static void gpu_vision_forward(GpuModel* g, const float* pixels, int n_views, fl
         int B = n_views - v0 < max_views ? n_views - v0 : max_views;
         CUDA_CHECK(cudaMemcpy(px, pixels + v0 * per_view, B * per_view * sizeof(float), cudaMemcpyHostToDevice));
         gpu_clip_embeddings(g, &s, px, B);
-        for (int l = 0; l < d->v_layers_run; l++) gpu_clip_encoder_layer(g, &s, l, B);
+        for (int l = 0; l < d->v_layers_run; l++) {
+            gpu_clip_encoder_layer(g, &s, l, B);
+            if (g->progress) {  // only on a terminal: then waiting for each layer costs nothing that shows
+                CUDA_CHECK(cudaDeviceSynchronize());
+                g->progress(v0 + (double)B * (l + 1) / d->v_layers_run, n_views);
+            }
+        }
         for (int b = 0; b < B; b++)  // drop CLS (position 0) of every view
             CUDA_CHECK(cudaMemcpy(features + ((size_t)(v0 + b) * (N - 1)) * D, s.x + ((size_t)b * N + 1) * D,
                                   (size_t)(N - 1) * D * sizeof(float), cudaMemcpyDeviceToDevice));
@@ -795,9 +1199,15 @@ extern "C" void gpu_image_features(GpuModel* g, const float* pixels, int n_views
 // ----------------------------------------------------------------------------
 // Language model: Llama (llava.c's build_state, llama_decoder_layer, llm_forward, prefill, decode_step)
 
+#define GPU_MAX_ROWS 2048
+
 extern "C" void gpu_build_state(GpuModel* g, int ctx, int max_rows) {
     const GpuDims* d = &g->d;
     int D = d->dim, qd = d->n_heads * d->head_dim, kvd = d->n_kv_heads * d->head_dim, half = d->head_dim / 2;
+    // The GPU takes a whole prompt per forward pass where it can (up to GPU_MAX_ROWS rows): the CPU's
+    // PREFILL_CHUNK suits its caches, while the tensor cores want tall GEMMs and attention wants all
+    // queries of a head in one launch.
+    if (max_rows < ctx) max_rows = ctx < GPU_MAX_ROWS ? ctx : GPU_MAX_ROWS;
     g->ctx = ctx;
     g->max_rows = max_rows;
     g->x = gpu_floats(g, (size_t)max_rows * D);
@@ -825,46 +1235,61 @@ extern "C" void gpu_build_state(GpuModel* g, int ctx, int max_rows) {
     free(inv);
     g->rope_cos = gpu_floats(g, (size_t)max_rows * half);
     g->rope_sin = gpu_floats(g, (size_t)max_rows * half);
+    g->part_elems = (size_t)d->n_heads * ((ctx + DEC_CHUNK - 1) / DEC_CHUNK) * (d->head_dim + 2);
+    g->part = gpu_floats(g, g->part_elems);
 }
 
 extern "C" void gpu_free_state(GpuModel* g) {
     float* bufs[] = {g->x, g->xb, g->q, g->k, g->v, g->att, g->hb, g->hb2, g->logits, g->all_logits,
-                     (float*)g->key_cache, (float*)g->value_cache, g->inv_freq, g->rope_cos, g->rope_sin};
+                     (float*)g->key_cache, (float*)g->value_cache, g->inv_freq, g->rope_cos, g->rope_sin, g->part};
     for (size_t i = 0; i < sizeof(bufs) / sizeof(bufs[0]); i++) gpu_release(g, bufs[i]);
     g->x = g->xb = g->q = g->k = g->v = g->att = g->hb = g->hb2 = g->logits = g->all_logits = NULL;
     g->key_cache = g->value_cache = NULL;
-    g->inv_freq = g->rope_cos = g->rope_sin = NULL;
+    g->inv_freq = g->rope_cos = g->rope_sin = g->part = NULL;
+    g->part_elems = 0;
     g->ctx = g->max_rows = 0;
 }
 
 // LlamaDecoderLayer l over T rows in g->x at positions pos..pos+T-1, in place; their keys and values go
-// into the cache first, so the chunk's queries see themselves and everything before.
+// into the cache first, so the chunk's queries see themselves and everything before. For one row
+// (decode) q, k and v are one launch, the residual adds ride in the GEMVs and gate/up/SiLU are one
+// kernel: decode is a chain of small launches, and each one saved is a few microseconds of a ~4 ms step.
 static void gpu_llama_decoder_layer(GpuModel* g, int l, int T, int pos) {
     const GpuDims* d = &g->d;
     const GpuWeights* w = &g->w;
     int D = d->dim, hd = d->head_dim, F = d->hidden_dim;
     int qd = d->n_heads * hd, kvd = d->n_kv_heads * hd, half = hd / 2;
     gpu_norm_rows(g->xb, g->x, w->attn_norm + (size_t)l * D, NULL, T, D, d->rms_eps);
-    gpu_matmul(g, g->q, g->xb, &w->wq[l], T);
-    gpu_matmul(g, g->k, g->xb, &w->wk[l], T);
-    gpu_matmul(g, g->v, g->xb, &w->wv[l], T);
-    rope_kernel<<<blocks_for((size_t)T * d->n_heads * half, 256), 256>>>(g->q, g->rope_cos, g->rope_sin, T, d->n_heads, hd);
-    LAUNCH_CHECK();
-    rope_kernel<<<blocks_for((size_t)T * d->n_kv_heads * half, 256), 256>>>(g->k, g->rope_cos, g->rope_sin, T,
-                                                                             d->n_kv_heads, hd);
-    LAUNCH_CHECK();
+    if (T == 1) {  // q, k, v in one launch
+        float* ys[] = {g->q, g->k, g->v};
+        const GpuMatrix* ws[] = {&w->wq[l], &w->wk[l], &w->wv[l]};
+        gpu_gemv_n(3, ys, g->xb, ws, 0);
+    } else {
+        gpu_matmul(g, g->q, g->xb, &w->wq[l], T);
+        gpu_matmul(g, g->k, g->xb, &w->wk[l], T);
+        gpu_matmul(g, g->v, g->xb, &w->wv[l], T);
+    }
     size_t layer = (size_t)l * g->ctx * kvd * (g->kv_bf16 ? 2 : 4);  // bytes
     char* kc = (char*)g->key_cache + layer;
     char* vc = (char*)g->value_cache + layer;
-    store_kv_kernel<<<blocks_for((size_t)T * kvd, 256), 256>>>(kc, vc, g->k, g->v, T, d->n_kv_heads, hd, g->ctx, pos,
-                                                                g->kv_bf16);
+    size_t n_rot = (size_t)T * (d->n_heads + d->n_kv_heads) * half;
+    rope_store_kernel<<<blocks_for(n_rot, 256), 256>>>(g->q, g->k, g->v, kc, vc, g->rope_cos, g->rope_sin, T,
+                                                       d->n_heads, d->n_kv_heads, hd, g->ctx, pos, g->kv_bf16);
     LAUNCH_CHECK();
     GpuAttn a = {};
     a.out = g->att; a.q = g->q; a.k = kc; a.v = vc;
     a.T = T; a.n_heads = d->n_heads; a.n_kv_heads = d->n_kv_heads; a.head_dim = hd;
     a.q_stride = qd; a.out_stride = qd; a.kv_stride = hd; a.kv_head_stride = (size_t)g->ctx * hd;
     a.kv_bf16 = g->kv_bf16; a.causal_offset = pos; a.n_keys = pos + T; a.scale = 1.0f / sqrtf((float)hd);
-    gpu_attention(&a, 1);
+    a.lowp = g->kv_bf16;
+    gpu_attention(g, &a, 1);
+    if (T == 1) {
+        gpu_gemv(g->x, g->att, &w->wo[l], 1);  // x += Wo att
+        gpu_norm_rows(g->xb, g->x, w->ffn_norm + (size_t)l * D, NULL, 1, D, d->rms_eps);
+        gpu_gemv_swiglu(g->hb, g->xb, &w->w_gate[l], &w->w_up[l]);
+        gpu_gemv(g->x, g->hb, &w->w_down[l], 1);  // x += W_down h
+        return;
+    }
     gpu_matmul(g, g->xb, g->att, &w->wo[l], T);
     gpu_add_rows(g->x, g->xb, NULL, T, D);
     gpu_norm_rows(g->xb, g->x, w->ffn_norm + (size_t)l * D, NULL, T, D, d->rms_eps);
@@ -943,11 +1368,20 @@ static GpuMatrix* cuda_matrices(const Matrix* ms, int n) {
     return out;
 }
 
+static size_t g_q8_copy_bytes;  // count_q8_copy's sum
+static void count_q8_copy(Matrix* w) {
+    if (w->type == DT_Q8) g_q8_copy_bytes += (size_t)w->rows * w->cols * 2;
+}
+
+static void cuda_vision_progress(double done, double total) { progress("vision", done, total, "views"); }
+
 // Every weight the forward passes use goes to the GPU, once, straight from the mmap (nothing is
 // packed for the CPU); the file's pages are released after. Called by the first hook that needs the GPU,
 // so -m encode / -m decode (the tokenizer alone) never start it.
 static void cuda_upload_weights(Model* m) {
     Config* p = &m->config;
+    if (p->weight_type == DT_Q4)    // the GPU kernels know f32, bf16 and q8 (matmul.c's DType 0-2)
+        fatal("%s: q4 weights are not supported by llava_cuda yet (export f32, bf16 or q8 for the GPU)", m->path);
     int Lv = vision_layers_needed(p), Dv = p->v_dim, Dvh = p->v_hidden_dim, D = p->dim, L = p->n_layers;
     int g = p->image_size / p->patch_size;
     GpuDims d = {.weight_type = p->weight_type, .group = p->group_size, .dim = D, .hidden_dim = p->hidden_dim,
@@ -957,6 +1391,15 @@ static void cuda_upload_weights(Model* m) {
                  .v_heads = p->v_heads, .image_size = p->image_size, .patch_size = p->patch_size,
                  .n_channels = p->n_channels, .v_act = p->v_act, .pool_stride = p->pool_stride, .v_eps = p->v_eps};
     g_gpu = gpu_create(&d);
+    // The weights as stored, plus the bf16 copy of every q8 matrix the prefill GEMMs read: refused here,
+    // before uploading gigabytes, rather than by the allocation that runs out.
+    g_q8_copy_bytes = 0;
+    for_each_matrix(m, count_q8_copy);
+    size_t need = m->file_size + g_q8_copy_bytes, have = gpu_memory_free();
+    if (need > have)
+        fatal("%s: the model needs %.1f GB of GPU memory for its weights, the GPU (%s) has %.1f GB free", m->path,
+              need / 1e9, gpu_device_name(), have / 1e9);
+    gpu_set_progress(g_gpu, cuda_vision_progress);
     GpuWeights* w = gpu_weights(g_gpu);
     VisionWeights* v = &m->vision;
     w->class_embedding = cuda_floats(v->class_embedding, Dv);

@@ -30,6 +30,11 @@
 //             activations (same bits); the zmm widening kernel (int8 -> f32, f32 activations) stays
 //             as a bench/test knob (mm_q8_gemv_vnni = 0).
 //   * Portable scalar code when the CPU has no AVX2 (or on non-x86): matmul_ref's loops, threaded.
+//   q4 (4-bit weights, two per byte, one bf16 scale per group of a multiple of 8 inputs; section "q4
+//   kernels (x86)" and the ARM q4 kernels) runs on the q8 machinery: the same activation quantization
+//   and packers, the same dot instructions on nibbles unpacked in registers (and + shift), the same
+//   epilogue. Unlike q8, its matmul_ref IS that integer arithmetic, so every level, GEMV and GEMM,
+//   gives matmul_ref's bits (tested).
 //
 // Instruction-set levels (mm_detect_isa; LLAVA_ISA=scalar|avx2|avxvnni|avx512 caps the level, never
 // raises it; matmul_isa_name() names what runs). The kernels above are the AVX-512 level. Below it:
@@ -134,15 +139,23 @@
 #include <sys/mman.h>
 #endif
 
-typedef enum { DT_F32 = 0, DT_BF16 = 1, DT_Q8 = 2 } DType;
+typedef enum { DT_F32 = 0, DT_BF16 = 1, DT_Q8 = 2, DT_Q4 = 3 } DType;
 typedef struct {
     DType type;
     int rows, cols;         // out features (N), in features (K); y = x W^T
-    const void* data;       // (rows, cols) f32 | uint16 bf16 bits | int8
+    const void* data;       // (rows, cols) f32 | uint16 bf16 bits | int8 | q4: (rows, cols/2) bytes, see below
     const float* scales;    // q8 only: (rows, cols/group)
-    int group;              // q8 group size along cols (cols % group == 0)
+    int group;              // q8 / q4 group size along cols (cols % group == 0)
     void* packed;           // private to matmul.c (packed panels etc.), NULL until pack_matrix
+    const uint16_t* scales_bf16;   // q4 only: (rows, cols/group) bf16 scales
 } Matrix;
+// q4 storage (export.py's --dtype q4): byte i of a row holds inputs 2i (low nibble) and 2i+1 (high
+// nibble), each as u = w + 8 with w in -8..7 (offset binary: u 0..15); w ~= (u - 8) * bf16 scale of
+// its group. Groups are a multiple of 8 inputs (MM_Q4_GROUP_MULT) so that the packed words below
+// never split a group.
+#define MM_Q4_OFFSET 8      // stored nibble = w + 8
+#define MM_Q4_GROUP_MULT 8  // q4 groups hold whole packed words of 8 inputs
+#define MM_Q4_COMP_DIV 16   // the q8 packers' -128 * sum(q) / 16 = -8 * sum(q): the q4 offset's compensation
 
 // ----------------------------------------------------------------------------
 // Thread pool
@@ -559,7 +572,7 @@ static inline int mm_min(int a, int b) { return a < b ? a : b; }
 // Reference matmul (plain scalar, the definition of every type)
 
 static void mm_check(const Matrix* w) {
-    if (w->type != DT_F32 && w->type != DT_BF16 && w->type != DT_Q8) {
+    if (w->type != DT_F32 && w->type != DT_BF16 && w->type != DT_Q8 && w->type != DT_Q4) {
         fatal("matmul: unknown weight type %d", (int)w->type);
     }
     if (w->rows < 0 || w->cols < 0) {
@@ -568,11 +581,51 @@ static void mm_check(const Matrix* w) {
     if (w->type == DT_Q8 && (w->group <= 0 || w->cols % w->group != 0)) {
         fatal("matmul: q8 group size %d does not divide cols %d", w->group, w->cols);
     }
+    if (w->type == DT_Q4 && (w->group <= 0 || w->group % MM_Q4_GROUP_MULT != 0 || w->cols % w->group != 0)) {
+        fatal("matmul: q4 group size %d is not a multiple of %d dividing cols %d", w->group, MM_Q4_GROUP_MULT, w->cols);
+    }
+}
+
+// The q4 weight w[n][k] as an integer -8..7 (the nibble minus the offset).
+static inline int mm_q4_weight(const Matrix* w, int n, int k) {
+    uint8_t b = ((const uint8_t*)w->data)[((size_t)n * w->cols + k) / 2];
+    return (k & 1 ? b >> 4 : b & 0x0f) - MM_Q4_OFFSET;
+}
+
+// q4 reference, THE definition of the q4 arithmetic that every SIMD level reproduces bit for bit:
+// each row of x is quantized per group by mm_quantize_group (the q8 kernels' activation
+// quantization), each group's dot of the int weights with the int8 activations is an exact integer,
+// and the output adds them in group order as f = fma(float(dot), scale_w * scale_x, f) -- the q8
+// SIMD kernels' epilogue. (Unlike q8, whose reference keeps f32 activations: a q4 weight carries far
+// more error than the activation rounding, and one exact definition makes every level testable bit
+// for bit.) y[t][n] for t in [0, T), n in [n0, n1).
+static void mm_ref_cols_q4(float* y, const float* x, const Matrix* w, int T, int n0, int n1) {
+    int N = w->rows, K = w->cols, G = w->group, ng = K / G;
+    int8_t* q = malloc((size_t)K + 1);
+    float* sx = malloc((size_t)ng * sizeof(float) + 1);
+    if (!q || !sx) fatal("out of memory in the q4 reference matmul");
+    for (int t = 0; t < T; t++) {
+        for (int g = 0; g < ng; g++)
+            (void)mm_quantize_group(x + (size_t)t * K + (size_t)g * G, G, q + (size_t)g * G, &sx[g]);
+        for (int n = n0; n < n1; n++) {
+            float f = 0.0f;
+            for (int g = 0; g < ng; g++) {
+                int32_t dot = 0;        // |dot| <= G * 8 * 127: exact in int32 for any group we allow
+                for (int k = g * G; k < (g + 1) * G; k++) dot += mm_q4_weight(w, n, k) * q[k];
+                float sw = bf16_to_f32(w->scales_bf16[(size_t)n * ng + g]);
+                f = fmaf((float)dot, sw * sx[g], f);
+            }
+            y[(size_t)t * N + n] = f;
+        }
+    }
+    free(q);
+    free(sx);
 }
 
 // y[t][n] for t in [0, T), n in [n0, n1): accumulation in k order; q8 sums each group in f32, then
 // adds scale * group sum (weights dequantized, activations f32).
 static void mm_ref_cols(float* y, const float* x, const Matrix* w, int T, int n0, int n1) {
+    if (w->type == DT_Q4) { mm_ref_cols_q4(y, x, w, T, n0, n1); return; }
     int N = w->rows, K = w->cols;
     for (int t = 0; t < T; t++) {
         const float* xt = x + (size_t)t * K;
@@ -611,15 +664,21 @@ void matmul_ref(float* y, const float* x, const Matrix* w, int T) {
 //   bf16  [np][K2/2][32]     uint32 = (bf16 of k even) | (bf16 of k odd) << 16, K2 = K rounded up to even
 //   q8    [np][K/4][32]      uint32 = 4 bytes u8 = w+128 for k..k+3 (the vpdpbusd lane), scales
 //                            [np][K/G][32] f32 (0 in padded columns)
-// One zmm load = 16 columns x (1, 2 or 4) consecutive k: lanes are output columns, so no kernel
+//   q4    [np][K/8][32]      uint32 = 8 nibbles u = w+8 for k..k+7: byte j (j = 0..3) holds k+j in
+//                            its low nibble and k+4+j in its high nibble, so `word & 0x0f0f0f0f`
+//                            is the u8 vpdpbusd lane of k..k+3 and `(word >> 4) & 0x0f0f0f0f` that
+//                            of k+4..k+7: two q8-layout words per load, unpacked by an and and a
+//                            shift. Scales [np][K/G][32] bf16 (0 in padded columns, whose nibbles are 8)
+// One zmm load = 16 columns x (1, 2, 4 or 8) consecutive k: lanes are output columns, so no kernel
 // ever needs a horizontal sum. GEMM and GEMV read the same panels.
 
 typedef struct {
     int np;             // panels = ceil(N / 32)
-    int kw;             // 32-bit words per panel row: K (f32), K2/2 (bf16), K/4 (q8)
-    int ng, G;          // q8: groups per row, group size
+    int kw;             // 32-bit words per panel row: K (f32), K2/2 (bf16), K/4 (q8), K/8 (q4)
+    int ng, G;          // q8, q4: groups per row, group size
     void* w;            // (np, kw, 32) 32-bit words
     float* s;           // q8: (np, ng, 32)
+    uint16_t* s16;      // q4: (np, ng, 32) bf16 scales
 } MMPacked;
 
 typedef struct { const Matrix* m; MMPacked* p; int n_tasks; } MMPackCtx;   // pack_matrix's task context
@@ -648,6 +707,19 @@ static void mm_pack_task(void* vctx, int task) {
                     uint32_t hi = n < N && 2 * kk + 1 < K ? src[2 * kk + 1] : 0;
                     dst[(size_t)kk * 32 + c32] = lo | hi << 16;
                 }
+            } else if (m->type == DT_Q4) {
+                for (int kb = 0; kb < p->kw; kb++) {
+                    uint32_t word = 0;
+                    for (int j = 0; j < 4; j++) {
+                        // padding columns hold u = 8, a zero weight (and scale 0 besides)
+                        uint32_t lo = n < N ? (uint32_t)(mm_q4_weight(m, n, 8 * kb + j) + MM_Q4_OFFSET) : MM_Q4_OFFSET;
+                        uint32_t hi = n < N ? (uint32_t)(mm_q4_weight(m, n, 8 * kb + 4 + j) + MM_Q4_OFFSET) : MM_Q4_OFFSET;
+                        word |= (lo | hi << 4) << (8 * j);
+                    }
+                    dst[(size_t)kb * 32 + c32] = word;
+                }
+                for (int g = 0; g < p->ng; g++)
+                    p->s16[((size_t)pi * p->ng + g) * 32 + c32] = n < N ? m->scales_bf16[(size_t)n * p->ng + g] : 0;
             } else {
                 const int8_t* src = (const int8_t*)m->data + (size_t)n * K;
                 for (int kq = 0; kq < p->kw; kq++) {
@@ -681,11 +753,14 @@ void pack_matrix(Matrix* w) {
     MMPacked* p = calloc(1, sizeof(MMPacked));
     if (!p) fatal("out of memory packing a matrix");
     p->np = (w->rows + 31) / 32;
-    p->kw = w->type == DT_F32 ? w->cols : w->type == DT_BF16 ? (w->cols + 1) / 2 : w->cols / 4;
-    p->G = w->type == DT_Q8 ? w->group : 0;
-    p->ng = w->type == DT_Q8 ? w->cols / w->group : 0;
+    p->kw = w->type == DT_F32 ? w->cols : w->type == DT_BF16 ? (w->cols + 1) / 2
+          : w->type == DT_Q8 ? w->cols / 4 : w->cols / 8;
+    int grouped = w->type == DT_Q8 || w->type == DT_Q4;
+    p->G = grouped ? w->group : 0;
+    p->ng = grouped ? w->cols / w->group : 0;
     p->w = mm_alloc((size_t)p->np * p->kw * 32 * 4);       // (np, kw, 32) 4-byte words
     if (w->type == DT_Q8) p->s = mm_alloc((size_t)p->np * p->ng * 32 * sizeof(float));
+    if (w->type == DT_Q4) p->s16 = mm_alloc((size_t)p->np * p->ng * 32 * sizeof(uint16_t));
     MMPackCtx c = { w, p, pool_size() * 4 };    // 4 tasks per thread: uneven progress evens out
     pool_for(c.n_tasks, mm_pack_task, &c);
     w->packed = p;
@@ -697,6 +772,7 @@ void unpack_matrix(Matrix* w) {
     if (!p) return;
     free(p->w);
     free(p->s);
+    free(p->s16);
     free(p);
     w->packed = NULL;
 }
@@ -744,6 +820,8 @@ typedef struct {
     const int* bounds;      // if set: task t covers panels [bounds[t], bounds[t+1]) (guided schedule)
     int mr;                 // AVX2 GEMM: tile rows (MM_A2_MR, MM_A2_Q8_MR or MM_AVNNI_MR)
     int avxvnni;            // AVX2 q8 GEMM: 1 = AVX-VNNI kernel, 0 = vpmaddwd (int16) kernel
+    int a_int16;            // mm_task_pack_avx2: 1 = activations as int16 pairs (the q8 vpmaddwd kernel),
+                            // 0 = 4 s8 per word (AVX-VNNI, and every q4 kernel)
     int8_t* q;              // AVX2 q8: quantized activations (T rounded up to tiles, K) row-major
     float* asr;             // AVX2 q8: their scales (rows, ng) row-major
     int32_t* acr;           // AVX2 q8: their compensation -128 * sum(q) (rows, ng) row-major
@@ -1237,7 +1315,7 @@ MM_TGT_AVX2 static void mm_task_pack_avx2(void* v, int task) {
     mm_split(j->ntiles, task, j->n_tasks, &ta, &tb);
     for (int it = ta; it < tb; it++) {
         int t0 = it * MR, mr = mm_min(MR, T - t0);     // tile it = rows t0..t0+mr-1 of x
-        if (j->w->type != DT_Q8) {
+        if (j->w->type == DT_F32 || j->w->type == DT_BF16) {   // q8 and q4: quantized below
             // K2 even: the bf16 kernel consumes k in pairs (one panel word = 2 weights)
             int K2 = (K + 1) / 2 * 2;
             float* a = (float*)j->a + (size_t)it * K2 * MR;
@@ -1251,7 +1329,7 @@ MM_TGT_AVX2 static void mm_task_pack_avx2(void* v, int task) {
         float* asr = j->asr + (size_t)t0 * ng;              // (mr, ng)
         int32_t* acr = j->acr + (size_t)t0 * ng;            // (mr, ng)
         mm_quantize_rows_q8_avx2(j->x + (size_t)t0 * K, mr, K, j->p->G, q, asr, acr);
-        int aw = j->avxvnni ? 1 : 2;                                // words per row and k4 step
+        int aw = j->a_int16 ? 2 : 1;                                // words per row and k4 step
         uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MR * aw;  // (kw, MR, aw) words of this tile
         for (int kq = 0; kq < kw; kq++)
             for (int i = 0; i < MR; i++) {
@@ -1294,7 +1372,7 @@ MM_TGT_AVX2 static void mm_task_gemm_avx2(void* v, int task) {
                     mm_kernel_bf16_avx2((const float*)j->a + (size_t)it * K2 * MR, wp, p->kw, y, N, mr, nc);
                 else {
                     // the tile's packed activations: 1 word per (k4, row) for AVX-VNNI, 2 for AVX2
-                    const uint32_t* a = (const uint32_t*)j->a + (size_t)it * p->kw * MR * (j->avxvnni ? 1 : 2);
+                    const uint32_t* a = (const uint32_t*)j->a + (size_t)it * p->kw * MR * (j->a_int16 ? 2 : 1);
                     const float* as = j->as + (size_t)it * p->ng * MR;
                     const float* ws = p->s + (size_t)pi * p->ng * 32 + h * 16;
                     if (j->avxvnni)
@@ -1464,12 +1542,13 @@ static void mm_matmul_avx2(MMJob* j) {
     }
     // GEMM: pack (or quantize) the activations into row tiles, then the kernels
     j->avxvnni = type == DT_Q8 && mm_isa == MM_AVXVNNI;
+    j->a_int16 = type == DT_Q8 && !j->avxvnni;
     j->mr = type != DT_Q8 ? MM_A2_MR : j->avxvnni ? MM_AVNNI_MR : MM_A2_Q8_MR;
     j->ntiles = (T + j->mr - 1) / j->mr;
     size_t rows = (size_t)j->ntiles * j->mr;
     // f32 and bf16 tiles are packed K2 = K rounded up to even deep (mm_task_pack_avx2), q8 tiles K/4 words
     // (AVX2 q8 tiles hold int16 activations: 2 words per k4 step)
-    size_t abytes = rows * (type != DT_Q8 ? (size_t)(K + 1) / 2 * 2 * 4 : (size_t)p->kw * 4 * (j->avxvnni ? 1 : 2));
+    size_t abytes = rows * (type != DT_Q8 ? (size_t)(K + 1) / 2 * 2 * 4 : (size_t)p->kw * 4 * (j->a_int16 ? 2 : 1));
     size_t sbytes = 0, qbytes = 0;
     if (type == DT_Q8) { sbytes = rows * p->ng * 4; qbytes = align_up(rows * K, 64); }
     char* buf = mm_get_scratch(abytes + qbytes + 4 * sbytes + 64, own);
@@ -2128,6 +2207,498 @@ static void mm_task_gemm(void* v, int task) {
 }
 #endif // MM_X86
 
+#if MM_X86
+// ----------------------------------------------------------------------------
+// q4 kernels (x86): 4-bit weights on the q8 kernels' integer arithmetic
+//
+// The activations are quantized exactly as for q8 (mm_quantize_group's rounding, by the same SIMD
+// quantizers and tile packers), and each q4 panel word is unpacked in registers into two q8-layout
+// words (see "Weight packing"): `w & 0x0f` is the u8 lane of k..k+3, `(w >> 4) & 0x0f` that of
+// k+4..k+7, each u = w_signed + 8 in 0..15. Then the q8 dot instructions as they are:
+//   AVX512-VNNI / AVX-VNNI  vpdpbusd u8 x s8, lanes starting at the compensation -8 * sum(q) of the
+//                           group (the q8 packers hand over -128 * sum(q); / 16 is exact);
+//   AVX2                    vpmaddubsw u8 x s8 -> int16 pairs (|pair| <= 2 * 15 * 127 = 3810, never
+//                           saturates, and the two nibble halves' pairs add in int16 without
+//                           overflow: 7620), vpmaddwd with ones -> int32, from the same compensation;
+// so each group's dot sum w * q is the exact integer of matmul_ref, and the epilogue is the q8 one
+// in group order: f = fma(float(dot), scale_w * scale_x, f), with the bf16 weight scales widened
+// to f32 (a shift: exact). Every level, GEMV and GEMM, gives matmul_ref's bits (tested).
+// Per 8 inputs of 16 columns one zmm load feeds 2 x 16 x (rows) dot lanes, so the GEMM costs the
+// q8 kernel's dot instructions plus 3 cheap integer ops per loaded vector (shift, 2 ands), and the
+// GEMV streams ~4.25-4.5 bits per weight instead of 8.5.
+
+#define MM_Q4_GEMV_MAX_T_512 3   // AVX512-VNNI: T <= 3 takes the q4 GEMV (as q8: one pass of <= 3 rows)
+#define MM_Q4_GEMV_MAX_T_AVX2 2  // AVX2 / AVX-VNNI: T <= 2 (as q8)
+
+// 16 bf16 weight scales -> f32 (a bf16 is the top half of an f32: zero-extend, shift left 16; exact).
+MM_INLINE MM_TGT_512 __m512 mm512_q4_scales(const uint16_t* s) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)s)), 16));
+}
+MM_INLINE MM_TGT_AVX2 __m256 mm256_q4_scales(const uint16_t* s) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)s)), 16));
+}
+
+// ---- AVX512-VNNI GEMM, 6 rows x 32 columns (mm_kernel_q8's tile and register plan). a: (K/4, 6)
+// words of 4 s8 (mm_task_pack_q8), as / ac: (ng, 6); w: the panel (K/8, 32) q4 words; ws: (ng, 32)
+// bf16; G8 = G / 8 panel rows per group. Per panel row: 2 loads, 2 shifts, 4 ands, 24 vpdpbusd.
+MM_TGT_VNNI static void mm_kernel_q4(const uint32_t* a, const float* as, const int32_t* ac, const uint32_t* w,
+                                     const uint16_t* ws, int ng, int G8, float* y, int ldy, int mr, int nc) {
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    __m512 f[MM_Q8_MR][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_Q8_MR; i++) f[i][0] = f[i][1] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m512i acc[MM_Q8_MR][2];
+#pragma GCC unroll 6
+        for (int i = 0; i < MM_Q8_MR; i++)
+            acc[i][0] = acc[i][1] = _mm512_set1_epi32(ac[g * MM_Q8_MR + i] / MM_Q4_COMP_DIV);
+        const uint32_t* wg = w + (size_t)g * G8 * 32;
+        const uint32_t* ag = a + (size_t)g * G8 * 2 * MM_Q8_MR;    // 2 activation words per panel row
+#if defined(__GNUC__) && !defined(__clang__)
+        // As in mm_kernel_q8 (GCC wraps each vpdpbusd of an unrolled tile in register copies): the
+        // group loop written out. zmm28/29 = low nibbles (k..k+3) of columns 0-15 / 16-31, zmm30/31 =
+        // high nibbles (k+4..k+7); rows 0-5 broadcast from offsets 0..20 (the k..k+3 word) and
+        // 24..44 (the k+4..k+7 word). Steps: w 128 bytes (one panel row), a 48 (2 words x 6 rows).
+        const uint32_t* wend = wg + (size_t)G8 * 32;
+        __asm__(
+            "1:\n\t"
+            "vmovdqa64 (%[w]), %%zmm28\n\t"
+            "vmovdqa64 64(%[w]), %%zmm29\n\t"
+            "vpsrld $4, %%zmm28, %%zmm30\n\t"
+            "vpsrld $4, %%zmm29, %%zmm31\n\t"
+            "vpandd %[nib], %%zmm28, %%zmm28\n\t"
+            "vpandd %[nib], %%zmm29, %%zmm29\n\t"
+            "vpandd %[nib], %%zmm30, %%zmm30\n\t"
+            "vpandd %[nib], %%zmm31, %%zmm31\n\t"
+#define MM_Q4_ROW(off, wa, wb, c0, c1)                                                                  \
+            "vpdpbusd " off "(%[a])%{1to16%}, %%" wa ", %[" c0 "]\n\t"                                  \
+            "vpdpbusd " off "(%[a])%{1to16%}, %%" wb ", %[" c1 "]\n\t"
+            MM_Q4_ROW("0", "zmm28", "zmm29", "c00", "c01") MM_Q4_ROW("4", "zmm28", "zmm29", "c10", "c11")
+            MM_Q4_ROW("8", "zmm28", "zmm29", "c20", "c21") MM_Q4_ROW("12", "zmm28", "zmm29", "c30", "c31")
+            MM_Q4_ROW("16", "zmm28", "zmm29", "c40", "c41") MM_Q4_ROW("20", "zmm28", "zmm29", "c50", "c51")
+            MM_Q4_ROW("24", "zmm30", "zmm31", "c00", "c01") MM_Q4_ROW("28", "zmm30", "zmm31", "c10", "c11")
+            MM_Q4_ROW("32", "zmm30", "zmm31", "c20", "c21") MM_Q4_ROW("36", "zmm30", "zmm31", "c30", "c31")
+            MM_Q4_ROW("40", "zmm30", "zmm31", "c40", "c41") MM_Q4_ROW("44", "zmm30", "zmm31", "c50", "c51")
+#undef MM_Q4_ROW
+            "subq $-128, %[w]\n\t"
+            "addq $48, %[a]\n\t"
+            "cmpq %[wend], %[w]\n\t"
+            "jne 1b\n\t"
+            : [c00] "+v"(acc[0][0]), [c01] "+v"(acc[0][1]), [c10] "+v"(acc[1][0]), [c11] "+v"(acc[1][1]),
+              [c20] "+v"(acc[2][0]), [c21] "+v"(acc[2][1]), [c30] "+v"(acc[3][0]), [c31] "+v"(acc[3][1]),
+              [c40] "+v"(acc[4][0]), [c41] "+v"(acc[4][1]), [c50] "+v"(acc[5][0]), [c51] "+v"(acc[5][1]),
+              [w] "+r"(wg), [a] "+r"(ag)
+            : [wend] "r"(wend), [nib] "v"(nib)
+            : "cc", "memory", "xmm28", "xmm29", "xmm30", "xmm31");
+#else
+        for (int kb = 0; kb < G8; kb++) {
+            __m512i r0 = _mm512_load_si512((const void*)(wg + (size_t)kb * 32));
+            __m512i r1 = _mm512_load_si512((const void*)(wg + (size_t)kb * 32 + 16));
+            __m512i lo0 = _mm512_and_si512(r0, nib), lo1 = _mm512_and_si512(r1, nib);
+            __m512i hi0 = _mm512_and_si512(_mm512_srli_epi32(r0, 4), nib);
+            __m512i hi1 = _mm512_and_si512(_mm512_srli_epi32(r1, 4), nib);
+#pragma GCC unroll 6
+            for (int i = 0; i < MM_Q8_MR; i++) {
+                __m512i al = _mm512_set1_epi32((int)ag[(2 * kb) * MM_Q8_MR + i]);
+                __m512i ah = _mm512_set1_epi32((int)ag[(2 * kb + 1) * MM_Q8_MR + i]);
+                acc[i][0] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[i][0], lo0, al), hi0, ah);
+                acc[i][1] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[i][1], lo1, al), hi1, ah);
+            }
+        }
+#endif
+        __m512 s0 = mm512_q4_scales(ws + (size_t)g * 32), s1 = mm512_q4_scales(ws + (size_t)g * 32 + 16);
+#pragma GCC unroll 6
+        for (int i = 0; i < MM_Q8_MR; i++) {
+            __m512 sx = _mm512_set1_ps(as[g * MM_Q8_MR + i]);
+            f[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][0]), _mm512_mul_ps(s0, sx), f[i][0]);
+            f[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[i][1]), _mm512_mul_ps(s1, sx), f[i][1]);
+        }
+    }
+    __mmask16 m0 = mm_mask16(nc), m1 = mm_mask16(nc - 16);
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_Q8_MR; i++) {
+        if (i < mr) {
+            _mm512_mask_storeu_ps(y + (size_t)i * ldy, m0, f[i][0]);
+            _mm512_mask_storeu_ps(y + (size_t)i * ldy + 16, m1, f[i][1]);
+        }
+    }
+}
+
+// GEMM task (AVX512-VNNI): one weight block, row tiles -> panels -> kernel (as mm_task_gemm).
+MM_TGT_VNNI static void mm_task_gemm_q4(void* v, int task) {
+    MMJob* j = v;
+    const MMPacked* p = j->p;
+    int N = j->N, kq = j->K / 4, p0, p1;
+    mm_task_panels(j, task, &p0, &p1);
+    for (int it = 0; it < j->ntiles; it++) {
+        int t0 = it * MM_Q8_MR, mr = mm_min(MM_Q8_MR, j->T - t0);
+        for (int pi = p0; pi < p1; pi++)
+            mm_kernel_q4((const uint32_t*)j->a + (size_t)it * kq * MM_Q8_MR, j->as + (size_t)it * p->ng * MM_Q8_MR,
+                         j->ac + (size_t)it * p->ng * MM_Q8_MR, (const uint32_t*)p->w + (size_t)pi * p->kw * 32,
+                         p->s16 + (size_t)pi * p->ng * 32, p->ng, p->G / 8, j->y + (size_t)t0 * N + pi * 32, N, mr,
+                         N - pi * 32);
+    }
+}
+
+// ---- AVX512-VNNI GEMV: one panel x MR <= 3 rows of quantized activations q (MR, K) row-major
+// (mm_quantize_rows_q8), scales as and compensations ac (MR, ng). mm_gemv512_q8v's loop with the
+// nibble unpack; prefetcht1 mm_gemv_pf bytes ahead in the thread's stream. The low and the high
+// nibbles of a panel row go to separate int32 accumulators (added at the end of the group: exact),
+// so each dependency chain takes one vpdpbusd (4 cycles) per 128-byte panel row, as in q8's GEMV,
+// not two: with one chain per column half, 2 threads streamed ~10% below q8's share of the read
+// bandwidth at 75+ GB/s (measured).
+MM_INLINE MM_TGT_VNNI void mm_gemv512_q4(const int8_t* q, const float* as, const int32_t* ac, int K, int ng,
+                                         int G8, const uint32_t* w, const uint16_t* s, float* y, int ldy, int nc,
+                                         const int MR) {
+    const __m512i nib = _mm512_set1_epi8(0x0f);
+    const int pf = mm_gemv_pf;
+    // registers at MR = 3: 6 f32 + 12 int32 + 4 unpacked weights + 2 broadcasts + mask = 25 of 32
+    __m512 f[3][2];
+#pragma GCC unroll 3
+    for (int i = 0; i < MR; i++) f[i][0] = f[i][1] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m512i lo[3][2], hi[3][2];     // row i, column half h: dots of the low / high nibbles
+#pragma GCC unroll 3
+        for (int i = 0; i < MR; i++) {
+            lo[i][0] = lo[i][1] = _mm512_set1_epi32(ac[(size_t)i * ng + g] / MM_Q4_COMP_DIV);
+            hi[i][0] = hi[i][1] = _mm512_setzero_si512();
+        }
+        const uint32_t* wg = w + (size_t)g * G8 * 32;
+        const int8_t* qg = q + (size_t)g * G8 * 8;              // the group's G inputs of row 0
+        for (int kb = 0; kb < G8; kb++) {
+            const uint32_t* wk = wg + (size_t)kb * 32;
+            if (pf) {
+                _mm_prefetch((const char*)wk + pf, _MM_HINT_T1);
+                _mm_prefetch((const char*)wk + pf + 64, _MM_HINT_T1);
+            }
+            __m512i r0 = _mm512_load_si512((const void*)wk), r1 = _mm512_load_si512((const void*)(wk + 16));
+            __m512i lo0 = _mm512_and_si512(r0, nib), lo1 = _mm512_and_si512(r1, nib);
+            __m512i hi0 = _mm512_and_si512(_mm512_srli_epi32(r0, 4), nib);
+            __m512i hi1 = _mm512_and_si512(_mm512_srli_epi32(r1, 4), nib);
+#pragma GCC unroll 3
+            for (int i = 0; i < MR; i++) {
+                int32_t al, ah;             // the row's s8 words of k..k+3 and k+4..k+7
+                memcpy(&al, qg + (size_t)i * K + 8 * kb, 4);
+                memcpy(&ah, qg + (size_t)i * K + 8 * kb + 4, 4);
+                lo[i][0] = _mm512_dpbusd_epi32(lo[i][0], lo0, _mm512_set1_epi32(al));
+                lo[i][1] = _mm512_dpbusd_epi32(lo[i][1], lo1, _mm512_set1_epi32(al));
+                hi[i][0] = _mm512_dpbusd_epi32(hi[i][0], hi0, _mm512_set1_epi32(ah));
+                hi[i][1] = _mm512_dpbusd_epi32(hi[i][1], hi1, _mm512_set1_epi32(ah));
+            }
+        }
+        __m512 s0 = mm512_q4_scales(s + (size_t)g * 32), s1 = mm512_q4_scales(s + (size_t)g * 32 + 16);
+#pragma GCC unroll 3
+        for (int i = 0; i < MR; i++) {
+            __m512 sx = _mm512_set1_ps(as[(size_t)i * ng + g]);
+            __m512i d0 = _mm512_add_epi32(lo[i][0], hi[i][0]), d1 = _mm512_add_epi32(lo[i][1], hi[i][1]);
+            f[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_mul_ps(s0, sx), f[i][0]);
+            f[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_mul_ps(s1, sx), f[i][1]);
+        }
+    }
+    __mmask16 m0 = mm_mask16(nc), m1 = mm_mask16(nc - 16);
+#pragma GCC unroll 3
+    for (int i = 0; i < MR; i++) {
+        _mm512_mask_storeu_ps(y + (size_t)i * ldy, m0, f[i][0]);
+        _mm512_mask_storeu_ps(y + (size_t)i * ldy + 16, m1, f[i][1]);
+    }
+}
+
+MM_TGT_VNNI static void mm_task_gemv512_q4(void* v, int task) {
+    MMJob* j = v;
+    const MMPacked* p = j->p;
+    int p0, p1;
+    mm_task_panels(j, task, &p0, &p1);
+    for (int pi = p0; pi < p1; pi++) {
+        const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
+        const uint16_t* s = p->s16 + (size_t)pi * p->ng * 32;
+        float* y = j->y + pi * 32;
+        int nc = j->N - pi * 32, T = j->T, G8 = p->G / 8;     // T <= MM_Q4_GEMV_MAX_T_512: one pass
+        if (T == 3) mm_gemv512_q4(j->a, j->as, j->ac, j->K, p->ng, G8, wp, s, y, j->N, nc, 3);
+        else if (T == 2) mm_gemv512_q4(j->a, j->as, j->ac, j->K, p->ng, G8, wp, s, y, j->N, nc, 2);
+        else mm_gemv512_q4(j->a, j->as, j->ac, j->K, p->ng, G8, wp, s, y, j->N, nc, 1);
+    }
+}
+
+// ---- AVX2 GEMM, 4 rows x 16 columns (half a panel; the q8 vpmaddubsw kernel's tile, activations
+// packed by mm_task_pack_avx2 at MM_A2_Q8_MR rows). Per panel row and row: 4 vpmaddubsw (low and
+// high nibbles x 2 column halves), 2 vpaddw, 2 vpmaddwd, 2 vpaddd -- no vpsignb: the weights are
+// already unsigned. a: (K/4, 4) words; as / ac: (ng, 4); w: panel + 16 * half, (K/8, 32) words;
+// ws: panel scales + 16 * half, (ng, 32) bf16.
+// Intrinsics, unlike the q8 kernel: GCC 12 (-march=x86-64-v3) keeps 6 of the 8 accumulators in
+// memory (a load-add-store per panel row), yet this measured 94-101 % of the vpmaddubsw + vpmaddwd +
+// vpaddd peak loop (it retires more products per instruction than that loop) and 1.4-1.75x the q8
+// kernel on the prefill shapes (Zen 5, --isa avx2), so it was left as it is.
+MM_INLINE MM_TGT_AVX2 __m256i mm_dot8_q4_avx2(__m256i acc, __m256i lo, __m256i hi, __m256i al, __m256i ah,
+                                              __m256i ones16) {
+    __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, al), _mm256_maddubs_epi16(hi, ah));
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones16));
+}
+
+MM_TGT_AVX2 static void mm_kernel_q4_avx2(const uint32_t* a, const float* as, const int32_t* ac, const uint32_t* w,
+                                          const uint16_t* ws, int ng, int G8, float* y, int ldy, int mr, int nc) {
+    const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 f[MM_A2_Q8_MR][2];
+#pragma GCC unroll 4
+    for (int i = 0; i < MM_A2_Q8_MR; i++) f[i][0] = f[i][1] = _mm256_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m256i acc[MM_A2_Q8_MR][2];
+#pragma GCC unroll 4
+        for (int i = 0; i < MM_A2_Q8_MR; i++)
+            acc[i][0] = acc[i][1] = _mm256_set1_epi32(ac[g * MM_A2_Q8_MR + i] / MM_Q4_COMP_DIV);
+        const uint32_t* wg = w + (size_t)g * G8 * 32;
+        const uint32_t* ag = a + (size_t)g * G8 * 2 * MM_A2_Q8_MR;
+        for (int kb = 0; kb < G8; kb++) {
+            __m256i r0 = _mm256_loadu_si256((const __m256i*)(wg + (size_t)kb * 32));
+            __m256i r1 = _mm256_loadu_si256((const __m256i*)(wg + (size_t)kb * 32 + 8));
+            __m256i lo0 = _mm256_and_si256(r0, nib), lo1 = _mm256_and_si256(r1, nib);
+            __m256i hi0 = _mm256_and_si256(_mm256_srli_epi32(r0, 4), nib);
+            __m256i hi1 = _mm256_and_si256(_mm256_srli_epi32(r1, 4), nib);
+#pragma GCC unroll 4
+            for (int i = 0; i < MM_A2_Q8_MR; i++) {
+                __m256i al = _mm256_set1_epi32((int)ag[(2 * kb) * MM_A2_Q8_MR + i]);
+                __m256i ah = _mm256_set1_epi32((int)ag[(2 * kb + 1) * MM_A2_Q8_MR + i]);
+                acc[i][0] = mm_dot8_q4_avx2(acc[i][0], lo0, hi0, al, ah, ones);
+                acc[i][1] = mm_dot8_q4_avx2(acc[i][1], lo1, hi1, al, ah, ones);
+            }
+        }
+        __m256 sw0 = mm256_q4_scales(ws + (size_t)g * 32), sw1 = mm256_q4_scales(ws + (size_t)g * 32 + 8);
+#pragma GCC unroll 4
+        for (int i = 0; i < MM_A2_Q8_MR; i++) {
+            f[i][0] = mm_q8_epilogue_avx2(f[i][0], acc[i][0], sw0, as[g * MM_A2_Q8_MR + i]);
+            f[i][1] = mm_q8_epilogue_avx2(f[i][1], acc[i][1], sw1, as[g * MM_A2_Q8_MR + i]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < MM_A2_Q8_MR; i++)
+        if (i < mr) mm_avx2_store16(y + (size_t)i * ldy, f[i][0], f[i][1], nc);
+}
+
+// ---- AVX-VNNI GEMM, 6 rows x 16 columns (the q8 AVX-VNNI tile, activations packed at MM_AVNNI_MR
+// rows): ymm vpdpbusd on the unpacked nibbles. 12 accumulators + 2 weight vectors + the nibble mask +
+// the broadcast = 16 ymm: the low nibbles are used, then the same 64 bytes are loaded again (an L1
+// hit) for the high ones rather than kept in 2 more registers.
+MM_TGT_AVXVNNI static void mm_kernel_q4_avxvnni(const uint32_t* a, const float* as, const int32_t* ac,
+                                                const uint32_t* w, const uint16_t* ws, int ng, int G8, float* y,
+                                                int ldy, int mr, int nc) {
+    const __m256i nib = _mm256_set1_epi8(0x0f);
+    __m256 f[MM_AVNNI_MR][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_AVNNI_MR; i++) f[i][0] = f[i][1] = _mm256_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m256i acc[MM_AVNNI_MR][2];
+#pragma GCC unroll 6
+        for (int i = 0; i < MM_AVNNI_MR; i++)
+            acc[i][0] = acc[i][1] = _mm256_set1_epi32(ac[g * MM_AVNNI_MR + i] / MM_Q4_COMP_DIV);
+        const uint32_t* wg = w + (size_t)g * G8 * 32;
+        const uint32_t* ag = a + (size_t)g * G8 * 2 * MM_AVNNI_MR;
+#if defined(__GNUC__) && !defined(__clang__)
+        // As in mm_kernel_q8_avxvnni (GCC wraps each vpdpbusd of the unrolled tile in register copies:
+        // the intrinsics loop below measured 54-69 % of the AVX-VNNI peak), the group loop written
+        // out: weights ymm14/15 (low nibbles: and with the mask straight from memory; high nibbles:
+        // load, shift, and), the activation broadcast ymm13, the mask and 12 accumulators where GCC
+        // puts them. Rows 0-5 at offsets 0..20 (the k..k+3 word) and 24..44 (k+4..k+7). Steps per
+        // panel row: w 128 bytes, a 48 (2 words x 6 rows).
+        const uint32_t* wend = wg + (size_t)G8 * 32;
+        __asm__(
+            "1:\n\t"
+            "vpand (%[w]), %[nib], %%ymm14\n\t"
+            "vpand 32(%[w]), %[nib], %%ymm15\n\t"
+#define MM_AVNNI_Q4_ROW(off, c0, c1)                                                                    \
+            "vpbroadcastd " off "(%[a]), %%ymm13\n\t"                                                   \
+            "%{vex%} vpdpbusd %%ymm13, %%ymm14, %[" c0 "]\n\t"                                            \
+            "%{vex%} vpdpbusd %%ymm13, %%ymm15, %[" c1 "]\n\t"
+            MM_AVNNI_Q4_ROW("0", "c00", "c01") MM_AVNNI_Q4_ROW("4", "c10", "c11") MM_AVNNI_Q4_ROW("8", "c20", "c21")
+            MM_AVNNI_Q4_ROW("12", "c30", "c31") MM_AVNNI_Q4_ROW("16", "c40", "c41") MM_AVNNI_Q4_ROW("20", "c50", "c51")
+            "vmovdqu (%[w]), %%ymm14\n\t"
+            "vmovdqu 32(%[w]), %%ymm15\n\t"
+            "vpsrld $4, %%ymm14, %%ymm14\n\t"
+            "vpsrld $4, %%ymm15, %%ymm15\n\t"
+            "vpand %%ymm14, %[nib], %%ymm14\n\t"
+            "vpand %%ymm15, %[nib], %%ymm15\n\t"
+            MM_AVNNI_Q4_ROW("24", "c00", "c01") MM_AVNNI_Q4_ROW("28", "c10", "c11") MM_AVNNI_Q4_ROW("32", "c20", "c21")
+            MM_AVNNI_Q4_ROW("36", "c30", "c31") MM_AVNNI_Q4_ROW("40", "c40", "c41") MM_AVNNI_Q4_ROW("44", "c50", "c51")
+#undef MM_AVNNI_Q4_ROW
+            "subq $-128, %[w]\n\t"
+            "addq $48, %[a]\n\t"
+            "cmpq %[wend], %[w]\n\t"
+            "jne 1b\n\t"
+            : [c00] "+x"(acc[0][0]), [c01] "+x"(acc[0][1]), [c10] "+x"(acc[1][0]), [c11] "+x"(acc[1][1]),
+              [c20] "+x"(acc[2][0]), [c21] "+x"(acc[2][1]), [c30] "+x"(acc[3][0]), [c31] "+x"(acc[3][1]),
+              [c40] "+x"(acc[4][0]), [c41] "+x"(acc[4][1]), [c50] "+x"(acc[5][0]), [c51] "+x"(acc[5][1]),
+              [w] "+r"(wg), [a] "+r"(ag)
+            : [wend] "r"(wend), [nib] "x"(nib)
+            : "cc", "memory", "xmm13", "xmm14", "xmm15");
+#else
+        for (int kb = 0; kb < G8; kb++) {
+            const __m256i* wk = (const __m256i*)(wg + (size_t)kb * 32);
+            __m256i w0 = _mm256_and_si256(_mm256_loadu_si256(wk), nib);
+            __m256i w1 = _mm256_and_si256(_mm256_loadu_si256(wk + 1), nib);
+#pragma GCC unroll 6
+            for (int i = 0; i < MM_AVNNI_MR; i++) {
+                __m256i al = _mm256_set1_epi32((int)ag[(2 * kb) * MM_AVNNI_MR + i]);
+                acc[i][0] = _mm256_dpbusd_avx_epi32(acc[i][0], w0, al);
+                acc[i][1] = _mm256_dpbusd_avx_epi32(acc[i][1], w1, al);
+            }
+            w0 = _mm256_and_si256(_mm256_srli_epi32(_mm256_loadu_si256(wk), 4), nib);
+            w1 = _mm256_and_si256(_mm256_srli_epi32(_mm256_loadu_si256(wk + 1), 4), nib);
+#pragma GCC unroll 6
+            for (int i = 0; i < MM_AVNNI_MR; i++) {
+                __m256i ah = _mm256_set1_epi32((int)ag[(2 * kb + 1) * MM_AVNNI_MR + i]);
+                acc[i][0] = _mm256_dpbusd_avx_epi32(acc[i][0], w0, ah);
+                acc[i][1] = _mm256_dpbusd_avx_epi32(acc[i][1], w1, ah);
+            }
+        }
+#endif
+        __m256 sw0 = mm256_q4_scales(ws + (size_t)g * 32), sw1 = mm256_q4_scales(ws + (size_t)g * 32 + 8);
+#pragma GCC unroll 6
+        for (int i = 0; i < MM_AVNNI_MR; i++) {
+            f[i][0] = mm_q8_epilogue_avx2(f[i][0], acc[i][0], sw0, as[g * MM_AVNNI_MR + i]);
+            f[i][1] = mm_q8_epilogue_avx2(f[i][1], acc[i][1], sw1, as[g * MM_AVNNI_MR + i]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MM_AVNNI_MR; i++)
+        if (i < mr) mm_avx2_store16(y + (size_t)i * ldy, f[i][0], f[i][1], nc);
+}
+
+// GEMM task (AVX2 / AVX-VNNI): one weight block, row tiles -> panels -> the two 16-column halves.
+MM_TGT_AVX2 static void mm_task_gemm_q4_avx2(void* v, int task) {
+    MMJob* j = v;
+    const MMPacked* p = j->p;
+    int N = j->N, MR = j->mr, kq = j->K / 4, p0, p1;
+    mm_task_panels(j, task, &p0, &p1);
+    for (int it = 0; it < j->ntiles; it++) {
+        int t0 = it * MR, mr = mm_min(MR, j->T - t0);
+        const uint32_t* a = (const uint32_t*)j->a + (size_t)it * kq * MR;
+        const float* as = j->as + (size_t)it * p->ng * MR;
+        const int32_t* ac = j->ac + (size_t)it * p->ng * MR;
+        for (int pi = p0; pi < p1; pi++)
+            for (int h = 0; h < 2; h++) {
+                int n0 = pi * 32 + h * 16;
+                if (n0 >= N) break;                 // the last panel's upper half is all padding
+                const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32 + h * 16;
+                const uint16_t* ws = p->s16 + (size_t)pi * p->ng * 32 + h * 16;
+                float* y = j->y + (size_t)t0 * N + n0;
+                if (j->avxvnni) mm_kernel_q4_avxvnni(a, as, ac, wp, ws, p->ng, p->G / 8, y, N, mr, N - n0);
+                else mm_kernel_q4_avx2(a, as, ac, wp, ws, p->ng, p->G / 8, y, N, mr, N - n0);
+            }
+    }
+}
+
+// ---- AVX2 GEMV (AVX-VNNI too: memory bound, as for q8): one full panel (4 ymm of packed words per
+// panel row) x MR <= 2 rows of quantized activations q (MR, K), as / ac (MR, ng) row-major.
+MM_INLINE MM_TGT_AVX2 void mm_gemv_q4_avx2(const int8_t* q, const float* as, const int32_t* ac, int K, int ng,
+                                           int G8, const uint32_t* w, const uint16_t* s, float* y, int ldy, int nc,
+                                           const int MR) {
+    const int pf = mm_gemv_pf_avx2;
+    const __m256i nib = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 f[2][4];
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; i++) f[i][0] = f[i][1] = f[i][2] = f[i][3] = _mm256_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m256i acc[2][4];
+#pragma GCC unroll 2
+        for (int i = 0; i < MR; i++)
+            acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = _mm256_set1_epi32(ac[(size_t)i * ng + g] / MM_Q4_COMP_DIV);
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            const uint32_t* wk = w + (size_t)kb * 32;
+            if (pf) { _mm_prefetch((const char*)wk + pf, _MM_HINT_T0); _mm_prefetch((const char*)wk + pf + 64, _MM_HINT_T0); }
+            __m256i al[2], ah[2];
+#pragma GCC unroll 2
+            for (int i = 0; i < MR; i++) {
+                int32_t l4, h4;
+                memcpy(&l4, q + (size_t)i * K + 8 * kb, 4);
+                memcpy(&h4, q + (size_t)i * K + 8 * kb + 4, 4);
+                al[i] = _mm256_set1_epi32(l4);
+                ah[i] = _mm256_set1_epi32(h4);
+            }
+#pragma GCC unroll 4
+            for (int c = 0; c < 4; c++) {
+                __m256i r = _mm256_loadu_si256((const __m256i*)(wk + 8 * c));
+                __m256i lo = _mm256_and_si256(r, nib), hi = _mm256_and_si256(_mm256_srli_epi32(r, 4), nib);
+#pragma GCC unroll 2
+                for (int i = 0; i < MR; i++) acc[i][c] = mm_dot8_q4_avx2(acc[i][c], lo, hi, al[i], ah[i], ones);
+            }
+        }
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m256 sw = mm256_q4_scales(s + (size_t)g * 32 + 8 * c);
+#pragma GCC unroll 2
+            for (int i = 0; i < MR; i++) f[i][c] = mm_q8_epilogue_avx2(f[i][c], acc[i][c], sw, as[(size_t)i * ng + g]);
+        }
+    }
+#pragma GCC unroll 2
+    for (int i = 0; i < MR; i++) {
+        mm_avx2_store16(y + (size_t)i * ldy, f[i][0], f[i][1], nc);
+        mm_avx2_store16(y + (size_t)i * ldy + 16, f[i][2], f[i][3], nc - 16);
+    }
+}
+
+MM_TGT_AVX2 static void mm_task_gemv_q4_avx2(void* v, int task) {
+    MMJob* j = v;
+    const MMPacked* p = j->p;
+    int p0, p1;
+    mm_task_panels(j, task, &p0, &p1);
+    for (int pi = p0; pi < p1; pi++) {
+        const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
+        const uint16_t* s = p->s16 + (size_t)pi * p->ng * 32;
+        float* y = j->y + pi * 32;
+        int nc = j->N - pi * 32, G8 = p->G / 8;                 // T <= MM_Q4_GEMV_MAX_T_AVX2: one pass
+        if (j->T == 2) mm_gemv_q4_avx2(j->q, j->asr, j->acr, j->K, p->ng, G8, wp, s, y, j->N, nc, 2);
+        else mm_gemv_q4_avx2(j->q, j->asr, j->acr, j->K, p->ng, G8, wp, s, y, j->N, nc, 1);
+    }
+}
+
+// The q4 matmul on x86 (every level from AVX2 up): GEMV for T <= 3 (AVX512-VNNI) or 2, else GEMM.
+// Scratch layouts and phases as in mm_matmul_avx512 (VNNI) and mm_matmul_avx2 (the rest).
+static void mm_matmul_q4_x86(MMJob* j) {
+    const MMPacked* p = j->p;
+    int T = j->T, K = j->K, np = p->np, ng = p->ng, nth = pool_size();
+    int vnni512 = mm_isa == MM_AVX512 && mm_has_vnni;
+    int own = mm_in_pool;                   // nested call: private scratch, single thread
+    int bounds[MM_MAX_GUIDED + 1];
+    if (T <= (vnni512 ? MM_Q4_GEMV_MAX_T_512 : MM_Q4_GEMV_MAX_T_AVX2)) {
+        // quantize the few rows once, in the caller thread: q (T, K) s8 | as (T, ng) | ac (T, ng)
+        size_t qbytes = align_up((size_t)T * K, 64), sbytes = (size_t)T * ng * 4;
+        char* buf = mm_get_scratch(qbytes + 2 * sbytes + 64, own);
+        j->a = j->q = (int8_t*)buf;
+        j->as = j->asr = (float*)(buf + qbytes);
+        j->ac = j->acr = (int32_t*)(buf + qbytes + sbytes);
+        if (vnni512) mm_quantize_rows_q8(j->x, T, K, p->G, j->q, j->as, j->ac);
+        else mm_quantize_rows_q8_avx2(j->x, T, K, p->G, j->q, j->as, j->ac);
+        j->n_tasks = mm_guided_bounds(np, nth, bounds);
+        j->bounds = bounds;
+        pool_for(j->n_tasks, vnni512 ? mm_task_gemv512_q4 : mm_task_gemv_q4_avx2, j);
+        if (own) free(buf);
+        return;
+    }
+    // GEMM: the activations quantized into row tiles by the q8 packers, then the q4 kernels
+    j->avxvnni = !vnni512 && mm_isa == MM_AVXVNNI;
+    j->a_int16 = 0;                        // the q4 kernels read 4 s8 per word at every level
+    j->mr = vnni512 ? MM_Q8_MR : j->avxvnni ? MM_AVNNI_MR : MM_A2_Q8_MR;
+    j->ntiles = (T + j->mr - 1) / j->mr;
+    size_t rows = (size_t)j->ntiles * j->mr;
+    size_t abytes = rows * (size_t)K, sbytes = rows * ng * 4;  // tiles: (K/4) words of 4 s8 per row
+    size_t qbytes = vnni512 ? 0 : align_up(rows * K, 64);      // AVX2 packer: row-major q first
+    // scratch layout: [a: abytes][q: qbytes][as | ac | asr | acr: sbytes each] (+64 slack)
+    char* buf = mm_get_scratch(abytes + qbytes + 4 * sbytes + 64, own);
+    j->a = buf;
+    j->q = (int8_t*)(buf + abytes);
+    j->as = (float*)(buf + abytes + qbytes);
+    j->ac = (int32_t*)(buf + abytes + qbytes + sbytes);
+    j->asr = (float*)(buf + abytes + qbytes + 2 * sbytes);
+    j->acr = (int32_t*)(buf + abytes + qbytes + 3 * sbytes);
+    j->n_tasks = mm_min(nth, j->ntiles);   // phase 1: quantize and pack, one task per thread at most
+    pool_for(j->n_tasks, vnni512 ? mm_task_pack_q8 : mm_task_pack_avx2, j);
+    // phase 2: one task per weight block (the q8 block width: as many panels, half the bytes)
+    j->chunk = mm_min(vnni512 ? MM_Q8_NCP : MM_A2_NCP, (np + nth - 1) / nth);
+    j->n_tasks = (np + j->chunk - 1) / j->chunk;
+    j->bounds = NULL;
+    pool_for(j->n_tasks, vnni512 ? mm_task_gemm_q4 : mm_task_gemm_q4_avx2, j);
+    if (own) free(buf);
+}
+#endif // MM_X86
+
 #if defined(__aarch64__)
 // ----------------------------------------------------------------------------
 // ARM64 kernels: NEON for f32 and bf16; q8 with sdot (dotprod), usdot (i8mm) or vmull+vpadal (NEON).
@@ -2361,6 +2932,233 @@ static void mm_arm_gemv_q8_neon(const int8_t* q, const float* sx, int ng, int G4
     for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
 }
 
+// ---- q4 on ARM64: the q8 kernels' arithmetic on unpacked nibbles (see "q4 kernels (x86)" for the
+// format and why the result is matmul_ref's, bit for bit). 16 bytes of a q4 panel row are 4 columns
+// x 8 k (one word per column); a byte shift right by 4 gives the high nibbles (k+4..k+7 of each
+// column) and an and with 0x0f the low ones (k..k+3): two q8-layout registers. usdot (i8mm) takes
+// them as u8 = w + 8 with lanes starting at -8 * sum(q); sdot and the plain-NEON vmull_s8 take them
+// as s8 after subtracting the offset 8 (no compensation). Weight scales are bf16, widened with a
+// shift (exact). Per group: f = fma(float(dot), scale_w * scale_x, f), as everywhere.
+
+// 4 bf16 scales -> f32x4 (zero-extend each 16-bit lane to 32 bits, shifted left 16: exact)
+MM_INLINE float32x4_t mm_arm_q4_scales(const uint16_t* s) {
+    return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(s), 16));
+}
+
+// 16 packed bytes -> low / high nibbles as s8 (w = u - 8)
+MM_INLINE void mm_arm_q4_unpack_s8(const uint8_t* w, int8x16_t* lo, int8x16_t* hi) {
+    uint8x16_t v = vld1q_u8(w);
+    const int8x16_t off = vdupq_n_s8(MM_Q4_OFFSET);
+    *lo = vsubq_s8(vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0f))), off);
+    *hi = vsubq_s8(vreinterpretq_s8_u8(vshrq_n_u8(v, 4)), off);
+}
+
+// GEMV, one row: q (K) s8, sx / cx (ng) its scales and -128 * sum(q) (as the q8 packers give it),
+// w the panel ((K/8, 32) words = (K/8, 128) bytes), ws (ng, 32) bf16, y 32 outputs (nc stored).
+MM_ARM_TGT_I8MM static void mm_arm_gemv_q4_usdot(const int8_t* q, const float* sx, const int32_t* cx, int ng, int G8,
+                                                 const uint8_t* w, const uint16_t* ws, float* y, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) acc[c] = vdupq_n_s32(cx[g] / MM_Q4_COMP_DIV);     // -8 * sum(q)
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            int32_t l4, h4;                             // the row's s8 words at k..k+3, k+4..k+7
+            memcpy(&l4, q + 8 * (size_t)kb, 4);
+            memcpy(&h4, q + 8 * (size_t)kb + 4, 4);
+            int8x16_t al = vreinterpretq_s8_s32(vdupq_n_s32(l4)), ah = vreinterpretq_s8_s32(vdupq_n_s32(h4));
+            const uint8_t* wk = w + (size_t)kb * 128;
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                uint8x16_t v = vld1q_u8(wk + 16 * c);
+                acc[c] = vusdotq_s32(acc[c], vandq_u8(v, vdupq_n_u8(0x0f)), al);
+                acc[c] = vusdotq_s32(acc[c], vshrq_n_u8(v, 4), ah);
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++)
+            f[c] = vfmaq_f32(f[c], vcvtq_f32_s32(acc[c]), vmulq_n_f32(mm_arm_q4_scales(ws + (size_t)g * 32 + 4 * c), sx[g]));
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
+}
+
+MM_ARM_TGT_DOT static void mm_arm_gemv_q4_sdot(const int8_t* q, const float* sx, int ng, int G8, const uint8_t* w,
+                                               const uint16_t* ws, float* y, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) acc[c] = vdupq_n_s32(0);
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            int32_t l4, h4;
+            memcpy(&l4, q + 8 * (size_t)kb, 4);
+            memcpy(&h4, q + 8 * (size_t)kb + 4, 4);
+            int8x16_t al = vreinterpretq_s8_s32(vdupq_n_s32(l4)), ah = vreinterpretq_s8_s32(vdupq_n_s32(h4));
+            const uint8_t* wk = w + (size_t)kb * 128;
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                int8x16_t lo, hi;
+                mm_arm_q4_unpack_s8(wk + 16 * c, &lo, &hi);
+                acc[c] = vdotq_s32(vdotq_s32(acc[c], lo, al), hi, ah);
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++)
+            f[c] = vfmaq_f32(f[c], vcvtq_f32_s32(acc[c]), vmulq_n_f32(mm_arm_q4_scales(ws + (size_t)g * 32 + 4 * c), sx[g]));
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
+}
+
+// Plain NEON: vmull_s8 + vpadalq_s16 as in mm_arm_gemv_q8_neon (|w q| <= 8 * 127, exact in s16),
+// for the low and the high nibbles in turn; half sums added pairwise at the end of the group.
+static void mm_arm_gemv_q4_neon(const int8_t* q, const float* sx, int ng, int G8, const uint8_t* w,
+                                const uint16_t* ws, float* y, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) f[c] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t lo2[8], hi2[8];
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++) lo2[c] = hi2[c] = vdupq_n_s32(0);
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            int32_t l4, h4;
+            memcpy(&l4, q + 8 * (size_t)kb, 4);
+            memcpy(&h4, q + 8 * (size_t)kb + 4, 4);
+            int8x16_t al = vreinterpretq_s8_s32(vdupq_n_s32(l4)), ah = vreinterpretq_s8_s32(vdupq_n_s32(h4));
+            const uint8_t* wk = w + (size_t)kb * 128;
+#pragma GCC unroll 8
+            for (int c = 0; c < 8; c++) {
+                int8x16_t lo, hi;
+                mm_arm_q4_unpack_s8(wk + 16 * c, &lo, &hi);
+                lo2[c] = vpadalq_s16(lo2[c], vmull_s8(vget_low_s8(lo), vget_low_s8(al)));
+                hi2[c] = vpadalq_s16(hi2[c], vmull_high_s8(lo, al));
+                lo2[c] = vpadalq_s16(lo2[c], vmull_s8(vget_low_s8(hi), vget_low_s8(ah)));
+                hi2[c] = vpadalq_s16(hi2[c], vmull_high_s8(hi, ah));
+            }
+        }
+#pragma GCC unroll 8
+        for (int c = 0; c < 8; c++)
+            f[c] = vfmaq_f32(f[c], vcvtq_f32_s32(vpaddq_s32(lo2[c], hi2[c])),
+                             vmulq_n_f32(mm_arm_q4_scales(ws + (size_t)g * 32 + 4 * c), sx[g]));
+    }
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; c++) mm_arm_store(y, f[c], 4 * c, nc);
+}
+
+// GEMM epilogue of an 8-row x 4-column tile (MM_ARM_Q8_EPILOGUE with bf16 weight scales).
+MM_INLINE void mm_arm_q4_epilogue8(float32x4_t f[8], const int32x4_t acc[8], const uint16_t* ws, const float* as) {
+    float32x4_t sw = mm_arm_q4_scales(ws);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) f[i] = vfmaq_f32(f[i], vcvtq_f32_s32(acc[i]), vmulq_n_f32(sw, as[i]));
+}
+
+// GEMM, 8 rows x 4 columns (the q8 tile): a (K/4, 8) words (mm_arm_task_pack), as / ac (ng, 8);
+// w: the panel's bytes + 16 * (column quad); ws: the panel's bf16 scales + 4 * quad, row stride 32.
+// Per panel row: one 16-byte load -> low / high nibble registers, 16 lane-indexed dots.
+MM_ARM_TGT_I8MM static void mm_arm_kernel_q4_usdot(const uint32_t* a, const float* as, const int32_t* ac,
+                                                   const uint8_t* w, const uint16_t* ws, int ng, int G8, float* y,
+                                                   int ldy, int mr, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = vdupq_n_s32(ac[g * 8 + i] / MM_Q4_COMP_DIV);
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            uint8x16_t v = vld1q_u8(w + (size_t)kb * 128);
+            uint8x16_t lo = vandq_u8(v, vdupq_n_u8(0x0f)), hi = vshrq_n_u8(v, 4);
+            const uint32_t* ak = a + (size_t)kb * 16;   // words of k..k+3 (rows 0-7), then k+4..k+7
+            int8x16_t l03 = vreinterpretq_s8_u32(vld1q_u32(ak)), l47 = vreinterpretq_s8_u32(vld1q_u32(ak + 4));
+            int8x16_t h03 = vreinterpretq_s8_u32(vld1q_u32(ak + 8)), h47 = vreinterpretq_s8_u32(vld1q_u32(ak + 12));
+            acc[0] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[0], lo, l03, 0), hi, h03, 0);
+            acc[1] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[1], lo, l03, 1), hi, h03, 1);
+            acc[2] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[2], lo, l03, 2), hi, h03, 2);
+            acc[3] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[3], lo, l03, 3), hi, h03, 3);
+            acc[4] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[4], lo, l47, 0), hi, h47, 0);
+            acc[5] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[5], lo, l47, 1), hi, h47, 1);
+            acc[6] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[6], lo, l47, 2), hi, h47, 2);
+            acc[7] = vusdotq_laneq_s32(vusdotq_laneq_s32(acc[7], lo, l47, 3), hi, h47, 3);
+        }
+        mm_arm_q4_epilogue8(f, acc, ws + (size_t)g * 32, as + (size_t)g * 8);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
+}
+
+MM_ARM_TGT_DOT static void mm_arm_kernel_q4_sdot(const uint32_t* a, const float* as, const uint8_t* w,
+                                                 const uint16_t* ws, int ng, int G8, float* y, int ldy, int mr,
+                                                 int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = vdupq_n_s32(0);
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            int8x16_t lo, hi;
+            mm_arm_q4_unpack_s8(w + (size_t)kb * 128, &lo, &hi);
+            const uint32_t* ak = a + (size_t)kb * 16;
+            int8x16_t l03 = vreinterpretq_s8_u32(vld1q_u32(ak)), l47 = vreinterpretq_s8_u32(vld1q_u32(ak + 4));
+            int8x16_t h03 = vreinterpretq_s8_u32(vld1q_u32(ak + 8)), h47 = vreinterpretq_s8_u32(vld1q_u32(ak + 12));
+            acc[0] = vdotq_laneq_s32(vdotq_laneq_s32(acc[0], lo, l03, 0), hi, h03, 0);
+            acc[1] = vdotq_laneq_s32(vdotq_laneq_s32(acc[1], lo, l03, 1), hi, h03, 1);
+            acc[2] = vdotq_laneq_s32(vdotq_laneq_s32(acc[2], lo, l03, 2), hi, h03, 2);
+            acc[3] = vdotq_laneq_s32(vdotq_laneq_s32(acc[3], lo, l03, 3), hi, h03, 3);
+            acc[4] = vdotq_laneq_s32(vdotq_laneq_s32(acc[4], lo, l47, 0), hi, h47, 0);
+            acc[5] = vdotq_laneq_s32(vdotq_laneq_s32(acc[5], lo, l47, 1), hi, h47, 1);
+            acc[6] = vdotq_laneq_s32(vdotq_laneq_s32(acc[6], lo, l47, 2), hi, h47, 2);
+            acc[7] = vdotq_laneq_s32(vdotq_laneq_s32(acc[7], lo, l47, 3), hi, h47, 3);
+        }
+        mm_arm_q4_epilogue8(f, acc, ws + (size_t)g * 32, as + (size_t)g * 8);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
+}
+
+// Plain NEON GEMM: per row, the activation words repeated (ld1r), vmull_s8 + vpadalq_s16 on the low
+// and high nibbles (mm_arm_kernel_q8_neon's scheme), half sums added pairwise per group.
+static void mm_arm_kernel_q4_neon(const uint32_t* a, const float* as, const uint8_t* w, const uint16_t* ws, int ng,
+                                  int G8, float* y, int ldy, int mr, int nc) {
+    float32x4_t f[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++) f[i] = vdupq_n_f32(0.0f);
+    for (int g = 0; g < ng; g++) {
+        int32x4_t lo2[8], hi2[8], acc[8];
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) lo2[i] = hi2[i] = vdupq_n_s32(0);
+        for (int kb = g * G8; kb < (g + 1) * G8; kb++) {
+            int8x16_t lo, hi;
+            mm_arm_q4_unpack_s8(w + (size_t)kb * 128, &lo, &hi);
+            const uint32_t* ak = a + (size_t)kb * 16;
+#pragma GCC unroll 8
+            for (int i = 0; i < 8; i++) {
+                int8x16_t al = vreinterpretq_s8_u32(vld1q_dup_u32(ak + i));
+                int8x16_t ah = vreinterpretq_s8_u32(vld1q_dup_u32(ak + 8 + i));
+                lo2[i] = vpadalq_s16(lo2[i], vmull_s8(vget_low_s8(lo), vget_low_s8(al)));
+                hi2[i] = vpadalq_s16(hi2[i], vmull_high_s8(lo, al));
+                lo2[i] = vpadalq_s16(lo2[i], vmull_s8(vget_low_s8(hi), vget_low_s8(ah)));
+                hi2[i] = vpadalq_s16(hi2[i], vmull_high_s8(hi, ah));
+            }
+        }
+#pragma GCC unroll 8
+        for (int i = 0; i < 8; i++) acc[i] = vpaddq_s32(lo2[i], hi2[i]);
+        mm_arm_q4_epilogue8(f, acc, ws + (size_t)g * 32, as + (size_t)g * 8);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; i++)
+        if (i < mr) mm_arm_store(y + (size_t)i * ldy, f[i], 0, nc);
+}
+
 // GEMV task: panels [task * chunk, (task + 1) * chunk), each streamed from memory once for all rows
 // (f32), in passes of 2 rows (bf16) or one pass per row (q8; later passes hit L2: a q8 panel is
 // K * 32 bytes, 128 KiB at K = 4096).
@@ -2384,6 +3182,18 @@ static void mm_arm_task_gemv(void* v, int task) {
                     mm_arm_gemv_q8_sdot(q, sx, p->ng, p->G / 4, (const uint8_t*)wp, ws, yt, nc);
                 else
                     mm_arm_gemv_q8_neon(q, sx, p->ng, p->G / 4, (const uint8_t*)wp, ws, yt, nc);
+            }
+        } else if (j->type == DT_Q4) {                  // as q8: one row per pass
+            const uint16_t* ws = p->s16 + (size_t)pi * p->ng * 32;
+            for (int t = 0; t < j->T; t++) {
+                const int8_t* q = (const int8_t*)j->a + (size_t)t * j->K;
+                const float* sx = j->as + (size_t)t * p->ng;
+                float* yt = y + (size_t)t * j->N;
+                const uint8_t* w8 = (const uint8_t*)wp;
+                if (j->level >= MM_ARM_I8MM)
+                    mm_arm_gemv_q4_usdot(q, sx, j->ac + (size_t)t * p->ng, p->ng, p->G / 8, w8, ws, yt, nc);
+                else if (j->level >= MM_ARM_DOTPROD) mm_arm_gemv_q4_sdot(q, sx, p->ng, p->G / 8, w8, ws, yt, nc);
+                else mm_arm_gemv_q4_neon(q, sx, p->ng, p->G / 8, w8, ws, yt, nc);
             }
         } else if (j->type == DT_F32) {                 // T <= 3 rows: one pass over the panel
             const float* wf = (const float*)wp;
@@ -2418,7 +3228,7 @@ static void mm_arm_task_pack(void* v, int task) {
     MMArmJob* j = c->j;
     int K = j->K, ta, tb;
     mm_split(j->ntiles, task, c->n_tasks, &ta, &tb);
-    if (j->type != DT_Q8) {
+    if (j->type == DT_F32 || j->type == DT_BF16) {     // q8 and q4: quantized below
         for (int it = ta; it < tb; it++) {
             float* a = (float*)j->a + (size_t)it * j->ka * MM_ARM_F32_MR;
             for (int i = 0; i < MM_ARM_F32_MR; i++) {
@@ -2681,11 +3491,27 @@ static void mm_arm_task_gemm(void* v, int task) {
     MMArmJob* j = v;
     const MMPacked* p = j->p;
     int N = j->N, p0 = task * j->chunk, p1 = mm_min(p->np, p0 + j->chunk);
-    int mrt = j->type == DT_Q8 ? MM_ARM_Q8_MR : MM_ARM_F32_MR;
+    int mrt = j->type == DT_Q8 || j->type == DT_Q4 ? MM_ARM_Q8_MR : MM_ARM_F32_MR;
     for (int it = 0; it < j->ntiles; it++) {
         int t0 = it * mrt, mr = mm_min(mrt, j->T - t0);
         for (int pi = p0; pi < p1; pi++) {
             const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;
+            if (j->type == DT_Q4) {                     // the q8 tile: activations (K/4, 8) words
+                const uint32_t* a = (const uint32_t*)j->a + (size_t)it * (j->K / 4) * MM_ARM_Q8_MR;
+                const float* as = j->as + (size_t)it * p->ng * MM_ARM_Q8_MR;
+                const int32_t* ac = j->ac + (size_t)it * p->ng * MM_ARM_Q8_MR;
+                for (int cq = 0; cq < 8; cq++) {        // eight 4-column quads, 16 bytes of each row
+                    int n0 = pi * 32 + 4 * cq;
+                    if (n0 >= N) break;
+                    const uint8_t* w = (const uint8_t*)wp + 16 * cq;
+                    const uint16_t* ws = p->s16 + (size_t)pi * p->ng * 32 + 4 * cq;
+                    float* y = j->y + (size_t)t0 * N + n0;
+                    if (j->level >= MM_ARM_I8MM) mm_arm_kernel_q4_usdot(a, as, ac, w, ws, p->ng, p->G / 8, y, N, mr, N - n0);
+                    else if (j->level >= MM_ARM_DOTPROD) mm_arm_kernel_q4_sdot(a, as, w, ws, p->ng, p->G / 8, y, N, mr, N - n0);
+                    else mm_arm_kernel_q4_neon(a, as, w, ws, p->ng, p->G / 8, y, N, mr, N - n0);
+                }
+                continue;
+            }
             if (j->type != DT_Q8) {
                 const float* a = (const float*)j->a + (size_t)it * j->ka * MM_ARM_F32_MR;
                 for (int h = 0; h < 2; h++) {           // two 16-column halves
@@ -2724,12 +3550,13 @@ static void mm_matmul_arm(float* y, const float* x, const Matrix* w, int T) {
     const MMPacked* p = w->packed;
     int nth = pool_size(), np = p->np, K = w->cols;
     MMArmJob j = { .y = y, .x = x, .p = p, .type = w->type, .level = mm_arm_level, .T = T, .N = w->rows, .K = K };
-    int gemv = T <= MM_ARM_GEMV_MAX_T, mrt = j.type == DT_Q8 ? MM_ARM_Q8_MR : MM_ARM_F32_MR;
+    int quant = j.type == DT_Q8 || j.type == DT_Q4;    // int8 activations (q8 and q4 alike)
+    int gemv = T <= MM_ARM_GEMV_MAX_T, mrt = quant ? MM_ARM_Q8_MR : MM_ARM_F32_MR;
     // bytes of activations to prepare: q8 GEMV (T, K) s8 + scales; GEMM tiles; f32/bf16 GEMV none
     j.ntiles = (T + mrt - 1) / mrt;
     j.ka = j.type == DT_BF16 ? 2 * p->kw : K;
     size_t abytes = 0, sbytes = 0;
-    if (j.type == DT_Q8) {
+    if (quant) {
         abytes = gemv ? (size_t)T * K : (size_t)j.ntiles * MM_ARM_Q8_MR * K;
         sbytes = (gemv ? (size_t)T : (size_t)j.ntiles * MM_ARM_Q8_MR) * p->ng * 4;
     } else if (!gemv) {
@@ -2755,7 +3582,7 @@ static void mm_matmul_arm(float* y, const float* x, const Matrix* w, int T) {
     }
     // scratch layout: [a: abytes][as: sbytes][ac: sbytes]; as and ac are only used by q8
     if (gemv) {
-        if (j.type == DT_Q8)                // quantize the T <= 3 rows once, in this thread
+        if (quant)                          // quantize the T <= 3 rows once, in this thread
             for (int t = 0; t < T; t++)
                 for (int g = 0; g < p->ng; g++) {
                     int32_t s = mm_quantize_group(x + (size_t)t * K + (size_t)g * p->G, p->G,
@@ -2862,6 +3689,7 @@ void matmul(float* y, const float* x, const Matrix* w, int T) {
     if (w->cols == 0) { memset(y, 0, (size_t)T * w->rows * sizeof(float)); return; }
     // The SIMD level: one branch per architecture (each needs the packed panels).
 #if MM_X86
+    if (j.p && w->type == DT_Q4 && mm_isa >= MM_AVX2) { mm_matmul_q4_x86(&j); return; }   // every level
     if (j.p && mm_isa == MM_AVX512) { mm_matmul_avx512(&j); return; }
     if (j.p && mm_isa >= MM_AVX2) { mm_matmul_avx2(&j); return; }      // AVX2 and AVX-VNNI
 #elif defined(__aarch64__)

@@ -53,8 +53,9 @@
 #include <math.h>
 // The preprocessing must round like numpy and PyTorch: float and double arithmetic in IEEE single and
 // double precision. x87 (32-bit x86 without SSE2) evaluates in 80-bit precision and moves frame
-// indices and resize sizes by one; the Makefile adds -msse2 -mfpmath=sse there.
-#if defined(__FLT_EVAL_METHOD__) && __FLT_EVAL_METHOD__ != 0
+// indices and resize sizes by one; the Makefile adds -msse2 -mfpmath=sse there. (1 and 2 are the
+// excess-precision methods; 16, which GCC reports for CPUs with AVX512-FP16, concerns _Float16 only.)
+#if defined(__FLT_EVAL_METHOD__) && (__FLT_EVAL_METHOD__ == 1 || __FLT_EVAL_METHOD__ == 2)
 #error "video.c needs IEEE float/double evaluation: on 32-bit x86 build with -msse2 -mfpmath=sse"
 #endif
 #include <strings.h>

@@ -17,6 +17,9 @@
 // minute), with several copies of each matrix so the working set is far larger than L3. All figures
 // are medians. "q8" is the decode path (VNNI: activations quantized, vpdpbusd), "q8w" the widening
 // kernel (int8 -> f32, f32 activations) on the same matrices in the same run, for comparison.
+// "q4" rows: 4-bit weights with bf16 scales per group of --q4-group inputs (default 64, export.py's),
+// on the q8 kernels' dot instructions (so its GEMM % is of the same int8 peak as q8's); its GEMV
+// GB/s counts the packed nibbles and scales (0.5 + 2/G bytes per weight).
 // Tuning knobs: --pf, --tpt, --alt, --q8-max-t (see usage).
 
 #include "../matmul.c"
@@ -319,7 +322,7 @@ static double run_bw(void (*fn)(void*, int), BwCtx* c) {
 // Matrices
 
 static Matrix make_matrix(DType type, int N, int K, int G) {
-    Matrix m = { type, N, K, NULL, NULL, G, NULL };
+    Matrix m = { type, N, K, NULL, NULL, G, NULL, NULL };
     size_t n = (size_t)N * K;
     if (type == DT_F32) {
         float* d = mm_alloc(n * 4);
@@ -329,6 +332,13 @@ static Matrix make_matrix(DType type, int N, int K, int G) {
         uint16_t* d = mm_alloc(n * 2);
         for (size_t i = 0; i < n; i++) d[i] = f32_to_bf16(frand());
         m.data = d;
+    } else if (type == DT_Q4) {
+        uint8_t* d = mm_alloc(n / 2);
+        for (size_t i = 0; i < n / 2; i++) d[i] = (uint8_t)(128.0f + 127.0f * frand());    // two random nibbles
+        uint16_t* s = mm_alloc((size_t)N * (K / G) * 2);
+        for (size_t i = 0; i < (size_t)N * (K / G); i++) s[i] = f32_to_bf16(0.01f);
+        m.data = d;
+        m.scales_bf16 = s;
     } else {
         int8_t* d = mm_alloc(n);
         for (size_t i = 0; i < n; i++) d[i] = (int8_t)(frand() * 127.0f);
@@ -343,17 +353,22 @@ static Matrix make_matrix(DType type, int N, int K, int G) {
 static void free_source(Matrix* m) {
     free((void*)m->data);
     free((void*)m->scales);
+    free((void*)m->scales_bf16);
     m->data = NULL;
     m->scales = NULL;
+    m->scales_bf16 = NULL;
 }
 
 // bytes of packed weights a GEMV streams
 static double weight_bytes(const Matrix* m) {
     double n = (double)m->rows * m->cols;
-    return m->type == DT_F32 ? 4 * n : m->type == DT_BF16 ? 2 * n : n + 4.0 * n / m->group;
+    return m->type == DT_F32 ? 4 * n : m->type == DT_BF16 ? 2 * n : m->type == DT_Q8 ? n + 4.0 * n / m->group
+         : 0.5 * n + 2.0 * n / m->group;
 }
 
-static const char* tname[] = { "f32", "bf16", "q8" };
+static const char* tname[] = { "f32", "bf16", "q8", "q4" };
+enum { NTYPES = 4 };
+static int q4_group = 64;           // --q4-group G (export.py's default)
 
 int main(int argc, char** argv) {
     int nth = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, quick = 0, do_gemm = 1, do_gemv = 1, gemv_t = 1;
@@ -379,16 +394,22 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--tpt") && i + 1 < argc) mm_gemv_tpt = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--q8-max-t") && i + 1 < argc) mm_gemv_max_t[DT_Q8] = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--alt") && i + 2 < argc) { alt_pf = atoi(argv[++i]); alt_tpt = atoi(argv[++i]); }
+        else if (!strcmp(argv[i], "--q4-group") && i + 1 < argc) q4_group = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick | --small] [--gemm | --gemv] [--only f32|bf16|q8]\n"
+            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick | --small] [--gemm | --gemv] [--only f32|bf16|q8|q4]\n"
                             "       [--cpu (time = this thread's CPU time; use with --threads 1 on a busy machine)]\n"
                             "       [--isa scalar|avx2|avxvnni|avx512 (cap the kernel level, as LLAVA_ISA)]\n"
                             "       [--gemv-t T (GEMV rows, default 1)] [--pf BYTES (q8 GEMV prefetch)] [--tpt N (GEMV tasks/thread)]\n"
-                            "       [--alt PF TPT (extra q8 row; TPT 0 = guided)] [--q8-max-t T (q8 GEMV/GEMM threshold)]\n", argv[0]);
+                            "       [--alt PF TPT (extra q8 row; TPT 0 = guided)] [--q8-max-t T (q8 GEMV/GEMM threshold)]\n"
+                            "       [--q4-group G (q4 group size, a multiple of 8 dividing 4096 and 11008; default 64)]\n", argv[0]);
             return 1;
         }
     }
     if (reps < 1) reps = 1;
+    if (q4_group < 8 || q4_group % 8 || 4096 % q4_group || 11008 % q4_group) {
+        fprintf(stderr, "bench: --q4-group must be a multiple of 8 dividing 4096 and 11008\n");
+        return 1;
+    }
     if (gemv_t < 1 || gemv_t > 64) gemv_t = 1;
     if (mm_gemv_tpt < 1) mm_gemv_tpt = 1;
     if (quick) { reps = 3; peak_iters = 5000000; }
@@ -416,8 +437,8 @@ int main(int argc, char** argv) {
            "       int8 VNNI zmm %.1f, int8 AVX-VNNI ymm %.1f, int8 vpmaddubsw+vpmaddwd ymm %.1f\n",
            pk_f512, pk_f256, pk_bf16, pk_vnni, pk_avxvnni, pk_maddubs);
     // The kernel family (and its peak) of each type's GEMM at this level (mirrors matmul()'s dispatch).
-    const char* kname[3];
-    double kpeak[3];
+    const char* kname[NTYPES];
+    double kpeak[NTYPES];
     kname[DT_F32] = mm_isa == MM_AVX512 ? "avx512 fma" : mm_isa >= MM_AVX2 ? "avx2 fma" : "scalar";
     kpeak[DT_F32] = mm_isa == MM_AVX512 ? pk_f512 : pk_f256;
     kname[DT_BF16] = mm_has_bf16 ? "avx512 bf16dot" : mm_isa >= MM_AVX2 ? "avx2 widen+fma" : "scalar";
@@ -425,7 +446,7 @@ int main(int argc, char** argv) {
     kname[DT_Q8] = mm_has_vnni ? "avx512 vnni" : mm_isa == MM_AVXVNNI ? "avxvnni ymm" : mm_isa >= MM_AVX2 ? "avx2 maddubs" : "scalar";
     kpeak[DT_Q8] = mm_has_vnni ? pk_vnni : mm_isa == MM_AVXVNNI ? pk_avxvnni : pk_maddubs;
     // GEMV kernels (decode) stream memory: name only
-    const char* vname[3];
+    const char* vname[NTYPES];
     vname[DT_F32] = mm_isa == MM_AVX512 ? "avx512 fma" : mm_isa >= MM_AVX2 ? "avx2 fma" : "scalar";
     vname[DT_BF16] = mm_isa == MM_AVX512 ? "avx512 widen" : mm_isa >= MM_AVX2 ? "avx2 widen" : "scalar";
     vname[DT_Q8] = mm_has_vnni ? "avx512 vnni" : mm_isa >= MM_AVX2 ? "avx2 maddubs" : "scalar";
@@ -449,6 +470,15 @@ int main(int argc, char** argv) {
            matmul_isa_name(), pk_neon, mm_arm_level >= MM_ARM_DOTPROD ? "sdot" : "smull+sadalp", pk_int8);
 #endif
 
+    // q4 runs on the q8 kernels' dot instructions (its weights are unpacked to int8 in registers)
+    kname[DT_Q4] = kname[DT_Q8];
+    kpeak[DT_Q4] = kpeak[DT_Q8];
+    vname[DT_Q4] = vname[DT_Q8];
+#if MM_X86
+    if (mm_isa == MM_AVX512 && mm_has_vnni) vname[DT_Q4] = "avx512 vnni";
+    else if (mm_isa >= MM_AVX2) vname[DT_Q4] = "avx2 maddubs";     // q4 decode: vpmaddubsw on avx2/avxvnni
+#endif
+
     // --- GEMM
     // T=4616 = 8 frames x 577 (vision tower, batched); T=1170 a long prompt (LLM prefill)
     struct { int T, K, N; } gs[] = { { 4616, 1024, 4096 }, { 4616, 4096, 1024 },
@@ -459,12 +489,12 @@ int main(int argc, char** argv) {
     float* y = mm_alloc((size_t)4616 * 4096 * 4);
     printf("\nGEMM (median of %d)     %9s %9s %9s | best: %9s %8s  %s\n", reps, "ms", "G(FL)OP/s", "% peak", "G(FL)OP/s",
            "% peak", "kernel (% of its own peak)");
-    for (int type = 0; type < 3 && do_gemm; type++) {
+    for (int type = 0; type < NTYPES && do_gemm; type++) {
         if (only && strcmp(only, tname[type])) continue;
         double peak = kpeak[type];
         for (int s = 0; s < ngs; s++) {
             int T = small ? gs[s].T / 32 : gs[s].T, K = gs[s].K, N = gs[s].N;
-            Matrix m = make_matrix((DType)type, N, K, 64);
+            Matrix m = make_matrix((DType)type, N, K, type == DT_Q4 ? q4_group : 64);
             pack_matrix(&m);
             matmul(y, x, &m, T);                                    // warm-up
             double v[64];
@@ -489,13 +519,13 @@ int main(int argc, char** argv) {
     struct { int K, N; } vs[] = { { 4096, 4096 }, { 4096, 11008 }, { 11008, 4096 }, { 4096, 32064 } };
     int nvs = (int)(sizeof vs / sizeof vs[0]);
     enum { MAXC = 8 };
-    Matrix mats[3][4][MAXC];
-    int ncopy[3][4];
-    for (int type = 0; type < 3; type++)
+    Matrix mats[NTYPES][4][MAXC];
+    int ncopy[NTYPES][4];
+    for (int type = 0; type < NTYPES; type++)
         for (int s = 0; s < nvs; s++) {
             ncopy[type][s] = 0;
             if (only && strcmp(only, tname[type])) continue;
-            Matrix src = make_matrix((DType)type, vs[s].N, vs[s].K, 64);
+            Matrix src = make_matrix((DType)type, vs[s].N, vs[s].K, type == DT_Q4 ? q4_group : 64);
             // enough distinct copies that one pass over them is >= 128 MiB (4x L3)
             int nc = (int)((128.0 * 1048576 + weight_bytes(&src) - 1) / weight_bytes(&src));
             if (nc > MAXC) nc = MAXC;
@@ -504,7 +534,11 @@ int main(int argc, char** argv) {
             ncopy[type][s] = nc;
             for (int c = 0; c < nc; c++) { mats[type][s][c] = src; mats[type][s][c].packed = NULL; pack_matrix(&mats[type][s][c]); }
             free_source(&src);
-            for (int c = 0; c < nc; c++) { mats[type][s][c].data = NULL; mats[type][s][c].scales = NULL; }
+            for (int c = 0; c < nc; c++) {
+                mats[type][s][c].data = NULL;
+                mats[type][s][c].scales = NULL;
+                mats[type][s][c].scales_bf16 = NULL;
+            }
         }
     BwCtx bw = { NULL, (size_t)1 << (small ? 23 : 28) };    // 1 GiB of floats (--small: 32 MiB)
     float* bwbuf = mm_alloc(bw.n * 4);
@@ -512,12 +546,13 @@ int main(int argc, char** argv) {
     bw.buf = bwbuf;
     int vr = small ? 1 : quick ? 5 : 15;
     double *t_bw1 = calloc((size_t)vr, sizeof(double)), *t_bw2 = calloc((size_t)vr, sizeof(double));
-    double* t_gemv = calloc((size_t)5 * nvs * vr, sizeof(double));
+    double* t_gemv = calloc((size_t)6 * nvs * vr, sizeof(double));
     float* xv = mm_alloc((size_t)gemv_t * 11008 * 4);
     float* yv = mm_alloc((size_t)gemv_t * 32064 * 4);
     for (int i = 0; i < gemv_t * 11008; i++) xv[i] = frand();
-    // variants: f32, bf16, q8, q8 widening (AVX-512 only), q8 alt (AVX512-VNNI only)
-    int nvar = mm_has_vnni ? (alt_pf >= 0 ? 5 : 4) : mm_isa == MM_AVX512 ? 4 : 3;
+    // variants: f32, bf16, q8, q4, q8 widening (AVX-512 only), q8 alt (AVX512-VNNI only)
+    enum { V_Q8W = 4, V_Q8A = 5 };
+    int nvar = mm_has_vnni ? (alt_pf >= 0 ? 6 : 5) : mm_isa == MM_AVX512 ? 5 : 4;
     for (int r = 0; r < vr; r++) {
 #if MM_X86
         if (mm_isa == MM_AVX512) { t_bw1[r] = run_bw(bw_add_task, &bw); t_bw2[r] = run_bw(bw_widen_task, &bw); }
@@ -527,11 +562,11 @@ int main(int argc, char** argv) {
         { t_bw1[r] = t_bw2[r] = run_bw(bw_plain_task, &bw); }
         for (int var = 0; var < nvar; var++)
             for (int s = 0; s < nvs; s++) {
-                int type = var < 3 ? var : DT_Q8;
+                int type = var < NTYPES ? var : DT_Q8;
                 if (!ncopy[type][s]) continue;
-                mm_q8_gemv_vnni = var != 3;
+                mm_q8_gemv_vnni = var != V_Q8W;
                 int pf0 = mm_gemv_pf, tpt0 = mm_gemv_tpt, gd0 = mm_gemv_guided;
-                if (var == 4) { mm_gemv_pf = alt_pf; mm_gemv_guided = alt_tpt <= 0; mm_gemv_tpt = alt_tpt > 0 ? alt_tpt : 1; }
+                if (var == V_Q8A) { mm_gemv_pf = alt_pf; mm_gemv_guided = alt_tpt <= 0; mm_gemv_tpt = alt_tpt > 0 ? alt_tpt : 1; }
                 double t0 = now_sec();
                 for (int c = 0; c < ncopy[type][s]; c++) matmul(yv, xv, &mats[type][s][c], gemv_t);
                 t_gemv[(var * nvs + s) * vr + r] =
@@ -546,14 +581,14 @@ int main(int argc, char** argv) {
     printf("GEMV T=%-2d                 %9s %9s %9s  %s\n", gemv_t, "ms", "GB/s", "% of ref", "kernel");
     for (int var = 0; var < nvar; var++)
         for (int s = 0; s < nvs; s++) {
-            int type = var < 3 ? var : DT_Q8;
+            int type = var < NTYPES ? var : DT_Q8;
             if (!ncopy[type][s]) continue;
             double gbs = median(t_gemv + (var * nvs + s) * vr, vr);
-            printf("%-4s %5d->%-5d x%d copies  %9.3f %9.1f %8.1f%%  %s\n", var == 3 ? "q8w" : var == 4 ? "q8a" : tname[type], vs[s].K, vs[s].N, ncopy[type][s],
+            printf("%-4s %5d->%-5d x%d copies  %9.3f %9.1f %8.1f%%  %s\n", var == V_Q8W ? "q8w" : var == V_Q8A ? "q8a" : tname[type], vs[s].K, vs[s].N, ncopy[type][s],
                    weight_bytes(&mats[type][s][0]) / gbs * 1e-6, gbs, 100.0 * gbs / bwref,
-                   var == 3 ? "avx512 widen" : vname[type]);
+                   var == V_Q8W ? "avx512 widen" : vname[type]);
         }
-    for (int type = 0; type < 3; type++)
+    for (int type = 0; type < NTYPES; type++)
         for (int s = 0; s < nvs; s++)
             for (int c = 0; c < ncopy[type][s]; c++) unpack_matrix(&mats[type][s][c]);
     free(bwbuf); free(x); free(y); free(xv); free(yv); free(t_bw1); free(t_bw2); free(t_gemv);

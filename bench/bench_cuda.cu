@@ -10,13 +10,14 @@
  *            tensor-core peak: cuBLAS bf16 x bf16 -> f32 GEMM, 8192^3.
  *   vision   8 frames (577 tokens each) through CLIP, pooling and the projector: ms per frame, and
  *            FLOP/s as a fraction of the tensor peak.
- *   prefill  a 1,170-token prompt (8 frames x 144 + text) in chunks of 512: tokens/s, fraction of the
- *            tensor peak.
+ *   prefill  a 1,170-token prompt (8 frames x 144 + text) in one pass: tokens/s, fraction of the
+ *            tensor peak; the causal attention of one layer alone, tensor-core and f32 kernels;
+ *            the time to first token (vision + prefill).
  *   decode   N tokens after that prompt: tokens/s, and the bytes one step must read (every weight of
  *            the decoder and lm_head as stored + the KV cache so far) per second as a fraction of the
- *            measured bandwidth.
+ *            measured bandwidth; and the GEMVs alone (every decoder matrix and lm_head, back to back).
  * Timings include the host transfers the real program makes (pixels and embeddings up, features and
- * logits down). Not run on a GPU yet (see README, "GPU (CUDA)").
+ * logits down).
  */
 #include "../llava.cu"
 
@@ -242,7 +243,7 @@ static void bench_model(int type, double bw, double peak, int n_decode) {
     printf("  vision   %d frames x %d tokens: %.2f ms/frame, %.1f TFLOP/s = %.0f%% of the tensor peak\n", F, N,
            1e3 * tv / F, vflops / tv / 1e12, 100 * vflops / tv / peak);
 
-    // prefill: 1,170 tokens in chunks of 512 (llava.c's PREFILL_CHUNK), then decode
+    // prefill: 1,170 tokens in one pass, then decode
     int T = 1170;
     gpu_build_state(g, T + n_decode + 1, 512);
     float* embeds = host_random((size_t)T * d->dim, 2);
@@ -253,9 +254,34 @@ static void bench_model(int type, double bw, double peak, int n_decode) {
     double tp = now_s() - t;
     double D = d->dim, Fh = d->hidden_dim, L = d->n_layers;
     double per_token = 2.0 * L * (4 * D * D + 3 * D * Fh);  // q, k, v, o (kv heads = heads) and the MLP
-    double pflops = T * per_token + 4.0 * (T * (T + 1) / 2.0) * D * L + 2.0 * D * d->vocab_size;
+    double att_flops = 4.0 * (T * (T + 1) / 2.0) * D;       // one layer's q k^T and p v, causal
+    double pflops = T * per_token + att_flops * L + 2.0 * D * d->vocab_size;
     printf("  prefill  %d tokens: %.3f s, %.0f tokens/s, %.1f TFLOP/s = %.0f%% of the tensor peak\n", T, tp, T / tp,
            pflops / tp / 1e12, 100 * pflops / tp / peak);
+    for (int tensor = 1; tensor >= 0; tensor--) {  // layer 0's attention over the prompt, both kernels
+        GpuAttn a = {};
+        int hd = d->head_dim;
+        a.out = g->att; a.q = g->q; a.k = g->key_cache; a.v = g->value_cache;
+        a.T = T; a.n_heads = d->n_heads; a.n_kv_heads = d->n_kv_heads; a.head_dim = hd;
+        a.q_stride = d->n_heads * hd; a.out_stride = d->n_heads * hd; a.kv_stride = hd;
+        a.kv_head_stride = (size_t)g->ctx * hd; a.kv_bf16 = g->kv_bf16; a.causal_offset = 0; a.n_keys = T;
+        a.scale = 1.0f / sqrtf((float)hd); a.lowp = g->kv_bf16;
+        int saved = gpu_tensor_attention();
+        gpu_tensor_attention_on = tensor;
+        gpu_attention(g, &a, 1);  // warm-up
+        CUDA_CHECK(cudaDeviceSynchronize());
+        int reps = 10;
+        t = now_s();
+        for (int r = 0; r < reps; r++) gpu_attention(g, &a, 1);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        double ta = (now_s() - t) / reps;
+        gpu_tensor_attention_on = saved;
+        printf("  attention %s: %.3f ms per layer (x %d layers = %.1f ms), %.1f TFLOP/s\n",
+               tensor ? "tensor cores (bf16)" : "f32 kernel         ", 1e3 * ta, (int)L, 1e3 * ta * L,
+               att_flops / ta / 1e12);
+    }
+    printf("  first token: vision %.1f ms + prefill %.1f ms = %.3f s for the 8-frame prompt\n", 1e3 * tv, 1e3 * tp,
+           tv + tp);
 
     t = now_s();
     for (int i = 0; i < n_decode; i++) gpu_decode_step(g, 1 + i, T + i, logits);
@@ -266,6 +292,23 @@ static void bench_model(int type, double bw, double peak, int n_decode) {
     printf("  decode   %d tokens after the prompt: %.2f ms/token, %.1f tokens/s, %.0f GB/s = %.0f%% of the "
            "copy bandwidth (%.2f GB weights + %.2f GB KV per token)\n", n_decode, 1e3 * td, 1 / td,
            (weights + kv) / td / 1e9, 100 * (weights + kv) / td / bw, weights / 1e9, kv / 1e9);
+    {  // the GEMVs alone: what the decode step's matmuls reach without the small kernels between them
+        const GpuWeights* w = &g->w;
+        int reps = 5;
+        CUDA_CHECK(cudaDeviceSynchronize());
+        t = now_s();
+        for (int r = 0; r < reps; r++) {
+            for (int l = 0; l < d->n_layers; l++) {
+                const GpuMatrix* ms[] = {&w->wq[l], &w->wk[l], &w->wv[l], &w->wo[l], &w->w_gate[l], &w->w_up[l], &w->w_down[l]};
+                for (int i = 0; i < 7; i++) gpu_gemv(i == 6 ? g->xb : g->hb, i == 6 ? g->hb : g->xb, ms[i], 0);
+            }
+            gpu_gemv(g->logits, g->x, &w->lm_head, 0);
+        }
+        CUDA_CHECK(cudaDeviceSynchronize());
+        double tg = (now_s() - t) / reps;
+        printf("  gemv     every decoder matrix + lm_head: %.2f ms, %.0f GB/s = %.0f%% of the copy bandwidth\n",
+               1e3 * tg, weights / tg / 1e9, 100 * weights / tg / bw);
+    }
     free(pixels); free(vis); free(vid); free(embeds); free(logits);
     gpu_destroy(g);
 }

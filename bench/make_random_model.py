@@ -2,12 +2,13 @@
 make_random_model.py: a llava.c model file with the exact shapes of LLaVA-NeXT-Video-7B and random
 weights, for speed measurements without downloading 14 GB.
 
-    python3 bench/make_random_model.py OUT.bin [--dtype q8|bf16|f32] [--group-size 64]
+    python3 bench/make_random_model.py OUT.bin [--dtype q8|q4|bf16|f32] [--group-size N]
 
 It writes a config.json with the values of the hub's llava-hf/LLaVA-NeXT-Video-7B-hf (listed in
 doc/model.md#checkpoint-and-config; the keys the hub file leaves out take transformers' defaults in
 export.py, as for the real checkpoint) and runs export.py's own writer over random N(0, 0.02) tensors,
-so the file layout is exactly what the real checkpoint exports to. Needs numpy; a 7B q8 file takes a few minutes and ~7.5 GB of disk.
+so the file layout is exactly what the real checkpoint exports to. Needs numpy; a 7B q8 file takes a few minutes and ~7.5 GB of disk
+(q4: ~4.2 GB, its vision tower and projector in q8 with export.py's default group).
 """
 import argparse
 import json
@@ -63,7 +64,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--dtype", choices=list(export.DTYPES), default="q8")
-    ap.add_argument("--group-size", type=int, default=64)
+    ap.add_argument("--group-size", type=int, default=None, help="export.py's default for the dtype if not given")
     args = ap.parse_args()
     here = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as d:
@@ -72,7 +73,8 @@ def main():
         with open(os.path.join(d, "added_tokens.json"), "w") as f:
             json.dump({"<image>": 32001, "<video>": 32000}, f)
         shutil.copy(os.path.join(here, "..", "test", "data", "tokenizer.model"), d)
-        export.export(d, args.out, args.dtype, args.group_size, source=RandomSource())
+        group = args.group_size or (export.Q4_GROUP if args.dtype == "q4" else export.Q8_GROUP)
+        export.export(d, args.out, args.dtype, group, source=RandomSource())
 
 
 if __name__ == "__main__":

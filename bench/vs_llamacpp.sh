@@ -6,7 +6,7 @@
 # LLAMA_BUILD_DIR is an existing llama.cpp CMake build (it needs bin/llama-bench); this script fetches
 # and builds nothing of llama.cpp. MODEL_DIR (default build/) holds the random-weight models with the
 # Vicuna-7B shapes of LLaVA-NeXT-Video-7B's language model:
-#     random7b_q8.bin (and random7b_bf16.bin if present)   bench/make_random_model.py OUT --dtype q8|bf16
+#     random7b_q8.bin (random7b_q4.bin, random7b_bf16.bin if present)   bench/make_random_model.py OUT --dtype q8|q4|bf16
 #     rand7b_q8_0.gguf, rand7b_q4_0.gguf (rand7b_f16.gguf)  bench/make_random_gguf.py OUT --type q8_0|...
 # Missing models are skipped. Workload: a NP=512-token prompt, then NG=64 new tokens, THREADS=2:
 #   llava.c:   ./llava MODEL --ids "<NP ids>" -n NG --threads THREADS -s 1 (its own timing lines);
@@ -14,8 +14,8 @@
 #              KV cache, llava.c's at position NP; add "-d NP" via LLAMA_BENCH_ARGS to match that).
 # ROUNDS=3 rounds, interleaved (every engine once per round, in turn), with bench/bandwidth.c's
 # read-bandwidth probe before the first run and after every run. The table gives medians over the
-# rounds: prefill and decode tokens/s; for llama.cpp rows, llava.c q8 (same ISA pair) divided by the
-# row; decode GB/s = decode tokens/s x the bytes of the language model's weight matrices in that
+# rounds: prefill and decode tokens/s; for every row but llava.c q8's, llava.c q8 (same ISA pair)
+# divided by the row (below 1: the row is faster); decode GB/s = decode tokens/s x the bytes of the language model's weight matrices in that
 # format (6.607e9 weights, lm_head included; the KV cache is not counted) and that as % of the median
 # of the probes taken just before and just after the row's runs.
 # ISA pairs: llava.c picks its best kernels (or what LLAVA_ISA caps them to) beside LLAMA_BUILD_DIR;
@@ -82,7 +82,7 @@ r=1
 while [ "$TABLE_ONLY" != 1 ] && [ $r -le "$ROUNDS" ]; do
     echo "$PAIRS" | while IFS='|' read -r label isa ldir; do
         if [ -n "$isa" ]; then isaenv="LLAVA_ISA=$isa"; else isaenv=""; fi
-        for w in q8 bf16; do
+        for w in q8 q4 bf16; do
             m=$MODELS/random7b_$w.bin
             [ -f "$m" ] || continue
             echo "   round $r, $label: llava.c $w" >&2
@@ -120,7 +120,8 @@ echo "$PAIRS" | while IFS='|' read -r label isa ldir; do
         for (i = 2; i <= n; i++) { t = a[i] + 0; for (j = i - 1; j >= 1 && a[j] + 0 > t; j--) a[j + 1] = a[j]; a[j + 1] = t }
         return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
     }
-    BEGIN { bpw["q8"] = 68 / 64; bpw["bf16"] = 2; bpw["q8_0"] = 34 / 32; bpw["q4_0"] = 18 / 32; bpw["f16"] = 2; W = 6.607e9 }
+    # bytes per weight: q8 group 64 + f32 scale; q4 group 64 + bf16 scale (make_random_model.py default)
+    BEGIN { bpw["q8"] = 68 / 64; bpw["q4"] = 17 / 32; bpw["bf16"] = 2; bpw["q8_0"] = 34 / 32; bpw["q4_0"] = 18 / 32; bpw["f16"] = 2; W = 6.607e9 }
     { line[NR] = $0 }
     END {
         for (i = 1; i <= NR; i++) {
@@ -141,7 +142,7 @@ echo "$PAIRS" | while IFS='|' read -r label isa ldir; do
             k = order[i]; split(k, e, "|")
             isa = e[1] == "llava.c" ? lisa : cisa
             ratio = ""
-            if (e[1] == "llama.cpp" && (ref in mp) && mp[ref] != "" && md[ref] != "" && mp[k] > 0 && md[k] > 0)
+            if (k != ref && (ref in mp) && mp[ref] != "" && md[ref] != "" && mp[k] > 0 && md[k] > 0)
                 ratio = sprintf("%.2fx, %.2fx", mp[ref] / mp[k], md[ref] / md[k])
             b = median(bw[k])
             gbs = md[k] != "" ? md[k] * W * bpw[e[2]] / 1e9 : ""

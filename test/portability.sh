@@ -5,7 +5,9 @@
 # bench/bench.c with -Wall -Wextra (make port-bins, into build-port/ARCH/; any warning fails the
 # architecture), then under qemu-user
 #   test_tokenizer, test_video, test_matmul --quick, test_blocks,
-#   test_model on one video and one image golden, each against the f32 and the q8 export,
+#   test_model on one video and one image golden, each against the f32, the q8 and the q4 export
+#   (q4 with run_tests.sh's tiny_b groups and its bound of 1.5: the 4-bit rounding itself moves these
+#   logits by up to 85%),
 #   one greedy generation with the tiny model (f32, 2-frame clip, 16 tokens) compared with this
 #   machine's ./llava: the same tokens and the same text.
 # s390x is big-endian: the model files are little-endian and the loader refuses them with "big-endian
@@ -34,6 +36,8 @@ for m in tiny_a tiny_b; do
     [ -f build/models/${m}_f32.bin ] || $PYTHON export.py test/models/$m build/models/${m}_f32.bin --dtype f32 >/dev/null || exit 1
     [ -f build/models/${m}_q8.bin ] || $PYTHON export.py test/models/$m build/models/${m}_q8.bin --dtype q8 --group-size 8 >/dev/null || exit 1
 done
+[ -f build/models/tiny_b_q4.bin ] || $PYTHON export.py test/models/tiny_b build/models/tiny_b_q4.bin --dtype q4 --group-size 16 \
+    --vision-group-size 8 >/dev/null || exit 1
 gen() {  # gen OUTDIR CMD...: the generation, its text in OUTDIR/gen.txt, its tensors in OUTDIR/gen/
     dir=$1
     shift
@@ -112,6 +116,7 @@ for arch in $ARCHS; do
             model=$(echo $g | cut -d_ -f1-2)
             check "$g f32" $qemu $dir/test_model build/models/${model}_f32.bin test/goldens/$g
             check "$g q8" $qemu $dir/test_model build/models/${model}_q8.bin test/goldens/$g --loose --tol 1e-1
+            check "$g q4" $qemu $dir/test_model build/models/${model}_q4.bin test/goldens/$g --loose --tol 1.5
         done
         # the generation: the same greedy tokens and text as this machine's
         gen $dir $qemu $dir/llava

@@ -22,6 +22,11 @@ case "$probe" in *"no GPU found"*) skip "$probe" ;; esac
 
 . test/summary.sh  # run NAME CMD...: as in test/run_tests.sh
 
+# 0. The kernels on real-model shapes against double-precision host loops (test/test_cuda_kernels.cu):
+#    the vector GEMVs, the decode attention's key chunks and the tensor-core prompt attention, which the
+#    tiny goldens (head_dim 8, rows of 32) never reach.
+run "kernels (gpu)" build/test_cuda_kernels
+
 # 1. test/test_model.c, compiled with -DLLAVA_CUDA: every stage of every golden case on the GPU, with
 #    the CPU's tolerances.
 #    f32, 1e-4 of the golden's scale: the GPU path is f32 end to end for f32 weights (f32 cuBLAS with

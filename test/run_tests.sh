@@ -19,10 +19,19 @@ export_model() {  # export_model NAME DTYPE [extra args]
         { echo "== export of $name ($dtype) failed"; total_fail=$((total_fail + 1)); }
 }
 
+# q4: the language model in 4 bits (tiny_a with group 32, tiny_b with 16: two of the allowed sizes),
+# the vision tower and projector in q8 with group 8 (tiny_b's vision width is 24); each beside its
+# f32 twin holding the same dequantized weights (test/export_dequantized.py, see q4_twin below)
+Q4_GROUP_tiny_a=32
+Q4_GROUP_tiny_b=16
 for m in tiny_a tiny_b; do
     export_model $m f32
     export_model $m bf16
     export_model $m q8 --group-size 8
+    eval g=\$Q4_GROUP_$m
+    export_model $m q4 --group-size $g --vision-group-size 8
+    $PYTHON test/export_dequantized.py test/models/$m build/models/${m}_q4twin.bin --dtype q4 --group-size $g \
+        --vision-group-size 8 >/dev/null || { echo "== f32 twin of $m q4 failed"; total_fail=$((total_fail + 1)); }
 done
 
 # The leaves of the unity build depend on base.c and libc alone: each compiles by itself, and names no
@@ -80,7 +89,39 @@ for dir in test/goldens/tiny_*; do
     run "$(basename $dir) bf16" $RUN $BIN/test_model build/models/${model}_bf16.bin "$dir" --loose --tol 1e-1
     run "$(basename $dir) q8" $RUN $BIN/test_model build/models/${model}_q8.bin "$dir" --loose --tol 1e-1
 done
+# q4 weights against the f32 goldens: on these N(0, 0.2) weights the 4-bit rounding (steps of 1/8 of
+# a group's largest weight, 16x q8's) moves the logits by 4-85% of their scale (measured on every
+# case: tiny_b, group 16, is the worst), so this bound of 1.5 only catches a collapse (NaN, inf, a
+# blow-up); the prefill-in-two-calls check inside stays tight. The tight check of the q4 path
+# against its own weights is q4_twin.
+for dir in test/goldens/tiny_*; do
+    model=$(basename "$dir" | cut -d_ -f1-2)
+    run "$(basename $dir) q4" $RUN $BIN/test_model build/models/${model}_q4.bin "$dir" --loose --tol 1.5
+done
+# q4_twin MODEL ARGS...: the q4 file against its f32 twin (the same weights, dequantized by export.py's
+# own quantizers) on one question, every --dump stage within 5e-2 of the tensor's scale. Only the
+# run-time int8 activation quantization separates the two (measured 0.6-3.0%, as q8 against f32:
+# 0.5-3.3%); a wrong nibble, scale or group layout anywhere in the q4 path is an error of order 1.
+q4_twin() {
+    m=$1
+    shift
+    d=build/q4twin_$m
+    rm -rf $d && mkdir -p $d
+    if $LLAVA build/models/${m}_q4.bin "$@" -n 0 -q --dump $d/q4 >/dev/null &&
+        $LLAVA build/models/${m}_q4twin.bin "$@" -n 0 -q --dump $d/f32 >/dev/null &&
+        $PYTHON compare.py $d/q4 $d/f32 --tol 5e-2; then
+        echo "1 passed, 0 failed"
+    else
+        echo "  FAIL q4 $m differs from its f32 twin"
+        echo "0 passed, 1 failed"
+    fi
+}
+run "q4 twin tiny_a video" q4_twin tiny_a -v test/data/city_320x240_420jpeg_4f.y4m -p "What happens in this video?"
+run "q4 twin tiny_b image" q4_twin tiny_b -i test/data/chelsea_451x300.ppm -p "What is in the picture?"
+run "q4 twin tiny_b text" q4_twin tiny_b -p "Tell me a story about a cat."
 
+# export.py's q8 and q4 quantizers on Llama-like N(0, 0.02) weights with outlier columns
+run quantizers $PYTHON test/check_quant.py
 run cli $PYTHON test/test_cli.py
 
 echo "$total_pass passed, $total_fail failed"

@@ -246,13 +246,28 @@ static void test_dequantize(void) {
     for (int i = 0; i < 8; i++) { uint32_t u; memcpy(&u, &f[i], 4); b[i] = u >> 16; }
     int8_t q[8] = {1, -2, 3, -4, 5, -6, 7, -8};
     float sc[2] = {0.5f, 2.0f}, out[8];
-    Matrix mb = {DT_BF16, 1, 8, b, NULL, 0, NULL}, mq = {DT_Q8, 1, 8, q, sc, 4, NULL};
+    Matrix mb = {DT_BF16, 1, 8, b, NULL, 0, NULL, NULL}, mq = {DT_Q8, 1, 8, q, sc, 4, NULL, NULL};
     dequantize_row(out, &mb, 0);
     double e = 0;
     for (int i = 0; i < 8; i++) e = fmax(e, fabs(out[i] - f[i]));
     dequantize_row(out, &mq, 0);
     for (int i = 0; i < 8; i++) e = fmax(e, fabs(out[i] - q[i] * sc[i / 4]));
     check(e == 0, "dequantize_row bf16 and q8 (group scales)", e);
+    // q4, row 1 of a 2 x 16 matrix with group 8: byte i = input 2i (low nibble) | 2i+1 (high), u = w + 8;
+    // the bf16 scales 0.5 and -2 (exact in bf16)
+    uint8_t nib[16];
+    int w4[2][16];
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < 16; i++) w4[r][i] = (i * 5 + r * 3) % 16 - 8;     // every value -8..7
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < 8; i++) nib[r * 8 + i] = (uint8_t)((w4[r][2 * i] + 8) | (w4[r][2 * i + 1] + 8) << 4);
+    uint16_t s4[4] = {f32_to_bf16(1.0f), f32_to_bf16(1.0f), f32_to_bf16(0.5f), f32_to_bf16(-2.0f)};
+    Matrix m4 = {DT_Q4, 2, 16, nib, NULL, 8, NULL, s4};
+    float out4[16];
+    dequantize_row(out4, &m4, 1);
+    double e4 = 0;
+    for (int i = 0; i < 16; i++) e4 = fmax(e4, fabs(out4[i] - w4[1][i] * (i < 8 ? 0.5 : -2.0)));
+    check(e4 == 0, "dequantize_row q4 (nibble order, offset 8, bf16 group scales)", e4);
 }
 
 static void test_prompt(void) {

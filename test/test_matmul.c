@@ -13,6 +13,11 @@
 //   each activation to the nearest multiple of its group scale). Both quantize the activations the
 //   same way, so a row's result must not depend on the path: the VNNI GEMV of one row is checked bit
 //   for bit against the same row inside a GEMM (test_q8_gemv).
+// * q4 (every path, every level): bit-identical to matmul_ref, whose q4 arithmetic is the definition
+//   (activations quantized by mm_quantize_group, exact int32 group dots, one fma per group in group
+//   order); and matmul_ref itself against a double-precision product of the dequantized weights and the
+//   f32 activations within the rigorous activation-rounding bound sum_g scale_x[g]/2 * sum_k |w_k|
+//   (+ 1e-5 S for the f32 epilogue).
 
 #include "../matmul.c"
 
@@ -31,10 +36,10 @@ static void check(int ok, const char* what) {
 }
 
 // A test matrix with its own storage.
-typedef struct { Matrix m; void* data; float* scales; } TestMat;
+typedef struct { Matrix m; void* data; float* scales; uint16_t* scales_bf16; } TestMat;
 
 static TestMat make_mat(DType type, int N, int K, int G) {
-    TestMat t = { { type, N, K, NULL, NULL, G, NULL }, NULL, NULL };
+    TestMat t = { { type, N, K, NULL, NULL, G, NULL, NULL }, NULL, NULL, NULL };
     size_t n = (size_t)N * K;
     if (type == DT_F32) {
         float* d = malloc(n * 4);
@@ -43,6 +48,18 @@ static TestMat make_mat(DType type, int N, int K, int G) {
     } else if (type == DT_BF16) {
         uint16_t* d = malloc(n * 2);
         for (size_t i = 0; i < n; i++) d[i] = f32_to_bf16(rng_uniform());
+        t.data = d;
+    } else if (type == DT_Q4) {
+        // random nibbles (every value 0..15, i.e. w -8..7, the extremes included), bf16 scales
+        uint8_t* d = malloc(n / 2 + 1);
+        for (size_t i = 0; i < n / 2; i++) d[i] = (uint8_t)(rng_u32() & 0xff);
+        size_t ns = (size_t)N * (K / G);
+        t.scales_bf16 = malloc(ns * 2 + 2);
+        for (size_t i = 0; i < ns; i++) t.scales_bf16[i] = f32_to_bf16(0.001f + 0.01f * (rng_uniform() + 1.0f));
+        if (N > 2 && K / G > 1) {       // one all-zero weight group (nibbles 8) with scale 0
+            memset(d + (size_t)1 * K / 2, 0x88, (size_t)G / 2);
+            t.scales_bf16[(size_t)1 * (K / G)] = 0;
+        }
         t.data = d;
     } else {
         int8_t* d = malloc(n);
@@ -57,10 +74,11 @@ static TestMat make_mat(DType type, int N, int K, int G) {
     }
     t.m.data = t.data;
     t.m.scales = t.scales;
+    t.m.scales_bf16 = t.scales_bf16;
     return t;
 }
 
-static void free_mat(TestMat* t) { unpack_matrix(&t->m); free(t->data); free(t->scales); }
+static void free_mat(TestMat* t) { unpack_matrix(&t->m); free(t->data); free(t->scales); free(t->scales_bf16); }
 
 static float* make_x(int T, int K) {
     float* x = malloc((size_t)T * K * 4 + 4);
@@ -76,7 +94,15 @@ static float w_at(const Matrix* m, int n, int k) {
     size_t i = (size_t)n * m->cols + k;
     if (m->type == DT_F32) return ((const float*)m->data)[i];
     if (m->type == DT_BF16) return bf16_to_f32(((const uint16_t*)m->data)[i]);
+    if (m->type == DT_Q4) return (float)mm_q4_weight(m, n, k);     // the scale: per group, by callers
     return (float)((const int8_t*)m->data)[i];       // q8: the scale is applied per group by callers
+}
+
+static double w_scale(const Matrix* m, int n, int k) {  // the group scale of w[n][k] (1 if none)
+    size_t gi = (size_t)n * (m->cols / (m->group > 0 ? m->group : 1)) + k / (m->group > 0 ? m->group : 1);
+    if (m->type == DT_Q8) return m->scales[gi];
+    if (m->type == DT_Q4) return bf16_to_f32(m->scales_bf16[gi]);
+    return 1.0;
 }
 
 // S[t][n] = sum_k |w x| (with dequantized weights)
@@ -87,8 +113,7 @@ static double* abs_scale(const Matrix* m, const float* x, int T) {
         for (int n = 0; n < N; n++) {
             double acc = 0.0;
             for (int k = 0; k < K; k++) {
-                double wv = w_at(m, n, k);
-                if (m->type == DT_Q8) wv *= m->scales[(size_t)n * (K / m->group) + k / m->group];
+                double wv = w_at(m, n, k) * w_scale(m, n, k);
                 acc += fabs(wv * x[(size_t)t * K + k]);
             }
             s[(size_t)t * N + n] = acc;
@@ -142,7 +167,34 @@ static void ref_q8_quantized(float* y, double* bound, const float* x, const Matr
     free(sx);
 }
 
-static const char* type_name[] = { "f32", "bf16", "q8" };
+// q4: the exact product of the dequantized weights and the f32 activations (double), and the bound
+// of the activation rounding, as in ref_q8_quantized: sum_g s_x[g]/2 * sum_k |w dequantized|.
+static void ref_q4_exact(double* y, double* bound, const float* x, const Matrix* m, int T) {
+    int N = m->rows, K = m->cols, G = m->group, ng = K / G;
+    int8_t* q = malloc((size_t)K);
+    float* sx = malloc((size_t)ng * 4);
+    for (int t = 0; t < T; t++) {
+        for (int g = 0; g < ng; g++) (void)mm_quantize_group(x + (size_t)t * K + (size_t)g * G, G, q + (size_t)g * G, &sx[g]);
+        for (int n = 0; n < N; n++) {
+            double acc = 0.0, b = 0.0;
+            for (int g = 0; g < ng; g++) {
+                double wabs = 0.0;
+                for (int k = g * G; k < (g + 1) * G; k++) {
+                    double wv = w_at(m, n, k) * w_scale(m, n, k);
+                    acc += wv * x[(size_t)t * K + k];
+                    wabs += fabs(wv);
+                }
+                b += sx[g] * 0.5 * wabs;
+            }
+            y[(size_t)t * N + n] = acc;
+            bound[(size_t)t * N + n] = b * 1.0001;
+        }
+    }
+    free(q);
+    free(sx);
+}
+
+static const char* type_name[] = { "f32", "bf16", "q8", "q4" };
 
 // Which path will matmul take (mirrors matmul()'s choice, for naming and tolerances)? Low precision:
 // bf16 GEMM with vdpbf16ps (activations rounded to bf16), and q8 on every SIMD level (activations
@@ -194,7 +246,22 @@ static void test_case(DType type, int T, int N, int K, int G, int pack) {
     snprintf(msg, sizeof msg, "%s: 1/2/3 threads bit-identical", what);
     check(memcmp(y1, y2, ny * 4) == 0 && memcmp(y1, y3, ny * 4) == 0, msg);
 
-    if (!uses_lowprec_gemm(m, T)) {
+    if (type == DT_Q4) {
+        // the path matmul took (GEMV or GEMM, any level) must give matmul_ref's bits ...
+        snprintf(msg, sizeof msg, "%s: q4 bit-identical to matmul_ref", what);
+        check(memcmp(y2, ref, ny * 4) == 0, msg);
+        if (memcmp(y2, ref, ny * 4) != 0)
+            for (size_t i = 0; i < ny; i++)
+                if (y2[i] != ref[i]) { fprintf(stderr, "  first difference at %zu: %.9g vs %.9g\n", i, y2[i], ref[i]); break; }
+        // ... and matmul_ref is the dequantized product up to the activation rounding (+ f32 sums)
+        double *ex = malloc(ny * sizeof(double)), *bound = malloc(ny * sizeof(double));
+        float* exf = malloc(ny * 4);
+        ref_q4_exact(ex, bound, x, m, T);
+        for (size_t i = 0; i < ny; i++) exf[i] = (float)ex[i];
+        snprintf(msg, sizeof msg, "%s: q4 matmul_ref vs dequantized f64 product (activation rounding bound)", what);
+        check(close_enough(ref, exf, S, bound, 1e-5, ny, msg), msg);
+        free(ex); free(bound); free(exf);
+    } else if (!uses_lowprec_gemm(m, T)) {
         snprintf(msg, sizeof msg, "%s: vs matmul_ref (1e-5 S)", what);
         check(close_enough(y2, ref, S, NULL, 1e-5, ny, msg), msg);
     } else if (type == DT_BF16) {
@@ -461,15 +528,19 @@ static void test_arm(int quick) {
             test_case(DT_Q8, T, 100, 128, 64, 1);
             test_case(DT_Q8, T, 45, 96, 32, 1);
             test_case(DT_Q8, T, 17, 40, 4, 1);                      // tiny groups
+            test_case(DT_Q4, T, 100, 128, 64, 1);
+            test_case(DT_Q4, T, 45, 96, 32, 1);
+            test_case(DT_Q4, T, 17, 40, 8, 1);
         }
         if (!quick && lv == max_level) {
             test_case(DT_F32, 577, 70, 96, 0, 1);
             test_case(DT_BF16, 577, 70, 96, 0, 1);
             test_case(DT_Q8, 577, 70, 128, 64, 1);
+            test_case(DT_Q4, 577, 70, 128, 64, 1);
         }
         test_case(DT_Q8, 9, 20, 60, 6, 1);                          // group % 4 != 0: portable path
         test_case(DT_F32, 16, 64, 64, 0, 0);                        // never packed: portable path
-        for (int type = 0; type < 3; type++) {
+        for (int type = 0; type < 4; type++) {
             test_special((DType)type, 3, 50, 128, 64);
             test_special((DType)type, 4, 50, 128, 64);
             test_special((DType)type, 20, 50, 128, 64);
@@ -480,6 +551,7 @@ static void test_arm(int quick) {
     if (max_level > MM_ARM_SCALAR) test_arm_q8_levels(max_level);
     test_case(DT_F32, 300, 1, 1, 0, 1);                             // degenerate shapes
     test_case(DT_Q8, 30, 64, 2048, 64, 1);                          // long K
+    test_case(DT_Q4, 30, 64, 2048, 64, 1);
     test_case(DT_BF16, 30, 64, 2048, 0, 1);
     test_case(DT_F32, 30, 64, 2048, 0, 1);
 }
@@ -520,17 +592,23 @@ int main(int argc, char** argv) {
             test_case(DT_Q8, T, N1, 128, 64, 1);
             test_case(DT_Q8, T, 45, 96, 32, 1);
             test_case(DT_Q8, T, 17, 40, 4, 1);          // tiny groups
+            test_case(DT_Q4, T, N1, 128, 64, 1);
+            test_case(DT_Q4, T, 45, 96, 32, 1);
+            test_case(DT_Q4, T, 17, 40, 8, 1);          // the smallest q4 group, N < one panel
         }
         for (int T = 1; T <= 20; T++) {                 // every T around the GEMV/GEMM switch and tile edges
             test_case(DT_F32, T, 47, 29, 0, 1);
             test_case(DT_BF16, T, 47, 29, 0, 1);        // odd K
             test_case(DT_Q8, T, 50, 64, 8, 1);
             test_case(DT_Q8, T, 50, 256, 128, 1);
+            test_case(DT_Q4, T, 50, 64, 8, 1);
+            test_case(DT_Q4, T, 70, 256, 32, 1);        // rows: 2 panels + 6
         }
+        test_case(DT_Q4, 13, 33, 64, 16, 0);            // never packed: the portable reference path
         test_case(DT_Q8, 9, 20, 60, 6, 1);              // group % 4 != 0: portable path
         test_case(DT_F32, 16, 64, 64, 0, 0);            // never packed: portable path
         if (cfgs[c].level >= MM_AVX2) test_q8_gemv();
-        for (int type = 0; type < 3; type++) {
+        for (int type = 0; type < 4; type++) {
             test_special((DType)type, 3, 50, 128, 64);
             test_special((DType)type, 4, 50, 128, 64);
             test_special((DType)type, 20, 50, 128, 64);
@@ -540,6 +618,8 @@ int main(int argc, char** argv) {
     matmul_set_isa(max_isa, vnni, bf16);
     test_case(DT_F32, 300, 1, 1, 0, 1);                 // degenerate shapes
     test_case(DT_Q8, 30, 64, 2048, 64, 1);              // long K
+    test_case(DT_Q4, 30, 64, 2048, 64, 1);
+    test_case(DT_Q4, 7, 100, 4096, 32, 1);
     test_case(DT_BF16, 30, 64, 2048, 0, 1);
     test_case(DT_F32, 30, 64, 2048, 0, 1);
     if (skipped[0]) printf("skipped: %s (CPU lacks it, or LLAVA_ISA caps it)\n", skipped);
