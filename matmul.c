@@ -2426,8 +2426,8 @@ MM_TGT_VNNI static void mm_task_gemv512_q4(void* v, int task) {
 // ws: panel scales + 16 * half, (ng, 32) bf16.
 // Intrinsics, unlike the q8 kernel: GCC 12 (-march=x86-64-v3) keeps 6 of the 8 accumulators in
 // memory (a load-add-store per panel row), yet this measured 94-101 % of the vpmaddubsw + vpmaddwd +
-// vpaddd peak loop (it retires more products per instruction than that loop) and 1.4-1.75x the q8
-// kernel on the prefill shapes (Zen 5, --isa avx2), so it was left as it is.
+// vpaddd peak loop (it retires more products per instruction than that loop) and 1.39-1.45x the
+// int16 q8 kernel on the prefill shapes (Zen 5, --isa avx2), so it was left as it is.
 MM_INLINE MM_TGT_AVX2 __m256i mm_dot8_q4_avx2(__m256i acc, __m256i lo, __m256i hi, __m256i al, __m256i ah,
                                               __m256i ones16) {
     __m256i pairs = _mm256_add_epi16(_mm256_maddubs_epi16(lo, al), _mm256_maddubs_epi16(hi, ah));
