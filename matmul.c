@@ -820,12 +820,14 @@ typedef struct {
     const int* bounds;      // if set: task t covers panels [bounds[t], bounds[t+1]) (guided schedule)
     int mr;                 // AVX2 GEMM: tile rows (MM_A2_MR, MM_A2_Q8_MR or MM_AVNNI_MR)
     int avxvnni;            // AVX2 q8 GEMM: 1 = AVX-VNNI kernel, 0 = vpmaddwd (int16) kernel
-    int a_int16;            // mm_task_pack_avx2: 1 = activations as int16 pairs (the q8 vpmaddwd kernel),
-                            // 0 = 4 s8 per word (AVX-VNNI, and every q4 kernel)
     int8_t* q;              // AVX2 q8: quantized activations (T rounded up to tiles, K) row-major
     float* asr;             // AVX2 q8: their scales (rows, ng) row-major
     int32_t* acr;           // AVX2 q8: their compensation -128 * sum(q) (rows, ng) row-major
 } MMJob;
+
+// Words per (k4 step, row) of the AVX2 packer's activation tiles: 2 (int16 pairs) for the q8 vpmaddwd
+// kernel, 1 (4 s8) for the AVX-VNNI kernel and every q4 kernel.
+static inline int mm_a2_words(const MMJob* j) { return j->w->type == DT_Q8 && !j->avxvnni ? 2 : 1; }
 
 // contiguous share [*a, *b) of n items for task `task` of n_tasks
 static inline void mm_split(int n, int task, int n_tasks, int* a, int* b) {
@@ -1329,7 +1331,7 @@ MM_TGT_AVX2 static void mm_task_pack_avx2(void* v, int task) {
         float* asr = j->asr + (size_t)t0 * ng;              // (mr, ng)
         int32_t* acr = j->acr + (size_t)t0 * ng;            // (mr, ng)
         mm_quantize_rows_q8_avx2(j->x + (size_t)t0 * K, mr, K, j->p->G, q, asr, acr);
-        int aw = j->a_int16 ? 2 : 1;                                // words per row and k4 step
+        int aw = mm_a2_words(j);                                    // words per row and k4 step
         uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MR * aw;  // (kw, MR, aw) words of this tile
         for (int kq = 0; kq < kw; kq++)
             for (int i = 0; i < MR; i++) {
@@ -1372,7 +1374,7 @@ MM_TGT_AVX2 static void mm_task_gemm_avx2(void* v, int task) {
                     mm_kernel_bf16_avx2((const float*)j->a + (size_t)it * K2 * MR, wp, p->kw, y, N, mr, nc);
                 else {
                     // the tile's packed activations: 1 word per (k4, row) for AVX-VNNI, 2 for AVX2
-                    const uint32_t* a = (const uint32_t*)j->a + (size_t)it * p->kw * MR * (j->a_int16 ? 2 : 1);
+                    const uint32_t* a = (const uint32_t*)j->a + (size_t)it * p->kw * MR * mm_a2_words(j);
                     const float* as = j->as + (size_t)it * p->ng * MR;
                     const float* ws = p->s + (size_t)pi * p->ng * 32 + h * 16;
                     if (j->avxvnni)
@@ -1542,13 +1544,12 @@ static void mm_matmul_avx2(MMJob* j) {
     }
     // GEMM: pack (or quantize) the activations into row tiles, then the kernels
     j->avxvnni = type == DT_Q8 && mm_isa == MM_AVXVNNI;
-    j->a_int16 = type == DT_Q8 && !j->avxvnni;
     j->mr = type != DT_Q8 ? MM_A2_MR : j->avxvnni ? MM_AVNNI_MR : MM_A2_Q8_MR;
     j->ntiles = (T + j->mr - 1) / j->mr;
     size_t rows = (size_t)j->ntiles * j->mr;
     // f32 and bf16 tiles are packed K2 = K rounded up to even deep (mm_task_pack_avx2), q8 tiles K/4 words
     // (AVX2 q8 tiles hold int16 activations: 2 words per k4 step)
-    size_t abytes = rows * (type != DT_Q8 ? (size_t)(K + 1) / 2 * 2 * 4 : (size_t)p->kw * 4 * (j->a_int16 ? 2 : 1));
+    size_t abytes = rows * (type != DT_Q8 ? (size_t)(K + 1) / 2 * 2 * 4 : (size_t)p->kw * 4 * mm_a2_words(j));
     size_t sbytes = 0, qbytes = 0;
     if (type == DT_Q8) { sbytes = rows * p->ng * 4; qbytes = align_up(rows * K, 64); }
     char* buf = mm_get_scratch(abytes + qbytes + 4 * sbytes + 64, own);
@@ -2674,7 +2675,6 @@ static void mm_matmul_q4_x86(MMJob* j) {
     }
     // GEMM: the activations quantized into row tiles by the q8 packers, then the q4 kernels
     j->avxvnni = !vnni512 && mm_isa == MM_AVXVNNI;
-    j->a_int16 = 0;                        // the q4 kernels read 4 s8 per word at every level
     j->mr = vnni512 ? MM_Q8_MR : j->avxvnni ? MM_AVNNI_MR : MM_A2_Q8_MR;
     j->ntiles = (T + j->mr - 1) / j->mr;
     size_t rows = (size_t)j->ntiles * j->mr;
