@@ -36,7 +36,8 @@ import sys
 import numpy as np
 
 MAGIC = 0x41564C4C  # the bytes "LLVA"
-VERSION = 1
+VERSION = 2           # file format: 2 stores the matmul weights in the kernels' panels, 1 in rows
+FORMATS = (1, 2)      # what --format writes (llava.c reads both; 1 is re-packed at every load)
 HEADER_SIZE = 1024
 ALIGN = 64
 DTYPES = {"f32": 0, "bf16": 1, "q8": 2, "q4": 3}
@@ -473,8 +474,8 @@ def pack_header(h):
 # Tensor writing
 
 class Writer:
-    def __init__(self, f, dtype, group, vision_group=0):
-        self.f, self.dtype, self.group, self.vision_group = f, dtype, group, vision_group
+    def __init__(self, f, dtype, group, vision_group=0, format=2):
+        self.f, self.dtype, self.group, self.vision_group, self.format = f, dtype, group, vision_group, format
         self.worst = []  # (relative max error, name, type) per quantized tensor
         self.vision = False  # q4 files: True while the vision tower and projector are written (q8)
 
@@ -488,42 +489,73 @@ class Writer:
         for a in arrays:
             self.f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
 
-    def matrix(self, name, arrays):
-        """Write a stack of (rows, cols) matmul weights in the file's weight dtype (q4 files: q8 for the
-        vision tower and projector, with their own group)."""
+    def f32_matrix(self, a):
+        """Write one matmul weight that stays f32 whatever the dtype (the patch embedding), as rows
+        (format 1) or panels (format 2)."""
         self.align()
-        if self.dtype == "q4" and not self.vision:
-            scales, worst = [], 0.0
-            for a in arrays:
-                u, s = quantize_q4(a, self.group, name)
-                worst = max(worst, rel_error(a, dequantize_q4(u, s, self.group)))
-                self.f.write(u.tobytes())
-                scales.append(s)
-            self.align()
-            for s in scales:
-                self.f.write(s.tobytes())
-            self.worst.append((worst, name, "q4"))
-            return
-        group = self.vision_group if self.dtype == "q4" else self.group
-        if self.dtype == "f32":
-            for a in arrays:
-                self.f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
-        elif self.dtype == "bf16":
-            for a in arrays:
-                self.f.write(f32_to_bf16(a).tobytes())
-        else:
-            scales, worst = [], 0.0
-            for a in arrays:
+        a = np.ascontiguousarray(a, dtype="<f4")
+        self.f.write(panels(a.view("<u4"), 0) if self.format == 2 else a.tobytes())
+
+    def matrix(self, name, arrays, rows=False):
+        """Write a stack of (rows, cols) matmul weights in the file's weight dtype (q4 files: q8 for the
+        vision tower and projector, with their own group): every matrix's values, then (q8, q4) every
+        matrix's scales. Format 1 stores rows; format 2 the kernels' panels (see `panels`), except
+        for a table read by rows (rows=True: embed_tokens)."""
+        as_panels = self.format == 2 and not rows
+        self.align()
+        q4 = self.dtype == "q4" and not self.vision
+        group = self.group if self.dtype != "q4" or q4 else self.vision_group
+        scales, worst = [], 0.0
+        for a in arrays:
+            if q4:
+                u, s = quantize_q4(a, group, name)
+                worst = max(worst, rel_error(a, dequantize_q4(u, s, group)))
+                data, words, pad = u, q4_words(u), 0x88888888
+            elif self.dtype == "q8" or self.dtype == "q4":
                 q, s = quantize_q8(a, group, name)
                 err = np.abs(q.astype(np.float32).reshape(s.shape[0], s.shape[1], -1) * s[:, :, None]
                              - a.reshape(s.shape[0], s.shape[1], -1)).max()
                 worst = max(worst, float(err / max(np.abs(a).max(), 1e-30)))
-                self.f.write(q.tobytes())
+                s = s.astype("<f4")
+                u8 = (q.astype(np.int16) + 128).astype(np.uint8)   # the u8 operand of vpdpbusd: w + 128
+                data, words, pad = q, u8.view("<u4"), 0x80808080
+            elif self.dtype == "bf16":
+                s, data = None, f32_to_bf16(a)
+                even = np.pad(data, ((0, 0), (0, data.shape[1] % 2))).astype(np.uint32)
+                words, pad = even[:, 0::2] | even[:, 1::2] << 16, 0
+            else:
+                s, data = None, np.ascontiguousarray(a, dtype="<f4")
+                words, pad = data.view("<u4"), 0
+            self.f.write(panels(words, pad) if as_panels else data.tobytes())
+            if s is not None:
                 scales.append(s)
+        if scales:
             self.align()
             for s in scales:
-                self.f.write(s.astype("<f4").tobytes())
-            self.worst.append((worst, name, "q8"))
+                self.f.write(panels(s, 0) if as_panels else s.tobytes())
+            self.worst.append((worst, name, "q4" if q4 else "q8"))
+
+
+def panels(words, pad):
+    """Format 2: a (rows, n) array of 32-bit words (or of scales) in matmul.c's panel layout -- columns
+    of the matrix (its rows, the output features) in panels of 32, each panel (n, 32) with the 32
+    columns innermost, the last one padded with `pad` (a zero weight; scales 0). The bytes, as
+    pack_matrix would lay them out in memory."""
+    rows, n = words.shape
+    n_panels = -(-rows // 32)
+    out = np.full((n_panels * 32, n), pad, dtype=words.dtype)
+    out[:rows] = words
+    return np.ascontiguousarray(out.reshape(n_panels, 32, n).transpose(0, 2, 1)).tobytes()
+
+
+def q4_words(u):
+    """Format 2's q4 words from the row format's nibble pairs u (rows, cols/2): word i of a row holds
+    inputs 8i..8i+7, byte j the nibble of 8i+j low and of 8i+4+j high (matmul.c's q4 panels)."""
+    rows = u.shape[0]
+    nib = np.empty((rows, u.shape[1] * 2), np.uint8)
+    nib[:, 0::2], nib[:, 1::2] = u & 0x0F, u >> 4
+    nib = nib.reshape(rows, -1, 2, 4)   # (row, word, low/high half, byte)
+    return np.ascontiguousarray(nib[:, :, 0, :] | nib[:, :, 1, :] << 4).view("<u4").reshape(rows, -1)
 
 
 def f32_to_bf16(a):
@@ -593,10 +625,21 @@ def rel_error(a, d):
 
 def write_layers(ck, w, prefix, n_layers, label, parts):
     """Each (part, shape, kind) of `parts` as one tensor stacked over layers 0..n_layers-1, read from
-    prefix % layer + part: kind "m" a matmul weight in the file's dtype, "f" f32."""
+    prefix % layer + part: kind "m" a matmul weight in the file's dtype, "f" f32. A part given as a
+    tuple of names (matmul weights) is one matrix whose rows are theirs in turn (format 2's fused
+    matrices); `shape` is then a list of their shapes."""
     for part, shape, kind in parts:
-        arrays = (ck.get(prefix % i + part, shape) for i in range(n_layers))
-        w.matrix(label + part, arrays) if kind == "m" else w.f32(arrays)
+        names, shapes = (part, shape) if isinstance(part, tuple) else ((part,), [shape])
+        arrays = (np.concatenate([ck.get(prefix % i + n, s) for n, s in zip(names, shapes)]) for i in range(n_layers))
+        w.matrix(label + "+".join(names), arrays) if kind == "m" else w.f32(arrays)
+
+
+def fused(format, parts):
+    """Format 2 stores q|k|v and gate|up as one matrix each, the rows the kernels fuse (llava.c's
+    fuse_weights does the same at load for format 1): ("a", "b") with their shapes, kind "m"."""
+    if format == 1:
+        return parts
+    return [(tuple(p for p, _, _ in parts), [s for _, s, _ in parts], "m")]
 
 
 def tensor_plan(ck, h, w):
@@ -609,16 +652,17 @@ def tensor_plan(ck, h, w):
     v = "vision."
     w.vision = True   # q4 files: the vision tower and the projector in q8
     w.f32([ck.get(v + "embeddings.class_embedding", [Dv])])
-    w.f32([ck.get(v + "embeddings.patch_embedding.weight", [Dv, C, P, P]).reshape(Dv, C * P * P)])
+    w.f32_matrix(ck.get(v + "embeddings.patch_embedding.weight", [Dv, C, P, P]).reshape(Dv, C * P * P))
     w.f32([ck.get(v + "embeddings.position_embedding.weight", [npos, Dv])])
     ck.skip(v + "embeddings.position_ids")
     w.f32([ck.get(v + "pre_layrnorm.weight", [Dv])])
     w.f32([ck.get(v + "pre_layrnorm.bias", [Dv])])
+    qkv = [("self_attn.%s_proj.weight" % x, [Dv, Dv], "m") for x in "qkv"]
+    qkv_bias = [("self_attn.%s_proj.bias" % x, [Dv], "f") for x in "qkv"]
+    # format 1: each projection and its bias in turn; format 2: q|k|v as one matrix, then the biases
+    attention = [t for pair in zip(qkv, qkv_bias) for t in pair] if w.format == 1 else fused(2, qkv) + qkv_bias
     write_layers(ck, w, v + "encoder.layers.%d.", Lv, "vision.", [
-        ("layer_norm1.weight", [Dv], "f"), ("layer_norm1.bias", [Dv], "f"),
-        ("self_attn.q_proj.weight", [Dv, Dv], "m"), ("self_attn.q_proj.bias", [Dv], "f"),
-        ("self_attn.k_proj.weight", [Dv, Dv], "m"), ("self_attn.k_proj.bias", [Dv], "f"),
-        ("self_attn.v_proj.weight", [Dv, Dv], "m"), ("self_attn.v_proj.bias", [Dv], "f"),
+        ("layer_norm1.weight", [Dv], "f"), ("layer_norm1.bias", [Dv], "f")] + attention + [
         ("self_attn.out_proj.weight", [Dv, Dv], "m"), ("self_attn.out_proj.bias", [Dv], "f"),
         ("layer_norm2.weight", [Dv], "f"), ("layer_norm2.bias", [Dv], "f"),
         ("mlp.fc1.weight", [Dvh, Dv], "m"), ("mlp.fc1.bias", [Dvh], "f"),
@@ -638,16 +682,16 @@ def tensor_plan(ck, h, w):
     w.vision = False
     L, V, F = h["n_layers"], h["vocab_size"], h["hidden_dim"]
     qd, kvd = h["n_heads"] * h["head_dim"], h["n_kv_heads"] * h["head_dim"]
-    w.matrix("embed_tokens", [ck.get("lm.embed_tokens.weight", [V, D])])
+    w.matrix("embed_tokens", [ck.get("lm.embed_tokens.weight", [V, D])], rows=True)   # a lookup table
     write_layers(ck, w, "lm.layers.%d.", L, "", [
-        ("input_layernorm.weight", [D], "f"),
+        ("input_layernorm.weight", [D], "f")] + fused(w.format, [
         ("self_attn.q_proj.weight", [qd, D], "m"),
         ("self_attn.k_proj.weight", [kvd, D], "m"),
-        ("self_attn.v_proj.weight", [kvd, D], "m"),
+        ("self_attn.v_proj.weight", [kvd, D], "m")]) + [
         ("self_attn.o_proj.weight", [D, qd], "m"),
-        ("post_attention_layernorm.weight", [D], "f"),
+        ("post_attention_layernorm.weight", [D], "f")] + fused(w.format, [
         ("mlp.gate_proj.weight", [F, D], "m"),
-        ("mlp.up_proj.weight", [F, D], "m"),
+        ("mlp.up_proj.weight", [F, D], "m")]) + [
         ("mlp.down_proj.weight", [D, F], "m")])
     for i in range(L):  # old checkpoints stored the rotary buffer; it is recomputed at run time
         ck.skip("lm.layers.%d.self_attn.rotary_emb.inv_freq" % i)
@@ -661,7 +705,7 @@ def tensor_plan(ck, h, w):
         die("checkpoint has no lm_head.weight and tie_word_embeddings is false")
 
 
-def export(hf_dir, out_path, dtype, group, source=None, vision_group=Q8_GROUP):
+def export(hf_dir, out_path, dtype, group, source=None, vision_group=Q8_GROUP, format=VERSION):
     """source: where the tensors come from; the checkpoint in hf_dir unless given (bench/make_random_model.py
     passes random weights with the same names and shapes)."""
     h = read_config(hf_dir)
@@ -673,13 +717,13 @@ def export(hf_dir, out_path, dtype, group, source=None, vision_group=Q8_GROUP):
         die("%s: tokenizer has %d tokens but vocab_size is %d" % (hf_dir, len(tokens), h["vocab_size"]))
     blob = tokenizer_blob(tokens)
     ck = source or Checkpoint(hf_dir)
-    h.update(magic=MAGIC, version=VERSION, weight_type=DTYPES[dtype], group_size=group if dtype in ("q8", "q4") else 0,
+    h.update(magic=MAGIC, version=format, weight_type=DTYPES[dtype], group_size=group if dtype in ("q8", "q4") else 0,
              n_tokens=len(tokens), tokenizer_bytes=len(blob), vision_group_size=vision_group if dtype == "q4" else 0)
     tmp = out_path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(pack_header(h))
         f.write(blob)
-        w = Writer(f, dtype, group, vision_group)
+        w = Writer(f, dtype, group, vision_group, format)
         tensor_plan(ck, h, w)
         w.align()
         size = f.tell()
@@ -712,6 +756,9 @@ def main():
                     "test/check_quant.py) for those who prefer accuracy (see README)".format(Q8_GROUP, Q4_GROUP, Q4_GROUP_MULT))
     ap.add_argument("--vision-group-size", type=int, default=Q8_GROUP, help="q4 files: the q8 group of the "
                     "vision tower's and projector's matrices (default %d)" % Q8_GROUP)
+    ap.add_argument("--format", type=int, choices=FORMATS, default=VERSION, help="file format: 2 (default) "
+                    "stores the matmul weights in the layout llava.c's kernels read, so a load is an mmap; 1 "
+                    "stores rows (older llava.c builds read only 1; this one re-packs it at every load)")
     ap.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer blob")
     ap.add_argument("--added-tokens", default="", help="with --tokenizer-only and a tokenizer.model: "
                     "comma-separated tokens to append as special (e.g. '<video>,<image>')")
@@ -731,7 +778,7 @@ def main():
         die("--group-size must be a positive multiple of %d" % (Q4_GROUP_MULT if args.dtype == "q4" else 4))
     if args.vision_group_size <= 0 or args.vision_group_size % 4:
         die("--vision-group-size must be a positive multiple of 4")
-    export(args.src, args.out, args.dtype, group, vision_group=args.vision_group_size)
+    export(args.src, args.out, args.dtype, group, vision_group=args.vision_group_size, format=args.format)
 
 
 if __name__ == "__main__":

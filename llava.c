@@ -98,7 +98,7 @@ static void progress_frames_read(int n) {  // video.c's hook while a stream is r
 // Config: the 1024-byte file header, field for field as export.py's HEADER_FIELDS
 
 #define LLAVA_MAGIC 0x41564C4C  // "LLVA"
-#define LLAVA_VERSION 1
+#define LLAVA_VERSION 2      // the format export.py writes; version 1 files load too (re-packed)
 #define HEADER_SIZE 1024
 #define MAX_PINPOINTS 16
 
@@ -320,6 +320,24 @@ static Matrix* take_matrices(Cursor* c, int n_stack, int rows, int cols, DType t
     return m;
 }
 
+// Format 2: the same stack in the kernels' panel layout (matmul.c's pack_matrix, written by export.py):
+// every matrix's panels, then every matrix's panel scales. The Matrix views point at them (panels,
+// panel_scales); attach_panels later hands them to the kernels or turns them into rows.
+static Matrix* take_panels(Cursor* c, int n_stack, int rows, int cols, DType type, int group) {
+    Matrix* m = xcalloc(n_stack, sizeof(Matrix));
+    Matrix shape = {.type = type, .rows = rows, .cols = cols, .group = group};
+    size_t bytes, scale_bytes;
+    matrix_panel_bytes(&shape, &bytes, &scale_bytes);
+    char* data = cursor_take(c, n_stack * bytes);
+    char* scales = scale_bytes ? cursor_take(c, n_stack * scale_bytes) : NULL;
+    for (int l = 0; l < n_stack; l++) {
+        m[l] = shape;
+        m[l].panels = data + l * bytes;
+        m[l].panel_scales = scales ? scales + l * scale_bytes : NULL;
+    }
+    return m;
+}
+
 static const char* weight_type_name(const Config* p) {
     return p->weight_type == DT_F32 ? "f32" : p->weight_type == DT_BF16 ? "bf16" : p->weight_type == DT_Q8 ? "q8"
          : "q4 (vision q8)";
@@ -335,9 +353,9 @@ static void check_config(const Config* p, const char* path) {
               "big-endian hosts are not supported", path);
     if (p->magic != LLAVA_MAGIC)
         fatal("%s: not a llava.c model file (bad magic; convert a Hugging Face checkpoint with export.py)", path);
-    if (p->version != LLAVA_VERSION)
-        fatal("%s: file format version %d, this build reads version %d (re-export with this export.py)",
-              path, p->version, LLAVA_VERSION);
+    if (p->version != 1 && p->version != 2)
+        fatal("%s: unknown format version %d, this build reads versions 1 and 2 (re-export with this export.py)",
+              path, p->version);
     if (p->weight_type < 0 || p->weight_type > 3) fatal("%s: unknown weight type %d", path, p->weight_type);
     // group sizes: at most 65536 (far above any sensible group), q8 a multiple of 4 (the packed
     // int8 word), q4 a multiple of 8 (the packed nibble word, MM_Q4_GROUP_MULT)
@@ -443,9 +461,12 @@ static void memory_map_weights(Model* m, Cursor* c) {
     // CLIP vision tower. The norms, biases and embeddings are always f32 (small, and LayerNorm wants
     // them exact); the patch embedding is f32 too (a 588-wide conv run once per view); the six big
     // matrices of every layer are in the file's weight type.
+    // Format 1 stores the matmul weights as rows, format 2 in the kernels' panels, with q|k|v and
+    // gate|up already fused (fuse_weights builds them at load for format 1).
+    Matrix* (*take)(Cursor*, int, int, int, DType, int) = p->version == 1 ? take_matrices : take_panels;
     VisionWeights* v = &m->vision;
     v->class_embedding = take_f32(c, Dv);
-    Matrix* pe = take_matrices(c, 1, Dv, p->n_channels * P * P, DT_F32, 0);
+    Matrix* pe = take(c, 1, Dv, p->n_channels * P * P, DT_F32, 0);
     v->patch_embedding = *pe;
     free(pe);
     v->position_embedding = take_f32(c, (size_t)npos * Dv);
@@ -453,24 +474,31 @@ static void memory_map_weights(Model* m, Cursor* c) {
     v->pre_ln_b = take_f32(c, Dv);
     v->ln1_w = take_f32(c, (size_t)Lv * Dv);
     v->ln1_b = take_f32(c, (size_t)Lv * Dv);
-    v->wq = take_matrices(c, Lv, Dv, Dv, wv, Gv);  v->bq = take_f32(c, (size_t)Lv * Dv);
-    v->wk = take_matrices(c, Lv, Dv, Dv, wv, Gv);  v->bk = take_f32(c, (size_t)Lv * Dv);
-    v->wv = take_matrices(c, Lv, Dv, Dv, wv, Gv);  v->bv = take_f32(c, (size_t)Lv * Dv);
-    v->wo = take_matrices(c, Lv, Dv, Dv, wv, Gv);  v->bo = take_f32(c, (size_t)Lv * Dv);
+    if (p->version == 1) {
+        v->wq = take_matrices(c, Lv, Dv, Dv, wv, Gv);  v->bq = take_f32(c, (size_t)Lv * Dv);
+        v->wk = take_matrices(c, Lv, Dv, Dv, wv, Gv);  v->bk = take_f32(c, (size_t)Lv * Dv);
+        v->wv = take_matrices(c, Lv, Dv, Dv, wv, Gv);  v->bv = take_f32(c, (size_t)Lv * Dv);
+    } else {
+        v->wqkv = take_panels(c, Lv, 3 * Dv, Dv, wv, Gv);
+        v->bq = take_f32(c, (size_t)Lv * Dv);
+        v->bk = take_f32(c, (size_t)Lv * Dv);
+        v->bv = take_f32(c, (size_t)Lv * Dv);
+    }
+    v->wo = take(c, Lv, Dv, Dv, wv, Gv);  v->bo = take_f32(c, (size_t)Lv * Dv);
     v->ln2_w = take_f32(c, (size_t)Lv * Dv);
     v->ln2_b = take_f32(c, (size_t)Lv * Dv);
-    v->fc1 = take_matrices(c, Lv, Dvh, Dv, wv, Gv); v->fc1_b = take_f32(c, (size_t)Lv * Dvh);
-    v->fc2 = take_matrices(c, Lv, Dv, Dvh, wv, Gv); v->fc2_b = take_f32(c, (size_t)Lv * Dv);
+    v->fc1 = take(c, Lv, Dvh, Dv, wv, Gv); v->fc1_b = take_f32(c, (size_t)Lv * Dvh);
+    v->fc2 = take(c, Lv, Dv, Dvh, wv, Gv); v->fc2_b = take_f32(c, (size_t)Lv * Dv);
     v->post_ln_w = take_f32(c, Dv);
     v->post_ln_b = take_f32(c, Dv);
 
     // The multi-modal projector (v_dim -> dim -> dim) and the image_newline row of anyres images.
     ProjectorWeights* pr = &m->projector;
-    Matrix* l1 = take_matrices(c, 1, p->dim, Dv, wv, Gv);
+    Matrix* l1 = take(c, 1, p->dim, Dv, wv, Gv);
     pr->linear_1 = *l1;
     free(l1);
     pr->b1 = take_f32(c, p->dim);
-    Matrix* l2 = take_matrices(c, 1, p->dim, p->dim, wv, Gv);
+    Matrix* l2 = take(c, 1, p->dim, p->dim, wv, Gv);
     pr->linear_2 = *l2;
     free(l2);
     pr->b2 = take_f32(c, p->dim);
@@ -478,7 +506,7 @@ static void memory_map_weights(Model* m, Cursor* c) {
 
     // The Llama decoder: embed_tokens, then per-layer stacks in the order of one layer's forward pass,
     // then the final norm and the untied lm_head. The embedding table is stored in the weight type too
-    // (dequantize_row reads one row per token).
+    // (dequantize_row reads one row per token: rows in both formats).
     LlmWeights* w = &m->llm;
     int L = p->n_layers, D = p->dim, F = p->hidden_dim;
     int qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
@@ -486,16 +514,24 @@ static void memory_map_weights(Model* m, Cursor* c) {
     w->embed_tokens = *emb;
     free(emb);
     w->attn_norm = take_f32(c, (size_t)L * D);
-    w->wq = take_matrices(c, L, qd, D, wt, G);
-    w->wk = take_matrices(c, L, kvd, D, wt, G);
-    w->wv = take_matrices(c, L, kvd, D, wt, G);
-    w->wo = take_matrices(c, L, D, qd, wt, G);
+    if (p->version == 1) {
+        w->wq = take_matrices(c, L, qd, D, wt, G);
+        w->wk = take_matrices(c, L, kvd, D, wt, G);
+        w->wv = take_matrices(c, L, kvd, D, wt, G);
+    } else {
+        w->wqkv = take_panels(c, L, qd + 2 * kvd, D, wt, G);
+    }
+    w->wo = take(c, L, D, qd, wt, G);
     w->ffn_norm = take_f32(c, (size_t)L * D);
-    w->w_gate = take_matrices(c, L, F, D, wt, G);
-    w->w_up = take_matrices(c, L, F, D, wt, G);
-    w->w_down = take_matrices(c, L, D, F, wt, G);
+    if (p->version == 1) {
+        w->w_gate = take_matrices(c, L, F, D, wt, G);
+        w->w_up = take_matrices(c, L, F, D, wt, G);
+    } else {
+        w->w_gate_up = take_panels(c, L, 2 * F, D, wt, G);
+    }
+    w->w_down = take(c, L, D, F, wt, G);
     w->final_norm = take_f32(c, D);
-    Matrix* head = take_matrices(c, 1, p->vocab_size, D, wt, G);
+    Matrix* head = take(c, 1, p->vocab_size, D, wt, G);
     w->lm_head = *head;
     free(head);
     // The file must end exactly after the last tensor (plus its alignment padding): a header that
@@ -649,16 +685,10 @@ static void fuse_weights(Model* m) {
         fuse_room(&w->w_gate[0], (size_t)2 * p->hidden_dim, &data_room, &scale_room);
     }
     FuseScratch scratch = {xmalloc(data_room), scale_room ? xmalloc(scale_room) : NULL};
-    if (Lv > 0) {
-        v->wqkv = xcalloc(Lv, sizeof(Matrix));
-        v->bqkv = xmalloc((size_t)Lv * 3 * Dv * sizeof(float));
-    }
+    if (Lv > 0) v->wqkv = xcalloc(Lv, sizeof(Matrix));
     for (int l = 0; l < Lv; l++) {
         Matrix* qkv[] = {&v->wq[l], &v->wk[l], &v->wv[l]};
         v->wqkv[l] = fuse_matrices(qkv, 3, &scratch);
-        const float* b[] = {v->bq, v->bk, v->bv};
-        for (int i = 0; i < 3; i++)
-            memcpy(v->bqkv + ((size_t)l * 3 + i) * Dv, b[i] + (size_t)l * Dv, (size_t)Dv * sizeof(float));
     }
     w->wqkv = xcalloc(p->n_layers, sizeof(Matrix));
     w->w_gate_up = xcalloc(p->n_layers, sizeof(Matrix));
@@ -670,6 +700,72 @@ static void fuse_weights(Model* m) {
     }
     free(scratch.data);
     free(scratch.scales);
+}
+
+// CLIP's fused q/k/v projection adds the three biases in one: bq | bk | bv per layer (both formats).
+static void fuse_vision_biases(Model* m) {
+    VisionWeights* v = &m->vision;
+    int Lv = vision_layers_needed(&m->config), Dv = m->config.v_dim;
+    v->bqkv = xmalloc((size_t)(Lv > 0 ? Lv : 1) * 3 * Dv * sizeof(float));
+    const float* b[] = {v->bq, v->bk, v->bv};
+    for (int l = 0; l < Lv; l++)
+        for (int i = 0; i < 3; i++)
+            memcpy(v->bqkv + ((size_t)l * 3 + i) * Dv, b[i] + (size_t)l * Dv, (size_t)Dv * sizeof(float));
+}
+
+// Format 2 on the CPU (attach_panels): the kernels read each matrix's panels where they lie in the
+// mapped file, so nothing is copied and the pages load as the first pass touches them. The portable
+// loop (LLAVA_ISA=scalar, CPUs without SIMD kernels) and the GPU upload read rows instead
+// (panels_to_rows): they are rebuilt from the panels once, owned by the Matrix (free_model), and the
+// panels' file pages released.
+static void panels_to_rows(Matrix* w) {
+    size_t scale_bytes = (size_t)w->rows * row_scale_bytes(w), bytes, panel_scale_bytes;
+    void* data = xmalloc(matrix_data_bytes(w->type, w->rows, w->cols));
+    void* scales = scale_bytes ? xmalloc(scale_bytes) : NULL;
+    matrix_panels_to_rows(w, w->panels, w->panel_scales, data, scales);
+    w->data = data;
+    w->scales = w->type == DT_Q8 ? scales : NULL;
+    w->scales_bf16 = w->type == DT_Q4 ? scales : NULL;
+    matrix_panel_bytes(w, &bytes, &panel_scale_bytes);
+    release_pages(w->panels, bytes);
+    if (panel_scale_bytes) release_pages(w->panel_scales, panel_scale_bytes);
+}
+
+static void attach_panels(Matrix* w) {
+    if (!matrix_use_panels(w, w->panels, w->panel_scales)) panels_to_rows(w);
+}
+
+// Rows [r0, r0 + rows) of a fused matrix that holds rows (attach_panels made them) as a matrix of
+// its own: format 2's q, k, v and gate, up for the GPU upload, which reads them separately.
+static void fused_part(Matrix* part, const Matrix* f, int r0, int rows) {
+    *part = *f;
+    part->rows = rows;
+    part->data = (const char*)f->data + (size_t)r0 * matrix_data_bytes(f->type, 1, f->cols);
+    size_t ng = f->group ? (size_t)f->cols / f->group : 0;
+    part->scales = f->scales ? f->scales + (size_t)r0 * ng : NULL;
+    part->scales_bf16 = f->scales_bf16 ? f->scales_bf16 + (size_t)r0 * ng : NULL;
+    part->panels = part->panel_scales = NULL;
+}
+
+// Format 2 for the GPU: rows for every matrix, and views of the fused matrices' parts, which llava.cu uploads one by one.
+static void rows_for_accelerator(Model* m) {
+    Config* p = &m->config;
+    VisionWeights* v = &m->vision;
+    LlmWeights* w = &m->llm;
+    for_each_matrix(m, panels_to_rows);
+    int Lv = vision_layers_needed(p), Dv = p->v_dim, L = p->n_layers, F = p->hidden_dim;
+    int qd = p->n_heads * p->head_dim, kvd = p->n_kv_heads * p->head_dim;
+    Matrix** parts[] = {&v->wq, &v->wk, &v->wv, &w->wq, &w->wk, &w->wv, &w->w_gate, &w->w_up};
+    for (int i = 0; i < 8; i++) *parts[i] = xcalloc(i < 3 ? (Lv > 0 ? Lv : 1) : L, sizeof(Matrix));
+    for (int l = 0; l < Lv; l++)
+        for (int i = 0; i < 3; i++) fused_part(&(*parts[i])[l], &v->wqkv[l], i * Dv, Dv);
+    for (int l = 0; l < L; l++) {
+        fused_part(&w->wq[l], &w->wqkv[l], 0, qd);
+        fused_part(&w->wk[l], &w->wqkv[l], qd, kvd);
+        fused_part(&w->wv[l], &w->wqkv[l], qd + kvd, kvd);
+        fused_part(&w->w_gate[l], &w->w_gate_up[l], 0, F);
+        fused_part(&w->w_up[l], &w->w_gate_up[l], F, F);
+    }
 }
 
 // Bytes of memory this process may use: physical RAM, or less under an address-space limit (ulimit -v).
@@ -715,11 +811,26 @@ static void build_model(Model* m, const char* path) {
     if (m->file_size > have)
         fatal("%s: the model needs %.1f GB of memory for its weights, this machine has %.1f GB", path,
               m->file_size / 1e9, have / 1e9);
-    if (llava_accel.load_weights) llava_accel.load_weights(m);
-    else {
+    if (llava_accel.load_weights) {
+        if (m->config.version == 2) rows_for_accelerator(m);
+        llava_accel.load_weights(m);
+    } else if (m->config.version == 1) {
+        double t0 = now_seconds();
         fuse_weights(m);                           // q/k/v and gate/up, packed as they are built
         for_each_matrix(m, pack_and_release);      // the kernels' panel layout, packed once
+        fuse_vision_biases(m);
+        info("%s: format 1: packing the weights took %.1f s; re-export with this export.py (format 2) to load "
+             "without packing\n", path, now_seconds() - t0);
+    } else {
+        for_each_matrix(m, attach_panels);         // nothing to pack: the file is in the kernels' layout
+        fuse_vision_biases(m);
     }
+}
+
+static void free_rows(Matrix* w) {
+    free((void*)w->data);
+    free((void*)w->scales);
+    free((void*)w->scales_bf16);
 }
 
 // Frees the packed weights, the per-layer Matrix arrays and the tokenizer, and unmaps the file.
@@ -727,15 +838,13 @@ static void free_model(Model* m) {
     for_each_matrix(m, unpack_matrix);
     VisionWeights* v = &m->vision;
     LlmWeights* w = &m->llm;
-    // the fused matrices own their data when it was not packed (fuse_matrices); free(NULL) otherwise
+    // Format 1: the fused matrices own their rows when they were not packed (fuse_matrices). Format
+    // 2: every matrix owns the rows panels_to_rows made. free(NULL) otherwise.
+    if (m->config.version == 2) for_each_matrix(m, free_rows);
     Matrix* fused[] = {v->wqkv, w->wqkv, w->w_gate_up};
     int n_fused[] = {vision_layers_needed(&m->config), m->config.n_layers, m->config.n_layers};
-    for (int i = 0; i < 3; i++)
-        for (int l = 0; fused[i] && l < n_fused[i]; l++) {
-            free((void*)fused[i][l].data);
-            free((void*)fused[i][l].scales);
-            free((void*)fused[i][l].scales_bf16);
-        }
+    for (int i = 0; i < 3 && m->config.version == 1; i++)
+        for (int l = 0; fused[i] && l < n_fused[i]; l++) free_rows(&fused[i][l]);
     free(v->bqkv);
     Matrix* stacks[] = {v->wq, v->wk, v->wv, v->wqkv, v->wo, v->fc1, v->fc2, w->wq, w->wk, w->wv, w->wqkv,
                         w->wo, w->w_gate, w->w_up, w->w_gate_up, w->w_down};

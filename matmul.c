@@ -148,6 +148,8 @@ typedef struct {
     int group;              // q8 / q4 group size along cols (cols % group == 0)
     void* packed;           // private to matmul.c (packed panels etc.), NULL until pack_matrix
     const uint16_t* scales_bf16;   // q4 only: (rows, cols/group) bf16 scales
+    const void* panels;     // model files of format 2: the stored panels (and their scales), in the
+    const void* panel_scales;   // layout pack_matrix makes (see matrix_use_panels); NULL otherwise
 } Matrix;
 // q4 storage (export.py's --dtype q4): byte i of a row holds inputs 2i (low nibble) and 2i+1 (high
 // nibble), each as u = w + 8 with w in -8..7 (offset binary: u 0..15); w ~= (u - 8) * bf16 scale of
@@ -679,6 +681,7 @@ typedef struct {
     void* w;            // (np, kw, 32) 32-bit words
     float* s;           // q8: (np, ng, 32)
     uint16_t* s16;      // q4: (np, ng, 32) bf16 scales
+    int borrowed;       // w, s, s16 belong to someone else (matrix_use_panels: the mapped file)
 } MMPacked;
 
 typedef struct { const Matrix* m; MMPacked* p; int n_tasks; } MMPackCtx;   // pack_matrix's task context
@@ -738,26 +741,34 @@ static void mm_pack_task(void* vctx, int task) {
     }
 }
 
-// Pack W for the SIMD kernels (keeps w->data; frees nothing). No-op without AVX2, for q8 groups that
-// are not a multiple of 4 (they use the portable path), or if already packed.
-void pack_matrix(Matrix* w) {
-    mm_check(w);
-    mm_detect_isa();
-    int simd = mm_isa != MM_SCALAR;
-#if defined(__aarch64__)
-    mm_detect_arm();
-    simd = mm_arm_level > MM_ARM_SCALAR;    // ARM64: the NEON kernels read the same panels
-#endif
-    if (w->packed || !simd || w->rows == 0 || w->cols == 0) return;
-    if (w->type == DT_Q8 && w->group % 4 != 0) return;
-    MMPacked* p = calloc(1, sizeof(MMPacked));
-    if (!p) fatal("out of memory packing a matrix");
+// The panel geometry of w (np, kw, G, ng), and whether the kernels of this CPU read w in panels:
+// every type at every SIMD level (x86 AVX2 and up, ARM64 NEON), except q8 groups that are not a
+// multiple of 4 (they take the portable path; model files never have them).
+static int mm_panel_shape(const Matrix* w, MMPacked* p) {
     p->np = (w->rows + 31) / 32;
     p->kw = w->type == DT_F32 ? w->cols : w->type == DT_BF16 ? (w->cols + 1) / 2
           : w->type == DT_Q8 ? w->cols / 4 : w->cols / 8;
     int grouped = w->type == DT_Q8 || w->type == DT_Q4;
     p->G = grouped ? w->group : 0;
     p->ng = grouped ? w->cols / w->group : 0;
+    mm_detect_isa();
+    int simd = mm_isa != MM_SCALAR;
+#if defined(__aarch64__)
+    mm_detect_arm();
+    simd = mm_arm_level > MM_ARM_SCALAR;    // ARM64: the NEON kernels read the same panels
+#endif
+    return simd && w->rows > 0 && w->cols > 0 && !(w->type == DT_Q8 && w->group % 4 != 0);
+}
+
+// Pack W for the SIMD kernels (keeps w->data; frees nothing). No-op without AVX2, for q8 groups that
+// are not a multiple of 4 (they use the portable path), or if already packed.
+void pack_matrix(Matrix* w) {
+    mm_check(w);
+    MMPacked shape;
+    if (w->packed || !mm_panel_shape(w, &shape)) return;
+    MMPacked* p = calloc(1, sizeof(MMPacked));
+    if (!p) fatal("out of memory packing a matrix");
+    *p = shape;
     p->w = mm_alloc((size_t)p->np * p->kw * 32 * 4);       // (np, kw, 32) 4-byte words
     if (w->type == DT_Q8) p->s = mm_alloc((size_t)p->np * p->ng * 32 * sizeof(float));
     if (w->type == DT_Q4) p->s16 = mm_alloc((size_t)p->np * p->ng * 32 * sizeof(uint16_t));
@@ -766,15 +777,81 @@ void pack_matrix(Matrix* w) {
     w->packed = p;
 }
 
-// Free what pack_matrix allocated (w->data is untouched).
+// Free what pack_matrix allocated (w->data is untouched; panels lent by matrix_use_panels are not
+// freed, only forgotten).
 void unpack_matrix(Matrix* w) {
     MMPacked* p = w->packed;
     if (!p) return;
-    free(p->w);
-    free(p->s);
-    free(p->s16);
+    if (!p->borrowed) {
+        free(p->w);
+        free(p->s);
+        free(p->s16);
+    }
     free(p);
     w->packed = NULL;
+}
+
+// ---- Panels stored in the model file (format 2, export.py writes them in the layout above)
+// A file in the kernels' own layout loads by mmap alone: the kernels read the mapped pages in place.
+// The portable loop (LLAVA_ISA=scalar, CPUs without SIMD kernels) and the GPU upload read rows, so
+// for them matrix_panels_to_rows undoes the packing once.
+
+// Bytes of w's panels and of their scales (q8: f32, q4: bf16; 0 for f32 and bf16), as stored.
+void matrix_panel_bytes(const Matrix* w, size_t* data, size_t* scales) {
+    MMPacked p;
+    mm_panel_shape(w, &p);
+    *data = (size_t)p.np * p.kw * 32 * 4;
+    *scales = (size_t)p.np * p.ng * 32 * (w->type == DT_Q8 ? sizeof(float) : w->type == DT_Q4 ? sizeof(uint16_t) : 0);
+}
+
+// Lets the kernels read w from panels that the caller keeps alive (the mapped file; 64-byte
+// aligned). Returns 0, and sets nothing, when this CPU's kernels do not read panels.
+int matrix_use_panels(Matrix* w, const void* data, const void* scales) {
+    mm_check(w);
+    MMPacked shape;
+    if (w->packed || !mm_panel_shape(w, &shape)) return 0;
+    MMPacked* p = calloc(1, sizeof(MMPacked));
+    if (!p) fatal("out of memory loading a matrix");
+    *p = shape;
+    p->borrowed = 1;
+    p->w = (void*)data;
+    if (w->type == DT_Q8) p->s = (float*)scales;
+    if (w->type == DT_Q4) p->s16 = (uint16_t*)scales;
+    w->packed = p;
+    return 1;
+}
+
+// The inverse of mm_pack_task: w's rows in the row layout of Matrix (data: matrix_data_bytes, row
+// scales: rows x cols/group) from its stored panels. The padding columns are dropped.
+void matrix_panels_to_rows(const Matrix* w, const void* panels, const void* panel_scales, void* data, void* scales) {
+    MMPacked p;
+    mm_panel_shape(w, &p);
+    int N = w->rows, K = w->cols;
+    for (int n = 0; n < N; n++) {
+        const uint32_t* src = (const uint32_t*)panels + (size_t)(n / 32) * p.kw * 32 + n % 32;   // column n, k-step 0
+        for (int kk = 0; kk < p.kw; kk++) {
+            uint32_t word = src[(size_t)kk * 32];
+            if (w->type == DT_F32) {
+                memcpy((float*)data + (size_t)n * K + kk, &word, 4);
+            } else if (w->type == DT_BF16) {
+                uint16_t* d = (uint16_t*)data + (size_t)n * K;
+                d[2 * kk] = (uint16_t)word;
+                if (2 * kk + 1 < K) d[2 * kk + 1] = (uint16_t)(word >> 16);
+            } else if (w->type == DT_Q8) {
+                for (int j = 0; j < 4; j++) ((int8_t*)data)[(size_t)n * K + 4 * kk + j] = (int8_t)((word >> 8 * j & 0xff) - 128);
+            } else {    // q4: nibble pairs (2i, 2i+1) per byte, from the word's k..k+3 low / k+4..k+7 high nibbles
+                uint8_t u[8];
+                for (int j = 0; j < 4; j++) { u[j] = word >> 8 * j & 0x0f; u[4 + j] = word >> (8 * j + 4) & 0x0f; }
+                uint8_t* d = (uint8_t*)data + ((size_t)n * K + 8 * (size_t)kk) / 2;
+                for (int i = 0; i < 4; i++) d[i] = (uint8_t)(u[2 * i] | u[2 * i + 1] << 4);
+            }
+        }
+        for (int g = 0; g < p.ng; g++) {
+            size_t at = ((size_t)(n / 32) * p.ng + g) * 32 + n % 32;
+            if (w->type == DT_Q8) ((float*)scales)[(size_t)n * p.ng + g] = ((const float*)panel_scales)[at];
+            else ((uint16_t*)scales)[(size_t)n * p.ng + g] = ((const uint16_t*)panel_scales)[at];
+        }
+    }
 }
 
 // ----------------------------------------------------------------------------

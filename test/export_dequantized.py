@@ -33,7 +33,7 @@ class DequantizedWriter(export.Writer):
     qtype, q_group, q_vision_group = "q4", 32, 64   # set by main() (Writer's own group fields say f32)
     vision_q4 = False   # --vision-dtype q4: the vision tower and projector in q4 too (a measurement)
 
-    def matrix(self, name, arrays):
+    def matrix(self, name, arrays, rows=False):
         out = []
         for a in arrays:
             if self.qtype == "q4" and (not self.vision or self.vision_q4):
@@ -42,7 +42,7 @@ class DequantizedWriter(export.Writer):
                 out.append(export.dequantize_q4(u, s, g))
             else:
                 out.append(dequantize_q8(a, self.q_vision_group if self.qtype == "q4" else self.q_group, name))
-        super().matrix(name, out)   # dtype f32: written as they are
+        super().matrix(name, out, rows)   # dtype f32: written as they are
 
 
 def main():
