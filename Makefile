@@ -40,7 +40,7 @@ build:
 	mkdir -p build
 
 FUZZ_HARNESSES = media tokenizer model   # test/fuzz/fuzz_*.c (see "Fuzzing" below)
-TESTS = build/test_tokenizer build/test_video build/test_matmul build/test_blocks build/test_model \
+TESTS = build/test_tokenizer build/test_video build/test_matmul build/test_blocks build/test_model build/test_formats \
         $(FUZZ_HARNESSES:%=build/fuzz/replay_%)
 
 test: llava $(TESTS)

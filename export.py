@@ -1,7 +1,7 @@
 """
 export.py: turn a Hugging Face LLaVA-NeXT-Video checkpoint directory into one llava.c model file.
 
-    python3 export.py HF_DIR OUT.bin [--dtype f32|bf16|q8|q4] [--group-size N] [--vision-group-size 64]
+    python3 export.py HF_DIR OUT.bin [--dtype f32|bf16|q8|q4] [--group-size N] [--vision-group-size 64] [--format 2]
     python3 export.py --tokenizer-only HF_DIR_or_tokenizer.model OUT.tok [--added-tokens "<video>,<image>"]
 
 HF_DIR is what `save_pretrained` writes or what the hub holds for llava-hf/LLaVA-NeXT-Video-7B-hf:
@@ -16,15 +16,18 @@ else is an error, because a silently ignored tensor is how ports go wrong.
 The file layout (all little-endian; llava.c's `Config` struct mirrors HEADER_FIELDS):
   1. a 1024-byte header: magic "LLVA", version, every hyperparameter the forward pass uses;
   2. the tokenizer: per token f32 score, i32 type, u32 length, the piece's bytes;
-  3. the tensors, each 64-byte aligned, in the order of `tensor_plan` below. Matmul weights are
-     row-major (out, in) in the chosen dtype; q8 stores int8 values, then f32 scales (rows, cols/group)
-     with w ~= q * scale. q4 files hold two types: the language model's matrices (embed_tokens, the
-     7 per layer, lm_head) in q4 -- (rows, cols/2) bytes, input 2i in the low nibble and 2i+1 in the
-     high one, each as u = q + 8 (q in -8..7), then bf16 scales (rows, cols/group) with
-     w ~= q * scale -- and the vision tower's and projector's matrices in q8 with their own group
-     (header field vision_group_size). Everything else (norms, biases, vision embeddings,
-     image_newline) is f32. Per-layer tensors are stacked over layers (llama2.c style): wq is
-     (n_layers, n_heads*head_dim, dim).
+  3. the tensors, each 64-byte aligned, in the order of `tensor_plan` below. Everything but the matmul
+     weights (norms, biases, vision embeddings, image_newline) is f32. Matmul weights are in the chosen
+     dtype; q8 stores int8 values, then f32 scales (rows, cols/group) with w ~= q * scale. q4 files hold
+     two types: the language model's matrices (embed_tokens, the 7 per layer, lm_head) in q4 -- values
+     u = q + 8 (q in -8..7), then bf16 scales with w ~= q * scale -- and the vision tower's and
+     projector's matrices in q8 with their own group (header field vision_group_size). Per-layer
+     tensors are stacked over layers (llama2.c style), each stack all values, then all scales.
+     Format 2 (the default) stores each matmul weight in matmul.c's panel layout (`panels`, `q4_words`),
+     so llava.c maps it and computes without copying, with q|k|v and gate|up fused into one matrix per
+     layer; embed_tokens stays row-major (a lookup table). Format 1 (--format 1) stores rows (out, in),
+     q4 as (rows, cols/2) bytes with input 2i in the low nibble and 2i+1 in the high one, and q/k/v,
+     gate/up separately: llava.c re-packs it at every load.
 """
 import argparse
 import json

@@ -2006,7 +2006,7 @@ static void dump_prompt(const char* dir, Model* m, const int* ids, int T, const 
 // ----------------------------------------------------------------------------
 // Command line
 
-#define LLAVA_VERSION_STRING "llava.c 0.3 (model file version 1)"
+#define LLAVA_VERSION_STRING "llava.c 0.4 (model file format 2; reads 1 too)"
 
 static void usage(int code) {
     fprintf(code ? stderr : stdout,

@@ -764,7 +764,7 @@ static int mm_panel_shape(const Matrix* w, MMPacked* p) {
 // are not a multiple of 4 (they use the portable path), or if already packed.
 void pack_matrix(Matrix* w) {
     mm_check(w);
-    MMPacked shape;
+    MMPacked shape = {0};
     if (w->packed || !mm_panel_shape(w, &shape)) return;
     MMPacked* p = calloc(1, sizeof(MMPacked));
     if (!p) fatal("out of memory packing a matrix");
@@ -798,7 +798,7 @@ void unpack_matrix(Matrix* w) {
 
 // Bytes of w's panels and of their scales (q8: f32, q4: bf16; 0 for f32 and bf16), as stored.
 void matrix_panel_bytes(const Matrix* w, size_t* data, size_t* scales) {
-    MMPacked p;
+    MMPacked p = {0};
     mm_panel_shape(w, &p);
     *data = (size_t)p.np * p.kw * 32 * 4;
     *scales = (size_t)p.np * p.ng * 32 * (w->type == DT_Q8 ? sizeof(float) : w->type == DT_Q4 ? sizeof(uint16_t) : 0);
@@ -808,7 +808,7 @@ void matrix_panel_bytes(const Matrix* w, size_t* data, size_t* scales) {
 // aligned). Returns 0, and sets nothing, when this CPU's kernels do not read panels.
 int matrix_use_panels(Matrix* w, const void* data, const void* scales) {
     mm_check(w);
-    MMPacked shape;
+    MMPacked shape = {0};
     if (w->packed || !mm_panel_shape(w, &shape)) return 0;
     MMPacked* p = calloc(1, sizeof(MMPacked));
     if (!p) fatal("out of memory loading a matrix");
@@ -824,7 +824,7 @@ int matrix_use_panels(Matrix* w, const void* data, const void* scales) {
 // The inverse of mm_pack_task: w's rows in the row layout of Matrix (data: matrix_data_bytes, row
 // scales: rows x cols/group) from its stored panels. The padding columns are dropped.
 void matrix_panels_to_rows(const Matrix* w, const void* panels, const void* panel_scales, void* data, void* scales) {
-    MMPacked p;
+    MMPacked p = {0};
     mm_panel_shape(w, &p);
     int N = w->rows, K = w->cols;
     for (int n = 0; n < N; n++) {

@@ -34,6 +34,16 @@ for m in tiny_a tiny_b; do
         --vision-group-size 8 >/dev/null || { echo "== f32 twin of $m q4 failed"; total_fail=$((total_fail + 1)); }
 done
 
+# The same models in format 1 (rows, re-packed by llava.c at every load), for formats_agree below
+for m in tiny_a tiny_b; do
+    eval g=\$Q4_GROUP_$m
+    for args in "f32" "bf16" "q8 --group-size 8" "q4 --group-size $g --vision-group-size 8"; do
+        set -- $args
+        $PYTHON export.py test/models/$m build/models/${m}_${1}_format1.bin --dtype "$@" --format 1 >/dev/null ||
+            { echo "== format 1 export of $m ($1) failed"; total_fail=$((total_fail + 1)); }
+    done
+done
+
 # The leaves of the unity build depend on base.c and libc alone: each compiles by itself, and names no
 # other file of the project. And llava.c holds no machine-specific code.
 standalone() {
@@ -119,6 +129,40 @@ q4_twin() {
 run "q4 twin tiny_a video" q4_twin tiny_a -v test/data/city_320x240_420jpeg_4f.y4m -p "What happens in this video?"
 run "q4 twin tiny_b image" q4_twin tiny_b -i test/data/chelsea_451x300.ppm -p "What is in the picture?"
 run "q4 twin tiny_b text" q4_twin tiny_b -p "Tell me a story about a cat."
+
+# formats_agree MODEL ARGS...: the model's format 1 file (rows, packed at load) and its format 2 file
+# (export.py's panels, read in place) give bit-identical --dump stages and answers for every weight
+# type, on the CPU's best level and on the portable loop (LLAVA_ISA=scalar, which rebuilds rows from
+# the panels). A panel that export.py lays out differently from pack_matrix changes some bits.
+formats_agree() {
+    m=$1
+    shift
+    p=0 f=0
+    for dtype in f32 bf16 q8 q4; do
+        for isa in best scalar; do
+            d=build/formats_${m}_${dtype}_$isa
+            rm -rf $d && mkdir -p $d
+            if [ $isa = best ]; then env=""; else env="LLAVA_ISA=$isa"; fi
+            if env $env $LLAVA build/models/${m}_${dtype}_format1.bin "$@" -n 3 -q --dump $d/1 >$d/1.txt &&
+                env $env $LLAVA build/models/${m}_$dtype.bin "$@" -n 3 -q --dump $d/2 >$d/2.txt &&
+                diff -r $d/1 $d/2 >/dev/null && cmp -s $d/1.txt $d/2.txt; then
+                p=$((p + 1))
+            else
+                echo "  FAIL $m $dtype ($isa): format 1 and format 2 differ (build/formats_${m}_${dtype}_$isa)"
+                f=$((f + 1))
+            fi
+        done
+    done
+    echo "$p passed, $f failed"
+    [ "$f" -eq 0 ]
+}
+for m in tiny_a tiny_b; do
+    for dtype in f32 bf16 q8 q4; do
+        run "formats: $m $dtype rows" $RUN $BIN/test_formats build/models/${m}_${dtype}_format1.bin build/models/${m}_$dtype.bin
+    done
+done
+run "formats 1 = 2 tiny_a video" formats_agree tiny_a -v test/data/city_320x240_420jpeg_4f.y4m -p "What happens in this video?"
+run "formats 1 = 2 tiny_b image" formats_agree tiny_b -i test/data/chelsea_451x300.ppm -p "What is in the picture?"
 
 # export.py's q8 and q4 quantizers on Llama-like N(0, 0.02) weights with outlier columns
 run quantizers $PYTHON test/check_quant.py

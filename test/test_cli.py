@@ -174,6 +174,15 @@ def test_errors(tmp):
     expect_error("truncated model file", [trunc, "-p", "hi"], needle=trunc)
     expect_error("foreign file (bad magic)", [foreign, "-p", "hi"], needle=foreign)
     expect_error("unknown format version", [badver, "-p", "hi"], needle=badver)
+    # a format 1 file (rows) whose header claims format 2 (panels): the sizes disagree with the file
+    rows = open("build/models/tiny_b_f32_format1.bin", "rb").read()
+    mislabeled = os.path.join(tmp, "mislabeled.bin")
+    open(mislabeled, "wb").write(rows[:4] + (2).to_bytes(4, "little") + rows[8:])
+    expect_error("format 1 data under a format 2 header", [mislabeled, "-p", "hi"], needle=mislabeled)
+    # format 1 still loads (packed at load), with a hint to re-export
+    rc, out, err = run(["build/models/tiny_b_f32_format1.bin", "-p", "hi", "-n", "1"])
+    check(rc == 0 and b"format 1" in err and b"re-export" in err, "a format 1 file loads, with a hint to re-export",
+          err.decode(errors="replace").strip().split("\n")[0][:80])
     expect_error("missing video file", [good, "-v", "/nonexistent.y4m", "-p", "hi"], needle="/nonexistent.y4m")
     expect_error("truncated Y4M frame", [good, "-v", bady4m, "-p", "hi"], needle=bady4m)
     expect_error("absurd Y4M size", [good, "-v", absurd, "-p", "hi"], needle=absurd)

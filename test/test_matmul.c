@@ -39,7 +39,7 @@ static void check(int ok, const char* what) {
 typedef struct { Matrix m; void* data; float* scales; uint16_t* scales_bf16; } TestMat;
 
 static TestMat make_mat(DType type, int N, int K, int G) {
-    TestMat t = { { type, N, K, NULL, NULL, G, NULL, NULL }, NULL, NULL, NULL };
+    TestMat t = { { .type = type, .rows = N, .cols = K, .group = G }, NULL, NULL, NULL };
     size_t n = (size_t)N * K;
     if (type == DT_F32) {
         float* d = malloc(n * 4);
@@ -557,9 +557,60 @@ static void test_arm(int quick) {
 }
 #endif
 
+// Model files of format 2 store the panels pack_matrix makes: matrix_panel_bytes must size them as
+// pack_matrix lays them out, matrix_panels_to_rows must give back the rows and scales exactly, and
+// a matrix reading a copy of the panels in place (matrix_use_panels) must compute what the packed one
+// does, bit for bit. Runs at the CPU's best level (where pack_matrix packs).
+static void test_panels(void) {
+    const struct { DType type; int N, K, G; } cases[] = {
+        {DT_F32, 33, 37, 0}, {DT_F32, 64, 96, 0}, {DT_BF16, 31, 37, 0}, {DT_BF16, 70, 96, 0},
+        {DT_Q8, 45, 96, 32}, {DT_Q8, 17, 40, 4}, {DT_Q4, 70, 256, 32}, {DT_Q4, 17, 40, 8},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char what[160];
+        snprintf(what, sizeof what, "panels %s N=%d K=%d G=%d", type_name[cases[i].type], cases[i].N, cases[i].K, cases[i].G);
+        TestMat tm = make_mat(cases[i].type, cases[i].N, cases[i].K, cases[i].G);
+        pack_matrix(&tm.m);
+        const MMPacked* p = tm.m.packed;
+        if (!p) { printf("  skip %s: this CPU's kernels read no panels\n", what); free_mat(&tm); return; }
+        size_t bytes, scale_bytes;
+        matrix_panel_bytes(&tm.m, &bytes, &scale_bytes);
+        const void* ps = p->s ? (const void*)p->s : (const void*)p->s16;
+        check(bytes == (size_t)p->np * p->kw * 128 && (scale_bytes != 0) == (ps != NULL), what);
+        // rows back from the panels
+        size_t data_bytes = (size_t)cases[i].N * cases[i].K * (cases[i].type == DT_F32 ? 4 : cases[i].type == DT_BF16 ? 2 : 1);
+        if (cases[i].type == DT_Q4) data_bytes /= 2;
+        size_t ng = cases[i].G ? (size_t)cases[i].K / cases[i].G : 0;
+        size_t row_scales = (size_t)cases[i].N * ng * (cases[i].type == DT_Q8 ? 4 : 2);
+        void* rows = malloc(data_bytes);
+        void* scales = malloc(row_scales + 1);
+        matrix_panels_to_rows(&tm.m, p->w, ps, rows, scales);
+        const void* want_scales = cases[i].type == DT_Q8 ? (const void*)tm.scales : (const void*)tm.scales_bf16;
+        check(!memcmp(rows, tm.data, data_bytes) && (!ng || !memcmp(scales, want_scales, row_scales)), what);
+        // the kernels reading a copy of the panels in place
+        void* copy = aligned_alloc(64, align_up(bytes, 64));
+        void* copy_s = scale_bytes ? aligned_alloc(64, align_up(scale_bytes, 64)) : NULL;
+        memcpy(copy, p->w, bytes);
+        if (copy_s) memcpy(copy_s, ps, scale_bytes);
+        Matrix lent = {.type = tm.m.type, .rows = tm.m.rows, .cols = tm.m.cols, .group = tm.m.group};
+        check(matrix_use_panels(&lent, copy, copy_s), what);
+        int T = 5;
+        float* x = make_x(T, cases[i].K);
+        float* y1 = malloc((size_t)T * cases[i].N * 4);
+        float* y2 = malloc((size_t)T * cases[i].N * 4);
+        matmul(y1, x, &tm.m, T);
+        matmul(y2, x, &lent, T);
+        check(!memcmp(y1, y2, (size_t)T * cases[i].N * 4), what);
+        unpack_matrix(&lent);       // frees the view, not the lent panels
+        free(copy); free(copy_s); free(rows); free(scales); free(x); free(y1); free(y2);
+        free_mat(&tm);
+    }
+}
+
 int main(int argc, char** argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     test_pool();
+    test_panels();
 #if defined(__aarch64__)
     test_arm(quick);                    // ARM64 levels instead of the x86 configurations below
     printf("%d passed, %d failed\n", n_pass, n_fail);
