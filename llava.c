@@ -795,6 +795,12 @@ static void build_model(Model* m, const char* path) {
     m->data = mmap(NULL, m->file_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (m->data == MAP_FAILED) fatal("%s: mmap failed: %s", path, strerror(errno));
+#if defined(MADV_HUGEPAGE)
+    // Format 2's kernels stream their weights from these pages: ask for 2 MB pages (Linux reads the file
+    // into 2 MB page-cache folios and maps them whole where it can), as pack_matrix's own buffers get.
+    // Measured on a 7B q8 file: 4 KB pages cost the prefill ~6%. Only a hint: errors are ignored.
+    madvise(m->data, m->file_size, MADV_HUGEPAGE);
+#endif
     memcpy(&m->config, m->data, sizeof(Config));  // a copy: the header is read as a struct, fields in file order
     check_config(&m->config, path);
 
