@@ -420,8 +420,109 @@ static void axpy_bf16(float* y, float a, const uint16_t* x, int n) {
     for (; i < n; i++) y[i] += a * bf16_to_f32(x[i]);
 }
 
-// One query row (decode): scores over the keys, then a weighted sum of the values. Memory-bound on
-// the KV cache; the keys of a long prompt are read once per head. Task = t * n_heads + h.
+// The sum of a vector's lanes as a tree (halves added, log2(VL) steps) rather than lane by lane: a
+// decode step reduces one vector per key, and the serial chain was most of the score loop's work.
+static float hsum(vf v) {
+#if VL == 16
+    typedef float v8 __attribute__((vector_size(32)));
+    v8 h = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) + __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif VL == 8
+    vf h = v;
+#endif
+#if VL >= 8
+    typedef float v4 __attribute__((vector_size(16)));
+    v4 w = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+#else
+    vf w = v;
+#endif
+    return (w[0] + w[2]) + (w[1] + w[3]);
+}
+
+// One vector of a key or value row: VL floats, or VL bf16 widened (bf16 is a compile-time constant
+// in every caller, so each loop below is compiled once per cache type without a branch inside).
+static inline __attribute__((always_inline)) vf kv_vec(const void* base, size_t at, int bf16) {
+    if (bf16) return widen_bf16((const uint16_t*)base + at);
+    vf x;
+    memcpy(&x, (const float*)base + at, sizeof(x));
+    return x;
+}
+
+#define ATTN_ROW_KEYS 4     // keys per step of the score loop: four dot products side by side
+#define ATTN_ROW_STRIP 8    // vectors of the output row held in registers while the values stream
+
+// scores[s] = q . k_s * scale for keys 0..n-1 of one head (head_dim a multiple of VL).
+static inline __attribute__((always_inline)) void row_scores(float* att, const float* q, const AttnArgs* a,
+                                                             size_t head, int n, int bf16) {
+    int hd = a->head_dim, s = 0;
+    size_t ks = a->kv_stride;
+    for (; s + ATTN_ROW_KEYS <= n; s += ATTN_ROW_KEYS) {
+        size_t at = head + (size_t)s * ks;
+        vf acc[ATTN_ROW_KEYS] = {{0}};
+        for (int i = 0; i < hd; i += VL) {
+            vf x;
+            memcpy(&x, q + i, sizeof(x));
+            for (int j = 0; j < ATTN_ROW_KEYS; j++) acc[j] += x * kv_vec(a->k, at + j * ks + i, bf16);
+        }
+        for (int j = 0; j < ATTN_ROW_KEYS; j++) att[s + j] = hsum(acc[j]) * a->scale;
+    }
+    for (; s < n; s++) {
+        vf acc = {0};
+        for (int i = 0; i < hd; i += VL) {
+            vf x;
+            memcpy(&x, q + i, sizeof(x));
+            acc += x * kv_vec(a->k, head + (size_t)s * ks + i, bf16);
+        }
+        att[s] = hsum(acc) * a->scale;
+    }
+}
+
+// o = sum_s p_s v_s over keys 0..n-1, o in strips of `strip` vectors that stay in registers while
+// every value row streams through once per strip (strip divides head_dim / VL).
+static inline __attribute__((always_inline)) void row_values(float* o, const float* p, const AttnArgs* a,
+                                                             size_t head, int n, int strip, int bf16) {
+    for (int c = 0; c < a->head_dim; c += strip * VL) {
+        vf acc[ATTN_ROW_STRIP] = {{0}};
+        for (int s = 0; s < n; s++) {
+            size_t at = head + (size_t)s * a->kv_stride + c;
+            for (int j = 0; j < ATTN_ROW_STRIP; j++)
+                if (j < strip) acc[j] += p[s] * kv_vec(a->v, at + (size_t)j * VL, bf16);
+        }
+        for (int j = 0; j < strip; j++) memcpy(o + c + j * VL, &acc[j], sizeof(vf));
+    }
+}
+
+// softmax in place, lane-wise exp (vexp_neg, ~1 ulp) and lane partial sums, the lanes' total in double.
+static void softmax_vec(float* x, int n) {
+    vf mv;
+    int i = 0;
+    float max = x[0];
+    if (n >= VL) {
+        memcpy(&mv, x, sizeof(mv));
+        for (i = VL; i + VL <= n; i += VL) {
+            vf y;
+            memcpy(&y, x + i, sizeof(y));
+            mv = vselect(y > mv, y, mv);
+        }
+        for (int j = 0; j < VL; j++) if (mv[j] > max) max = mv[j];
+    }
+    for (int k = i; k < n; k++) if (x[k] > max) max = x[k];
+    vf sv = {0};
+    double sum = 0;
+    for (i = 0; i + VL <= n; i += VL) {
+        vf y;
+        memcpy(&y, x + i, sizeof(y));
+        y = vexp_neg(y - max);
+        sv += y;
+        memcpy(x + i, &y, sizeof(y));
+    }
+    for (int j = 0; j < VL; j++) sum += sv[j];
+    for (; i < n; i++) { x[i] = expf(x[i] - max); sum += x[i]; }
+    float inv = (float)(1.0 / sum);
+    for (i = 0; i < n; i++) x[i] *= inv;
+}
+
+// One query row (decode): scores over the keys, softmax, then the weighted sum of the values.
+// Memory-bound on the KV cache (each key and value row is read once per head). Task = t * n_heads + h.
 static void attention_row_task(void* ctx, int task) {
     const AttnArgs* a = ctx;
     int h = task % a->n_heads, t = task / a->n_heads;
@@ -429,14 +530,24 @@ static void attention_row_task(void* ctx, int task) {
     int n = a->causal_offset >= 0 ? a->causal_offset + t + 1 : a->n_keys;
     float* att = attn_scratch((size_t)n + 16);
     const float* q = a->q + (size_t)t * a->q_stride + (size_t)h * hd;
+    float* o = a->out + (size_t)t * a->out_stride + (size_t)h * hd;
     size_t head = (size_t)kvh * a->kv_head_stride;
-    for (int s = 0; s < n; s++) {
+    int strip = ATTN_ROW_STRIP;
+    while (strip > 1 && (hd / VL) % strip) strip /= 2;
+    if (hd % VL == 0) {     // every real model (head_dim 64, 128)
+        if (a->kv_bf16) row_scores(att, q, a, head, n, 1);
+        else row_scores(att, q, a, head, n, 0);
+        softmax_vec(att, n);
+        if (a->kv_bf16) row_values(o, att, a, head, n, strip, 1);
+        else row_values(o, att, a, head, n, strip, 0);
+        return;
+    }
+    for (int s = 0; s < n; s++) {   // head_dim not a multiple of the vector: one key at a time
         size_t at = head + (size_t)s * a->kv_stride;
         float dot = a->kv_bf16 ? dot_bf16(q, (const uint16_t*)a->k + at, hd) : dot_f32(q, (const float*)a->k + at, hd);
         att[s] = dot * a->scale;
     }
     softmax(att, n);
-    float* o = a->out + (size_t)t * a->out_stride + (size_t)h * hd;
     memset(o, 0, hd * sizeof(float));
     for (int s = 0; s < n; s++) {
         size_t at = head + (size_t)s * a->kv_stride;

@@ -322,7 +322,7 @@ static double run_bw(void (*fn)(void*, int), BwCtx* c) {
 // Matrices
 
 static Matrix make_matrix(DType type, int N, int K, int G) {
-    Matrix m = { type, N, K, NULL, NULL, G, NULL, NULL };
+    Matrix m = { .type = type, .rows = N, .cols = K, .group = G };
     size_t n = (size_t)N * K;
     if (type == DT_F32) {
         float* d = mm_alloc(n * 4);

@@ -186,7 +186,7 @@ static void test_attention_case(int T, int past, int H, int KV, int hd, int caus
         for (int t = 0; t < T; t++)
             for (int h = 0; h < H; h++) {
                 int kh = h / (H / KV), n = causal ? past + t + 1 : S;
-                double sc[256], mx = -1e30, sum = 0;
+                double sc[1024], mx = -1e30, sum = 0;   // keys: past + T <= 1024 in every case below
                 for (int s = 0; s < n; s++) {
                     double d = 0;
                     for (int i = 0; i < hd; i++) d += (double)q[t * qd + h * hd + i] * k[s * kvd + kh * hd + i];
@@ -219,6 +219,13 @@ static void test_attention(void) {
         test_attention_case(45, 100, 4, 1, 20, 1, layout);
         test_attention_case(1, 150, 2, 2, 128, 1, layout);
         test_attention_case(77, 0, 2, 2, 64, 0, layout);
+        // the vectorised row path (head_dim a multiple of the vector): key counts around its 4-key
+        // step, head_dim 48 (3 vectors with AVX-512: strips of one), GQA, several query rows
+        test_attention_case(1, 0, 2, 2, 128, 1, layout);
+        test_attention_case(1, 2, 4, 2, 64, 1, layout);
+        test_attention_case(2, 5, 4, 1, 48, 1, layout);
+        test_attention_case(7, 30, 4, 4, 16, 1, layout);
+        test_attention_case(5, 600, 2, 1, 128, 1, layout);
     }
 }
 
@@ -246,7 +253,8 @@ static void test_dequantize(void) {
     for (int i = 0; i < 8; i++) { uint32_t u; memcpy(&u, &f[i], 4); b[i] = u >> 16; }
     int8_t q[8] = {1, -2, 3, -4, 5, -6, 7, -8};
     float sc[2] = {0.5f, 2.0f}, out[8];
-    Matrix mb = {DT_BF16, 1, 8, b, NULL, 0, NULL, NULL}, mq = {DT_Q8, 1, 8, q, sc, 4, NULL, NULL};
+    Matrix mb = {.type = DT_BF16, .rows = 1, .cols = 8, .data = b};
+    Matrix mq = {.type = DT_Q8, .rows = 1, .cols = 8, .data = q, .scales = sc, .group = 4};
     dequantize_row(out, &mb, 0);
     double e = 0;
     for (int i = 0; i < 8; i++) e = fmax(e, fabs(out[i] - f[i]));
@@ -262,7 +270,7 @@ static void test_dequantize(void) {
     for (int r = 0; r < 2; r++)
         for (int i = 0; i < 8; i++) nib[r * 8 + i] = (uint8_t)((w4[r][2 * i] + 8) | (w4[r][2 * i + 1] + 8) << 4);
     uint16_t s4[4] = {f32_to_bf16(1.0f), f32_to_bf16(1.0f), f32_to_bf16(0.5f), f32_to_bf16(-2.0f)};
-    Matrix m4 = {DT_Q4, 2, 16, nib, NULL, 8, NULL, s4};
+    Matrix m4 = {.type = DT_Q4, .rows = 2, .cols = 16, .data = nib, .group = 8, .scales_bf16 = s4};
     float out4[16];
     dequantize_row(out4, &m4, 1);
     double e4 = 0;

@@ -57,6 +57,6 @@ int main(int argc, char** argv) {
     same(&w1->lm_head, &w2->lm_head, "lm_head", 0);
     free_model(&m1);
     free_model(&m2);
-    printf("%s: %d passed, %d failed\n", argv[2], n_pass, n_fail);
+    printf("%s against %s: every matmul weight\n%d passed, %d failed\n", argv[2], argv[1], n_pass, n_fail);
     return n_fail ? 1 : 0;
 }
