@@ -300,13 +300,13 @@ static size_t matrix_data_bytes(DType type, int rows, int cols) {
 // n_stack matrices of (rows, cols) in the given weight type, stored back to back (q8 / q4: all the
 // values, then all scales: f32 for q8, bf16 for q4). Returns an array of n_stack Matrix views.
 static Matrix* take_matrices(Cursor* c, int n_stack, int rows, int cols, DType type, int group) {
-    Matrix* m = xcalloc(n_stack, sizeof(Matrix));
     size_t per = (size_t)rows * cols, bytes = matrix_data_bytes(type, rows, cols);
-    char* data = cursor_take(c, n_stack * bytes);
+    char* data = cursor_take(c, n_stack * bytes);   // (a truncated file stops here, before the allocation)
     float* scales = NULL;
     uint16_t* scales_bf16 = NULL;
     if (type == DT_Q8) scales = take_f32(c, n_stack * per / group);
     if (type == DT_Q4) scales_bf16 = cursor_take(c, n_stack * per / group * sizeof(uint16_t));
+    Matrix* m = xcalloc(n_stack, sizeof(Matrix));
     for (int l = 0; l < n_stack; l++) {
         m[l].type = type;
         m[l].rows = rows;
@@ -324,12 +324,12 @@ static Matrix* take_matrices(Cursor* c, int n_stack, int rows, int cols, DType t
 // every matrix's panels, then every matrix's panel scales. The Matrix views point at them (panels,
 // panel_scales); attach_panels later hands them to the kernels or turns them into rows.
 static Matrix* take_panels(Cursor* c, int n_stack, int rows, int cols, DType type, int group) {
-    Matrix* m = xcalloc(n_stack, sizeof(Matrix));
     Matrix shape = {.type = type, .rows = rows, .cols = cols, .group = group};
     size_t bytes, scale_bytes;
     matrix_panel_bytes(&shape, &bytes, &scale_bytes);
-    char* data = cursor_take(c, n_stack * bytes);
+    char* data = cursor_take(c, n_stack * bytes);   // (a truncated file stops here, before the allocation)
     char* scales = scale_bytes ? cursor_take(c, n_stack * scale_bytes) : NULL;
+    Matrix* m = xcalloc(n_stack, sizeof(Matrix));
     for (int l = 0; l < n_stack; l++) {
         m[l] = shape;
         m[l].panels = data + l * bytes;
