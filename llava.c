@@ -796,9 +796,9 @@ static void build_model(Model* m, const char* path) {
     close(fd);
     if (m->data == MAP_FAILED) fatal("%s: mmap failed: %s", path, strerror(errno));
 #if defined(MADV_HUGEPAGE)
-    // Format 2's kernels stream their weights from these pages: ask for 2 MB pages (Linux reads the file
-    // into 2 MB page-cache folios and maps them whole where it can), as pack_matrix's own buffers get.
-    // Measured on a 7B q8 file: 4 KB pages cost the prefill ~6%. Only a hint: errors are ignored.
+    // Format 2's kernels stream their weights from these pages: ask for 2 MB pages (Linux then reads the
+    // file into 2 MB page-cache folios and maps them whole), the TLB reach pack_matrix's buffers have.
+    // Only a hint: an error (no transparent huge pages for files) is ignored.
     madvise(m->data, m->file_size, MADV_HUGEPAGE);
 #endif
     memcpy(&m->config, m->data, sizeof(Config));  // a copy: the header is read as a struct, fields in file order
@@ -811,8 +811,8 @@ static void build_model(Model* m, const char* path) {
                     m->config.n_tokens, path);
     c.offset += m->config.tokenizer_bytes;
     memory_map_weights(m, &c);
-    // Packing copies every matmul weight into RAM (the file pages are released as it goes), so the
-    // file must fit in memory: refuse before packing gigabytes, not halfway through.
+    // Every token reads every weight, so the file must fit in memory (format 2 runs from the page cache,
+    // format 1 packs into RAM): refuse up front, not after paging gigabytes in and out.
     size_t have = memory_available();
     if (m->file_size > have)
         fatal("%s: the model needs %.1f GB of memory for its weights, this machine has %.1f GB", path,
