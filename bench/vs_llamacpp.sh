@@ -86,6 +86,9 @@ while [ "$TABLE_ONLY" != 1 ] && [ $r -le "$ROUNDS" ]; do
             m=$MODELS/random7b_$w.bin
             [ -f "$m" ] || continue
             echo "   round $r, $label: llava.c $w" >&2
+            # a warm-up run first, as llama-bench makes its own: the models of both engines together may
+            # not fit in the page cache, and a format 2 file is read by the first pass that touches it
+            env $isaenv "$LLAVA" "$m" -p "Hi" -n 1 --threads "$THREADS" -q >/dev/null 2>&1 </dev/null
             out=$(env $isaenv "$LLAVA" "$m" --ids "$IDS" -n "$NG" --threads "$THREADS" -s 1 2>&1 >/dev/null </dev/null)
             pf=$(echo "$out" | sed -n 's/^prompt: .*(\([0-9.]*\) tokens\/s)$/\1/p')
             dc=$(echo "$out" | sed -n 's/^generated: .*(\([0-9.]*\) tokens\/s decoding)$/\1/p')
