@@ -176,8 +176,9 @@ static void activation(float* x, const float* y, size_t n, int act) { activation
 // Three paths, one result up to float rounding:
 //   attention_ref         one (query row, head) per task: scores, softmax, weighted sum of the values,
 //                         scalar loops. The definition; what LLAVA_ISA=scalar runs.
-//   attention_row_task    the same per row, with the dot products and the weighted sum vectorised
-//                         over head_dim: decode (one query row) and very short prompts.
+//   attention_row_task    the same per row, vectorised over head_dim: decode (one query row) and very
+//                         short prompts. Scores 4 keys per step (each key's lanes summed as a tree),
+//                         a lane-wise softmax, the output row held in registers while the values stream.
 //   attention_block_task  prefill and the vision tower. Work is split into (head, block of
 //                         ATTN_LANES query rows) tasks, all blocks of a head back to back so its K and
 //                         V stay in cache. Within a task the queries are the lanes of two native
