@@ -446,6 +446,37 @@ static void check_config(const Config* p, const char* path) {
     }
 }
 
+// Every tensor lies inside the file, so none can be larger than it: checked here in floating point,
+// before any size is computed in size_t, which on a 32-bit host could wrap around for a header with
+// huge dimensions and let a wrapped size pass the cursor's bounds check. (Each stack's exact bytes, as
+// take_matrices / take_panels compute them.)
+static void check_tensor_sizes(const Config* p, size_t file_size, const char* path) {
+    double D = p->dim, F = p->hidden_dim, V = p->vocab_size, Dv = p->v_dim, Dvh = p->v_hidden_dim;
+    double qkv = (double)(p->n_heads + 2 * p->n_kv_heads) * p->head_dim, qd = (double)p->n_heads * p->head_dim;
+    const struct { const char* name; double stack, rows, cols; } t[] = {
+        {"q/k/v", p->n_layers, qkv, D}, {"o_proj", p->n_layers, D, qd}, {"gate/up", p->n_layers, 2 * F, D},
+        {"down_proj", p->n_layers, D, F}, {"embed_tokens / lm_head", 1, V, D}, {"vision q/k/v", p->v_layers, 3 * Dv, Dv},
+        {"vision fc1", p->v_layers, Dvh, Dv}, {"vision fc2", p->v_layers, Dv, Dvh},
+        {"patch embedding", 1, Dv, (double)p->n_channels * p->patch_size * p->patch_size},
+    };
+    // bytes per weight, scales included: the language model's type, and the vision tower's (q8 in q4 files)
+    int wt = p->weight_type, gv = wt == DT_Q4 ? p->vision_group_size : p->group_size;
+    double llm = wt == DT_F32 ? 4 : wt == DT_BF16 ? 2 : wt == DT_Q8 ? 1 + 4.0 / p->group_size : 0.5 + 2.0 / p->group_size;
+    double vision = wt == DT_F32 ? 4 : wt == DT_BF16 ? 2 : 1 + 4.0 / gv;
+    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+        double rate = i == 8 ? 4 : i >= 5 ? vision : llm;     // the patch embedding is always f32
+        double rows = t[i].rows, cols = t[i].cols;
+        if (p->version == 2) {  // panels: rows padded to 32, bf16 pairs of inputs
+            rows = 32 * ceil(rows / 32);
+            if (rate == 2) cols = 2 * ceil(cols / 2);
+        }
+        double bytes = t[i].stack * rows * cols * rate;
+        if (bytes > (double)file_size)
+            fatal("%s: the header's dimensions make the %s weights %.3g bytes, more than the whole file (%zu bytes)",
+                  path, t[i].name, bytes, file_size);
+    }
+}
+
 // Tensors in the order export.py's tensor_plan writes them.
 static void memory_map_weights(Model* m, Cursor* c) {
     Config* p = &m->config;
@@ -803,6 +834,7 @@ static void build_model(Model* m, const char* path) {
 #endif
     memcpy(&m->config, m->data, sizeof(Config));  // a copy: the header is read as a struct, fields in file order
     check_config(&m->config, path);
+    check_tensor_sizes(&m->config, m->file_size, path);
 
     Cursor c = {path, m->data, m->file_size, HEADER_SIZE};
     if ((size_t)m->config.tokenizer_bytes > m->file_size - HEADER_SIZE)
