@@ -484,4 +484,12 @@ def main():
         test_errors(tmp)
         test_hostile(tmp)
         test_chat(tmp)
-      
+        test_compare(tmp)
+        test_terminal(tmp)
+        test_usage(tmp)
+    print("%d passed, %d failed" % (passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
