@@ -278,29 +278,32 @@ typedef struct {
     size_t size, offset;
 } Cursor;
 
-static void* cursor_take(Cursor* c, size_t bytes) {
+// Tensor sizes are computed in 64 bits (check_config's bounds keep every product far below 2^64), so a
+// header with huge dimensions meets this bounds check with its true size even where size_t has 32
+// bits, instead of a wrapped-around small one.
+static void* cursor_take(Cursor* c, uint64_t bytes) {
     c->offset = align_up(c->offset, 64);  // every tensor starts 64-byte aligned (export.py)
     if (c->offset > c->size || bytes > c->size - c->offset)
-        fatal("%s: file is truncated (a tensor at byte %zu needs %zu bytes, the file has %zu)",
-              c->path, c->offset, bytes, c->size);
+        fatal("%s: file is truncated (a tensor at byte %zu needs %llu bytes, the file has %zu)",
+              c->path, c->offset, (unsigned long long)bytes, c->size);
     void* p = c->base + c->offset;
-    c->offset += bytes;
+    c->offset += (size_t)bytes;
     return p;
 }
 
-static float* take_f32(Cursor* c, size_t count) { return cursor_take(c, count * sizeof(float)); }
+static float* take_f32(Cursor* c, uint64_t count) { return cursor_take(c, count * sizeof(float)); }
 
 // Bytes of a (rows, cols) matrix's values in the file (q8: 1 per weight, q4: 2 weights per byte;
 // the scales follow separately).
-static size_t matrix_data_bytes(DType type, int rows, int cols) {
-    size_t n = (size_t)rows * cols;
+static uint64_t matrix_data_bytes(DType type, int rows, int cols) {
+    uint64_t n = (uint64_t)rows * cols;
     return type == DT_F32 ? 4 * n : type == DT_BF16 ? 2 * n : type == DT_Q8 ? n : n / 2;
 }
 
 // n_stack matrices of (rows, cols) in the given weight type, stored back to back (q8 / q4: all the
 // values, then all scales: f32 for q8, bf16 for q4). Returns an array of n_stack Matrix views.
 static Matrix* take_matrices(Cursor* c, int n_stack, int rows, int cols, DType type, int group) {
-    size_t per = (size_t)rows * cols, bytes = matrix_data_bytes(type, rows, cols);
+    uint64_t per = (uint64_t)rows * cols, bytes = matrix_data_bytes(type, rows, cols);
     char* data = cursor_take(c, n_stack * bytes);   // (a truncated file stops here, before the allocation)
     float* scales = NULL;
     uint16_t* scales_bf16 = NULL;
@@ -325,7 +328,7 @@ static Matrix* take_matrices(Cursor* c, int n_stack, int rows, int cols, DType t
 // panel_scales); attach_panels later hands them to the kernels or turns them into rows.
 static Matrix* take_panels(Cursor* c, int n_stack, int rows, int cols, DType type, int group) {
     Matrix shape = {.type = type, .rows = rows, .cols = cols, .group = group};
-    size_t bytes, scale_bytes;
+    uint64_t bytes, scale_bytes;
     matrix_panel_bytes(&shape, &bytes, &scale_bytes);
     char* data = cursor_take(c, n_stack * bytes);   // (a truncated file stops here, before the allocation)
     char* scales = scale_bytes ? cursor_take(c, n_stack * scale_bytes) : NULL;
@@ -446,37 +449,6 @@ static void check_config(const Config* p, const char* path) {
     }
 }
 
-// Every tensor lies inside the file, so none can be larger than it: checked here in floating point,
-// before any size is computed in size_t, which on a 32-bit host could wrap around for a header with
-// huge dimensions and let a wrapped size pass the cursor's bounds check. (Each stack's exact bytes, as
-// take_matrices / take_panels compute them.)
-static void check_tensor_sizes(const Config* p, size_t file_size, const char* path) {
-    double D = p->dim, F = p->hidden_dim, V = p->vocab_size, Dv = p->v_dim, Dvh = p->v_hidden_dim;
-    double qkv = (double)(p->n_heads + 2 * p->n_kv_heads) * p->head_dim, qd = (double)p->n_heads * p->head_dim;
-    const struct { const char* name; double stack, rows, cols; } t[] = {
-        {"q/k/v", p->n_layers, qkv, D}, {"o_proj", p->n_layers, D, qd}, {"gate/up", p->n_layers, 2 * F, D},
-        {"down_proj", p->n_layers, D, F}, {"embed_tokens / lm_head", 1, V, D}, {"vision q/k/v", p->v_layers, 3 * Dv, Dv},
-        {"vision fc1", p->v_layers, Dvh, Dv}, {"vision fc2", p->v_layers, Dv, Dvh},
-        {"patch embedding", 1, Dv, (double)p->n_channels * p->patch_size * p->patch_size},
-    };
-    // bytes per weight, scales included: the language model's type, and the vision tower's (q8 in q4 files)
-    int wt = p->weight_type, gv = wt == DT_Q4 ? p->vision_group_size : p->group_size;
-    double llm = wt == DT_F32 ? 4 : wt == DT_BF16 ? 2 : wt == DT_Q8 ? 1 + 4.0 / p->group_size : 0.5 + 2.0 / p->group_size;
-    double vision = wt == DT_F32 ? 4 : wt == DT_BF16 ? 2 : 1 + 4.0 / gv;
-    for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
-        double rate = i == 8 ? 4 : i >= 5 ? vision : llm;     // the patch embedding is always f32
-        double rows = t[i].rows, cols = t[i].cols;
-        if (p->version == 2) {  // panels: rows padded to 32, bf16 pairs of inputs
-            rows = 32 * ceil(rows / 32);
-            if (rate == 2) cols = 2 * ceil(cols / 2);
-        }
-        double bytes = t[i].stack * rows * cols * rate;
-        if (bytes > (double)file_size)
-            fatal("%s: the header's dimensions make the %s weights %.3g bytes, more than the whole file (%zu bytes)",
-                  path, t[i].name, bytes, file_size);
-    }
-}
-
 // Tensors in the order export.py's tensor_plan writes them.
 static void memory_map_weights(Model* m, Cursor* c) {
     Config* p = &m->config;
@@ -500,7 +472,7 @@ static void memory_map_weights(Model* m, Cursor* c) {
     Matrix* pe = take(c, 1, Dv, p->n_channels * P * P, DT_F32, 0);
     v->patch_embedding = *pe;
     free(pe);
-    v->position_embedding = take_f32(c, (size_t)npos * Dv);
+    v->position_embedding = take_f32(c, (uint64_t)npos * Dv);
     v->pre_ln_w = take_f32(c, Dv);
     v->pre_ln_b = take_f32(c, Dv);
     v->ln1_w = take_f32(c, (size_t)Lv * Dv);
@@ -750,7 +722,8 @@ static void fuse_vision_biases(Model* m) {
 // (panels_to_rows): they are rebuilt from the panels once, owned by the Matrix (free_model), and the
 // panels' file pages released.
 static void panels_to_rows(Matrix* w) {
-    size_t scale_bytes = (size_t)w->rows * row_scale_bytes(w), bytes, panel_scale_bytes;
+    size_t scale_bytes = (size_t)w->rows * row_scale_bytes(w);
+    uint64_t bytes, panel_scale_bytes;
     void* data = xmalloc(matrix_data_bytes(w->type, w->rows, w->cols));
     void* scales = scale_bytes ? xmalloc(scale_bytes) : NULL;
     matrix_panels_to_rows(w, w->panels, w->panel_scales, data, scales);
@@ -834,7 +807,6 @@ static void build_model(Model* m, const char* path) {
 #endif
     memcpy(&m->config, m->data, sizeof(Config));  // a copy: the header is read as a struct, fields in file order
     check_config(&m->config, path);
-    check_tensor_sizes(&m->config, m->file_size, path);
 
     Cursor c = {path, m->data, m->file_size, HEADER_SIZE};
     if ((size_t)m->config.tokenizer_bytes > m->file_size - HEADER_SIZE)

@@ -797,11 +797,12 @@ void unpack_matrix(Matrix* w) {
 // for them matrix_panels_to_rows undoes the packing once.
 
 // Bytes of w's panels and of their scales (q8: f32, q4: bf16; 0 for f32 and bf16), as stored.
-void matrix_panel_bytes(const Matrix* w, size_t* data, size_t* scales) {
+// In 64 bits: a model loader checks them against the file before anything is allocated or mapped.
+void matrix_panel_bytes(const Matrix* w, uint64_t* data, uint64_t* scales) {
     MMPacked p = {0};
     mm_panel_shape(w, &p);
-    *data = (size_t)p.np * p.kw * 32 * 4;
-    *scales = (size_t)p.np * p.ng * 32 * (w->type == DT_Q8 ? sizeof(float) : w->type == DT_Q4 ? sizeof(uint16_t) : 0);
+    *data = (uint64_t)p.np * p.kw * 32 * 4;
+    *scales = (uint64_t)p.np * p.ng * 32 * (w->type == DT_Q8 ? sizeof(float) : w->type == DT_Q4 ? sizeof(uint16_t) : 0);
 }
 
 // Lets the kernels read w from panels that the caller keeps alive (the mapped file; 64-byte

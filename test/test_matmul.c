@@ -573,7 +573,7 @@ static void test_panels(void) {
         pack_matrix(&tm.m);
         const MMPacked* p = tm.m.packed;
         if (!p) { printf("  skip %s: this CPU's kernels read no panels\n", what); free_mat(&tm); return; }
-        size_t bytes, scale_bytes;
+        uint64_t bytes, scale_bytes;
         matrix_panel_bytes(&tm.m, &bytes, &scale_bytes);
         const void* ps = p->s ? (const void*)p->s : (const void*)p->s16;
         check(bytes == (size_t)p->np * p->kw * 128 && (scale_bytes != 0) == (ps != NULL), what);
