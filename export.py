@@ -497,7 +497,7 @@ class Writer:
         (format 1) or panels (format 2)."""
         self.align()
         a = np.ascontiguousarray(a, dtype="<f4")
-        self.f.write(panels(a.view("<u4"), 0) if self.format == 2 else a.tobytes())
+        self.f.write(panels(panel_words(a, "f32"), 0) if self.format == 2 else a.tobytes())
 
     def matrix(self, name, arrays, rows=False):
         """Write a stack of (rows, cols) matmul weights in the file's weight dtype (q4 files: q8 for the
@@ -507,36 +507,50 @@ class Writer:
         as_panels = self.format == 2 and not rows
         self.align()
         q4 = self.dtype == "q4" and not self.vision
-        group = self.group if self.dtype != "q4" or q4 else self.vision_group
+        kind = "q4" if q4 else "q8" if self.dtype == "q4" else self.dtype
+        group = self.vision_group if self.dtype == "q4" and not q4 else self.group
         scales, worst = [], 0.0
         for a in arrays:
-            if q4:
-                u, s = quantize_q4(a, group, name)
-                worst = max(worst, rel_error(a, dequantize_q4(u, s, group)))
-                data, words, pad = u, q4_words(u), 0x88888888
-            elif self.dtype == "q8" or self.dtype == "q4":
-                q, s = quantize_q8(a, group, name)
-                err = np.abs(q.astype(np.float32).reshape(s.shape[0], s.shape[1], -1) * s[:, :, None]
+            s = None
+            if kind == "q4":
+                data, s = quantize_q4(a, group, name)
+                worst = max(worst, rel_error(a, dequantize_q4(data, s, group)))
+            elif kind == "q8":
+                data, s = quantize_q8(a, group, name)
+                err = np.abs(data.astype(np.float32).reshape(s.shape[0], s.shape[1], -1) * s[:, :, None]
                              - a.reshape(s.shape[0], s.shape[1], -1)).max()
                 worst = max(worst, float(err / max(np.abs(a).max(), 1e-30)))
                 s = s.astype("<f4")
-                u8 = (q.astype(np.int16) + 128).astype(np.uint8)   # the u8 operand of vpdpbusd: w + 128
-                data, words, pad = q, u8.view("<u4"), 0x80808080
-            elif self.dtype == "bf16":
-                s, data = None, f32_to_bf16(a)
-                even = np.pad(data, ((0, 0), (0, data.shape[1] % 2))).astype(np.uint32)
-                words, pad = even[:, 0::2] | even[:, 1::2] << 16, 0
+            elif kind == "bf16":
+                data = f32_to_bf16(a)
             else:
-                s, data = None, np.ascontiguousarray(a, dtype="<f4")
-                words, pad = data.view("<u4"), 0
-            self.f.write(panels(words, pad) if as_panels else data.tobytes())
+                data = np.ascontiguousarray(a, dtype="<f4")
+            self.f.write(panels(panel_words(data, kind), PANEL_PAD[kind]) if as_panels else data.tobytes())
             if s is not None:
                 scales.append(s)
         if scales:
             self.align()
             for s in scales:
                 self.f.write(panels(s, 0) if as_panels else s.tobytes())
-            self.worst.append((worst, name, "q4" if q4 else "q8"))
+            self.worst.append((worst, name, kind))
+
+
+# A zero weight in each type's panel words (padding columns): q8 bytes w + 128, q4 nibbles w + 8.
+PANEL_PAD = {"f32": 0, "bf16": 0, "q8": 0x80808080, "q4": 0x88888888}
+
+
+def panel_words(data, kind):
+    """A matrix in the row format (what format 1 stores) as the 32-bit words of matmul.c's panels:
+    f32 one input per word; bf16 two (k even in the low half, odd K padded with 0); q8 four bytes
+    w + 128 (the u8 operand of vpdpbusd); q4 eight nibbles (q4_words). (rows, words per row)."""
+    if kind == "q4":
+        return q4_words(data)
+    if kind == "q8":
+        return (data.astype(np.int16) + 128).astype(np.uint8).view("<u4")
+    if kind == "bf16":
+        even = np.pad(data, ((0, 0), (0, data.shape[1] % 2))).astype(np.uint32)
+        return even[:, 0::2] | even[:, 1::2] << 16
+    return data.view("<u4")
 
 
 def panels(words, pad):
