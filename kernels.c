@@ -8,12 +8,15 @@
 //   and split over matmul.c's thread pool.
 //     activation()  quick_gelu (CLIP), gelu (projector), silu(gate) * up (Llama MLP) over big buffers
 //     attention()   softmax(q k^T * scale [+ causal mask]) v per head, grouped-query heads, keys and
-//                   values f32 or bf16 (the KV cache of bf16/q8 models)
+//                   values f32 or bf16 (the KV cache of bf16/q8/q4 models); with bf16 keys and values
+//                   and the caller's leave (bf16_dots), prompts and the vision tower run on vdpbf16ps
+//                   where the CPU has AVX512-BF16, q and the probabilities rounded to bf16 as well
 //   The scalar versions run when the environment says LLAVA_ISA=scalar (as for matmul.c), so a porter
 //   can run the whole model on the plain C of this file and compare.
 //
 // Numerics: the fast paths sum in a different order from the scalar ones (lane-wise partial sums,
-// a polynomial exp), so they agree to float rounding (~1e-6 relative), not bit for bit; each path on
+// a polynomial exp), so they agree to float rounding (~1e-6 relative), not bit for bit (the bf16 dot
+// block path: to the scalar definition on bf16-rounded q and probabilities, ~1e-7); each path on
 // its own is deterministic and independent of the thread count (every output element is computed by
 // one task, in a fixed order). test/test_blocks.c checks both against a naive T x T attention.
 //
@@ -21,9 +24,11 @@
 // loops over rows, already fast enough), flash-style tiling over the keys (a task holds one score
 // row per key, keys x 32 floats, which is 640 KB at 5,000 keys: the whole context of this model).
 //
-// Build: #included into llava.c after base.c and matmul.c (it uses pool_for and matmul_isa_name).
-// Target-specific code is selected at compile time by the vector width alone; there are no
-// intrinsics in this file.
+// Build: #included into llava.c after base.c and matmul.c (it uses pool_for, matmul_isa_name and
+// matmul.c's CPU detection). Target-specific code is selected at compile time by the vector width
+// alone, with one exception: the AVX512-BF16 attention block (attention_block_bf16_task), written with
+// intrinsics because vdpbf16ps has no vector-extension form, compiled in AVX-512 builds only and chosen
+// at run time when the CPU has the instruction.
 
 #include <math.h>
 
@@ -187,6 +192,9 @@ static void activation(float* x, const float* y, size_t n, int act) { activation
 //                         the softmax is lane-wise: max, exp and sum run down the key rows with no
 //                         horizontal reductions. A task's scratch is keys x lanes floats (640 KB at
 //                         5,000 keys with AVX-512), never the T x T matrix.
+//   attention_block_bf16_task  the block path on vdpbf16ps (AVX512-BF16): bf16 keys and values read as
+//                         they are, q and the probabilities rounded to bf16, twice the products per
+//                         instruction. Only where the caller allows it (AttnArgs.bf16_dots).
 
 #define ATTN_LANES (2 * VL)  // queries per block: two vectors
 #define ATTN_CHUNK 128       // keys per copied chunk of the K or V cache (64 KB at head_dim 128: stays in L2)
@@ -203,6 +211,9 @@ typedef struct {
     const void* k;     // keys of positions 0..S-1: head h, position s at k[h*kv_head_stride + s*kv_stride]
     const void* v;     // values, the same layout
     int kv_bf16;       // k and v hold bf16 (uint16) instead of f32
+    int bf16_dots;     // with bf16 k and v: q and the probabilities may be rounded to bf16 too, so the
+                       // products run on vdpbf16ps where the CPU has AVX512-BF16 (a bf16 model's
+                       // semantics in PyTorch); 0 keeps every path in f32
     int T, n_heads, n_kv_heads, head_dim;
     size_t q_stride, kv_stride, kv_head_stride, out_stride;
     int causal_offset; // causal: query t sees keys 0..causal_offset+t; -1 = no mask (CLIP)
@@ -242,6 +253,41 @@ static const float* kv_rows(const AttnArgs* a, const void* base, size_t first, i
     return scratch;
 }
 
+// The middle of a block task: S^T (n key rows of two vectors, one lane per query t0 + j) becomes the
+// softmax numerators exp(s - max) in place, lane-wise; the sums go to *sum0, *sum1 (the division by the
+// sum is applied to the output at the end). Causal mask first: query lane j (position
+// causal_offset + t0 + j) sees keys up to its own position.
+static void block_softmax(const AttnArgs* a, vf* st, int n, int t0, int nq, vf* sum0, vf* sum1) {
+    if (a->causal_offset >= 0)
+        for (int j = 0; j < nq; j++)
+            for (int k = a->causal_offset + t0 + j + 1; k < n; k++) ((float*)&st[2 * k])[j] = -INFINITY;
+    vf m0 = st[0], m1 = st[1], s0 = {0}, s1 = {0};
+    for (int k = 1; k < n; k++) {
+        m0 = vselect(st[2 * k] > m0, st[2 * k], m0);
+        m1 = vselect(st[2 * k + 1] > m1, st[2 * k + 1], m1);
+    }
+    for (int k = 0; k < n; k++) {
+        st[2 * k] = vexp_neg(st[2 * k] - m0);
+        st[2 * k + 1] = vexp_neg(st[2 * k + 1] - m1);
+        s0 += st[2 * k];
+        s1 += st[2 * k + 1];
+    }
+    *sum0 = s0, *sum1 = s1;
+}
+
+// The end of a block task: O^T / sum, written out as the nq query rows.
+static void block_store(const AttnArgs* a, vf* ot, vf sum0, vf sum1, int h, int t0, int nq) {
+    int hd = a->head_dim;
+    for (int i = 0; i < hd; i++) {
+        ot[2 * i] /= sum0;
+        ot[2 * i + 1] /= sum1;
+    }
+    for (int j = 0; j < nq; j++) {
+        float* o = a->out + (size_t)(t0 + j) * a->out_stride + (size_t)h * hd;
+        for (int d = 0; d < hd; d++) o[d] = ((const float*)&ot[2 * d])[j];
+    }
+}
+
 static void attention_block_task(void* ctx, int task) {
     const AttnArgs* a = ctx;
     int blocks = attn_blocks(a);
@@ -260,10 +306,11 @@ static void attention_block_task(void* ctx, int task) {
     vf* ot = st + 2 * (size_t)n;
     float* kv = (float*)(ot + 2 * hd);  // (ATTN_CHUNK, hd)
     // Q^T; lanes past the last query are zero (their results are never written).
-    for (int i = 0; i < hd; i++) {
-        float* row = (float*)&qt[2 * i];
-        for (int j = 0; j < ATTN_LANES; j++)
-            row[j] = j < nq ? a->q[(size_t)(t0 + j) * a->q_stride + (size_t)h * hd + i] : 0.0f;
+    // Each query row is read once, contiguously (its rows are q_stride apart: reading down the columns
+    // would touch 32 rows per element).
+    for (int j = 0; j < ATTN_LANES; j++) {
+        const float* qr = j < nq ? a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd : NULL;
+        for (int i = 0; i < hd; i++) ((float*)&qt[2 * i])[j] = qr ? qr[i] : 0.0f;
     }
     // S^T = K Q^T * scale.
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
@@ -297,22 +344,8 @@ static void attention_block_task(void* ctx, int task) {
             st[2 * (size_t)(c0 + r) + 1] = c1v * a->scale;
         }
     }
-    // Causal mask: query lane j (position causal_offset + t0 + j) sees keys up to its own position.
-    if (a->causal_offset >= 0)
-        for (int j = 0; j < nq; j++)
-            for (int k = a->causal_offset + t0 + j + 1; k < n; k++) ((float*)&st[2 * k])[j] = -INFINITY;
-    // Lane-wise softmax numerator and sum (the division by the sum is applied to O at the end).
-    vf m0 = st[0], m1 = st[1], sum0 = {0}, sum1 = {0};
-    for (int k = 1; k < n; k++) {
-        m0 = vselect(st[2 * k] > m0, st[2 * k], m0);
-        m1 = vselect(st[2 * k + 1] > m1, st[2 * k + 1], m1);
-    }
-    for (int k = 0; k < n; k++) {
-        st[2 * k] = vexp_neg(st[2 * k] - m0);
-        st[2 * k + 1] = vexp_neg(st[2 * k + 1] - m1);
-        sum0 += st[2 * k];
-        sum1 += st[2 * k + 1];
-    }
+    vf sum0, sum1;
+    block_softmax(a, st, n, t0, nq, &sum0, &sum1);
     // O^T = V^T P^T.
     for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
@@ -348,16 +381,152 @@ static void attention_block_task(void* ctx, int task) {
                 ot[2 * i + 1] += vr[(size_t)k * hd + i] * p[2 * k + 1];
             }
     }
-    for (int i = 0; i < hd; i++) {
-        ot[2 * i] /= sum0;
-        ot[2 * i + 1] /= sum1;
-    }
-    for (int j = 0; j < nq; j++) {
-        float* o = a->out + (size_t)(t0 + j) * a->out_stride + (size_t)h * hd;
-        for (int d = 0; d < hd; d++) o[d] = ((const float*)&ot[2 * d])[j];
-    }
+    block_store(a, ot, sum0, sum1, h, t0, nq);
 }
 
+
+#if MM_X86 && VL == 16   // an AVX-512 build (the vectors are zmm): the kernel carries its own target
+// The block task on AVX512-BF16 (attention_block_bf16_task): a bf16 key/value cache with bf16_dots,
+// the same blocks, scratch roles and softmax as above, with both products on vdpbf16ps, which
+// multiplies PAIRS of bf16 and adds them to f32 lanes: lane j += x[2j] y[2j] + x[2j+1] y[2j+1]
+// (products exact, f32 sums; denormals flushed). So every operand is laid out as pairs:
+//   S^T = K Q^T: pairs along head_dim. A key row's (k[2i], k[2i+1]) is one 32-bit word of the cache,
+//         broadcast; Q^T is stored as QP (head_dim/2 rows of two vectors), lane j of row i holding
+//         bf16(q_j[2i]) | bf16(q_j[2i+1]) << 16. q is rounded to bf16 here.
+//   O^T = V^T P^T: pairs along the keys. P^T becomes PP (key pair rows: lane j of row kp holds
+//         bf16(p_j[2kp]) | bf16(p_j[2kp+1]) << 16), written over S^T in place; a chunk of V becomes VP
+//         (ATTN_CHUNK/2 rows of head_dim words: v[2kp][i] | v[2kp+1][i] << 16), from which each
+//         head_dim index's pair is broadcast. An odd last key is paired with a zero (p = 0, v = 0).
+// Twice the products per instruction of the f32 FMA, and the bf16 cache is read as it is, without
+// widening. Rounding q and p to bf16 costs ~2^-9 relative each (the test's bound: test_blocks).
+MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
+    const AttnArgs* a = ctx;
+    int blocks = attn_blocks(a);
+    int h = task / blocks, b = blocks - 1 - task % blocks;
+    int t0 = b * ATTN_LANES, nq = a->T - t0 < ATTN_LANES ? a->T - t0 : ATTN_LANES;
+    int hd = a->head_dim, hp = hd / 2, kvh = h / (a->n_heads / a->n_kv_heads);
+    int n = a->causal_offset >= 0 ? a->causal_offset + t0 + nq : a->n_keys;
+    int n2 = (n + 1) / 2;   // key pairs
+    size_t ks = a->kv_stride;
+    const uint16_t* kb = (const uint16_t*)a->k + (size_t)kvh * a->kv_head_stride;
+    const uint16_t* vb = (const uint16_t*)a->v + (size_t)kvh * a->kv_head_stride;
+
+    // Scratch: QP (hp rows of two vectors), S^T (2 * n2 rows; the pair rows PP reuse it), O^T (hd rows),
+    // VP (ATTN_CHUNK / 2 rows of hd words).
+    vf* qp = (vf*)attn_scratch((size_t)(2 * hp + 4 * n2 + 2 * hd) * ATTN_LANES / 2 + (size_t)ATTN_CHUNK / 2 * hd);
+    vf* st = qp + 2 * hp;
+    vf* ot = st + 4 * (size_t)n2;
+    uint32_t* vp = (uint32_t*)(ot + 2 * hd);
+    for (int j = 0; j < ATTN_LANES; j++) {
+        const float* qr = j < nq ? a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd : NULL;
+        for (int i = 0; i < hp; i++)
+            ((uint32_t*)&qp[2 * i])[j] = qr ? f32_to_bf16(qr[2 * i]) | (uint32_t)f32_to_bf16(qr[2 * i + 1]) << 16 : 0;
+    }
+    // S^T = K Q^T * scale, ATTN_KB keys per register block, read in place from the cache.
+    int r = 0;
+    for (; r + ATTN_KB <= n; r += ATTN_KB) {
+        const uint16_t* k0 = kb + (size_t)r * ks;
+        __m512 c[ATTN_KB][2];
+#pragma GCC unroll 8
+        for (int u = 0; u < ATTN_KB; u++) c[u][0] = c[u][1] = _mm512_setzero_ps();
+        for (int i = 0; i < hp; i++) {
+            __m512bh q0 = (__m512bh)qp[2 * i], q1 = (__m512bh)qp[2 * i + 1];
+#pragma GCC unroll 8
+            for (int u = 0; u < ATTN_KB; u++) {
+                uint32_t pair;
+                memcpy(&pair, k0 + (size_t)u * ks + 2 * i, sizeof(pair));
+                __m512bh kk = (__m512bh)_mm512_set1_epi32((int)pair);
+                c[u][0] = _mm512_dpbf16_ps(c[u][0], kk, q0);
+                c[u][1] = _mm512_dpbf16_ps(c[u][1], kk, q1);
+            }
+        }
+#pragma GCC unroll 8
+        for (int u = 0; u < ATTN_KB; u++) {
+            st[2 * (r + u)] = (vf)c[u][0] * a->scale;
+            st[2 * (r + u) + 1] = (vf)c[u][1] * a->scale;
+        }
+    }
+    for (; r < n; r++) {
+        const uint16_t* k0 = kb + (size_t)r * ks;
+        __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps();
+        for (int i = 0; i < hp; i++) {
+            uint32_t pair;
+            memcpy(&pair, k0 + 2 * i, sizeof(pair));
+            __m512bh kk = (__m512bh)_mm512_set1_epi32((int)pair);
+            c0 = _mm512_dpbf16_ps(c0, kk, (__m512bh)qp[2 * i]);
+            c1 = _mm512_dpbf16_ps(c1, kk, (__m512bh)qp[2 * i + 1]);
+        }
+        st[2 * r] = (vf)c0 * a->scale;
+        st[2 * r + 1] = (vf)c1 * a->scale;
+    }
+    vf sum0, sum1;
+    block_softmax(a, st, n, t0, nq, &sum0, &sum1);
+    // P^T -> PP in place: pair row kp (two vectors) from key rows 2kp and 2kp + 1 (already read).
+    if (n % 2) st[2 * n] = st[2 * n + 1] = (vf){0};
+    const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int kp = 0; kp < n2; kp++) {
+        vf e0 = st[4 * kp], e1 = st[4 * kp + 1], o0 = st[4 * kp + 2], o1 = st[4 * kp + 3];
+        // cvtne2ps: words 0-15 = bf16(second operand), 16-31 = bf16(first); zip pairs word j with j + 16
+        st[2 * kp] = (vf)_mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh((__m512)o0, (__m512)e0));
+        st[2 * kp + 1] = (vf)_mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh((__m512)o1, (__m512)e1));
+    }
+    // O^T = V^T P^T, a chunk of value rows at a time.
+    const __m512i zip_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                            39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i zip_hi = _mm512_add_epi16(zip_lo, _mm512_set1_epi16(16));
+    for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
+    for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
+        int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK, cp = (cn + 1) / 2;
+        for (int kp = 0; kp < cp; kp++) {      // VP rows: value rows 2kp and 2kp + 1 of the chunk, zipped
+            const uint16_t* v0 = vb + (size_t)(c0 + 2 * kp) * ks;
+            const uint16_t* v1 = 2 * kp + 1 < cn ? v0 + ks : NULL;
+            uint32_t* dst = vp + (size_t)kp * hd;
+            int i = 0;
+            if (v1)
+                for (; i + 32 <= hd; i += 32) {   // words j of v0 and j + 32 (v1) side by side
+                    __m512i x0 = _mm512_loadu_si512((const void*)(v0 + i)), x1 = _mm512_loadu_si512((const void*)(v1 + i));
+                    _mm512_storeu_si512((void*)(dst + i), _mm512_permutex2var_epi16(x0, zip_lo, x1));
+                    _mm512_storeu_si512((void*)(dst + i + 16), _mm512_permutex2var_epi16(x0, zip_hi, x1));
+                }
+            for (; i < hd; i++) dst[i] = v0[i] | (v1 ? (uint32_t)v1[i] << 16 : 0);
+        }
+        const vf* pp = st + c0;   // pair row c0 / 2, two vectors each
+        int i = 0;
+        for (; i + ATTN_KB <= hd; i += ATTN_KB) {
+            __m512 c[ATTN_KB][2];
+#pragma GCC unroll 8
+            for (int u = 0; u < ATTN_KB; u++) c[u][0] = (__m512)ot[2 * (i + u)], c[u][1] = (__m512)ot[2 * (i + u) + 1];
+            for (int kp = 0; kp < cp; kp++) {
+                __m512bh p0 = (__m512bh)pp[2 * kp], p1 = (__m512bh)pp[2 * kp + 1];
+                const uint32_t* vr = vp + (size_t)kp * hd + i;
+#pragma GCC unroll 8
+                for (int u = 0; u < ATTN_KB; u++) {
+                    __m512bh vv = (__m512bh)_mm512_set1_epi32((int)vr[u]);
+                    c[u][0] = _mm512_dpbf16_ps(c[u][0], vv, p0);
+                    c[u][1] = _mm512_dpbf16_ps(c[u][1], vv, p1);
+                }
+            }
+#pragma GCC unroll 8
+            for (int u = 0; u < ATTN_KB; u++) ot[2 * (i + u)] = (vf)c[u][0], ot[2 * (i + u) + 1] = (vf)c[u][1];
+        }
+        for (; i < hd; i++) {
+            __m512 c0v = (__m512)ot[2 * i], c1v = (__m512)ot[2 * i + 1];
+            for (int kp = 0; kp < cp; kp++) {
+                __m512bh vv = (__m512bh)_mm512_set1_epi32((int)vp[(size_t)kp * hd + i]);
+                c0v = _mm512_dpbf16_ps(c0v, vv, (__m512bh)pp[2 * kp]);
+                c1v = _mm512_dpbf16_ps(c1v, vv, (__m512bh)pp[2 * kp + 1]);
+            }
+            ot[2 * i] = (vf)c0v, ot[2 * i + 1] = (vf)c1v;
+        }
+    }
+    block_store(a, ot, sum0, sum1, h, t0, nq);
+}
+#define ATTN_HAVE_BF16 1
+#else
+#define ATTN_HAVE_BF16 0
+#define attention_block_bf16_task attention_block_task  // never chosen: attention_bf16_available() is 0
+#endif
 
 // Dot product and y += a*x over n floats, VL at a time (unaligned loads through memcpy), scalar tail.
 static float dot_f32(const float* a, const float* b, int n) {
@@ -590,9 +759,17 @@ static void attention_ref(const AttnArgs* a) {
     pool_for(a->T * a->n_heads, attention_ref_task, (void*)a);
 }
 
+// Whether attention(a) runs the block path on vdpbf16ps: allowed (bf16 cache, bf16_dots), an AVX-512
+// build on a CPU with AVX512-BF16 not capped by LLAVA_ISA, a prompt long enough for the block path.
+static int attention_bf16_available(void) { return ATTN_HAVE_BF16 && !kernels_scalar() && mm_has_bf16; }
+static int attention_bf16_dots(const AttnArgs* a) {
+    return a->kv_bf16 && a->bf16_dots && a->head_dim % 2 == 0 && a->T >= ATTN_ROW_MAX_T && attention_bf16_available();
+}
+
 // The fast path for the CPU and the shape at hand (see above).
 static void attention(const AttnArgs* a) {
     if (kernels_scalar()) attention_ref(a);
     else if (a->T < ATTN_ROW_MAX_T) pool_for(a->T * a->n_heads, attention_row_task, (void*)a);
-    else pool_for(attn_blocks(a) * a->n_heads, attention_block_task, (void*)a);
+    else pool_for(attn_blocks(a) * a->n_heads, attention_bf16_dots(a) ? attention_block_bf16_task : attention_block_task,
+                  (void*)a);
 }

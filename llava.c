@@ -234,8 +234,8 @@ typedef struct {
                     // one block holds q, k and v: with fused weights (max_views * n_pos, 3 v_dim), q | k | v
     float* k;       // (max_views * n_pos, v_dim) keys, inside q's block (unfused weights)
     float* v;       // (max_views * n_pos, v_dim) values, inside q's block (unfused weights)
-    float* kh;      // (max_views, v_heads, n_pos, head_dim) k regrouped per head for attention
-    float* vh;      // (max_views, v_heads, n_pos, head_dim) v regrouped per head
+    void* kh;       // (max_views, v_heads, n_pos, head_dim) k regrouped per head for attention, f32 or bf16
+    void* vh;       // (max_views, v_heads, n_pos, head_dim) v regrouped per head
     float* att;     // (max_views * n_pos, v_dim) attention output before out_proj
     float* hb;      // (max_views * n_pos, v_hidden_dim) the MLP's hidden layer
 } VisionState;
@@ -988,6 +988,29 @@ static void store_kv(void* cache, size_t index, const float* x, int n, int bf16)
     for (int i = 0; i < n; i++) h[i] = f32_to_bf16(x[i]);
 }
 
+// Rows of heads to a per-head layout, the way attention reads keys and values: row t (at src + t *
+// stride) holds n_heads slices of head_dim values; slice h goes to element (h * head_stride + t) *
+// head_dim of dst, as f32 or bf16. One pool task per head.
+typedef struct {
+    void* dst;
+    const float* src;
+    size_t stride, head_stride;
+    int T, head_dim, bf16;
+} HeadScatter;
+
+static void scatter_heads_task(void* ctx, int h) {
+    const HeadScatter* c = ctx;
+    for (int t = 0; t < c->T; t++)
+        store_kv(c->dst, ((size_t)h * c->head_stride + t) * c->head_dim, c->src + (size_t)t * c->stride + (size_t)h * c->head_dim,
+                 c->head_dim, c->bf16);
+}
+
+static void scatter_heads(void* dst, const float* src, int T, int n_heads, int head_dim, size_t stride,
+                          size_t head_stride, int bf16) {
+    HeadScatter c = {dst, src, stride, head_stride, T, head_dim, bf16};
+    pool_for(n_heads, scatter_heads_task, &c);
+}
+
 
 // ----------------------------------------------------------------------------
 // Vision tower: CLIP ViT (modeling_clip.py CLIPVisionTransformer), all views of a batch at once
@@ -1070,18 +1093,17 @@ static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
         matmul(v, s->xb, &w->wv[l], rows); add_rows(v, NULL, w->bv + (size_t)l * D, rows, D);
     }
     // Each view attends only to itself, with no mask. K and V are first regrouped per head,
-    // (view, head, position, head_dim), so every attention task reads its keys contiguously.
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < N; t++)
-            for (int h = 0; h < H; h++) {
-                size_t src = ((size_t)b * N + t) * qs + (size_t)h * hd;
-                size_t dst = (((size_t)b * H + h) * N + t) * hd;
-                memcpy(s->kh + dst, k + src, hd * sizeof(float));
-                memcpy(s->vh + dst, v + src, hd * sizeof(float));
-            }
+    // (view, head, position, head_dim), so every attention task reads its keys contiguously. A model
+    // that is not f32 on a CPU whose attention has bf16 dot products (kernels.c) gets them as bf16 and
+    // runs on those, as PyTorch's bf16 CLIP does; otherwise f32.
+    int bf16 = p->weight_type != DT_F32 && attention_bf16_available();
+    size_t elem = bf16 ? sizeof(uint16_t) : sizeof(float);
     for (int b = 0; b < B; b++) {
-        size_t off = (size_t)b * N * D;  // a view takes the same N * D floats in both layouts
-        AttnArgs a = {.out = s->att + off, .q = q + (size_t)b * N * qs, .k = s->kh + off, .v = s->vh + off, .T = N,
+        size_t off = (size_t)b * N * D;  // a view takes the same N * D values in both layouts
+        scatter_heads((char*)s->kh + off * elem, k + (size_t)b * N * qs, N, H, hd, qs, N, bf16);
+        scatter_heads((char*)s->vh + off * elem, v + (size_t)b * N * qs, N, H, hd, qs, N, bf16);
+        AttnArgs a = {.out = s->att + off, .q = q + (size_t)b * N * qs, .k = (char*)s->kh + off * elem,
+                      .v = (char*)s->vh + off * elem, .kv_bf16 = bf16, .bf16_dots = 1, .T = N,
                       .n_heads = H, .n_kv_heads = H, .head_dim = hd,
                       .q_stride = qs, .kv_stride = hd, .kv_head_stride = (size_t)N * hd, .out_stride = D,
                       .causal_offset = -1, .n_keys = N, .scale = 1.0f / sqrtf((float)hd)};
@@ -1666,16 +1688,14 @@ static void llama_decoder_layer(Model* m, int l, int T, int pos) {
         rope(q + (size_t)t * qs, p->n_heads, hd, c, sn);
         rope(k + (size_t)t * kvs, p->n_kv_heads, hd, c, sn);
     }
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < p->n_kv_heads; h++) {
-            size_t dst = ((size_t)h * s->ctx + pos + t) * hd, src = (size_t)t * kvs + (size_t)h * hd;
-            store_kv(kc, dst, k + src, hd, s->kv_bf16);
-            store_kv(vc, dst, v + src, hd, s->kv_bf16);
-        }
-    // softmax(q k^T / sqrt(head_dim) + causal mask) v, in f32 like the eager path (and SDPA)
+    scatter_heads(kc + (size_t)pos * hd * kv_elem, k, T, p->n_kv_heads, hd, kvs, s->ctx, s->kv_bf16);
+    scatter_heads(vc + (size_t)pos * hd * kv_elem, v, T, p->n_kv_heads, hd, kvs, s->ctx, s->kv_bf16);
+    // softmax(q k^T / sqrt(head_dim) + causal mask) v. An f32 model: in f32 like the eager path (and
+    // SDPA). A bf16 cache (bf16, q8, q4 models): q and the probabilities may be rounded to bf16 as well,
+    // as PyTorch's bf16 attention does, for vdpbf16ps where the CPU has it (kernels.c).
     AttnArgs a = {.out = s->att, .q = q, .k = kc, .v = vc, .T = T, .n_heads = p->n_heads,
                   .n_kv_heads = p->n_kv_heads, .head_dim = hd, .q_stride = qs, .kv_stride = hd,
-                  .kv_head_stride = (size_t)s->ctx * hd, .kv_bf16 = s->kv_bf16, .out_stride = qd,
+                  .kv_head_stride = (size_t)s->ctx * hd, .kv_bf16 = s->kv_bf16, .bf16_dots = 1, .out_stride = qd,
                   .causal_offset = pos,
                   .scale = 1.0f / sqrtf((float)hd)};
     attention(&a);

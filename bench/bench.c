@@ -23,6 +23,7 @@
 // Tuning knobs: --pf, --tpt, --alt, --q8-max-t (see usage).
 
 #include "../matmul.c"
+#include "../kernels.c"   // attention(), for the attention rows
 #include <unistd.h>
 
 // --cpu: time with this thread's CPU time instead of the wall clock (only meaningful with --threads 1,
@@ -371,7 +372,7 @@ enum { NTYPES = 4 };
 static int q4_group = 64;           // --q4-group G (export.py's default)
 
 int main(int argc, char** argv) {
-    int nth = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, quick = 0, do_gemm = 1, do_gemv = 1, gemv_t = 1;
+    int nth = (int)sysconf(_SC_NPROCESSORS_ONLN), reps = 5, quick = 0, do_gemm = 1, do_gemv = 1, do_attn = 1, gemv_t = 1;
     int small = 0;                      // --small: a smoke run for emulators (qemu): GEMM T/32, 32 MiB
                                         // bandwidth buffer, one copy per GEMV matrix, implies --quick
     const char* only = NULL;            // --only f32|bf16|q8
@@ -386,8 +387,9 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--cpu")) use_cpu_time = 1;
         else if (!strcmp(argv[i], "--isa") && i + 1 < argc) isa_cap = argv[++i];
         else if (!strcmp(argv[i], "--small")) small = quick = 1;
-        else if (!strcmp(argv[i], "--gemm")) do_gemv = 0;
-        else if (!strcmp(argv[i], "--gemv")) do_gemm = 0;
+        else if (!strcmp(argv[i], "--gemm")) do_gemv = do_attn = 0;
+        else if (!strcmp(argv[i], "--gemv")) do_gemm = do_attn = 0;
+        else if (!strcmp(argv[i], "--attn")) do_gemm = do_gemv = 0;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--gemv-t") && i + 1 < argc) gemv_t = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--pf") && i + 1 < argc) mm_gemv_pf = mm_gemv_pf_avx2 = atoi(argv[++i]);
@@ -396,7 +398,7 @@ int main(int argc, char** argv) {
         else if (!strcmp(argv[i], "--alt") && i + 2 < argc) { alt_pf = atoi(argv[++i]); alt_tpt = atoi(argv[++i]); }
         else if (!strcmp(argv[i], "--q4-group") && i + 1 < argc) q4_group = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick | --small] [--gemm | --gemv] [--only f32|bf16|q8|q4]\n"
+            fprintf(stderr, "usage: %s [--threads N] [--reps N] [--quick | --small] [--gemm | --attn | --gemv] [--only f32|bf16|q8|q4]\n"
                             "       [--cpu (time = this thread's CPU time; use with --threads 1 on a busy machine)]\n"
                             "       [--isa scalar|avx2|avxvnni|avx512 (cap the kernel level, as LLAVA_ISA)]\n"
                             "       [--gemv-t T (GEMV rows, default 1)] [--pf BYTES (q8 GEMV prefetch)] [--tpt N (GEMV tasks/thread)]\n"
@@ -513,6 +515,51 @@ int main(int argc, char** argv) {
         }
     }
 
+    // --- attention (kernels.c): the vision tower's (one 336x336 view: 577 positions, 16 heads of 64,
+    // f32 keys/values regrouped per head, no mask) and the language model's prefill (32 heads of 128,
+    // causal, bf16 or f32 KV cache of 4096 positions). FLOPs: 4 * head_dim per (query, visible key, head).
+    // "bf16 dots": q and the probabilities rounded to bf16, vdpbf16ps (AVX512-BF16 only; % of the bf16 peak).
+    struct { const char* name; int T, H, hd, causal, bf16, dots; } as[] = {
+        { "clip f32", 577, 16, 64, 0, 0, 0 }, { "clip bf16kv", 577, 16, 64, 0, 1, 0 }, { "clip bf16dot", 577, 16, 64, 0, 1, 1 },
+        { "llm f32", 1169, 32, 128, 1, 0, 0 },
+        { "llm bf16kv", 512, 32, 128, 1, 1, 0 }, { "llm bf16dot", 512, 32, 128, 1, 1, 1 },
+        { "llm bf16kv", 1169, 32, 128, 1, 1, 0 }, { "llm bf16dot", 1169, 32, 128, 1, 1, 1 } };
+    printf("\nattention (median of %d)       %9s %9s %9s  %s\n", reps, "ms", "GFLOP/s", "% peak", "kernel (% of its own peak)");
+    for (int s = 0; s < (int)(sizeof as / sizeof as[0]) && do_attn; s++) {
+        int bf16_dots = as[s].dots;
+        if (bf16_dots && !mm_has_bf16) continue;
+        int T = small ? as[s].T / 8 : as[s].T, H = as[s].H, hd = as[s].hd, ctx = as[s].causal ? 4096 : T;
+        int D = H * hd;
+        size_t kv_n = (size_t)H * ctx * hd;
+        float* q = mm_alloc((size_t)T * 3 * D * 4);
+        float* o = mm_alloc((size_t)T * D * 4);
+        void* k = mm_alloc(kv_n * 4);
+        void* v = mm_alloc(kv_n * 4);
+        for (size_t i = 0; i < (size_t)T * 3 * D; i++) q[i] = frand();
+        for (size_t i = 0; i < kv_n; i++) {
+            if (as[s].bf16) { ((uint16_t*)k)[i] = f32_to_bf16(frand()); ((uint16_t*)v)[i] = f32_to_bf16(frand()); }
+            else { ((float*)k)[i] = frand(); ((float*)v)[i] = frand(); }
+        }
+        AttnArgs a = {.out = o, .q = q, .k = k, .v = v, .kv_bf16 = as[s].bf16, .bf16_dots = bf16_dots, .T = T, .n_heads = H, .n_kv_heads = H,
+                      .head_dim = hd, .q_stride = 3 * (size_t)D, .kv_stride = hd, .kv_head_stride = (size_t)ctx * hd,
+                      .out_stride = D, .causal_offset = as[s].causal ? 0 : -1, .n_keys = T, .scale = 1.0f / sqrtf((float)hd)};
+        double flop = 4.0 * hd * H * (as[s].causal ? 0.5 * T * (T + 1.0) : (double)T * T);
+        attention(&a);                                              // warm-up
+        double v8[64];
+        int nr = reps > 64 ? 64 : reps;
+        for (int r = 0; r < nr; r++) {
+            double t0 = now_sec();
+            attention(&a);
+            v8[r] = now_sec() - t0;
+        }
+        double dt = median(v8, nr), gf = flop / dt * 1e-9, peak = bf16_dots ? pk_bf16 : kpeak[DT_F32];
+        printf("%-12s T=%-5d %2dx%-3d  %9.2f %9.1f %8.1f%%  %s\n", as[s].name, T, H, hd, dt * 1e3, gf,
+               peak > 0 ? 100.0 * gf / peak : 0.0, bf16_dots ? "avx512 bf16dot" : kname[DT_F32]);
+        fflush(stdout);
+        free(q); free(o); free(k); free(v);
+    }
+
+    (void)activation;   // kernels.c's element-wise pass: not timed here
     if (!do_gemv) { free(x); free(y); return 0; }
     // --- GEMV (T=gemv_t, default 1), interleaved with the bandwidth loops. Row 3 ("q8w") is the q8
     // widening kernel (f32 activations) on the same matrices, for a side-by-side with the VNNI one.

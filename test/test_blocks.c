@@ -153,7 +153,16 @@ static void test_rope(void) {
 // a naive T x T softmax(QK^T/sqrt(d) + mask) V in double, with grouped-query heads.
 // layout 0: K/V rows (S, KV*hd) as the vision tower has them; 1: the KV cache's (KV, S, hd) in f32;
 // 2: the same in bf16 (the reference then uses the bf16-rounded values).
+// dots: bf16_dots set (layout 2 only). Where attention() then runs on vdpbf16ps, the reference rounds q
+// and the softmax numerators exp(s - max) to bf16 as the kernel does (the sum stays unrounded), and
+// the bound is 1e-4 (f32 sums, a p rounding the other way where its f32 exp and the double one straddle
+// a bf16 boundary); the error against the unrounded reference is printed beside it.
+static int g_bf16_dots_ran;
+static void test_attention_case_dots(int T, int past, int H, int KV, int hd, int causal, int layout, int dots);
 static void test_attention_case(int T, int past, int H, int KV, int hd, int causal, int layout) {
+    test_attention_case_dots(T, past, H, KV, hd, causal, layout, 0);
+}
+static void test_attention_case_dots(int T, int past, int H, int KV, int hd, int causal, int layout, int dots) {
     int S = past + T;
     size_t qd = (size_t)H * hd, kvd = (size_t)KV * hd;
     float *q = xmalloc(T * qd * 4), *k = xmalloc(S * kvd * 4), *v = xmalloc(S * kvd * 4);
@@ -178,33 +187,51 @@ static void test_attention_case(int T, int past, int H, int KV, int hd, int caus
     if (layout > 0) {
         a.k = kc; a.v = vc; a.kv_stride = hd; a.kv_head_stride = (size_t)S * hd; a.kv_bf16 = layout == 2;
     }
+    a.bf16_dots = dots;
+    int rounded = attention_bf16_dots(&a);   // what attention() is about to run
+    g_bf16_dots_ran |= rounded;
     for (int path = 0; path < 2; path++) {
         memset(out, 0, T * qd * 4);
         if (path == 0) attention(&a);
         else attention_ref(&a);
-        double err = 0;
+        int r = rounded && path == 0;
+        double err = 0, err_exact = 0;
         for (int t = 0; t < T; t++)
             for (int h = 0; h < H; h++) {
                 int kh = h / (H / KV), n = causal ? past + t + 1 : S;
                 double sc[1024], mx = -1e30, sum = 0;   // keys: past + T <= 1024 in every case below
+                double sx[1024], mxx = -1e30, sumx = 0;  // the unrounded scores, when r
                 for (int s = 0; s < n; s++) {
-                    double d = 0;
-                    for (int i = 0; i < hd; i++) d += (double)q[t * qd + h * hd + i] * k[s * kvd + kh * hd + i];
-                    sc[s] = d / sqrt(hd);
-                    mx = fmax(mx, sc[s]);
+                    double d = 0, dx = 0;
+                    for (int i = 0; i < hd; i++) {
+                        float qi = q[t * qd + h * hd + i];
+                        d += (double)(r ? bf16_to_f32(f32_to_bf16(qi)) : qi) * k[s * kvd + kh * hd + i];
+                        dx += (double)qi * k[s * kvd + kh * hd + i];
+                    }
+                    sc[s] = d / sqrt(hd), sx[s] = dx / sqrt(hd);
+                    mx = fmax(mx, sc[s]), mxx = fmax(mxx, sx[s]);
                 }
-                for (int s = 0; s < n; s++) sum += sc[s] = exp(sc[s] - mx);
+                for (int s = 0; s < n; s++) sum += sc[s] = exp(sc[s] - mx), sumx += sx[s] = exp(sx[s] - mxx);
                 for (int i = 0; i < hd; i++) {
-                    double o = 0;
-                    for (int s = 0; s < n; s++) o += sc[s] / sum * v[s * kvd + kh * hd + i];
+                    double o = 0, ox = 0;
+                    for (int s = 0; s < n; s++) {
+                        double p = r ? bf16_to_f32(f32_to_bf16((float)sc[s])) : sc[s];
+                        o += p / sum * v[s * kvd + kh * hd + i];
+                        ox += sx[s] / sumx * v[s * kvd + kh * hd + i];
+                    }
                     err = fmax(err, fabs(o - out[t * qd + h * hd + i]));
+                    err_exact = fmax(err_exact, fabs(ox - out[t * qd + h * hd + i]));
                 }
             }
-        char what[112];
-        snprintf(what, sizeof(what), "%s T=%d past=%d H=%d KV=%d hd=%d %s %s", path ? "attention_ref" : "attention",
+        char what[160];
+        snprintf(what, sizeof(what), "%s T=%d past=%d H=%d KV=%d hd=%d %s %s%s", path ? "attention_ref" : "attention",
                  T, past, H, KV, hd, causal ? "causal" : "full",
-                 layout == 0 ? "rows" : layout == 1 ? "cache" : "cache-bf16");
-        check(err < 1e-5, what, err);
+                 layout == 0 ? "rows" : layout == 1 ? "cache" : "cache-bf16", r ? " vdpbf16ps" : "");
+        if (r) {
+            size_t l = strlen(what);
+            snprintf(what + l, sizeof(what) - l, " (unrounded ref: %.2g)", err_exact);
+        }
+        check(err < (r ? 1e-4 : 1e-5), what, err);
     }
     free(q); free(k); free(v); free(out); free(kc); free(vc);
 }
@@ -227,6 +254,16 @@ static void test_attention(void) {
         test_attention_case(7, 30, 4, 4, 16, 1, layout);
         test_attention_case(5, 600, 2, 1, 128, 1, layout);
     }
+    // bf16_dots on a bf16 cache: the vdpbf16ps block path where the CPU has it (odd and even key counts,
+    // head_dim not a multiple of 32 or of the 8-row register block, GQA, chunks of 128 keys and a tail),
+    // else the f32 path, checked exactly as above.
+    test_attention_case_dots(64, 0, 2, 2, 128, 1, 2, 1);
+    test_attention_case_dots(77, 0, 2, 2, 64, 0, 2, 1);
+    test_attention_case_dots(45, 100, 4, 1, 20, 1, 2, 1);
+    test_attention_case_dots(70, 5, 4, 2, 8, 1, 2, 1);
+    test_attention_case_dots(33, 290, 2, 1, 96, 1, 2, 1);
+    test_attention_case_dots(9, 0, 2, 2, 6, 0, 2, 1);
+    if (!g_bf16_dots_ran) printf("skipped: attention on vdpbf16ps (needs an AVX-512 build on a CPU with AVX512-BF16)\n");
 }
 
 static void test_pool(void) {
