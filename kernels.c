@@ -253,22 +253,36 @@ static const float* kv_rows(const AttnArgs* a, const void* base, size_t first, i
     return scratch;
 }
 
-// The middle of a block task: S^T (n key rows of two vectors, one lane per query t0 + j) becomes the
-// softmax numerators exp(s - max) in place, lane-wise; the sums go to *sum0, *sum1 (the division by the
-// sum is applied to the output at the end). Causal mask first: query lane j (position
-// causal_offset + t0 + j) sees keys up to its own position.
-static void block_softmax(const AttnArgs* a, vf* st, int n, int t0, int nq, vf* sum0, vf* sum1) {
-    if (a->causal_offset >= 0)
-        for (int j = 0; j < nq; j++)
-            for (int k = a->causal_offset + t0 + j + 1; k < n; k++) ((float*)&st[2 * k])[j] = -INFINITY;
-    vf m0 = st[0], m1 = st[1], s0 = {0}, s1 = {0};
-    for (int k = 1; k < n; k++) {
-        m0 = vselect(st[2 * k] > m0, st[2 * k], m0);
-        m1 = vselect(st[2 * k + 1] > m1, st[2 * k + 1], m1);
+// Where a block task's scores go: key row k of S^T (two vectors, lane j = query t0 + j) gets the
+// scores * scale, with the causal mask applied (query j, at position causal_offset + t0 + j, sees keys
+// up to its own position: -inf past it), and the lane-wise running maxima m[0], m[1] take them in.
+// pos[0], pos[1]: the lanes' positions (block_positions).
+static inline __attribute__((always_inline)) void put_scores(const AttnArgs* a, vf* st, int k, vf s0, vf s1,
+                                                             const vi pos[2], vf m[2]) {
+    s0 *= a->scale, s1 *= a->scale;
+    if (a->causal_offset >= 0) {
+        vi key = (vi){0} + k;
+        s0 = vselect(key > pos[0], (vf){0} - INFINITY, s0);
+        s1 = vselect(key > pos[1], (vf){0} - INFINITY, s1);
     }
+    m[0] = vselect(s0 > m[0], s0, m[0]);
+    m[1] = vselect(s1 > m[1], s1, m[1]);
+    st[2 * (size_t)k] = s0, st[2 * (size_t)k + 1] = s1;
+}
+
+static void block_positions(const AttnArgs* a, int t0, vi pos[2], vf m[2]) {
+    for (int j = 0; j < VL; j++) pos[0][j] = a->causal_offset + t0 + j, pos[1][j] = a->causal_offset + t0 + VL + j;
+    m[0] = m[1] = (vf){0} - INFINITY;
+}
+
+// The middle of a block task: S^T (n key rows, masked, with the lanes' maxima m) becomes the softmax
+// numerators exp(s - max) in place, lane-wise; the sums go to *sum0, *sum1 (the division by the sum
+// is applied to the output at the end).
+static void block_softmax(vf* st, int n, const vf m[2], vf* sum0, vf* sum1) {
+    vf s0 = {0}, s1 = {0};
     for (int k = 0; k < n; k++) {
-        st[2 * k] = vexp_neg(st[2 * k] - m0);
-        st[2 * k + 1] = vexp_neg(st[2 * k + 1] - m1);
+        st[2 * k] = vexp_neg(st[2 * k] - m[0]);
+        st[2 * k + 1] = vexp_neg(st[2 * k + 1] - m[1]);
         s0 += st[2 * k];
         s1 += st[2 * k + 1];
     }
@@ -312,7 +326,10 @@ static void attention_block_task(void* ctx, int task) {
         const float* qr = j < nq ? a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd : NULL;
         for (int i = 0; i < hd; i++) ((float*)&qt[2 * i])[j] = qr ? qr[i] : 0.0f;
     }
-    // S^T = K Q^T * scale.
+    // S^T = K Q^T * scale, masked.
+    vi pos[2];
+    vf m[2];
+    block_positions(a, t0, pos, m);
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
         int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK;
         const float* kr = kv_rows(a, a->k, head + (size_t)c0 * ks, cn, kv);
@@ -329,23 +346,18 @@ static void attention_block_task(void* ctx, int task) {
                     c[u][1] += x * q1;
                 }
             }
-            vf* o = st + 2 * (size_t)(c0 + r);
 #pragma GCC unroll 8
-            for (int u = 0; u < ATTN_KB; u++) {
-                o[2 * u] = c[u][0] * a->scale;
-                o[2 * u + 1] = c[u][1] * a->scale;
-            }
+            for (int u = 0; u < ATTN_KB; u++) put_scores(a, st, c0 + r + u, c[u][0], c[u][1], pos, m);
         }
         for (; r < cn; r++) {
             const float* k0 = kr + (size_t)r * hd;
             vf c0v = {0}, c1v = {0};
             for (int i = 0; i < hd; i++) { c0v += k0[i] * qt[2 * i]; c1v += k0[i] * qt[2 * i + 1]; }
-            st[2 * (size_t)(c0 + r)] = c0v * a->scale;
-            st[2 * (size_t)(c0 + r) + 1] = c1v * a->scale;
+            put_scores(a, st, c0 + r, c0v, c1v, pos, m);
         }
     }
     vf sum0, sum1;
-    block_softmax(a, st, n, t0, nq, &sum0, &sum1);
+    block_softmax(st, n, m, &sum0, &sum1);
     // O^T = V^T P^T.
     for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
@@ -422,7 +434,10 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
         for (int i = 0; i < hp; i++)
             ((uint32_t*)&qp[2 * i])[j] = qr ? f32_to_bf16(qr[2 * i]) | (uint32_t)f32_to_bf16(qr[2 * i + 1]) << 16 : 0;
     }
-    // S^T = K Q^T * scale, ATTN_KB keys per register block, read in place from the cache.
+    // S^T = K Q^T * scale, masked, ATTN_KB keys per register block, read in place from the cache.
+    vi pos[2];
+    vf m[2];
+    block_positions(a, t0, pos, m);
     int r = 0;
     for (; r + ATTN_KB <= n; r += ATTN_KB) {
         const uint16_t* k0 = kb + (size_t)r * ks;
@@ -441,10 +456,7 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
             }
         }
 #pragma GCC unroll 8
-        for (int u = 0; u < ATTN_KB; u++) {
-            st[2 * (r + u)] = (vf)c[u][0] * a->scale;
-            st[2 * (r + u) + 1] = (vf)c[u][1] * a->scale;
-        }
+        for (int u = 0; u < ATTN_KB; u++) put_scores(a, st, r + u, (vf)c[u][0], (vf)c[u][1], pos, m);
     }
     for (; r < n; r++) {
         const uint16_t* k0 = kb + (size_t)r * ks;
@@ -456,11 +468,10 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
             c0 = _mm512_dpbf16_ps(c0, kk, (__m512bh)qp[2 * i]);
             c1 = _mm512_dpbf16_ps(c1, kk, (__m512bh)qp[2 * i + 1]);
         }
-        st[2 * r] = (vf)c0 * a->scale;
-        st[2 * r + 1] = (vf)c1 * a->scale;
+        put_scores(a, st, r, (vf)c0, (vf)c1, pos, m);
     }
     vf sum0, sum1;
-    block_softmax(a, st, n, t0, nq, &sum0, &sum1);
+    block_softmax(st, n, m, &sum0, &sum1);
     // P^T -> PP in place: pair row kp (two vectors) from key rows 2kp and 2kp + 1 (already read).
     if (n % 2) st[2 * n] = st[2 * n + 1] = (vf){0};
     const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
