@@ -105,6 +105,27 @@ static vf vexp_neg(vf x) {
     return vselect(underflow, (vf){0}, p);
 }
 
+// exp(x) for x <= 0, lane-wise, to ~3e-6 relative: x = n ln2 + r with n rounded to nearest (the
+// 1.5 * 2^23 trick: the sum's low mantissa bits are the integer), a degree-5 Taylor polynomial for e^r
+// (|r| <= ln2/2: error r^6/720 < 2.5e-6). Below -87 it returns 0. For the bf16 attention, whose
+// probabilities are rounded to bf16 (2^-9) next: two thirds of vexp_neg's work.
+static vf vexp_neg_bf16(vf x) {
+    const vi underflow = x < -87.0f;
+    x = vselect(underflow, (vf){0} - 87.0f, x);
+    const vf magic = (vf){0} + 12582912.0f;
+    vf t = x * 1.44269504088896341f + magic;
+    vf nf = t - magic;
+    vi n = (vi)t - (vi)magic;
+    vf r = x - nf * 0.693147180559945309f;
+    vf p = (1.0f / 120) * r + (1.0f / 24);
+    p = p * r + (1.0f / 6);
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    p = p * (vf)((n + 127) << 23);
+    return vselect(underflow, (vf){0}, p);
+}
+
 // sigmoid(z) = 1 / (1 + e^-z), lane-wise. It uses exp(-|z|) <= 1, so vexp_neg serves both signs:
 // z >= 0 -> 1/(1+e), z < 0 -> e/(1+e), and neither branch can overflow.
 static vf vsigmoid(vf z) {
@@ -278,11 +299,13 @@ static void block_positions(const AttnArgs* a, int t0, vi pos[2], vf m[2]) {
 // The middle of a block task: S^T (n key rows, masked, with the lanes' maxima m) becomes the softmax
 // numerators exp(s - max) in place, lane-wise; the sums go to *sum0, *sum1 (the division by the sum
 // is applied to the output at the end).
-static void block_softmax(vf* st, int n, const vf m[2], vf* sum0, vf* sum1) {
+// bf16: the bf16 path's exp (vexp_neg_bf16), a constant in each caller.
+static inline __attribute__((always_inline)) void block_softmax(vf* st, int n, const vf m[2], vf* sum0, vf* sum1,
+                                                                int bf16) {
     vf s0 = {0}, s1 = {0};
     for (int k = 0; k < n; k++) {
-        st[2 * k] = vexp_neg(st[2 * k] - m[0]);
-        st[2 * k + 1] = vexp_neg(st[2 * k + 1] - m[1]);
+        st[2 * k] = bf16 ? vexp_neg_bf16(st[2 * k] - m[0]) : vexp_neg(st[2 * k] - m[0]);
+        st[2 * k + 1] = bf16 ? vexp_neg_bf16(st[2 * k + 1] - m[1]) : vexp_neg(st[2 * k + 1] - m[1]);
         s0 += st[2 * k];
         s1 += st[2 * k + 1];
     }
@@ -357,7 +380,7 @@ static void attention_block_task(void* ctx, int task) {
         }
     }
     vf sum0, sum1;
-    block_softmax(st, n, m, &sum0, &sum1);
+    block_softmax(st, n, m, &sum0, &sum1, 0);
     // O^T = V^T P^T.
     for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
@@ -471,7 +494,7 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
         put_scores(a, st, r, (vf)c0, (vf)c1, pos, m);
     }
     vf sum0, sum1;
-    block_softmax(st, n, m, &sum0, &sum1);
+    block_softmax(st, n, m, &sum0, &sum1, 1);
     // P^T -> PP in place: pair row kp (two vectors) from key rows 2kp and 2kp + 1 (already read).
     if (n % 2) st[2 * n] = st[2 * n + 1] = (vf){0};
     const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,

@@ -155,8 +155,9 @@ static void test_rope(void) {
 // 2: the same in bf16 (the reference then uses the bf16-rounded values).
 // dots: bf16_dots set (layout 2 only). Where attention() then runs on vdpbf16ps, the reference rounds q
 // and the softmax numerators exp(s - max) to bf16 as the kernel does (the sum stays unrounded), and
-// the bound is 1e-4 (f32 sums, a p rounding the other way where its f32 exp and the double one straddle
-// a bf16 boundary); the error against the unrounded reference is printed beside it.
+// the bound is 1e-3: f32 sums, and a p whose fast exp (~3e-6 from the exact one) lands on the other side
+// of a bf16 rounding boundary moves by 2^-8 of itself. The error against the unrounded reference is
+// printed beside it (a wrong pairing of operands gives 0.3-1.2).
 static int g_bf16_dots_ran;
 static void test_attention_case_dots(int T, int past, int H, int KV, int hd, int causal, int layout, int dots);
 static void test_attention_case(int T, int past, int H, int KV, int hd, int causal, int layout) {
@@ -231,7 +232,7 @@ static void test_attention_case_dots(int T, int past, int H, int KV, int hd, int
             size_t l = strlen(what);
             snprintf(what + l, sizeof(what) - l, " (unrounded ref: %.2g)", err_exact);
         }
-        check(err < (r ? 1e-4 : 1e-5), what, err);
+        check(err < (r ? 1e-3 : 1e-5), what, err);
     }
     free(q); free(k); free(v); free(out); free(kc); free(vc);
 }
