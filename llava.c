@@ -937,6 +937,23 @@ static void norm_rows(float* y, const float* x, const float* w, const float* b, 
     for_rows((RowArgs){y, x, w, b, T, n, eps, b ? ROWS_LAYERNORM : ROWS_RMSNORM});
 }
 
+// The same norm as a row function for matmul_rows: a projection's input made row by row inside the
+// matmul (where it packs or quantizes its activations), never written out as a whole.
+typedef struct {
+    const float* x;  // (T, n) the rows to normalise
+    const float* w;  // (n,) norm weight
+    const float* b;  // (n,) LayerNorm bias, or NULL for RMSNorm
+    int n;
+    float eps;
+} NormRow;
+
+static void norm_row(const void* ctx, int t, float* out) {
+    const NormRow* a = ctx;
+    const float* x = a->x + (size_t)t * a->n;
+    if (a->b) layernorm(out, x, a->w, a->b, a->n, a->eps);
+    else rmsnorm(out, x, a->w, a->n, a->eps);
+}
+
 // y += x + b for each of T rows: a bias (x NULL), a residual (b NULL), or a linear's bias and the
 // residual it feeds, in HF's order (the bias belongs to the linear: y + (x + b)).
 static void add_rows(float* y, const float* x, const float* b, int T, int n) {
@@ -1092,13 +1109,16 @@ static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
     int rows = B * N;
     // CLIPAttention: q, k, v projections with biases. Fused (fuse_weights): one matmul writes rows
     // q | k | v (stride 3D); otherwise three, into three blocks (stride D). The same values either way.
-    norm_rows(s->xb, s->x, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, rows, D, p->v_eps);
+    // layer_norm1 is made row by row inside the q|k|v matmul (matmul_rows), or written to xb for three.
+    NormRow ln1 = {s->x, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, D, p->v_eps};
     float *q = s->q, *k = s->k, *v = s->v;
     size_t qs = D;  // row stride of q, k and v
     if (w->wqkv) {
-        matmul(s->q, s->xb, &w->wqkv[l], rows); add_rows(s->q, NULL, w->bqkv + (size_t)l * 3 * D, rows, 3 * D);
+        matmul_rows(s->q, norm_row, &ln1, &w->wqkv[l], rows);
+        add_rows(s->q, NULL, w->bqkv + (size_t)l * 3 * D, rows, 3 * D);
         k = q + D, v = q + 2 * D, qs = 3 * (size_t)D;
     } else {
+        norm_rows(s->xb, s->x, ln1.w, ln1.b, rows, D, p->v_eps);
         matmul(q, s->xb, &w->wq[l], rows); add_rows(q, NULL, w->bq + (size_t)l * D, rows, D);
         matmul(k, s->xb, &w->wk[l], rows); add_rows(k, NULL, w->bk + (size_t)l * D, rows, D);
         matmul(v, s->xb, &w->wv[l], rows); add_rows(v, NULL, w->bv + (size_t)l * D, rows, D);
@@ -1123,8 +1143,8 @@ static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
     matmul(s->xb, s->att, &w->wo[l], rows);
     add_rows(s->x, s->xb, w->bo + (size_t)l * D, rows, D);  // out_proj's bias, then the residual
     // CLIPMLP
-    norm_rows(s->xb, s->x, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, rows, D, p->v_eps);
-    matmul(s->hb, s->xb, &w->fc1[l], rows);
+    NormRow ln2 = {s->x, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, D, p->v_eps};
+    matmul_rows(s->hb, norm_row, &ln2, &w->fc1[l], rows);
     add_rows(s->hb, NULL, w->fc1_b + (size_t)l * Dh, rows, Dh);
     activation(s->hb, NULL, (size_t)rows * Dh, p->v_act == 0 ? ACT_QUICK_GELU : ACT_GELU);
     matmul(s->xb, s->hb, &w->fc2[l], rows);
@@ -1676,16 +1696,18 @@ static void llama_decoder_layer(Model* m, int l, int T, int pos) {
     RunState* s = &m->state;
     int D = p->dim, hd = p->head_dim, F = p->hidden_dim;
     int qd = p->n_heads * hd, kvd = p->n_kv_heads * hd;
-    norm_rows(s->xb, s->x, w->attn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
     // LlamaAttention: q/k/v projections (no biases), RoPE on q and k only, then k and v go to the
     // cache at positions pos..pos+T-1 (so this chunk's queries see themselves and everything before).
-    // Fused (fuse_weights): one matmul writes rows q | k | v; otherwise three, into three blocks.
+    // Fused (fuse_weights): one matmul writes rows q | k | v, its input input_layernorm(x) made row by
+    // row inside it (matmul_rows); otherwise the norm goes to xb for three matmuls into three blocks.
+    NormRow attn_norm = {s->x, w->attn_norm + (size_t)l * D, NULL, D, p->rms_eps};
     float *q = s->q, *k = s->k, *v = s->v;
     size_t qs = qd, kvs = kvd;  // row strides of q and of k, v
     if (w->wqkv) {
-        matmul(s->q, s->xb, &w->wqkv[l], T);
+        matmul_rows(s->q, norm_row, &attn_norm, &w->wqkv[l], T);
         k = q + qd, v = k + kvd, qs = kvs = (size_t)qd + 2 * kvd;
     } else {
+        norm_rows(s->xb, s->x, attn_norm.w, NULL, T, D, p->rms_eps);
         matmul(q, s->xb, &w->wq[l], T);
         matmul(k, s->xb, &w->wk[l], T);
         matmul(v, s->xb, &w->wv[l], T);
@@ -1713,13 +1735,15 @@ static void llama_decoder_layer(Model* m, int l, int T, int pos) {
     matmul(s->xb, s->att, &w->wo[l], T);
     add_rows(s->x, s->xb, NULL, T, D);
     // LlamaMLP (hidden_act silu): the gate and up projections, combined element-wise. Fused: one
-    // matmul writes rows gate | up into hb, and silu(gate) * up goes to hb2, contiguous for down_proj.
-    norm_rows(s->xb, s->x, w->ffn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
+    // matmul writes rows gate | up into hb (post_attention_layernorm made inside it, as above), and
+    // silu(gate) * up goes to hb2, contiguous for down_proj.
+    NormRow ffn_norm = {s->x, w->ffn_norm + (size_t)l * D, NULL, D, p->rms_eps};
     if (w->w_gate_up) {
-        matmul(s->hb, s->xb, &w->w_gate_up[l], T);
+        matmul_rows(s->hb, norm_row, &ffn_norm, &w->w_gate_up[l], T);
         activation_rows(s->hb2, s->hb, s->hb + F, T, F, 2 * (size_t)F, ACT_SILU_MUL);
         matmul(s->xb, s->hb2, &w->w_down[l], T);
     } else {
+        norm_rows(s->xb, s->x, ffn_norm.w, NULL, T, D, p->rms_eps);
         matmul(s->hb, s->xb, &w->w_gate[l], T);
         matmul(s->hb2, s->xb, &w->w_up[l], T);
         activation(s->hb, s->hb2, (size_t)T * F, ACT_SILU_MUL);

@@ -101,6 +101,12 @@
 // fixed order, so results are bit-identical for any thread count. They do depend on T (GEMV vs
 // GEMM path) and on the CPU (instruction set).
 //
+// matmul_rows(y, fn, ctx, w, T): the same product with row t of x made by fn(ctx, t, row) -- the norm
+// before a projection. The x86 GEMMs call fn inside their activation packers, one row tile at a time
+// (mm_tile_rows), so the normed rows go from L1/L2 straight into int8 (or bf16, f32) tiles and x never
+// exists as a (T, K) matrix; the GEMV, ARM and portable paths make x in a buffer first. Same bits as
+// matmul() on the rows fn writes (tested on every path and level).
+//
 // What it does not do: attention (llava.c), fusing of QKV / gate+up (pass a concatenated Matrix),
 // quantizing weights (export.py). matmul() is not reentrant: call it from one thread at a time
 // (a matmul called from inside a pool task runs single-threaded with its own scratch).
@@ -882,6 +888,10 @@ static int mm_gemv_tpt MM_X86_ONLY = 8;       // f32/bf16/widening GEMV tasks (p
 static int mm_gemv_guided MM_X86_ONLY = 1;    // q8 VNNI GEMV: guided chunks (1) or mm_gemv_tpt equal chunks (0)
 #define MM_MAX_GUIDED 256         // guided schedule: at most this many tasks (bounds[] lives on the stack)
 
+// matmul_rows' source of activations: writes row t of x (K floats) to `row`. Called from several
+// threads at once, each row once.
+typedef void (*MMRowFn)(const void* ctx, int t, float* row);
+
 typedef struct {
     float* y;               // (T, N)
     const float* x;         // (T, K)
@@ -902,6 +912,8 @@ typedef struct {
     int8_t* q;              // AVX2 q8: quantized activations (T rounded up to tiles, K) row-major
     float* asr;             // AVX2 q8: their scales (rows, ng) row-major
     int32_t* acr;           // AVX2 q8: their compensation -128 * sum(q) (rows, ng) row-major
+    MMRowFn row_fn;         // matmul_rows: row t of x is row_fn(row_ctx, t, out) (x is NULL until
+    const void* row_ctx;    // mm_materialize makes it, on the paths that do not pack row tiles)
 } MMJob;
 
 // Words per (k4 step, row) of the AVX2 packer's activation tiles: 2 (int16 pairs) for the q8 vpmaddwd
@@ -934,6 +946,50 @@ MM_X86_ONLY static void* mm_get_scratch(size_t need, int own) {
         mm_scratch = mm_alloc(mm_scratch_bytes);
     }
     return mm_scratch;
+}
+
+// The activation rows t0..t0+mr-1 of a GEMM row tile, as one (mr, K) block: x itself, or (matmul_rows)
+// rows made by the caller's function into this thread's buffer, where the packer quantizes or packs
+// them while they are in L1/L2 -- they never go to memory as a (T, K) matrix.
+MM_X86_ONLY static const float* mm_tile_rows(const MMJob* j, int t0, int mr) {
+    if (!j->row_fn) return j->x + (size_t)t0 * j->K;
+    static _Thread_local float* buf;
+    static _Thread_local size_t cap;
+    size_t need = (size_t)mr * j->K;
+    if (need > cap) {
+        free(buf);
+        cap = need;
+        buf = mm_alloc(cap * sizeof(float));
+    }
+    for (int i = 0; i < mr; i++) j->row_fn(j->row_ctx, t0 + i, buf + (size_t)i * j->K);
+    return buf;
+}
+
+// The paths that read x other than by row tiles (GEMV, the portable loop, ARM) get it whole: the rows
+// are made into a buffer first (a private one in a nested call), as if the caller had done it.
+static float* mm_rows_x;            // matmul_rows' materialized x, grown on demand
+static size_t mm_rows_x_floats;
+static void mm_materialize_task(void* v, int t) {
+    MMJob* j = v;
+    j->row_fn(j->row_ctx, t, (float*)j->x + (size_t)t * j->K);
+}
+static float* mm_materialize(MMJob* j) {
+    if (!j->row_fn) return NULL;
+    size_t need = (size_t)j->T * j->K;
+    float* x = NULL;
+    if (mm_in_pool) x = mm_alloc(need * sizeof(float));
+    else {
+        if (need > mm_rows_x_floats) {
+            free(mm_rows_x);
+            mm_rows_x_floats = need;
+            mm_rows_x = mm_alloc(need * sizeof(float));
+        }
+        x = mm_rows_x;
+    }
+    j->x = x;
+    pool_for(j->T, mm_materialize_task, j);
+    j->row_fn = NULL;
+    return mm_in_pool ? x : NULL;   // the caller frees a private buffer
 }
 
 // Guided schedule over np panels for the GEMV paths: each task takes 1/(2 nth) of the panels left,
@@ -1396,12 +1452,13 @@ MM_TGT_AVX2 static void mm_task_pack_avx2(void* v, int task) {
     mm_split(j->ntiles, task, j->n_tasks, &ta, &tb);
     for (int it = ta; it < tb; it++) {
         int t0 = it * MR, mr = mm_min(MR, T - t0);     // tile it = rows t0..t0+mr-1 of x
+        const float* xt = mm_tile_rows(j, t0, mr);      // those rows, (mr, K)
         if (j->w->type == DT_F32 || j->w->type == DT_BF16) {   // q8 and q4: quantized below
             // K2 even: the bf16 kernel consumes k in pairs (one panel word = 2 weights)
             int K2 = (K + 1) / 2 * 2;
             float* a = (float*)j->a + (size_t)it * K2 * MR;
             for (int k = 0; k < K2; k++)                // k outer: sequential stores, MR read streams
-                for (int i = 0; i < MR; i++) a[(size_t)k * MR + i] = i < mr && k < K ? j->x[(size_t)(t0 + i) * K + k] : 0.0f;
+                for (int i = 0; i < MR; i++) a[(size_t)k * MR + i] = i < mr && k < K ? xt[(size_t)i * K + k] : 0.0f;
             continue;
         }
         // q8: quantize the tile's rows row-major (the shared quantizer), then transpose into words
@@ -1409,7 +1466,7 @@ MM_TGT_AVX2 static void mm_task_pack_avx2(void* v, int task) {
         int8_t* q = j->q + (size_t)t0 * K;                  // (mr, K) s8
         float* asr = j->asr + (size_t)t0 * ng;              // (mr, ng)
         int32_t* acr = j->acr + (size_t)t0 * ng;            // (mr, ng)
-        mm_quantize_rows_q8_avx2(j->x + (size_t)t0 * K, mr, K, j->p->G, q, asr, acr);
+        mm_quantize_rows_q8_avx2(xt, mr, K, j->p->G, q, asr, acr);
         int aw = mm_a2_words(j);                                    // words per row and k4 step
         uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MR * aw;  // (kw, MR, aw) words of this tile
         for (int kq = 0; kq < kw; kq++)
@@ -1606,6 +1663,7 @@ static void mm_matmul_avx2(MMJob* j) {
     int own = mm_in_pool;                   // nested call: private scratch, single thread
     int bounds[MM_MAX_GUIDED + 1];
     if (T <= mm_gemv_max_t_avx2[type]) {
+        float* own_x = mm_materialize(j);
         void* buf = NULL;
         if (type == DT_Q8) {                // quantize the (<= 2) rows once, in the caller thread
             size_t qbytes = align_up((size_t)T * K, 64), sbytes = (size_t)T * p->ng * 4;
@@ -1619,6 +1677,7 @@ static void mm_matmul_avx2(MMJob* j) {
         j->bounds = bounds;
         pool_for(j->n_tasks, mm_task_gemv_avx2, j);
         if (own) free(buf);
+        free(own_x);
         return;
     }
     // GEMM: pack (or quantize) the activations into row tiles, then the kernels
@@ -1989,12 +2048,13 @@ MM_TGT_512 static void mm_task_pack_f32(void* v, int task) {
     for (int it = ta; it < tb; it++) {
         float* a = (float*)j->a + (size_t)it * K * MM_F32_MR;      // tile it: (K, 14) f32
         int t0 = it * MM_F32_MR, mr = mm_min(MM_F32_MR, j->T - t0);
+        const float* xt = mm_tile_rows(j, t0, mr);      // the tile's rows, (mr, K)
         for (int k = 0; k < K; k += 16) {
             int kn = mm_min(16, K - k);
             __mmask16 km = mm_mask16(kn);
             __m512 r[16], o[16];
             for (int i = 0; i < 16; i++)
-                r[i] = i < mr ? _mm512_maskz_loadu_ps(km, j->x + (size_t)(t0 + i) * K + k) : _mm512_setzero_ps();
+                r[i] = i < mr ? _mm512_maskz_loadu_ps(km, xt + (size_t)i * K + k) : _mm512_setzero_ps();
             mm512_transpose16(r, o);
             for (int q = 0; q < kn; q++) _mm512_mask_storeu_ps(a + (size_t)(k + q) * MM_F32_MR, rows14, o[q]);
         }
@@ -2026,13 +2086,14 @@ MM_TGT_512 static void mm_task_pack_bf16(void* v, int task) {
     for (int it = ta; it < tb; it++) {
         float* a = (float*)j->a + (size_t)it * kw * MM_F32_MR;     // uint32 pairs, moved as floats
         int t0 = it * MM_F32_MR, mr = mm_min(MM_F32_MR, j->T - t0);
+        const float* xt = mm_tile_rows(j, t0, mr);      // the tile's rows, (mr, K)
         for (int kk = 0; kk < kw; kk += 16) {                      // 16 pairs = 32 inputs per block
             int nf = K - 2 * kk;                                    // inputs left (zero-padded past K)
             __mmask16 m0 = mm_mask16(nf), m1 = mm_mask16(nf - 16);
             __m512 r[16], o[16];
             for (int i = 0; i < 16; i++) {
                 if (i >= mr) { r[i] = _mm512_setzero_ps(); continue; }
-                const float* xr = j->x + (size_t)(t0 + i) * K + 2 * kk;
+                const float* xr = xt + (size_t)i * K + 2 * kk;
                 // inputs 0-15 -> pairs 0-7 (low 256 bits), inputs 16-31 -> pairs 8-15 (high)
                 __m256i lo = mm512_bf16_pairs(_mm512_maskz_loadu_ps(m0, xr));
                 __m256i hi = mm512_bf16_pairs(_mm512_maskz_loadu_ps(m1, xr + 16));
@@ -2057,6 +2118,7 @@ MM_TGT_512 static void mm_task_pack_q8(void* v, int task) {
         float* as = j->as + (size_t)it * ng * MM_Q8_MR;
         int32_t* ac = j->ac + (size_t)it * ng * MM_Q8_MR;
         int t0 = it * MM_Q8_MR, mr = mm_min(MM_Q8_MR, j->T - t0);
+        const float* xt = mm_tile_rows(j, t0, mr);      // the tile's rows, (mr, K)
         for (int g = 0; g < ng; g++) {
             float iscale[MM_Q8_MR];
             __m512i sum[MM_Q8_MR];
@@ -2065,7 +2127,7 @@ MM_TGT_512 static void mm_task_pack_q8(void* v, int task) {
                 sum[i] = _mm512_setzero_si512();
                 as[g * MM_Q8_MR + i] = 0.0f;
                 if (i >= mr) continue;
-                const float* xg = j->x + (size_t)(t0 + i) * K + (size_t)g * G;
+                const float* xg = xt + (size_t)i * K + (size_t)g * G;
                 // absmax over the group (exact, so the scale matches mm_quantize_group bit for bit)
                 int nan;
                 float amax = mm_group_absmax512(xg, G, &nan);
@@ -2083,7 +2145,7 @@ MM_TGT_512 static void mm_task_pack_q8(void* v, int task) {
                 for (int i = 0; i < 16; i++) {
                     __m512i words = _mm512_setzero_si512();
                     if (i < MM_Q8_MR && iscale[i] != 0.0f) {
-                        const float* xc = j->x + (size_t)(t0 + i) * K + (size_t)g * G + c0;
+                        const float* xc = xt + (size_t)i * K + (size_t)g * G + c0;
                         __m512 vis = _mm512_set1_ps(iscale[i]);
                         __m128i qb[4];
 #pragma GCC unroll 4
@@ -2738,6 +2800,7 @@ static void mm_matmul_q4_x86(MMJob* j) {
     int own = mm_in_pool;                   // nested call: private scratch, single thread
     int bounds[MM_MAX_GUIDED + 1];
     if (T <= (vnni512 ? MM_Q4_GEMV_MAX_T_512 : MM_Q4_GEMV_MAX_T_AVX2)) {
+        float* own_x = mm_materialize(j);
         // quantize the few rows once, in the caller thread: q (T, K) s8 | as (T, ng) | ac (T, ng)
         size_t qbytes = align_up((size_t)T * K, 64), sbytes = (size_t)T * ng * 4;
         char* buf = mm_get_scratch(qbytes + 2 * sbytes + 64, own);
@@ -2750,6 +2813,7 @@ static void mm_matmul_q4_x86(MMJob* j) {
         j->bounds = bounds;
         pool_for(j->n_tasks, vnni512 ? mm_task_gemv512_q4 : mm_task_gemv_q4_avx2, j);
         if (own) free(buf);
+        free(own_x);
         return;
     }
     // GEMM: the activations quantized into row tiles by the q8 packers, then the q4 kernels
@@ -3708,6 +3772,8 @@ static void mm_matmul_avx512(MMJob* jp) {
     int gemm = T > mm_gemv_max_t[type] &&
                (type == DT_F32 || (type == DT_BF16 && mm_has_bf16) || (type == DT_Q8 && mm_has_vnni));
     if (!gemm) {
+        float* own_x = mm_materialize(&j);
+        x = j.x;
         // ~mm_gemv_tpt chunks per thread, each a long sequential stream of whole panels
         j.chunk = (np + mm_gemv_tpt * nth - 1) / (mm_gemv_tpt * nth);
         j.n_tasks = (np + j.chunk - 1) / j.chunk;
@@ -3729,9 +3795,11 @@ static void mm_matmul_avx512(MMJob* jp) {
             }
             pool_for(j.n_tasks, mm_task_gemv512_q8v, &j);
             if (own) free(buf);
+            free(own_x);
             return;
         }
         pool_for(j.n_tasks, mm_task_gemv512, &j);
+        free(own_x);
         return;
     }
     // pack (or quantize) the activations into row tiles, then the GEMM proper
@@ -3758,23 +3826,42 @@ static void mm_matmul_avx512(MMJob* jp) {
 }
 #endif // MM_X86
 
-void matmul(float* y, const float* x, const Matrix* w, int T) {
+// matmul and matmul_rows: x given, or made row by row by fn (j.row_fn).
+static void mm_run(MMJob j) {
+    const Matrix* w = j.w;
+    float* y = j.y;
+    int T = j.T;
     mm_check(w);
     mm_detect_isa();
     if (T <= 0 || w->rows == 0) return;
-    // n_tasks = one per thread: the portable path's split; the SIMD paths set their own
-    MMJob j = { .y = y, .x = x, .w = w, .p = w->packed, .T = T, .N = w->rows, .K = w->cols,
-                .n_tasks = pool_size() };
     if (w->cols == 0) { memset(y, 0, (size_t)T * w->rows * sizeof(float)); return; }
     // The SIMD level: one branch per architecture (each needs the packed panels).
 #if MM_X86
     if (j.p && w->type == DT_Q4 && mm_isa >= MM_AVX2) { mm_matmul_q4_x86(&j); return; }   // every level
     if (j.p && mm_isa == MM_AVX512) { mm_matmul_avx512(&j); return; }
     if (j.p && mm_isa >= MM_AVX2) { mm_matmul_avx2(&j); return; }      // AVX2 and AVX-VNNI
-#elif defined(__aarch64__)
+#endif
+    // ARM and the portable loop read x whole
+    float* own_x = mm_materialize(&j);
+#if defined(__aarch64__)
     mm_detect_arm();
-    if (j.p && mm_arm_level > MM_ARM_SCALAR) { mm_matmul_arm(y, x, w, T); return; }   // NEON, dotprod, i8mm
+    if (j.p && mm_arm_level > MM_ARM_SCALAR) { mm_matmul_arm(y, j.x, w, T); free(own_x); return; }   // NEON, dotprod, i8mm
 #endif
     // Portable: unpacked matrices, LLAVA_ISA=scalar, CPUs without AVX2, other architectures
     pool_for(j.n_tasks, mm_task_scalar, &j);
+    free(own_x);
+}
+
+void matmul(float* y, const float* x, const Matrix* w, int T) {
+    // n_tasks = one per thread: the portable path's split; the SIMD paths set their own
+    mm_run((MMJob){ .y = y, .x = x, .w = w, .p = w->packed, .T = T, .N = w->rows, .K = w->cols, .n_tasks = pool_size() });
+}
+
+// y = x W^T where row t of x is fn(ctx, t, row): the norm before a projection, for instance. The GEMMs
+// that pack their activations in row tiles (x86) call fn inside the packer, so x is never written as
+// a whole; every other path (GEMV, ARM, the portable loop) first makes x in a buffer. Same results as
+// matmul() on the rows fn makes.
+void matmul_rows(float* y, MMRowFn fn, const void* ctx, const Matrix* w, int T) {
+    mm_run((MMJob){ .y = y, .row_fn = fn, .row_ctx = ctx, .w = w, .p = w->packed, .T = T, .N = w->rows, .K = w->cols,
+                    .n_tasks = pool_size() });
 }

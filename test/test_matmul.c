@@ -607,12 +607,52 @@ static void test_panels(void) {
     }
 }
 
+// matmul_rows: the rows made by a function give matmul's bits on the same rows, on every path (GEMV,
+// GEMM with the rows made inside the packer, the portable loop), 1 and 2 threads.
+typedef struct { const float* x; int K; } RowCopy;
+static void row_copy(const void* ctx, int t, float* row) {
+    const RowCopy* c = ctx;
+    memcpy(row, c->x + (size_t)t * c->K, (size_t)c->K * sizeof(float));
+}
+static void test_rows(DType type, int T, int N, int K, int G, int pack) {
+    TestMat tm = make_mat(type, N, K, G);
+    if (pack) pack_matrix(&tm.m);
+    float* x = make_x(T, K);
+    float *y1 = malloc((size_t)T * N * 4), *y2 = malloc((size_t)T * N * 4);
+    RowCopy c = { x, K };
+    int same = 1;
+    for (int nth = 1; nth <= 2; nth++) {
+        pool_init(nth);
+        matmul(y1, x, &tm.m, T);
+        memset(y2, 0xff, (size_t)T * N * 4);
+        matmul_rows(y2, row_copy, &c, &tm.m, T);
+        same &= !memcmp(y1, y2, (size_t)T * N * 4);
+    }
+    char what[160];
+    snprintf(what, sizeof what, "matmul_rows = matmul, %s isa=%s T=%d N=%d K=%d G=%d%s", type_name[type], matmul_isa_name(),
+             T, N, K, G, pack ? "" : " (unpacked)");
+    check(same, what);
+    free(x); free(y1); free(y2);
+    free_mat(&tm);
+}
+static void test_rows_all(void) {
+    int Ts[] = { 1, 2, 3, 4, 7, 15, 40 };
+    for (int i = 0; i < (int)(sizeof Ts / sizeof Ts[0]); i++) {
+        test_rows(DT_F32, Ts[i], 40, 37, 0, 1);
+        test_rows(DT_BF16, Ts[i], 40, 64, 0, 1);
+        test_rows(DT_Q8, Ts[i], 70, 128, 32, 1);
+        test_rows(DT_Q4, Ts[i], 40, 64, 16, 1);
+    }
+    test_rows(DT_Q8, 9, 20, 64, 8, 0);   // never packed: the portable loop
+}
+
 int main(int argc, char** argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     test_pool();
     test_panels();
 #if defined(__aarch64__)
     test_arm(quick);                    // ARM64 levels instead of the x86 configurations below
+    test_rows_all();
     printf("%d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 #endif
@@ -659,6 +699,7 @@ int main(int argc, char** argv) {
         test_case(DT_Q8, 9, 20, 60, 6, 1);              // group % 4 != 0: portable path
         test_case(DT_F32, 16, 64, 64, 0, 0);            // never packed: portable path
         if (cfgs[c].level >= MM_AVX2) test_q8_gemv();
+        test_rows_all();
         for (int type = 0; type < 4; type++) {
             test_special((DType)type, 3, 50, 128, 64);
             test_special((DType)type, 4, 50, 128, 64);
