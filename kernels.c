@@ -219,7 +219,14 @@ static void activation(float* x, const float* y, size_t n, int act) { activation
 
 #define ATTN_LANES (2 * VL)  // queries per block: two vectors
 #define ATTN_CHUNK 128       // keys per copied chunk of the K or V cache (64 KB at head_dim 128: stays in L2)
-#define ATTN_KB 8            // rows per register block: 8 x 2 accumulators + 2 operands + 8 broadcasts
+// Rows per register block: ATTN_KB x 2 accumulators + 2 operands + a broadcast. 8 with 32 vector
+// registers (AVX-512, AArch64); 4 with the 16 of AVX2 and SSE, where 8 spilled (AVX2 on a Zen 5: the
+// vision tower's attention 55 -> 69% of the ymm FMA peak). The results do not depend on it.
+#if VL == 16 || defined(__aarch64__)
+#define ATTN_KB 8
+#else
+#define ATTN_KB 4
+#endif
 // Below this many query rows the block path would leave most of its ATTN_LANES lanes idle, and the
 // row path, vectorised over head_dim instead, is faster (decode is T = 1).
 #define ATTN_ROW_MAX_T 8
