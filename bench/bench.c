@@ -489,8 +489,9 @@ int main(int argc, char** argv) {
     float* x = mm_alloc((size_t)4616 * 4096 * 4);         // the largest T*K and T*N of the shapes
     for (size_t i = 0; i < (size_t)4616 * 4096; i++) x[i] = frand();
     float* y = mm_alloc((size_t)4616 * 4096 * 4);
-    printf("\nGEMM (median of %d)     %9s %9s %9s | best: %9s %8s  %s\n", reps, "ms", "G(FL)OP/s", "% peak", "G(FL)OP/s",
-           "% peak", "kernel (% of its own peak)");
+    if (do_gemm)
+        printf("\nGEMM (median of %d)     %9s %9s %9s | best: %9s %8s  %s\n", reps, "ms", "G(FL)OP/s", "% peak", "G(FL)OP/s",
+               "% peak", "kernel (% of its own peak)");
     for (int type = 0; type < NTYPES && do_gemm; type++) {
         if (only && strcmp(only, tname[type])) continue;
         double peak = kpeak[type];
