@@ -247,6 +247,7 @@ typedef struct {
     int causal_offset; // causal: query t sees keys 0..causal_offset+t; -1 = no mask (CLIP)
     int n_keys;        // keys when there is no mask
     float scale;       // 1/sqrt(head_dim)
+    const uint32_t* vp; // set by attention() for the bf16 path: every kv head's values zipped in pairs
 } AttnArgs;
 
 // Per-thread scratch that grows as needed and is kept for the next call (a malloc per task would page-
@@ -436,11 +437,45 @@ static void attention_block_task(void* ctx, int task) {
 //         broadcast; Q^T is stored as QP (head_dim/2 rows of two vectors), lane j of row i holding
 //         bf16(q_j[2i]) | bf16(q_j[2i+1]) << 16. q is rounded to bf16 here.
 //   O^T = V^T P^T: pairs along the keys. P^T becomes PP (key pair rows: lane j of row kp holds
-//         bf16(p_j[2kp]) | bf16(p_j[2kp+1]) << 16), written over S^T in place; a chunk of V becomes VP
-//         (ATTN_CHUNK/2 rows of head_dim words: v[2kp][i] | v[2kp+1][i] << 16), from which each
-//         head_dim index's pair is broadcast. An odd last key is paired with a zero (p = 0, v = 0).
+//         bf16(p_j[2kp]) | bf16(p_j[2kp+1]) << 16), written over S^T in place; V becomes VP (rows of
+//         head_dim words: v[2kp][i] | v[2kp+1][i] << 16), from which each head_dim index's pair is
+//         broadcast. VP is made once per call for every kv head (zip_values_task) and shared by all
+//         the head's query blocks. A task's odd last key is paired with a zero probability (its VP
+//         row holds the next key's values, or zeros after the call's last key).
 // Twice the products per instruction of the f32 FMA, and the bf16 cache is read as it is, without
 // widening. Rounding q and p to bf16 costs ~2^-9 relative each (the test's bound: test_blocks).
+
+// VP rows per kv head: keys any query of the call sees, in pairs.
+static int zip_rows(const AttnArgs* a) {
+    int n = a->causal_offset >= 0 ? a->causal_offset + a->T : a->n_keys;
+    return (n + 1) / 2;
+}
+
+// VP of kv head `kvh` (one pool task each), once per call for all its query blocks: row kp holds the
+// value rows 2kp and 2kp + 1 zipped, v[2kp][i] | v[2kp+1][i] << 16 (a zero row after an odd last key).
+MM_TGT_BF16 static void zip_values_task(void* ctx, int kvh) {
+    const AttnArgs* a = ctx;
+    int hd = a->head_dim, rows = zip_rows(a), n = a->causal_offset >= 0 ? a->causal_offset + a->T : a->n_keys;
+    const uint16_t* vb = (const uint16_t*)a->v + (size_t)kvh * a->kv_head_stride;
+    uint32_t* vp = (uint32_t*)a->vp + (size_t)kvh * rows * hd;
+    const __m512i zip_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+                                            39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i zip_hi = _mm512_add_epi16(zip_lo, _mm512_set1_epi16(16));
+    for (int kp = 0; kp < rows; kp++) {
+        const uint16_t* v0 = vb + (size_t)2 * kp * a->kv_stride;
+        const uint16_t* v1 = 2 * kp + 1 < n ? v0 + a->kv_stride : NULL;
+        uint32_t* dst = vp + (size_t)kp * hd;
+        int i = 0;
+        if (v1)
+            for (; i + 32 <= hd; i += 32) {   // words j of v0 and j + 32 (v1) side by side
+                __m512i x0 = _mm512_loadu_si512((const void*)(v0 + i)), x1 = _mm512_loadu_si512((const void*)(v1 + i));
+                _mm512_storeu_si512((void*)(dst + i), _mm512_permutex2var_epi16(x0, zip_lo, x1));
+                _mm512_storeu_si512((void*)(dst + i + 16), _mm512_permutex2var_epi16(x0, zip_hi, x1));
+            }
+        for (; i < hd; i++) dst[i] = v0[i] | (v1 ? (uint32_t)v1[i] << 16 : 0);
+    }
+}
+
 MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
     const AttnArgs* a = ctx;
     int blocks = attn_blocks(a);
@@ -451,14 +486,13 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
     int n2 = (n + 1) / 2;   // key pairs
     size_t ks = a->kv_stride;
     const uint16_t* kb = (const uint16_t*)a->k + (size_t)kvh * a->kv_head_stride;
-    const uint16_t* vb = (const uint16_t*)a->v + (size_t)kvh * a->kv_head_stride;
 
-    // Scratch: QP (hp rows of two vectors), S^T (2 * n2 rows; the pair rows PP reuse it), O^T (hd rows),
-    // VP (ATTN_CHUNK / 2 rows of hd words).
-    vf* qp = (vf*)attn_scratch((size_t)(2 * hp + 4 * n2 + 2 * hd) * ATTN_LANES / 2 + (size_t)ATTN_CHUNK / 2 * hd);
+    // Scratch: QP (hp rows of two vectors), S^T (2 * n2 rows; the pair rows PP reuse it), O^T (hd rows).
+    // VP was made once for the whole call (zip_values): this kv head's rows.
+    vf* qp = (vf*)attn_scratch((size_t)(2 * hp + 4 * n2 + 2 * hd) * ATTN_LANES / 2);
     vf* st = qp + 2 * hp;
     vf* ot = st + 4 * (size_t)n2;
-    uint32_t* vp = (uint32_t*)(ot + 2 * hd);
+    const uint32_t* vp_head = a->vp + (size_t)kvh * zip_rows(a) * hd;
     for (int j = 0; j < ATTN_LANES; j++) {
         const float* qr = j < nq ? a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd : NULL;
         for (int i = 0; i < hp; i++)
@@ -513,25 +547,10 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
         st[2 * kp + 1] = (vf)_mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh((__m512)o1, (__m512)e1));
     }
     // O^T = V^T P^T, a chunk of value rows at a time.
-    const __m512i zip_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
-                                            39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-    const __m512i zip_hi = _mm512_add_epi16(zip_lo, _mm512_set1_epi16(16));
     for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
         int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK, cp = (cn + 1) / 2;
-        for (int kp = 0; kp < cp; kp++) {      // VP rows: value rows 2kp and 2kp + 1 of the chunk, zipped
-            const uint16_t* v0 = vb + (size_t)(c0 + 2 * kp) * ks;
-            const uint16_t* v1 = 2 * kp + 1 < cn ? v0 + ks : NULL;
-            uint32_t* dst = vp + (size_t)kp * hd;
-            int i = 0;
-            if (v1)
-                for (; i + 32 <= hd; i += 32) {   // words j of v0 and j + 32 (v1) side by side
-                    __m512i x0 = _mm512_loadu_si512((const void*)(v0 + i)), x1 = _mm512_loadu_si512((const void*)(v1 + i));
-                    _mm512_storeu_si512((void*)(dst + i), _mm512_permutex2var_epi16(x0, zip_lo, x1));
-                    _mm512_storeu_si512((void*)(dst + i + 16), _mm512_permutex2var_epi16(x0, zip_hi, x1));
-                }
-            for (; i < hd; i++) dst[i] = v0[i] | (v1 ? (uint32_t)v1[i] << 16 : 0);
-        }
+        const uint32_t* vp = vp_head + (size_t)c0 / 2 * hd;   // the chunk's VP rows
         const vf* pp = st + c0;   // pair row c0 / 2, two vectors each
         int i = 0;
         for (; i + ATTN_KB <= hd; i += ATTN_KB) {
@@ -563,10 +582,27 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
     }
     block_store(a, ot, sum0, sum1, h, t0, nq);
 }
+// The bf16 path of attention(): VP for every kv head, then the block tasks.
+static void attention_bf16(const AttnArgs* args) {
+    static uint32_t* vp;
+    static size_t cap;
+    AttnArgs a = *args;
+    size_t words = (size_t)a.n_kv_heads * zip_rows(&a) * a.head_dim;
+    if (words > cap) {
+        free(vp);
+        cap = words + words / 4;
+        vp = aligned_alloc(64, align_up(cap * sizeof(uint32_t), 64));
+        if (!vp) fatal("out of memory for attention scratch (%zu words)", cap);
+    }
+    a.vp = vp;
+    pool_for(a.n_kv_heads, zip_values_task, &a);
+    pool_for(attn_blocks(&a) * a.n_heads, attention_block_bf16_task, &a);
+}
+
 #define ATTN_HAVE_BF16 1
 #else
 #define ATTN_HAVE_BF16 0
-#define attention_block_bf16_task attention_block_task  // never chosen: attention_bf16_available() is 0
+#define attention_bf16 attention_ref  // never chosen: attention_bf16_available() is 0
 #endif
 
 // Dot product and y += a*x over n floats, VL at a time (unaligned loads through memcpy), scalar tail.
@@ -811,6 +847,6 @@ static int attention_bf16_dots(const AttnArgs* a) {
 static void attention(const AttnArgs* a) {
     if (kernels_scalar()) attention_ref(a);
     else if (a->T < ATTN_ROW_MAX_T) pool_for(a->T * a->n_heads, attention_row_task, (void*)a);
-    else pool_for(attn_blocks(a) * a->n_heads, attention_bf16_dots(a) ? attention_block_bf16_task : attention_block_task,
-                  (void*)a);
+    else if (attention_bf16_dots(a)) attention_bf16(a);
+    else pool_for(attn_blocks(a) * a->n_heads, attention_block_task, (void*)a);
 }
