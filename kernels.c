@@ -493,7 +493,22 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
     vf* st = qp + 2 * hp;
     vf* ot = st + 4 * (size_t)n2;
     const uint32_t* vp_head = a->vp + (size_t)kvh * zip_rows(a) * hd;
-    for (int j = 0; j < ATTN_LANES; j++) {
+    // QP: a query row rounded to bf16 (vcvtne2ps2bf16) IS its pairs, word i = (q[2i], q[2i+1]); 16 rows
+    // x 16 words at a time are transposed into the lanes (head_dim a multiple of 32; else one by one).
+    for (int half = 0; half < 2 && hd % 32 == 0; half++)
+        for (int i0 = 0; i0 < hp; i0 += 16) {
+            __m512 r[16], o[16];
+            for (int l = 0; l < 16; l++) {
+                int j = 16 * half + l;
+                r[l] = _mm512_setzero_ps();   // lanes past the last query
+                if (j >= nq) continue;
+                const float* qr = a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd + 2 * i0;
+                r[l] = (__m512)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(qr + 16), _mm512_loadu_ps(qr));
+            }
+            mm512_transpose16(r, o);
+            for (int l = 0; l < 16; l++) qp[2 * (i0 + l) + half] = (vf)o[l];
+        }
+    for (int j = 0; j < ATTN_LANES && hd % 32; j++) {
         const float* qr = j < nq ? a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd : NULL;
         for (int i = 0; i < hp; i++)
             ((uint32_t*)&qp[2 * i])[j] = qr ? f32_to_bf16(qr[2 * i]) | (uint32_t)f32_to_bf16(qr[2 * i + 1]) << 16 : 0;
@@ -580,7 +595,17 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
             ot[2 * i] = (vf)c0v, ot[2 * i + 1] = (vf)c1v;
         }
     }
-    block_store(a, ot, sum0, sum1, h, t0, nq);
+    // O^T / sum, transposed 16 x 16 at a time into the output rows (head_dim a multiple of 16; else
+    // one by one, block_store).
+    if (hd % 16) { block_store(a, ot, sum0, sum1, h, t0, nq); return; }
+    for (int half = 0; half < 2; half++)
+        for (int d0 = 0; d0 < hd; d0 += 16) {
+            __m512 r[16], o[16];
+            for (int l = 0; l < 16; l++) r[l] = (__m512)(ot[2 * (d0 + l) + half] / (half ? sum1 : sum0));
+            mm512_transpose16(r, o);
+            for (int l = 0; l < 16 && 16 * half + l < nq; l++)
+                _mm512_storeu_ps(a->out + (size_t)(t0 + 16 * half + l) * a->out_stride + (size_t)h * hd + d0, o[l]);
+        }
 }
 // The bf16 path of attention(): VP for every kv head, then the block tasks.
 static void attention_bf16(const AttnArgs* args) {
