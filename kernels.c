@@ -9,14 +9,14 @@
 //     activation()  quick_gelu (CLIP), gelu (projector), silu(gate) * up (Llama MLP) over big buffers
 //     attention()   softmax(q k^T * scale [+ causal mask]) v per head, grouped-query heads, keys and
 //                   values f32 or bf16 (the KV cache of bf16/q8/q4 models); with bf16 keys and values
-//                   and the caller's leave (bf16_dots), prompts and the vision tower run on vdpbf16ps
+//                   when the caller allows it (bf16_dots), prompts and the vision tower run on vdpbf16ps
 //                   where the CPU has AVX512-BF16, q and the probabilities rounded to bf16 as well
 //   The scalar versions run when the environment says LLAVA_ISA=scalar (as for matmul.c), so a porter
 //   can run the whole model on the plain C of this file and compare.
 //
 // Numerics: the fast paths sum in a different order from the scalar ones (lane-wise partial sums,
 // a polynomial exp), so they agree to float rounding (~1e-6 relative), not bit for bit (the bf16 dot
-// block path: to the scalar definition on bf16-rounded q and probabilities, ~1e-7); each path on
+// block path: to the scalar definition on bf16-rounded q and probabilities, ~1e-5); each path on
 // its own is deterministic and independent of the thread count (every output element is computed by
 // one task, in a fixed order). test/test_blocks.c checks both against a naive T x T attention.
 //
