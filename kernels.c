@@ -320,9 +320,30 @@ static inline __attribute__((always_inline)) void block_softmax(vf* st, int n, c
     *sum0 = s0, *sum1 = s1;
 }
 
+// In an AVX-512 build the block tasks' transposes (Q^T in, O^T out) move 16 x 16 blocks in registers
+// (matmul.c's mm512_transpose16) where head_dim is a multiple of 16; elsewhere element by element.
+#if MM_X86 && VL == 16 && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
+#define ATTN_TRANSPOSE16 1
+#else
+#define ATTN_TRANSPOSE16 0
+#endif
+
 // The end of a block task: O^T / sum, written out as the nq query rows.
 static void block_store(const AttnArgs* a, vf* ot, vf sum0, vf sum1, int h, int t0, int nq) {
     int hd = a->head_dim;
+#if ATTN_TRANSPOSE16
+    if (hd % 16 == 0) {
+        for (int half = 0; half < 2; half++)
+            for (int d0 = 0; d0 < hd; d0 += 16) {
+                __m512 r[16], o[16];
+                for (int l = 0; l < 16; l++) r[l] = (__m512)(ot[2 * (d0 + l) + half] / (half ? sum1 : sum0));
+                mm512_transpose16(r, o);
+                for (int l = 0; l < 16 && 16 * half + l < nq; l++)
+                    _mm512_storeu_ps(a->out + (size_t)(t0 + 16 * half + l) * a->out_stride + (size_t)h * hd + d0, o[l]);
+            }
+        return;
+    }
+#endif
     for (int i = 0; i < hd; i++) {
         ot[2 * i] /= sum0;
         ot[2 * i + 1] /= sum1;
@@ -353,6 +374,19 @@ static void attention_block_task(void* ctx, int task) {
     // Q^T; lanes past the last query are zero (their results are never written).
     // Each query row is read once, contiguously (its rows are q_stride apart: reading down the columns
     // would touch 32 rows per element).
+#if ATTN_TRANSPOSE16
+    for (int half = 0; half < 2 && hd % 16 == 0; half++)
+        for (int i0 = 0; i0 < hd; i0 += 16) {
+            __m512 r[16], o[16];
+            for (int l = 0; l < 16; l++) {
+                int j = 16 * half + l;
+                r[l] = j < nq ? _mm512_loadu_ps(a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd + i0) : _mm512_setzero_ps();
+            }
+            mm512_transpose16(r, o);
+            for (int l = 0; l < 16; l++) qt[2 * (i0 + l) + half] = (vf)o[l];
+        }
+    if (hd % 16)
+#endif
     for (int j = 0; j < ATTN_LANES; j++) {
         const float* qr = j < nq ? a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd : NULL;
         for (int i = 0; i < hd; i++) ((float*)&qt[2 * i])[j] = qr ? qr[i] : 0.0f;
@@ -595,17 +629,7 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
             ot[2 * i] = (vf)c0v, ot[2 * i + 1] = (vf)c1v;
         }
     }
-    // O^T / sum, transposed 16 x 16 at a time into the output rows (head_dim a multiple of 16; else
-    // one by one, block_store).
-    if (hd % 16) { block_store(a, ot, sum0, sum1, h, t0, nq); return; }
-    for (int half = 0; half < 2; half++)
-        for (int d0 = 0; d0 < hd; d0 += 16) {
-            __m512 r[16], o[16];
-            for (int l = 0; l < 16; l++) r[l] = (__m512)(ot[2 * (d0 + l) + half] / (half ? sum1 : sum0));
-            mm512_transpose16(r, o);
-            for (int l = 0; l < 16 && 16 * half + l < nq; l++)
-                _mm512_storeu_ps(a->out + (size_t)(t0 + 16 * half + l) * a->out_stride + (size_t)h * hd + d0, o[l]);
-        }
+    block_store(a, ot, sum0, sum1, h, t0, nq);
 }
 // The bf16 path of attention(): VP for every kv head, then the block tasks.
 static void attention_bf16(const AttnArgs* args) {
