@@ -936,16 +936,20 @@ static inline void mm_task_panels(const MMJob* j, int task, int* p0, int* p1) {
 static void* mm_scratch;            // GEMM packed activations, grown on demand, reused across calls
 static size_t mm_scratch_bytes;
 
-// Scratch of `need` bytes: the shared buffer, or (own: a nested call from inside a pool task) a
-// private one that the caller frees.
-MM_X86_ONLY static void* mm_get_scratch(size_t need, int own) {
+// Scratch of `need` bytes: the shared buffer *buf (of *bytes, grown when too small), or (own: a nested
+// call from inside a pool task) a private one that the caller frees.
+static void* mm_scratch_in(void** buf, size_t* bytes, size_t need, int own) {
     if (own) return mm_alloc(need);
-    if (need > mm_scratch_bytes) {
-        free(mm_scratch);                   // contents need not survive: every call rewrites them
-        mm_scratch_bytes = need + need / 4; // 25 % headroom: a slightly larger T next call reuses it
-        mm_scratch = mm_alloc(mm_scratch_bytes);
+    if (need > *bytes) {
+        free(*buf);                         // contents need not survive: every call rewrites them
+        *bytes = need + need / 4;           // 25 % headroom: a slightly larger T next call reuses it
+        *buf = mm_alloc(*bytes);
     }
-    return mm_scratch;
+    return *buf;
+}
+
+MM_X86_ONLY static void* mm_get_scratch(size_t need, int own) {
+    return mm_scratch_in(&mm_scratch, &mm_scratch_bytes, need, own);
 }
 
 // The activation rows t0..t0+mr-1 of a GEMM row tile, as one (mr, K) block: x itself, or (matmul_rows)
@@ -967,25 +971,15 @@ MM_X86_ONLY static const float* mm_tile_rows(const MMJob* j, int t0, int mr) {
 
 // The paths that read x other than by row tiles (GEMV, the portable loop, ARM) get it whole: the rows
 // are made into a buffer first (a private one in a nested call), as if the caller had done it.
-static float* mm_rows_x;            // matmul_rows' materialized x, grown on demand
-static size_t mm_rows_x_floats;
+static void* mm_rows_x;             // matmul_rows' materialized x (not mm_scratch: the GEMVs use that)
+static size_t mm_rows_x_bytes;
 static void mm_materialize_task(void* v, int t) {
     MMJob* j = v;
     j->row_fn(j->row_ctx, t, (float*)j->x + (size_t)t * j->K);
 }
 static float* mm_materialize(MMJob* j) {
     if (!j->row_fn) return NULL;
-    size_t need = (size_t)j->T * j->K;
-    float* x = NULL;
-    if (mm_in_pool) x = mm_alloc(need * sizeof(float));
-    else {
-        if (need > mm_rows_x_floats) {
-            free(mm_rows_x);
-            mm_rows_x_floats = need;
-            mm_rows_x = mm_alloc(need * sizeof(float));
-        }
-        x = mm_rows_x;
-    }
+    float* x = mm_scratch_in(&mm_rows_x, &mm_rows_x_bytes, (size_t)j->T * j->K * sizeof(float), mm_in_pool);
     j->x = x;
     pool_for(j->T, mm_materialize_task, j);
     j->row_fn = NULL;
