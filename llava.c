@@ -917,14 +917,23 @@ typedef struct {
 } RowArgs;
 enum { ROWS_LAYERNORM, ROWS_RMSNORM, ROWS_ADD };
 
+// Row t of a norm (kind ROWS_LAYERNORM or ROWS_RMSNORM) into out: for norm_rows, and as the row
+// function of matmul_rows, where a projection's input is made row by row inside the matmul (where
+// it packs or quantizes its activations), never written out as a whole.
+static void norm_row(const void* ctx, int t, float* out) {
+    const RowArgs* a = ctx;
+    const float* x = a->x + (size_t)t * a->n;
+    if (a->kind == ROWS_LAYERNORM) layernorm(out, x, a->w, a->b, a->n, a->eps);
+    else rmsnorm(out, x, a->w, a->n, a->eps);
+}
+
 static void rows_task(void* ctx, int task) {
     const RowArgs* a = ctx;
     int t1 = (task + 1) * ROWS_PER_TASK < a->T ? (task + 1) * ROWS_PER_TASK : a->T;
     for (int t = task * ROWS_PER_TASK; t < t1; t++) {
         float* y = a->y + (size_t)t * a->n;
         const float* x = a->x ? a->x + (size_t)t * a->n : NULL;
-        if (a->kind == ROWS_LAYERNORM) layernorm(y, x, a->w, a->b, a->n, a->eps);
-        else if (a->kind == ROWS_RMSNORM) rmsnorm(y, x, a->w, a->n, a->eps);
+        if (a->kind != ROWS_ADD) norm_row(a, t, y);
         else
             for (int i = 0; i < a->n; i++) y[i] += (x ? x[i] : 0.0f) + (a->b ? a->b[i] : 0.0f);
     }
@@ -932,26 +941,14 @@ static void rows_task(void* ctx, int task) {
 
 static void for_rows(RowArgs a) { pool_for((a.T + ROWS_PER_TASK - 1) / ROWS_PER_TASK, rows_task, &a); }
 
-// y = LayerNorm(x) (b != NULL) or RMSNorm(x) (b == NULL) of each of T rows of n.
-static void norm_rows(float* y, const float* x, const float* w, const float* b, int T, int n, float eps) {
-    for_rows((RowArgs){y, x, w, b, T, n, eps, b ? ROWS_LAYERNORM : ROWS_RMSNORM});
+// LayerNorm(x) (b != NULL) or RMSNorm(x) (b == NULL) of each of T rows of n, as row arguments: written
+// to y by norm_rows, or made inside a matmul by matmul_rows(..., norm_row, &args, ...).
+static RowArgs norm_args(float* y, const float* x, const float* w, const float* b, int T, int n, float eps) {
+    return (RowArgs){y, x, w, b, T, n, eps, b ? ROWS_LAYERNORM : ROWS_RMSNORM};
 }
 
-// The same norm as a row function for matmul_rows: a projection's input made row by row inside the
-// matmul (where it packs or quantizes its activations), never written out as a whole.
-typedef struct {
-    const float* x;  // (T, n) the rows to normalise
-    const float* w;  // (n,) norm weight
-    const float* b;  // (n,) LayerNorm bias, or NULL for RMSNorm
-    int n;
-    float eps;
-} NormRow;
-
-static void norm_row(const void* ctx, int t, float* out) {
-    const NormRow* a = ctx;
-    const float* x = a->x + (size_t)t * a->n;
-    if (a->b) layernorm(out, x, a->w, a->b, a->n, a->eps);
-    else rmsnorm(out, x, a->w, a->n, a->eps);
+static void norm_rows(float* y, const float* x, const float* w, const float* b, int T, int n, float eps) {
+    for_rows(norm_args(y, x, w, b, T, n, eps));
 }
 
 // y += x + b for each of T rows: a bias (x NULL), a residual (b NULL), or a linear's bias and the
@@ -1110,7 +1107,7 @@ static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
     // CLIPAttention: q, k, v projections with biases. Fused (fuse_weights): one matmul writes rows
     // q | k | v (stride 3D); otherwise three, into three blocks (stride D). The same values either way.
     // layer_norm1 is made row by row inside the q|k|v matmul (matmul_rows), or written to xb for three.
-    NormRow ln1 = {s->x, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, D, p->v_eps};
+    RowArgs ln1 = norm_args(s->xb, s->x, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, rows, D, p->v_eps);
     float *q = s->q, *k = s->k, *v = s->v;
     size_t qs = D;  // row stride of q, k and v
     if (w->wqkv) {
@@ -1118,7 +1115,7 @@ static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
         add_rows(s->q, NULL, w->bqkv + (size_t)l * 3 * D, rows, 3 * D);
         k = q + D, v = q + 2 * D, qs = 3 * (size_t)D;
     } else {
-        norm_rows(s->xb, s->x, ln1.w, ln1.b, rows, D, p->v_eps);
+        for_rows(ln1);
         matmul(q, s->xb, &w->wq[l], rows); add_rows(q, NULL, w->bq + (size_t)l * D, rows, D);
         matmul(k, s->xb, &w->wk[l], rows); add_rows(k, NULL, w->bk + (size_t)l * D, rows, D);
         matmul(v, s->xb, &w->wv[l], rows); add_rows(v, NULL, w->bv + (size_t)l * D, rows, D);
@@ -1143,7 +1140,7 @@ static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
     matmul(s->xb, s->att, &w->wo[l], rows);
     add_rows(s->x, s->xb, w->bo + (size_t)l * D, rows, D);  // out_proj's bias, then the residual
     // CLIPMLP
-    NormRow ln2 = {s->x, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, D, p->v_eps};
+    RowArgs ln2 = norm_args(NULL, s->x, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, rows, D, p->v_eps);
     matmul_rows(s->hb, norm_row, &ln2, &w->fc1[l], rows);
     add_rows(s->hb, NULL, w->fc1_b + (size_t)l * Dh, rows, Dh);
     activation(s->hb, NULL, (size_t)rows * Dh, p->v_act == 0 ? ACT_QUICK_GELU : ACT_GELU);
@@ -1700,14 +1697,14 @@ static void llama_decoder_layer(Model* m, int l, int T, int pos) {
     // cache at positions pos..pos+T-1 (so this chunk's queries see themselves and everything before).
     // Fused (fuse_weights): one matmul writes rows q | k | v, its input input_layernorm(x) made row by
     // row inside it (matmul_rows); otherwise the norm goes to xb for three matmuls into three blocks.
-    NormRow attn_norm = {s->x, w->attn_norm + (size_t)l * D, NULL, D, p->rms_eps};
+    RowArgs attn_norm = norm_args(s->xb, s->x, w->attn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
     float *q = s->q, *k = s->k, *v = s->v;
     size_t qs = qd, kvs = kvd;  // row strides of q and of k, v
     if (w->wqkv) {
         matmul_rows(s->q, norm_row, &attn_norm, &w->wqkv[l], T);
         k = q + qd, v = k + kvd, qs = kvs = (size_t)qd + 2 * kvd;
     } else {
-        norm_rows(s->xb, s->x, attn_norm.w, NULL, T, D, p->rms_eps);
+        for_rows(attn_norm);
         matmul(q, s->xb, &w->wq[l], T);
         matmul(k, s->xb, &w->wk[l], T);
         matmul(v, s->xb, &w->wv[l], T);
@@ -1737,13 +1734,13 @@ static void llama_decoder_layer(Model* m, int l, int T, int pos) {
     // LlamaMLP (hidden_act silu): the gate and up projections, combined element-wise. Fused: one
     // matmul writes rows gate | up into hb (post_attention_layernorm made inside it, as above), and
     // silu(gate) * up goes to hb2, contiguous for down_proj.
-    NormRow ffn_norm = {s->x, w->ffn_norm + (size_t)l * D, NULL, D, p->rms_eps};
+    RowArgs ffn_norm = norm_args(s->xb, s->x, w->ffn_norm + (size_t)l * D, NULL, T, D, p->rms_eps);
     if (w->w_gate_up) {
         matmul_rows(s->hb, norm_row, &ffn_norm, &w->w_gate_up[l], T);
         activation_rows(s->hb2, s->hb, s->hb + F, T, F, 2 * (size_t)F, ACT_SILU_MUL);
         matmul(s->xb, s->hb2, &w->w_down[l], T);
     } else {
-        norm_rows(s->xb, s->x, ffn_norm.w, NULL, T, D, p->rms_eps);
+        for_rows(ffn_norm);
         matmul(s->hb, s->xb, &w->w_gate[l], T);
         matmul(s->hb2, s->xb, &w->w_up[l], T);
         activation(s->hb, s->hb2, (size_t)T * F, ACT_SILU_MUL);
