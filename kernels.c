@@ -328,6 +328,33 @@ static inline __attribute__((always_inline)) void block_softmax(vf* st, int n, c
 #define ATTN_TRANSPOSE16 0
 #endif
 
+// The start of a block task: Q^T (hd rows of two vectors) from the nq query rows t0.., lanes past the
+// last query zero (their results are never written). Each query row is read once, contiguously (its
+// rows are q_stride apart: reading down the columns would touch 32 rows per element).
+static void block_load_q(const AttnArgs* a, vf* qt, int h, int t0, int nq) {
+    int hd = a->head_dim;
+#if ATTN_TRANSPOSE16
+    if (hd % 16 == 0) {
+        for (int half = 0; half < 2; half++)
+            for (int i0 = 0; i0 < hd; i0 += 16) {
+                __m512 r[16], o[16];
+                for (int l = 0; l < 16; l++) {
+                    int j = 16 * half + l;
+                    r[l] = j < nq ? _mm512_loadu_ps(a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd + i0)
+                                  : _mm512_setzero_ps();
+                }
+                mm512_transpose16(r, o);
+                for (int l = 0; l < 16; l++) qt[2 * (i0 + l) + half] = (vf)o[l];
+            }
+        return;
+    }
+#endif
+    for (int j = 0; j < ATTN_LANES; j++) {
+        const float* qr = j < nq ? a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd : NULL;
+        for (int i = 0; i < hd; i++) ((float*)&qt[2 * i])[j] = qr ? qr[i] : 0.0f;
+    }
+}
+
 // The end of a block task: O^T / sum, written out as the nq query rows.
 static void block_store(const AttnArgs* a, vf* ot, vf sum0, vf sum1, int h, int t0, int nq) {
     int hd = a->head_dim;
@@ -371,26 +398,7 @@ static void attention_block_task(void* ctx, int task) {
     vf* st = qt + 2 * hd;
     vf* ot = st + 2 * (size_t)n;
     float* kv = (float*)(ot + 2 * hd);  // (ATTN_CHUNK, hd)
-    // Q^T; lanes past the last query are zero (their results are never written).
-    // Each query row is read once, contiguously (its rows are q_stride apart: reading down the columns
-    // would touch 32 rows per element).
-#if ATTN_TRANSPOSE16
-    for (int half = 0; half < 2 && hd % 16 == 0; half++)
-        for (int i0 = 0; i0 < hd; i0 += 16) {
-            __m512 r[16], o[16];
-            for (int l = 0; l < 16; l++) {
-                int j = 16 * half + l;
-                r[l] = j < nq ? _mm512_loadu_ps(a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd + i0) : _mm512_setzero_ps();
-            }
-            mm512_transpose16(r, o);
-            for (int l = 0; l < 16; l++) qt[2 * (i0 + l) + half] = (vf)o[l];
-        }
-    if (hd % 16)
-#endif
-    for (int j = 0; j < ATTN_LANES; j++) {
-        const float* qr = j < nq ? a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * hd : NULL;
-        for (int i = 0; i < hd; i++) ((float*)&qt[2 * i])[j] = qr ? qr[i] : 0.0f;
-    }
+    block_load_q(a, qt, h, t0, nq);
     // S^T = K Q^T * scale, masked.
     vi pos[2];
     vf m[2];
@@ -479,17 +487,15 @@ static void attention_block_task(void* ctx, int task) {
 // Twice the products per instruction of the f32 FMA, and the bf16 cache is read as it is, without
 // widening. Rounding q and p to bf16 costs ~2^-9 relative each (the test's bound: test_blocks).
 
-// VP rows per kv head: keys any query of the call sees, in pairs.
-static int zip_rows(const AttnArgs* a) {
-    int n = a->causal_offset >= 0 ? a->causal_offset + a->T : a->n_keys;
-    return (n + 1) / 2;
-}
+// Keys the call's last query sees, and VP's rows per kv head: those keys in pairs.
+static int attn_call_keys(const AttnArgs* a) { return a->causal_offset >= 0 ? a->causal_offset + a->T : a->n_keys; }
+static int zip_rows(const AttnArgs* a) { return (attn_call_keys(a) + 1) / 2; }
 
 // VP of kv head `kvh` (one pool task each), once per call for all its query blocks: row kp holds the
 // value rows 2kp and 2kp + 1 zipped, v[2kp][i] | v[2kp+1][i] << 16 (a zero row after an odd last key).
 MM_TGT_BF16 static void zip_values_task(void* ctx, int kvh) {
     const AttnArgs* a = ctx;
-    int hd = a->head_dim, rows = zip_rows(a), n = a->causal_offset >= 0 ? a->causal_offset + a->T : a->n_keys;
+    int hd = a->head_dim, rows = zip_rows(a), n = attn_call_keys(a);
     const uint16_t* vb = (const uint16_t*)a->v + (size_t)kvh * a->kv_head_stride;
     uint32_t* vp = (uint32_t*)a->vp + (size_t)kvh * rows * hd;
     const __m512i zip_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
