@@ -85,6 +85,17 @@ static vf vselect(vi m, vf a, vf b) {
     return (vf)(((vi)a & m) | ((vi)b & ~m));  // same-size vector casts keep the bits
 }
 
+// a > b ? a : b lane-wise (b where either is NaN): one vmaxps on x86, which computes exactly this.
+static vf vmax(vf a, vf b) {
+#if MM_X86 && VL == 16
+    return (vf)_mm512_max_ps((__m512)a, (__m512)b);
+#elif MM_X86 && VL == 8
+    return (vf)_mm256_max_ps((__m256)a, (__m256)b);
+#else
+    return vselect(a > b, a, b);
+#endif
+}
+
 // exp(x) for x <= 0, lane-wise, to ~1 ulp (Cephes expf: x = n ln2 + r, |r| <= ln2/2, a degree-6
 // polynomial for e^r, then 2^n through the exponent bits). Below -87 it returns 0.
 static vf vexp_neg(vf x) {
@@ -107,11 +118,13 @@ static vf vexp_neg(vf x) {
 
 // exp(x) for x <= 0, lane-wise, to ~3e-6 relative: x = n ln2 + r with n rounded to nearest (the
 // 1.5 * 2^23 trick: the sum's low mantissa bits are the integer), a degree-5 Taylor polynomial for e^r
-// (|r| <= ln2/2: error r^6/720 < 2.5e-6). Below -87 it returns 0. For the bf16 attention, whose
-// probabilities are rounded to bf16 (2^-9) next: two thirds of vexp_neg's work.
+// (|r| <= ln2/2: error r^6/720 < 2.5e-6). For the bf16 attention, whose probabilities are rounded to
+// bf16 (2^-9) next: two thirds of vexp_neg's work. (A fitted degree-4 polynomial, 6e-6, measured 1%
+// faster and moved 4x more probabilities across a bf16 rounding boundary.) Below -87.7 it returns 0
+// (-inf included): x is clamped at -88, where n = -127 makes the bits of 2^n zero, so no compare and
+// select is needed.
 static vf vexp_neg_bf16(vf x) {
-    const vi underflow = x < -87.0f;
-    x = vselect(underflow, (vf){0} - 87.0f, x);
+    x = vmax(x, (vf){0} - 88.0f);
     const vf magic = (vf){0} + 12582912.0f;
     vf t = x * 1.44269504088896341f + magic;
     vf nf = t - magic;
@@ -122,8 +135,7 @@ static vf vexp_neg_bf16(vf x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    p = p * (vf)((n + 127) << 23);
-    return vselect(underflow, (vf){0}, p);
+    return p * (vf)((n + 127) << 23);
 }
 
 // sigmoid(z) = 1 / (1 + e^-z), lane-wise. It uses exp(-|z|) <= 1, so vexp_neg serves both signs:
@@ -266,6 +278,28 @@ static float* attn_scratch(size_t floats) {
 
 static int attn_blocks(const AttnArgs* a) { return (a->T + ATTN_LANES - 1) / ATTN_LANES; }
 
+// Block task `task`: head *h, query rows t0.. (nq of them). All blocks of a head run back to back
+// (its K and V stay in cache), the longest causal block first.
+static void block_of(const AttnArgs* a, int task, int* h, int* t0, int* nq) {
+    int blocks = attn_blocks(a);
+    *h = task / blocks;
+    *t0 = (blocks - 1 - task % blocks) * ATTN_LANES;
+    *nq = a->T - *t0 < ATTN_LANES ? a->T - *t0 : ATTN_LANES;
+}
+
+// Start bringing the query rows of the task this thread will probably run next (the pool hands out
+// tasks in order, so about pool_size() later) into L2: rows of a (T, heads * head_dim) matrix that was
+// written long ago, read 32 rows a head_dim slice apart, which the hardware prefetcher does not foresee.
+static void prefetch_q(const AttnArgs* a, int task) {
+    int next = task + pool_size(), h, t0, nq;
+    if (next >= attn_blocks(a) * a->n_heads) return;
+    block_of(a, next, &h, &t0, &nq);
+    for (int j = 0; j < nq; j++) {
+        const char* row = (const char*)(a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * a->head_dim);
+        for (size_t off = 0; off < a->head_dim * sizeof(float); off += 64) __builtin_prefetch(row + off, 0, 2);
+    }
+}
+
 // n rows of head_dim keys or values starting at element `first` of `base`, as contiguous f32: in place
 // when they already are (an f32 KV cache), else copied (strided rows) or widened (bf16) into `scratch`.
 static const float* kv_rows(const AttnArgs* a, const void* base, size_t first, int n, float* scratch) {
@@ -283,19 +317,21 @@ static const float* kv_rows(const AttnArgs* a, const void* base, size_t first, i
 }
 
 // Where a block task's scores go: key row k of S^T (two vectors, lane j = query t0 + j) gets the
-// scores * scale, with the causal mask applied (query j, at position causal_offset + t0 + j, sees keys
-// up to its own position: -inf past it), and the lane-wise running maxima m[0], m[1] take them in.
-// pos[0], pos[1]: the lanes' positions (block_positions).
+// scores times `scale`, with the causal mask applied (query j, at position causal_offset + t0 + j, sees
+// keys up to its own position: -inf past it; keys up to the block's first position pos[0][0] are seen by
+// every lane, so only the last few rows compare), and the lane-wise running maxima m[0], m[1] take them
+// in. pos[0], pos[1]: the lanes' positions (block_positions). scale: a->scale on the f32 path; 1 on the
+// bf16 path, which applies it inside its exp (block_softmax_pairs).
 static inline __attribute__((always_inline)) void put_scores(const AttnArgs* a, vf* st, int k, vf s0, vf s1,
-                                                             const vi pos[2], vf m[2]) {
-    s0 *= a->scale, s1 *= a->scale;
-    if (a->causal_offset >= 0) {
+                                                             const vi pos[2], vf m[2], float scale) {
+    s0 *= scale, s1 *= scale;
+    if (a->causal_offset >= 0 && k > pos[0][0]) {
         vi key = (vi){0} + k;
         s0 = vselect(key > pos[0], (vf){0} - INFINITY, s0);
         s1 = vselect(key > pos[1], (vf){0} - INFINITY, s1);
     }
-    m[0] = vselect(s0 > m[0], s0, m[0]);
-    m[1] = vselect(s1 > m[1], s1, m[1]);
+    m[0] = vmax(s0, m[0]);
+    m[1] = vmax(s1, m[1]);
     st[2 * (size_t)k] = s0, st[2 * (size_t)k + 1] = s1;
 }
 
@@ -307,13 +343,11 @@ static void block_positions(const AttnArgs* a, int t0, vi pos[2], vf m[2]) {
 // The middle of a block task: S^T (n key rows, masked, with the lanes' maxima m) becomes the softmax
 // numerators exp(s - max) in place, lane-wise; the sums go to *sum0, *sum1 (the division by the sum
 // is applied to the output at the end).
-// bf16: the bf16 path's exp (vexp_neg_bf16), a constant in each caller.
-static inline __attribute__((always_inline)) void block_softmax(vf* st, int n, const vf m[2], vf* sum0, vf* sum1,
-                                                                int bf16) {
+static void block_softmax(vf* st, int n, const vf m[2], vf* sum0, vf* sum1) {
     vf s0 = {0}, s1 = {0};
     for (int k = 0; k < n; k++) {
-        st[2 * k] = bf16 ? vexp_neg_bf16(st[2 * k] - m[0]) : vexp_neg(st[2 * k] - m[0]);
-        st[2 * k + 1] = bf16 ? vexp_neg_bf16(st[2 * k + 1] - m[1]) : vexp_neg(st[2 * k + 1] - m[1]);
+        st[2 * k] = vexp_neg(st[2 * k] - m[0]);
+        st[2 * k + 1] = vexp_neg(st[2 * k + 1] - m[1]);
         s0 += st[2 * k];
         s1 += st[2 * k + 1];
     }
@@ -383,10 +417,9 @@ static void block_store(const AttnArgs* a, vf* ot, vf sum0, vf sum1, int h, int 
 
 static void attention_block_task(void* ctx, int task) {
     const AttnArgs* a = ctx;
-    int blocks = attn_blocks(a);
-    // All blocks of a head run back to back (its K and V stay in cache), the longest causal block first.
-    int h = task / blocks, b = blocks - 1 - task % blocks;
-    int t0 = b * ATTN_LANES, nq = a->T - t0 < ATTN_LANES ? a->T - t0 : ATTN_LANES;
+    int h, t0, nq;
+    block_of(a, task, &h, &t0, &nq);
+    prefetch_q(a, task);
     int hd = a->head_dim, kvh = h / (a->n_heads / a->n_kv_heads);  // GQA: n_heads/n_kv_heads share a kv head
     int n = a->causal_offset >= 0 ? a->causal_offset + t0 + nq : a->n_keys;  // keys any lane can see
     size_t ks = a->kv_stride;
@@ -420,17 +453,17 @@ static void attention_block_task(void* ctx, int task) {
                 }
             }
 #pragma GCC unroll 8
-            for (int u = 0; u < ATTN_KB; u++) put_scores(a, st, c0 + r + u, c[u][0], c[u][1], pos, m);
+            for (int u = 0; u < ATTN_KB; u++) put_scores(a, st, c0 + r + u, c[u][0], c[u][1], pos, m, a->scale);
         }
         for (; r < cn; r++) {
             const float* k0 = kr + (size_t)r * hd;
             vf c0v = {0}, c1v = {0};
             for (int i = 0; i < hd; i++) { c0v += k0[i] * qt[2 * i]; c1v += k0[i] * qt[2 * i + 1]; }
-            put_scores(a, st, c0 + r, c0v, c1v, pos, m);
+            put_scores(a, st, c0 + r, c0v, c1v, pos, m, a->scale);
         }
     }
     vf sum0, sum1;
-    block_softmax(st, n, m, &sum0, &sum1, 0);
+    block_softmax(st, n, m, &sum0, &sum1);
     // O^T = V^T P^T.
     for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
@@ -516,11 +549,34 @@ MM_TGT_BF16 static void zip_values_task(void* ctx, int kvh) {
     }
 }
 
+// The bf16 path's softmax, S^T (n key rows of unscaled scores, the lanes' maxima m) -> PP in place:
+// pair row kp (two vectors) holds the numerators exp(scale * (s - max)) of key rows 2kp and 2kp + 1
+// rounded to bf16, lane j = bf16(p_j[2kp]) | bf16(p_j[2kp+1]) << 16, and *sum0, *sum1 their f32 sums
+// in key order (the division by the sum is applied to the output at the end). One pass: each score
+// row is read once and each pair row written once. scale * s - scale * max is one FMA (scale > 0, so
+// the maximum of the scaled scores is scale * max). An odd last key is paired with a -inf row: exp 0.
+MM_TGT_BF16 static void block_softmax_pairs(vf* st, int n, const vf m[2], float scale, vf* sum0, vf* sum1) {
+    if (n % 2) st[2 * n] = st[2 * n + 1] = (vf){0} - INFINITY;
+    const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    vf s0 = {0}, s1 = {0}, sc = (vf){0} + scale, b0 = -scale * m[0], b1 = -scale * m[1];
+    for (int kp = 0; kp < (n + 1) / 2; kp++) {
+        vf e0 = vexp_neg_bf16(st[4 * kp] * sc + b0), e1 = vexp_neg_bf16(st[4 * kp + 1] * sc + b1);
+        vf o0 = vexp_neg_bf16(st[4 * kp + 2] * sc + b0), o1 = vexp_neg_bf16(st[4 * kp + 3] * sc + b1);
+        s0 += e0, s1 += e1;
+        s0 += o0, s1 += o1;
+        // cvtne2ps: words 0-15 = bf16(second operand), 16-31 = bf16(first); zip pairs word j with j + 16
+        st[2 * kp] = (vf)_mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh((__m512)o0, (__m512)e0));
+        st[2 * kp + 1] = (vf)_mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh((__m512)o1, (__m512)e1));
+    }
+    *sum0 = s0, *sum1 = s1;
+}
+
 MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
     const AttnArgs* a = ctx;
-    int blocks = attn_blocks(a);
-    int h = task / blocks, b = blocks - 1 - task % blocks;
-    int t0 = b * ATTN_LANES, nq = a->T - t0 < ATTN_LANES ? a->T - t0 : ATTN_LANES;
+    int h, t0, nq;
+    block_of(a, task, &h, &t0, &nq);
+    prefetch_q(a, task);
     int hd = a->head_dim, hp = hd / 2, kvh = h / (a->n_heads / a->n_kv_heads);
     int n = a->causal_offset >= 0 ? a->causal_offset + t0 + nq : a->n_keys;
     int n2 = (n + 1) / 2;   // key pairs
@@ -575,7 +631,7 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
             }
         }
 #pragma GCC unroll 8
-        for (int u = 0; u < ATTN_KB; u++) put_scores(a, st, r + u, (vf)c[u][0], (vf)c[u][1], pos, m);
+        for (int u = 0; u < ATTN_KB; u++) put_scores(a, st, r + u, (vf)c[u][0], (vf)c[u][1], pos, m, 1.0f);
     }
     for (; r < n; r++) {
         const uint16_t* k0 = kb + (size_t)r * ks;
@@ -587,20 +643,10 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
             c0 = _mm512_dpbf16_ps(c0, kk, (__m512bh)qp[2 * i]);
             c1 = _mm512_dpbf16_ps(c1, kk, (__m512bh)qp[2 * i + 1]);
         }
-        put_scores(a, st, r, (vf)c0, (vf)c1, pos, m);
+        put_scores(a, st, r, (vf)c0, (vf)c1, pos, m, 1.0f);
     }
     vf sum0, sum1;
-    block_softmax(st, n, m, &sum0, &sum1, 1);
-    // P^T -> PP in place: pair row kp (two vectors) from key rows 2kp and 2kp + 1 (already read).
-    if (n % 2) st[2 * n] = st[2 * n + 1] = (vf){0};
-    const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
-                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    for (int kp = 0; kp < n2; kp++) {
-        vf e0 = st[4 * kp], e1 = st[4 * kp + 1], o0 = st[4 * kp + 2], o1 = st[4 * kp + 3];
-        // cvtne2ps: words 0-15 = bf16(second operand), 16-31 = bf16(first); zip pairs word j with j + 16
-        st[2 * kp] = (vf)_mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh((__m512)o0, (__m512)e0));
-        st[2 * kp + 1] = (vf)_mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh((__m512)o1, (__m512)e1));
-    }
+    block_softmax_pairs(st, n, m, a->scale, &sum0, &sum1);
     // O^T = V^T P^T, a chunk of value rows at a time.
     for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
