@@ -116,28 +116,6 @@ static vf vexp_neg(vf x) {
     return vselect(underflow, (vf){0}, p);
 }
 
-// exp(x) for x <= 0, lane-wise, to ~3e-6 relative: x = n ln2 + r with n rounded to nearest (the
-// 1.5 * 2^23 trick: the sum's low mantissa bits are the integer), a degree-5 Taylor polynomial for e^r
-// (|r| <= ln2/2: error r^6/720 < 2.5e-6). For the bf16 attention, whose probabilities are rounded to
-// bf16 (2^-9) next: two thirds of vexp_neg's work. (A fitted degree-4 polynomial, 6e-6, measured 1%
-// faster and moved 4x more probabilities across a bf16 rounding boundary.) Below -87.7 it returns 0
-// (-inf included): x is clamped at -88, where n = -127 makes the bits of 2^n zero, so no compare and
-// select is needed.
-static vf vexp_neg_bf16(vf x) {
-    x = vmax(x, (vf){0} - 88.0f);
-    const vf magic = (vf){0} + 12582912.0f;
-    vf t = x * 1.44269504088896341f + magic;
-    vf nf = t - magic;
-    vi n = (vi)t - (vi)magic;
-    vf r = x - nf * 0.693147180559945309f;
-    vf p = (1.0f / 120) * r + (1.0f / 24);
-    p = p * r + (1.0f / 6);
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    return p * (vf)((n + 127) << 23);
-}
-
 // sigmoid(z) = 1 / (1 + e^-z), lane-wise. It uses exp(-|z|) <= 1, so vexp_neg serves both signs:
 // z >= 0 -> 1/(1+e), z < 0 -> e/(1+e), and neither branch can overflow.
 static vf vsigmoid(vf z) {
@@ -549,25 +527,46 @@ MM_TGT_BF16 static void zip_values_task(void* ctx, int kvh) {
     }
 }
 
+// 2^u lane-wise for u <= 0, to ~2.5e-6 relative: u = n + f with n = round(u) (the 1.5 * 2^23 trick) and
+// |f| <= 1/2, 2^f = e^(f ln2) by the degree-5 Taylor polynomial (|f ln2| <= ln2/2: error < 2.5e-6),
+// then vscalefps multiplies by 2^n. Only the polynomial's 5 FMAs take a slot of the pipes the dot
+// products run on (the max, adds and vscalefps do not); the softmax below works in base 2 to keep it so.
+// Below u = -152 (-inf included) it returns exactly 0: p * 2^-152 < 2^-150 rounds to zero.
+// For the bf16 attention, whose probabilities are rounded to bf16 (2^-9) next.
+MM_TGT_BF16 static inline __m512 exp2_neg_bf16(__m512 u) {
+    const __m512 magic = _mm512_set1_ps(12582912.0f);
+    u = _mm512_max_ps(u, _mm512_set1_ps(-152.0f));
+    __m512 n = _mm512_sub_ps(_mm512_add_ps(u, magic), magic);
+    __m512 f = _mm512_sub_ps(u, n);   // exact: u and n are within 1/2 of each other
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.3333558e-3f), f, _mm512_set1_ps(9.6181291e-3f));  // ln2^5/5!, ln2^4/4!
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));    // ln2^3/3!
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24022651f));      // ln2^2/2!
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.69314718f));      // ln2
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
 // The bf16 path's softmax, S^T (n key rows of unscaled scores, the lanes' maxima m) -> PP in place:
 // pair row kp (two vectors) holds the numerators exp(scale * (s - max)) of key rows 2kp and 2kp + 1
 // rounded to bf16, lane j = bf16(p_j[2kp]) | bf16(p_j[2kp+1]) << 16, and *sum0, *sum1 their f32 sums
 // in key order (the division by the sum is applied to the output at the end). One pass: each score
-// row is read once and each pair row written once. scale * s - scale * max is one FMA (scale > 0, so
-// the maximum of the scaled scores is scale * max). An odd last key is paired with a -inf row: exp 0.
+// row is read once and each pair row written once. exp(scale * (s - max)) = 2^u with
+// u = s * (scale log2 e) - max * (scale log2 e), one FMA (scale > 0, so the maximum of the scaled
+// scores is scale * max). An odd last key is paired with a -inf row: 2^-inf is 0.
 MM_TGT_BF16 static void block_softmax_pairs(vf* st, int n, const vf m[2], float scale, vf* sum0, vf* sum1) {
     if (n % 2) st[2 * n] = st[2 * n + 1] = (vf){0} - INFINITY;
     const __m512i zip = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
                                          23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    vf s0 = {0}, s1 = {0}, sc = (vf){0} + scale, b0 = -scale * m[0], b1 = -scale * m[1];
+    float c = scale * 1.44269504088896341f;
+    vf s0 = {0}, s1 = {0}, cv = (vf){0} + c, b0 = -c * m[0], b1 = -c * m[1];
     for (int kp = 0; kp < (n + 1) / 2; kp++) {
-        vf e0 = vexp_neg_bf16(st[4 * kp] * sc + b0), e1 = vexp_neg_bf16(st[4 * kp + 1] * sc + b1);
-        vf o0 = vexp_neg_bf16(st[4 * kp + 2] * sc + b0), o1 = vexp_neg_bf16(st[4 * kp + 3] * sc + b1);
-        s0 += e0, s1 += e1;
-        s0 += o0, s1 += o1;
+        __m512 e0 = exp2_neg_bf16((__m512)(st[4 * kp] * cv + b0)), e1 = exp2_neg_bf16((__m512)(st[4 * kp + 1] * cv + b1));
+        __m512 o0 = exp2_neg_bf16((__m512)(st[4 * kp + 2] * cv + b0)), o1 = exp2_neg_bf16((__m512)(st[4 * kp + 3] * cv + b1));
+        s0 += (vf)e0, s1 += (vf)e1;
+        s0 += (vf)o0, s1 += (vf)o1;
         // cvtne2ps: words 0-15 = bf16(second operand), 16-31 = bf16(first); zip pairs word j with j + 16
-        st[2 * kp] = (vf)_mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh((__m512)o0, (__m512)e0));
-        st[2 * kp + 1] = (vf)_mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh((__m512)o1, (__m512)e1));
+        st[2 * kp] = (vf)_mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh(o0, e0));
+        st[2 * kp + 1] = (vf)_mm512_permutexvar_epi16(zip, (__m512i)_mm512_cvtne2ps_pbh(o1, e1));
     }
     *sum0 = s0, *sum1 = s1;
 }
