@@ -43,6 +43,14 @@ FUZZ_HARNESSES = media tokenizer model   # test/fuzz/fuzz_*.c (see "Fuzzing" bel
 TESTS = build/test_tokenizer build/test_video build/test_matmul build/test_blocks build/test_model build/test_formats \
         $(FUZZ_HARNESSES:%=build/fuzz/replay_%)
 
+# kernels.c's vector width is the build target's: where the native build has AVX-512 (16 lanes), the
+# tests also run test_blocks built for AVX2 (8 lanes: its own register blocking and code paths)
+ifeq ($(shell echo __AVX512F__ | $(CC) $(CFLAGS) -E -P - 2>/dev/null),1)
+TESTS += build/test_blocks_avx2
+endif
+build/test_blocks_avx2: test/test_blocks.c $(SRC) $(FLAGS) | build
+	$(CC) $(CFLAGS) -march=x86-64-v3 -mno-avx512f -o $@ $< $(LDLIBS)
+
 test: llava $(TESTS)
 	PYTHON=$(PYTHON) CC="$(CC)" sh test/run_tests.sh
 

@@ -76,6 +76,8 @@ run tokenizer $RUN $BIN/test_tokenizer
 run video $RUN $BIN/test_video
 run matmul $RUN $BIN/test_matmul
 run blocks $RUN $BIN/test_blocks
+# on AVX-512 machines, the AVX2 build of kernels.c too (the Makefile builds it there)
+if [ -x $BIN/test_blocks_avx2 ]; then run "blocks (AVX2 build)" $RUN $BIN/test_blocks_avx2; fi
 # The fuzz harnesses (test/fuzz/) on their seed corpora and on every input that ever crashed one: each
 # file must run without a crash or a sanitizer report (fatal() on bad input is fine). make fuzz fuzzes.
 # (host builds only: make test-aarch64 runs the rest under qemu)
