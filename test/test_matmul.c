@@ -646,6 +646,37 @@ static void test_rows_all(void) {
     test_rows(DT_Q8, 9, 20, 64, 8, 0);   // never packed: the portable loop
 }
 
+// The AVX-512 q8 GEMM takes its row tiles in groups (mm_q8_group_bytes of packed activations, 4 MB):
+// groups of one tile and of three give the bits of one group, for 1, 2 and 3 threads.
+static void test_q8_row_groups(void) {
+#if MM_X86
+    if (!(mm_isa == MM_AVX512 && mm_has_vnni)) return;
+    int T = 200, N = 100, K = 256;
+    TestMat tm = make_mat(DT_Q8, N, K, 64);
+    pack_matrix(&tm.m);
+    float* x = make_x(T, K);
+    size_t ny = (size_t)T * N;
+    float *y0 = malloc(ny * 4), *y = malloc(ny * 4);
+    size_t keep = mm_q8_group_bytes;
+    matmul(y0, x, &tm.m, T);
+    for (int tiles = 1; tiles <= 3; tiles += 2)
+        for (int threads = 1; threads <= 3; threads++) {
+            mm_q8_group_bytes = (size_t)tiles * K * MM_Q8_MR - 1;   // `tiles` tiles per group
+            pool_init(threads);
+            memset(y, 0, ny * 4);
+            matmul(y, x, &tm.m, T);
+            char msg[200];
+            snprintf(msg, sizeof msg, "q8 GEMM T=%d N=%d K=%d in row groups of %d tile(s), %d thread(s): same bits",
+                     T, N, K, tiles, threads);
+            check(memcmp(y, y0, ny * 4) == 0, msg);
+        }
+    mm_q8_group_bytes = keep;
+    pool_init(2);
+    free(x); free(y0); free(y);
+    free_mat(&tm);
+#endif
+}
+
 int main(int argc, char** argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     test_pool();
@@ -708,6 +739,7 @@ int main(int argc, char** argv) {
     }
     test_q8_levels(have);
     matmul_set_isa(max_isa, vnni, bf16);
+    test_q8_row_groups();
     test_case(DT_F32, 300, 1, 1, 0, 1);                 // degenerate shapes
     test_case(DT_Q8, 30, 64, 2048, 64, 1);              // long K
     test_case(DT_Q4, 30, 64, 2048, 64, 1);
