@@ -958,6 +958,27 @@ static inline void mm_task_panels(const MMJob* j, int task, int* p0, int* p1) {
     *p1 = mm_min(j->p->np, *p0 + j->chunk);
 }
 
+// The AVX-512 int8 GEMMs' (q8, q4) tasks: weight blocks of at most half the L2 (at least 2 panels,
+// at most MM_Q8_NCP: see there) times groups of row tiles of ~mm_q8_group_bytes packed activations.
+// panel_bytes: one panel's weight bytes; tile_bytes: one row tile's packed activation bytes.
+static MM_X86_ONLY void mm_int8_blocks(MMJob* j, size_t panel_bytes, size_t tile_bytes) {
+    int np = j->p->np, nth = pool_size(), ncp = (int)(mm_l2_bytes() / 2 / panel_bytes);
+    ncp = ncp < 2 ? 2 : ncp > MM_Q8_NCP ? MM_Q8_NCP : ncp;
+    j->chunk = mm_min(ncp, (np + nth - 1) / nth);
+    j->tpg = mm_min(j->ntiles, (int)(mm_q8_group_bytes / tile_bytes) + 1);
+    j->n_tasks = (np + j->chunk - 1) / j->chunk * ((j->ntiles + j->tpg - 1) / j->tpg);
+    j->bounds = NULL;
+}
+
+// Task `task` of a GEMM split by mm_int8_blocks (or with tpg = ntiles, by weight block alone): panels
+// [*p0, *p1) of weight block task % blocks, row tiles [*i0, *i1) of row group task / blocks.
+static inline void mm_task_tiles(const MMJob* j, int task, int* p0, int* p1, int* i0, int* i1) {
+    int blocks = (j->p->np + j->chunk - 1) / j->chunk;
+    mm_task_panels(j, task % blocks, p0, p1);
+    *i0 = task / blocks * j->tpg;
+    *i1 = mm_min(j->ntiles, *i0 + j->tpg);
+}
+
 static void* mm_scratch;            // GEMM packed activations, grown on demand, reused across calls
 static size_t mm_scratch_bytes;
 
@@ -2346,10 +2367,9 @@ static void mm_task_gemm(void* v, int task) {
     const MMPacked* p = j->p;
     int type = j->w->type, N = j->N;
     int mrt = type == DT_Q8 ? MM_Q8_MR : MM_F32_MR;
-    int blocks = (p->np + j->chunk - 1) / j->chunk, p0, p1;
-    mm_task_panels(j, task % blocks, &p0, &p1);      // one weight block
-    int it1 = mm_min(j->ntiles, (task / blocks + 1) * j->tpg);
-    for (int it = task / blocks * j->tpg; it < it1; it++) {
+    int p0, p1, it0, it1;
+    mm_task_tiles(j, task, &p0, &p1, &it0, &it1);   // one weight block, one row group
+    for (int it = it0; it < it1; it++) {
         int t0 = it * mrt, mr = mm_min(mrt, j->T - t0);
         for (int pi = p0; pi < p1; pi++) {
             const uint32_t* wp = (const uint32_t*)p->w + (size_t)pi * p->kw * 32;   // (kw, 32) words
@@ -2490,9 +2510,9 @@ MM_TGT_VNNI static void mm_kernel_q4(const uint32_t* a, const float* as, const i
 MM_TGT_VNNI static void mm_task_gemm_q4(void* v, int task) {
     MMJob* j = v;
     const MMPacked* p = j->p;
-    int N = j->N, kq = j->K / 4, p0, p1;
-    mm_task_panels(j, task, &p0, &p1);
-    for (int it = 0; it < j->ntiles; it++) {
+    int N = j->N, kq = j->K / 4, p0, p1, it0, it1;
+    mm_task_tiles(j, task, &p0, &p1, &it0, &it1);
+    for (int it = it0; it < it1; it++) {
         int t0 = it * MM_Q8_MR, mr = mm_min(MM_Q8_MR, j->T - t0);
         for (int pi = p0; pi < p1; pi++)
             mm_kernel_q4((const uint32_t*)j->a + (size_t)it * kq * MM_Q8_MR, j->as + (size_t)it * p->ng * MM_Q8_MR,
@@ -2853,10 +2873,14 @@ static void mm_matmul_q4_x86(MMJob* j) {
     j->acr = (int32_t*)(buf + abytes + qbytes + 3 * sbytes);
     j->n_tasks = mm_min(nth, j->ntiles);   // phase 1: quantize and pack, one task per thread at most
     pool_for(j->n_tasks, vnni512 ? mm_task_pack_q8 : mm_task_pack_avx2, j);
-    // phase 2: one task per weight block (the q8 block width: as many panels, half the bytes)
+    // phase 2: one task per weight block (AVX2: the q8 block width, as many panels, half the bytes; AVX-512:
+    // blocks and row groups sized for the caches as for q8)
     j->chunk = mm_min(vnni512 ? MM_Q8_NCP : MM_A2_NCP, (np + nth - 1) / nth);
     j->n_tasks = (np + j->chunk - 1) / j->chunk;
     j->bounds = NULL;
+    j->tpg = j->ntiles;
+    if (vnni512)   // panel: K/2 bytes of nibbles x 32 columns + their bf16 scales; tile: K bytes x 6 rows
+        mm_int8_blocks(j, (size_t)p->kw * 4 * 32 + (size_t)ng * 64, (size_t)K * MM_Q8_MR);
     pool_for(j->n_tasks, vnni512 ? mm_task_gemm_q4 : mm_task_gemm_q4_avx2, j);
     if (own) free(buf);
 }
@@ -3840,14 +3864,9 @@ static void mm_matmul_avx512(MMJob* jp) {
     // one task = one weight block (NCP panels), fewer if that leaves a thread idle
     int ncp = type == DT_F32 ? MM_F32_NCP : type == DT_BF16 ? MM_BF16_NCP : MM_Q8_NCP;
     j.tpg = j.ntiles;
-    if (type == DT_Q8) {   // blocks sized for the caches (see MM_Q8_NCP)
-        size_t panel = (size_t)p->kw * 4 * 32;
-        ncp = (int)(mm_l2_bytes() / 2 / panel);
-        ncp = ncp < 2 ? 2 : ncp > MM_Q8_NCP ? MM_Q8_NCP : ncp;
-        j.tpg = mm_min(j.ntiles, (int)(mm_q8_group_bytes / ((size_t)p->kw * 4 * MM_Q8_MR)) + 1);
-    }
     j.chunk = mm_min(ncp, (np + nth - 1) / nth);
-    j.n_tasks = (np + j.chunk - 1) / j.chunk * ((j.ntiles + j.tpg - 1) / j.tpg);
+    j.n_tasks = (np + j.chunk - 1) / j.chunk;
+    if (type == DT_Q8) mm_int8_blocks(&j, (size_t)p->kw * 4 * 32, (size_t)p->kw * 4 * MM_Q8_MR);
     pool_for(j.n_tasks, mm_task_gemm, &j);
     if (own) free(buf);
 }

@@ -646,34 +646,36 @@ static void test_rows_all(void) {
     test_rows(DT_Q8, 9, 20, 64, 8, 0);   // never packed: the portable loop
 }
 
-// The AVX-512 q8 GEMM takes its row tiles in groups (mm_q8_group_bytes of packed activations, 4 MB):
-// groups of one tile and of three give the bits of one group, for 1, 2 and 3 threads.
+// The AVX-512 q8 and q4 GEMMs take their row tiles in groups (mm_q8_group_bytes of packed activations,
+// 4 MB): groups of one tile and of three give the bits of one group, for 1, 2 and 3 threads.
 static void test_q8_row_groups(void) {
 #if MM_X86
     if (!(mm_isa == MM_AVX512 && mm_has_vnni)) return;
     int T = 200, N = 100, K = 256;
-    TestMat tm = make_mat(DT_Q8, N, K, 64);
-    pack_matrix(&tm.m);
-    float* x = make_x(T, K);
-    size_t ny = (size_t)T * N;
-    float *y0 = malloc(ny * 4), *y = malloc(ny * 4);
-    size_t keep = mm_q8_group_bytes;
-    matmul(y0, x, &tm.m, T);
-    for (int tiles = 1; tiles <= 3; tiles += 2)
-        for (int threads = 1; threads <= 3; threads++) {
-            mm_q8_group_bytes = (size_t)tiles * K * MM_Q8_MR - 1;   // `tiles` tiles per group
-            pool_init(threads);
-            memset(y, 0, ny * 4);
-            matmul(y, x, &tm.m, T);
-            char msg[200];
-            snprintf(msg, sizeof msg, "q8 GEMM T=%d N=%d K=%d in row groups of %d tile(s), %d thread(s): same bits",
-                     T, N, K, tiles, threads);
-            check(memcmp(y, y0, ny * 4) == 0, msg);
-        }
-    mm_q8_group_bytes = keep;
-    pool_init(2);
-    free(x); free(y0); free(y);
-    free_mat(&tm);
+    for (int type = DT_Q8; type <= DT_Q4; type++) {
+        TestMat tm = make_mat((DType)type, N, K, 64);
+        pack_matrix(&tm.m);
+        float* x = make_x(T, K);
+        size_t ny = (size_t)T * N;
+        float *y0 = malloc(ny * 4), *y = malloc(ny * 4);
+        size_t keep = mm_q8_group_bytes;
+        matmul(y0, x, &tm.m, T);
+        for (int tiles = 1; tiles <= 3; tiles += 2)
+            for (int threads = 1; threads <= 3; threads++) {
+                mm_q8_group_bytes = (size_t)tiles * K * MM_Q8_MR - 1;   // `tiles` tiles per group (q8 and q4)
+                pool_init(threads);
+                memset(y, 0, ny * 4);
+                matmul(y, x, &tm.m, T);
+                char msg[200];
+                snprintf(msg, sizeof msg, "%s GEMM T=%d N=%d K=%d in row groups of %d tile(s), %d thread(s): same bits",
+                         type_name[type], T, N, K, tiles, threads);
+                check(memcmp(y, y0, ny * 4) == 0, msg);
+            }
+        mm_q8_group_bytes = keep;
+        pool_init(2);
+        free(x); free(y0); free(y);
+        free_mat(&tm);
+    }
 #endif
 }
 
