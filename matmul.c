@@ -2152,9 +2152,21 @@ MM_TGT_512 static void mm_task_pack_q8(void* v, int task) {
     MMJob* j = v;
     int K = j->K, G = j->p->G, ng = j->p->ng, kw = K / 4, ta, tb;
     mm_split(j->ntiles, task, j->n_tasks, &ta, &tb);
-    const __mmask16 rows6 = (1u << MM_Q8_MR) - 1;
+    // The interleave of the rows' words below: output vector v, lane l (word 16v + l of the tile's 16
+    // k4 steps x MM_Q8_MR rows) is lane src[v][l] = (16v + l) / MM_Q8_MR of row (16v + l) % MM_Q8_MR,
+    // the rows selected by the masks take[v][row].
+    __m512i src[MM_Q8_MR];
+    __mmask16 take[MM_Q8_MR][MM_Q8_MR] = {{0}};
+    for (int v = 0; v < MM_Q8_MR; v++) {
+        int32_t lane[16];
+        for (int l = 0; l < 16; l++) {
+            lane[l] = (16 * v + l) / MM_Q8_MR;
+            take[v][(16 * v + l) % MM_Q8_MR] |= (__mmask16)(1u << l);
+        }
+        src[v] = _mm512_loadu_si512((const void*)lane);
+    }
     for (int it = ta; it < tb; it++) {
-        float* a = (float*)j->a + (size_t)it * kw * MM_Q8_MR;      // s8 x 4 words, moved as floats
+        uint32_t* a = (uint32_t*)j->a + (size_t)it * kw * MM_Q8_MR;  // words of 4 s8
         float* as = j->as + (size_t)it * ng * MM_Q8_MR;
         int32_t* ac = j->ac + (size_t)it * ng * MM_Q8_MR;
         int t0 = it * MM_Q8_MR, mr = mm_min(MM_Q8_MR, j->T - t0);
@@ -2178,35 +2190,42 @@ MM_TGT_512 static void mm_task_pack_q8(void* v, int task) {
                     as[g * MM_Q8_MR + i] = amax / 127.0f;
                 }
             }
-            // 64 inputs = 16 words of 4 s8 per row: one 16x16 word transpose per step (rows 6-15
-            // zero); the tail of a group (G % 64 != 0) is masked to zeros and stores fewer k4 rows
+            // 64 inputs = 16 words of 4 s8 per row. q = round(x * 127 / absmax) lies in -127..127 by
+            // construction (|x| <= absmax), so the saturating packs (int32 -> int16 -> int8) are exact;
+            // they interleave the four vectors by 128-bit lane, and one vpermd puts the words back in k
+            // order. Then the six rows' words are interleaved into the tile layout, 96 words (k4 step
+            // q, row i at word 6q + i) = 6 zmm: output lane l of vector v takes lane (16v + l) / 6 of
+            // row (16v + l) % 6 (a masked vpermd per row). The tail of a group (G % 64 != 0) is masked
+            // to zeros and stores fewer k4 steps.
             for (int c0 = 0; c0 < G; c0 += 64) {
-                __m512 r[16], o[16];
-                for (int i = 0; i < 16; i++) {
-                    __m512i words = _mm512_setzero_si512();
-                    if (i < MM_Q8_MR && iscale[i] != 0.0f) {
-                        const float* xc = xt + (size_t)i * K + (size_t)g * G + c0;
-                        __m512 vis = _mm512_set1_ps(iscale[i]);
-                        __m128i qb[4];
+                __m512i rw[MM_Q8_MR];
+                for (int i = 0; i < MM_Q8_MR; i++) {
+                    rw[i] = _mm512_setzero_si512();
+                    if (iscale[i] == 0.0f) continue;
+                    const float* xc = xt + (size_t)i * K + (size_t)g * G + c0;
+                    __m512 vis = _mm512_set1_ps(iscale[i]);
+                    __m512i q[4];
 #pragma GCC unroll 4
-                        for (int b = 0; b < 4; b++) {
-                            __m512 xv = _mm512_maskz_loadu_ps(mm_mask16(G - c0 - 16 * b), xc + 16 * b);
-                            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(xv, vis));
-                            q = _mm512_max_epi32(_mm512_min_epi32(q, _mm512_set1_epi32(127)), _mm512_set1_epi32(-127));
-                            sum[i] = _mm512_add_epi32(sum[i], q);
-                            qb[b] = _mm512_cvtepi32_epi8(q);
-                        }
-                        // qb[b] = 16 s8 (vpmovdb: truncation, exact within +-127) = words 4b..4b+3
-                        words = _mm512_inserti32x4(_mm512_castsi128_si512(qb[0]), qb[1], 1);
-                        words = _mm512_inserti32x4(words, qb[2], 2);
-                        words = _mm512_inserti32x4(words, qb[3], 3);
+                    for (int b = 0; b < 4; b++) {
+                        __m512 xv = _mm512_maskz_loadu_ps(mm_mask16(G - c0 - 16 * b), xc + 16 * b);
+                        q[b] = _mm512_cvtps_epi32(_mm512_mul_ps(xv, vis));
+                        sum[i] = _mm512_add_epi32(sum[i], q[b]);
                     }
-                    r[i] = _mm512_castsi512_ps(words);
+                    __m512i b8 = _mm512_packs_epi16(_mm512_packs_epi32(q[0], q[1]), _mm512_packs_epi32(q[2], q[3]));
+                    // 128-bit lane L holds the words L of q[0], q[1], q[2], q[3]: word 4j + L sits at 4L + j
+                    rw[i] = _mm512_permutexvar_epi32(
+                        _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), b8);
                 }
-                mm512_transpose16(r, o);
                 int qn = mm_min(16, (G - c0) / 4);
-                float* dst = a + (size_t)((g * G + c0) / 4) * MM_Q8_MR;
-                for (int q = 0; q < qn; q++) _mm512_mask_storeu_ps(dst + (size_t)q * MM_Q8_MR, rows6, o[q]);
+                uint32_t* dst = a + (size_t)((g * G + c0) / 4) * MM_Q8_MR;
+                for (int v = 0; v < MM_Q8_MR; v++) {
+                    int words = qn * MM_Q8_MR - 16 * v;   // words of this vector inside the group's tail
+                    if (words <= 0) break;
+                    __m512i o = _mm512_setzero_si512();
+#pragma GCC unroll 6
+                    for (int i = 0; i < MM_Q8_MR; i++) o = _mm512_mask_permutexvar_epi32(o, take[v][i], src[v], rw[i]);
+                    _mm512_mask_storeu_epi32(dst + 16 * v, mm_mask16(words), o);
+                }
             }
             for (int i = 0; i < MM_Q8_MR; i++) ac[g * MM_Q8_MR + i] = -128 * _mm512_reduce_add_epi32(sum[i]);
         }
