@@ -132,6 +132,7 @@ typedef struct {
     float* out;        // (rows * n,) the results, contiguous (may be x itself when stride == n)
     const float* x;    // rows of n inputs, row r at x + r * stride
     const float* y;    // the "up" projection for ACT_SILU_MUL, rows at the same stride, else unused
+    const float* b;    // a bias of n, added to each row of x before the activation, or NULL
     size_t n, stride;  // elements per row, floats from one row to the next
     size_t total;      // rows * n
     int act;
@@ -150,24 +151,27 @@ static void activation_task(void* ctx, int task) {
     // erf has no vector form here, so the projector's GELU (4096 x rows, small) runs the scalar loop
     if (a->act != ACT_GELU && !kernels_scalar())
         for (; i + VL <= i1; i += VL) {
-            vf x, y = {0};
+            vf x, y = {0}, b = {0};
             if (c + VL <= a->n) {           // the VL elements lie in one row
                 memcpy(&x, a->x + r * a->stride + c, sizeof(x));
                 if (a->act == ACT_SILU_MUL) memcpy(&y, a->y + r * a->stride + c, sizeof(y));
+                if (a->b) memcpy(&b, a->b + c, sizeof(b));
             } else {                        // they straddle rows: gather them one by one
                 for (size_t l = 0, rr = r, cc = c; l < VL; l++, cc++) {
                     if (cc == a->n) { cc = 0; rr++; }
                     x[l] = a->x[rr * a->stride + cc];
                     if (a->act == ACT_SILU_MUL) y[l] = a->y[rr * a->stride + cc];
+                    if (a->b) b[l] = a->b[cc];
                 }
             }
+            if (a->b) x += b;
             if (a->act == ACT_QUICK_GELU) x = x * vsigmoid(1.702f * x);
             else x = x * vsigmoid(x) * y;   // silu(gate) * up
             memcpy(a->out + i, &x, sizeof(x));
             for (c += VL; c >= a->n; c -= a->n) r++;
         }
     for (; i < i1; i++) {  // the tail, or everything with LLAVA_ISA=scalar
-        float x = a->x[r * a->stride + c];
+        float x = a->x[r * a->stride + c] + (a->b ? a->b[c] : 0.0f);
         a->out[i] = a->act == ACT_QUICK_GELU ? quick_gelu(x)
                   : a->act == ACT_GELU     ? gelu(x)
                                            : silu(x) * a->y[r * a->stride + c];
@@ -175,15 +179,25 @@ static void activation_task(void* ctx, int task) {
     }
 }
 
-// out (rows, n) = act(x), or silu(x) * y, for rows of x and y `stride` floats apart.
-static void activation_rows(float* out, const float* x, const float* y, size_t rows, size_t n, size_t stride, int act) {
-    ActArgs a = {out, x, y, n, stride, rows * n, act};
+static void activation_run(ActArgs a) {
     if (a.total == 0) return;
     pool_for((int)((a.total + ACT_CHUNK - 1) / ACT_CHUNK), activation_task, &a);
 }
 
+// out (rows, n) = act(x), or silu(x) * y, for rows of x and y `stride` floats apart.
+static void activation_rows(float* out, const float* x, const float* y, size_t rows, size_t n, size_t stride, int act) {
+    activation_run((ActArgs){out, x, y, NULL, n, stride, rows * n, act});
+}
+
 // x = act(x), or x = silu(x) * y, over n contiguous elements.
 static void activation(float* x, const float* y, size_t n, int act) { activation_rows(x, x, y, 1, n, n, act); }
+
+// x (rows, n) = act(x + b) in place, b a bias of n, act ACT_QUICK_GELU or ACT_GELU (a linear's bias and
+// the activation after it, in one pass over x): the same values as adding b first (one f32 add) and then
+// the activation.
+static inline void bias_activation(float* x, const float* b, size_t rows, size_t n, int act) {
+    activation_run((ActArgs){x, x, NULL, b, n, n, rows * n, act});
+}
 
 // ----------------------------------------------------------------------------
 // Attention: softmax(q k^T * scale + causal mask) v per head, for the vision tower (no mask) and the

@@ -1142,8 +1142,7 @@ static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
     // CLIPMLP
     RowArgs ln2 = norm_args(NULL, s->x, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, rows, D, p->v_eps);
     matmul_rows(s->hb, norm_row, &ln2, &w->fc1[l], rows);
-    add_rows(s->hb, NULL, w->fc1_b + (size_t)l * Dh, rows, Dh);
-    activation(s->hb, NULL, (size_t)rows * Dh, p->v_act == 0 ? ACT_QUICK_GELU : ACT_GELU);
+    bias_activation(s->hb, w->fc1_b + (size_t)l * Dh, rows, Dh, p->v_act == 0 ? ACT_QUICK_GELU : ACT_GELU);
     matmul(s->xb, s->hb, &w->fc2[l], rows);
     add_rows(s->x, s->xb, w->fc2_b + (size_t)l * D, rows, D);
 }
@@ -1204,8 +1203,7 @@ static void multi_modal_projector(Model* m, float* out, const float* in, int T) 
     int D = m->config.dim;
     float* h = xmalloc((size_t)T * D * sizeof(float));  // (T, dim) the hidden layer
     matmul(h, in, &w->linear_1, T);
-    add_rows(h, NULL, w->b1, T, D);
-    activation(h, NULL, (size_t)T * D, ACT_GELU);
+    bias_activation(h, w->b1, T, D, ACT_GELU);
     matmul(out, h, &w->linear_2, T);
     add_rows(out, NULL, w->b2, T, D);
     free(h);

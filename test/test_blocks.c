@@ -90,6 +90,18 @@ static void test_activations(void) {
         activation(ref, up, tot, ACT_SILU_MUL);
         activation_rows(out, g, g + nn, rows, nn, 2 * nn, ACT_SILU_MUL);
         check(memcmp(out, ref, tot * 4) == 0, "activation_rows(silu*up, strided rows) == contiguous, bit for bit", 0);
+        // bias_activation: the bias added in the same pass gives the bits of adding it first
+        float* bias = xmalloc(nn * 4);
+        fill(bias, nn, 3.0f);
+        for (int act = ACT_QUICK_GELU; act <= ACT_GELU; act++) {
+            for (size_t r = 0; r < rows; r++)
+                for (size_t c = 0; c < nn; c++) ref[r * nn + c] = g[r * 2 * nn + c] + bias[c], out[r * nn + c] = g[r * 2 * nn + c];
+            activation(ref, NULL, tot, act);
+            bias_activation(out, bias, rows, nn, act);
+            check(memcmp(out, ref, tot * 4) == 0, act == ACT_GELU ? "bias_activation(gelu) == add, then activation, bit for bit"
+                                                                  : "bias_activation(quick_gelu) == add, then activation, bit for bit", 0);
+        }
+        free(bias);
         free(g); free(out); free(ref); free(up);
     }
     free(x); free(y); free(z);
