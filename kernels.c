@@ -599,11 +599,11 @@ MM_TGT_BF16 static void zip_values_task(void* ctx, int kvh) {
 // |f| <= 1/2, 2^f = e^(f ln2) by the degree-5 Taylor polynomial (|f ln2| <= ln2/2: error < 2.5e-6),
 // then vscalefps multiplies by 2^n. Only the polynomial's 5 FMAs take a slot of the pipes the dot
 // products run on (the max, adds and vscalefps do not); the softmax below works in base 2 to keep it so.
-// Below u = -152 (-inf included) it returns exactly 0: p * 2^-152 < 2^-150 rounds to zero.
+// Below u = -152 (-inf included) it returns exactly 0: p * 2^-152 < 2^-150 rounds to zero; NaN stays NaN.
 // For the bf16 attention, whose probabilities are rounded to bf16 (2^-9) next.
 MM_TGT_BF16 static inline __m512 exp2_neg_bf16(__m512 u) {
     const __m512 magic = _mm512_set1_ps(12582912.0f);
-    u = _mm512_max_ps(u, _mm512_set1_ps(-152.0f));
+    u = _mm512_max_ps(_mm512_set1_ps(-152.0f), u);   // (vmaxps returns its second operand for a NaN: kept)
     __m512 n = _mm512_sub_ps(_mm512_add_ps(u, magic), magic);
     __m512 f = _mm512_sub_ps(u, n);   // exact: u and n are within 1/2 of each other
     __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(1.3333558e-3f), f, _mm512_set1_ps(9.6181291e-3f));  // ln2^5/5!, ln2^4/4!

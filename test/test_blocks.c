@@ -250,6 +250,42 @@ static void test_attention_case_dots(int T, int past, int H, int KV, int hd, int
 }
 
 // The row path (T < ATTN_ROW_MAX_T), the lane-block path with tails, GQA, head_dim not a multiple of 8, no mask.
+// A NaN in a key poisons what reads it, on every path (as in PyTorch): with one NaN in the first key of
+// kv head 0 (seen by every causal query), every output of the heads on kv head 0 is NaN and every other
+// output is finite; for the f32 and bf16 caches, the block path (T = 40), the row path (T = 1) and the
+// vdpbf16ps path (bf16_dots).
+static void test_attention_nan(void) {
+    int H = 4, KV = 2, hd = 64, past = 3;
+    for (int cfg = 0; cfg < 6; cfg++) {
+        int T = cfg % 2 ? 1 : 40, bf16 = cfg >= 2, dots = cfg >= 4, S = past + T;
+        size_t qd = (size_t)H * hd;
+        float *q = xmalloc(T * qd * 4), *out = xmalloc(T * qd * 4), *k = xmalloc((size_t)S * hd * 4);
+        float *kc = xmalloc((size_t)KV * S * hd * 4), *vc = xmalloc((size_t)KV * S * hd * 4);
+        fill(q, T * qd, 1.0f);
+        for (int h = 0; h < KV; h++)
+            for (int s = 0; s < S; s++) {
+                fill(k, hd, 1.0f);
+                if (h == 0 && s == 0) k[5] = NAN;
+                store_kv(kc, ((size_t)h * S + s) * hd, k, hd, bf16);
+                fill(k, hd, 1.0f);
+                store_kv(vc, ((size_t)h * S + s) * hd, k, hd, bf16);
+            }
+        AttnArgs a = {.out = out, .q = q, .k = kc, .v = vc, .kv_bf16 = bf16, .bf16_dots = dots, .T = T, .n_heads = H,
+                      .n_kv_heads = KV, .head_dim = hd, .q_stride = qd, .kv_stride = hd, .kv_head_stride = (size_t)S * hd,
+                      .out_stride = qd, .causal_offset = past, .n_keys = S, .scale = 0.125f};
+        attention(&a);
+        int ok = 1;
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < hd; i++) ok &= isnan(out[t * qd + h * hd + i]) == (h / (H / KV) == 0);
+        char what[120];
+        snprintf(what, sizeof what, "attention: a NaN key poisons its heads only (T=%d, %s cache%s)", T,
+                 bf16 ? "bf16" : "f32", dots ? ", bf16 dots" : "");
+        check(ok, what, 0);
+        free(q); free(out); free(k); free(kc); free(vc);
+    }
+}
+
 static void test_attention(void) {
     for (int layout = 0; layout < 3; layout++) {
         test_attention_case(1, 37, 4, 2, 8, 1, layout);
@@ -276,6 +312,7 @@ static void test_attention(void) {
     test_attention_case_dots(70, 5, 4, 2, 8, 1, 2, 1);
     test_attention_case_dots(33, 290, 2, 1, 96, 1, 2, 1);
     test_attention_case_dots(9, 0, 2, 2, 6, 0, 2, 1);
+    test_attention_nan();
     if (!g_bf16_dots_ran) printf("skipped: attention on vdpbf16ps (needs an AVX-512 build on a CPU with AVX512-BF16)\n");
 }
 
