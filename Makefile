@@ -222,7 +222,7 @@ PORT_CFLAGS = -O3 -static -Wall -Wextra $(PORT_ARCH_FLAGS)
 PORT_FLAGS = $(PORT_DIR)/.flags
 $(PORT_FLAGS): FORCE | $(PORT_DIR)
 	@echo '$(PORT_CC) $(PORT_CFLAGS)' | cmp -s - $@ || echo '$(PORT_CC) $(PORT_CFLAGS)' > $@
-PORT_BINS = $(addprefix $(PORT_DIR)/,llava test_tokenizer test_video test_matmul test_blocks test_model bench)
+PORT_BINS = $(addprefix $(PORT_DIR)/,llava test_tokenizer test_video test_matmul test_blocks test_model test_formats bench)
 PORT_CC_LOG = 2> $@.log || { cat $@.log; exit 1; }; cat $@.log
 
 port-bins: $(PORT_BINS)
