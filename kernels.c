@@ -255,17 +255,11 @@ typedef struct {
 } AttnArgs;
 
 // Per-thread scratch that grows as needed and is kept for the next call (a malloc per task would page-
-// fault its way through hundreds of KB every time).
+// fault its way through hundreds of KB every time): matmul.c's grow-or-reuse buffer, one per thread.
 static float* attn_scratch(size_t floats) {
-    static _Thread_local float* buf;
-    static _Thread_local size_t cap;
-    if (floats > cap) {
-        free(buf);
-        cap = floats + floats / 4;
-        buf = aligned_alloc(64, align_up(cap * sizeof(float), 64));  // aligned_alloc wants a multiple of 64
-        if (!buf) fatal("out of memory for attention scratch (%zu floats)", cap);
-    }
-    return buf;
+    static _Thread_local void* buf;
+    static _Thread_local size_t bytes;
+    return mm_scratch_in(&buf, &bytes, floats * sizeof(float), 0);
 }
 
 static int attn_blocks(const AttnArgs* a) { return (a->T + ATTN_LANES - 1) / ATTN_LANES; }
@@ -675,7 +669,8 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
         for (int i = 0; i < hp; i++)
             ((uint32_t*)&qp[2 * i])[j] = qr ? f32_to_bf16(qr[2 * i]) | (uint32_t)f32_to_bf16(qr[2 * i + 1]) << 16 : 0;
     }
-    // S^T = K Q^T * scale, masked, ATTN_KB keys per register block, read in place from the cache.
+    // S^T = K Q^T, masked (unscaled: block_softmax_pairs applies the scale), ATTN_KB keys per register
+    // block, read in place from the cache.
     vi pos[2];
     vf m[2];
     block_positions(a, t0, pos, m);
@@ -752,17 +747,10 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
 }
 // The bf16 path of attention(): VP for every kv head, then the block tasks.
 static void attention_bf16(const AttnArgs* args) {
-    static uint32_t* vp;
-    static size_t cap;
+    static void* vp;        // (the caller's thread also runs block tasks: not its attn_scratch)
+    static size_t bytes;
     AttnArgs a = *args;
-    size_t words = (size_t)a.n_kv_heads * zip_rows(&a) * a.head_dim;
-    if (words > cap) {
-        free(vp);
-        cap = words + words / 4;
-        vp = aligned_alloc(64, align_up(cap * sizeof(uint32_t), 64));
-        if (!vp) fatal("out of memory for attention scratch (%zu words)", cap);
-    }
-    a.vp = vp;
+    a.vp = mm_scratch_in(&vp, &bytes, (size_t)a.n_kv_heads * zip_rows(&a) * a.head_dim * sizeof(uint32_t), 0);
     pool_for(a.n_kv_heads, zip_values_task, &a);
     pool_for(attn_blocks(&a) * a.n_heads, attention_block_bf16_task, &a);
 }

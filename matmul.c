@@ -568,7 +568,7 @@ static void* mm_alloc(size_t bytes) {
     size_t align = bytes >= ((size_t)4 << 20) ? ((size_t)2 << 20) : 64;   // 2 MB for huge pages
     size_t size = align_up(bytes, align);  // C11 aligned_alloc wants a multiple of the alignment
     void* p = aligned_alloc(align, size ? size : align);
-    if (!p) fatal("out of memory allocating %zu bytes for the matmul kernels", bytes);
+    if (!p) fatal("out of memory allocating %zu bytes of kernel scratch", bytes);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     if (align > 64) madvise(p, size, MADV_HUGEPAGE);    // THP is madvise-only on the target VM
 #endif
@@ -1003,14 +1003,9 @@ MM_X86_ONLY static void* mm_get_scratch(size_t need, int own) {
 // them while they are in L1/L2 -- they never go to memory as a (T, K) matrix.
 MM_X86_ONLY static const float* mm_tile_rows(const MMJob* j, int t0, int mr) {
     if (!j->row_fn) return j->x + (size_t)t0 * j->K;
-    static _Thread_local float* buf;
-    static _Thread_local size_t cap;
-    size_t need = (size_t)mr * j->K;
-    if (need > cap) {
-        free(buf);
-        cap = need;
-        buf = mm_alloc(cap * sizeof(float));
-    }
+    static _Thread_local void* rows;
+    static _Thread_local size_t bytes;
+    float* buf = mm_scratch_in(&rows, &bytes, (size_t)mr * j->K * sizeof(float), 0);
     for (int i = 0; i < mr; i++) j->row_fn(j->row_ctx, t0 + i, buf + (size_t)i * j->K);
     return buf;
 }
