@@ -852,15 +852,30 @@ static inline __attribute__((always_inline)) vf kv_vec(const void* base, size_t 
 
 #define ATTN_ROW_KEYS 4     // keys per step of the score loop: four dot products side by side
 #define ATTN_ROW_STRIP 8    // vectors of the output row held in registers while the values stream
+// Decode streams a head's keys, then its values, from the cache: rows of head_dim values one after
+// the other, read once. The hardware prefetchers stop at every 4 KB page (the cache is in 4 KB pages:
+// llava.c's build_state), so each row loop also prefetches the row ATTN_ROW_PF bytes ahead: 7B q8
+// decode attention at position 1168, 32 layers, 2 threads on a Zen 5 with 67 GB/s of read bandwidth:
+// 38 -> 58 GB/s (without it, ~38 GB/s whatever the bandwidth; 4, 8 and 16 KB ahead measured alike).
+#define ATTN_ROW_PF 8192
+
+// Prefetch row `row` (< n) of a key or value cache into L1, `ahead` rows ahead of the one being read.
+static inline __attribute__((always_inline)) void row_prefetch(const void* base, size_t at, size_t stride, int row,
+                                                               int n, int ahead, int hd, int bf16) {
+    if (row + ahead >= n) return;
+    const char* r = (const char*)base + (at + (size_t)ahead * stride) * (bf16 ? 2 : 4);
+    for (int off = 0; off < hd * (bf16 ? 2 : 4); off += 64) __builtin_prefetch(r + off, 0, 3);
+}
 
 // scores[s] = q . k_s * scale for keys 0..n-1 of one head (head_dim a multiple of VL).
 static inline __attribute__((always_inline)) void row_scores(float* att, const float* q, const AttnArgs* a,
                                                              size_t head, int n, int bf16) {
-    int hd = a->head_dim, s = 0;
+    int hd = a->head_dim, s = 0, ahead = ATTN_ROW_PF / (hd * (bf16 ? 2 : 4)) + 1;
     size_t ks = a->kv_stride;
     for (; s + ATTN_ROW_KEYS <= n; s += ATTN_ROW_KEYS) {
         size_t at = head + (size_t)s * ks;
         vf acc[ATTN_ROW_KEYS] = {{0}};
+        for (int j = 0; j < ATTN_ROW_KEYS; j++) row_prefetch(a->k, at + j * ks, ks, s + j, n, ahead, hd, bf16);
         for (int i = 0; i < hd; i += VL) {
             vf x;
             memcpy(&x, q + i, sizeof(x));
@@ -883,10 +898,12 @@ static inline __attribute__((always_inline)) void row_scores(float* att, const f
 // every value row streams through once per strip (strip divides head_dim / VL).
 static inline __attribute__((always_inline)) void row_values(float* o, const float* p, const AttnArgs* a,
                                                              size_t head, int n, int strip, int bf16) {
-    for (int c = 0; c < a->head_dim; c += strip * VL) {
+    int hd = a->head_dim, ahead = ATTN_ROW_PF / (hd * (bf16 ? 2 : 4)) + 1;
+    for (int c = 0; c < hd; c += strip * VL) {
         vf acc[ATTN_ROW_STRIP] = {{0}};
         for (int s = 0; s < n; s++) {
             size_t at = head + (size_t)s * a->kv_stride + c;
+            if (c == 0) row_prefetch(a->v, at, a->kv_stride, s, n, ahead, hd, bf16);   // (later strips: from L2)
             for (int j = 0; j < ATTN_ROW_STRIP; j++)
                 if (j < strip) acc[j] += p[s] * kv_vec(a->v, at + (size_t)j * VL, bf16);
         }
