@@ -141,6 +141,15 @@ typedef struct {
 // small enough that the 4,616 x 4,096 vision buffer still makes over a thousand tasks to balance.
 #define ACT_CHUNK 16384
 
+// The activation of one vector (quick_gelu; silu(x) * y) and of one element (also GELU, which has no
+// vector form here: erf): the two forms round differently, so every pass below says which it uses.
+static inline vf act_vec(vf x, vf y, int act) {
+    return act == ACT_QUICK_GELU ? x * vsigmoid(1.702f * x) : x * vsigmoid(x) * y;   // silu(gate) * up
+}
+static inline float act_scalar(float x, float y, int act) {
+    return act == ACT_QUICK_GELU ? quick_gelu(x) : act == ACT_GELU ? gelu(x) : silu(x) * y;
+}
+
 // Element e of the rows (e = r * n + c) is read from row r, column c. The vector loop and the scalar
 // tail split the elements by e alone, exactly as for one contiguous buffer, so strided rows give the
 // same bits as their contiguous copy would (the vector and scalar forms round differently).
@@ -165,16 +174,13 @@ static void activation_task(void* ctx, int task) {
                 }
             }
             if (a->b) x += b;
-            if (a->act == ACT_QUICK_GELU) x = x * vsigmoid(1.702f * x);
-            else x = x * vsigmoid(x) * y;   // silu(gate) * up
+            x = act_vec(x, y, a->act);
             memcpy(a->out + i, &x, sizeof(x));
             for (c += VL; c >= a->n; c -= a->n) r++;
         }
     for (; i < i1; i++) {  // the tail, or everything with LLAVA_ISA=scalar
         float x = a->x[r * a->stride + c] + (a->b ? a->b[c] : 0.0f);
-        a->out[i] = a->act == ACT_QUICK_GELU ? quick_gelu(x)
-                  : a->act == ACT_GELU     ? gelu(x)
-                                           : silu(x) * a->y[r * a->stride + c];
+        a->out[i] = act_scalar(x, a->act == ACT_SILU_MUL ? a->y[r * a->stride + c] : 0.0f, a->act);
         if (++c == a->n) { c = 0; r++; }
     }
 }
@@ -197,6 +203,38 @@ static void activation(float* x, const float* y, size_t n, int act) { activation
 // the activation.
 static inline void bias_activation(float* x, const float* b, size_t rows, size_t n, int act) {
     activation_run((ActArgs){x, x, NULL, b, n, n, rows * n, act});
+}
+
+// bias_activation on one block of x alone, rows [t0, t1) x columns [c0, c1) (a matmul's epilogue:
+// llava.c's post_bias_act): each element gets the bits bias_activation's pass over all of x gives it,
+// the vector form, or the scalar one for x's last rows * n % VL elements (and for GELU, and
+// everywhere with LLAVA_ISA=scalar), wherever the block boundaries fall.
+static void bias_activation_block(float* x, const float* b, size_t rows, size_t n, int act, int t0, int t1, int c0,
+                                  int c1) {
+    size_t vec_end = act == ACT_GELU || kernels_scalar() ? 0 : rows * n - rows * n % VL;   // vector form below
+    for (size_t t = t0; t < (size_t)t1; t++) {
+        float* xr = x + t * n;
+        for (size_t c = c0; c < (size_t)c1; c += VL) {
+            size_t m = (size_t)c1 - c < VL ? (size_t)c1 - c : VL, e = t * n + c;
+            if (e + VL <= vec_end && m == VL) {   // a whole vector
+                vf v, bv;
+                memcpy(&v, xr + c, sizeof(v));
+                memcpy(&bv, b + c, sizeof(bv));
+                v = act_vec(v + bv, (vf){0}, act);
+                memcpy(xr + c, &v, sizeof(v));
+                continue;
+            }
+            if (e < vec_end) {              // the vector form on the first m lanes (or fewer)
+                vf v = {0}, bv = {0};
+                memcpy(&v, xr + c, m * sizeof(float));
+                memcpy(&bv, b + c, m * sizeof(float));
+                v = act_vec(v + bv, (vf){0}, act);
+                memcpy(xr + c, &v, (e + m <= vec_end ? m : vec_end - e) * sizeof(float));
+            }
+            for (size_t l = e + m <= vec_end ? m : e < vec_end ? vec_end - e : 0; l < m; l++)   // the scalar form
+                xr[c + l] = act_scalar(xr[c + l] + b[c + l], 0.0f, act);
+        }
+    }
 }
 
 // ----------------------------------------------------------------------------

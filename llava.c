@@ -901,21 +901,21 @@ static void rmsnorm(float* out, const float* x, const float* w, int n, float eps
 }
 
 
-// Row-wise passes over (T, n) buffers, split over the thread pool by blocks of rows (each row is
-// computed alone, so any split gives the same bits). At 4,616 vision rows they are not negligible.
+// Norms over (T, n) buffers, split over the thread pool by blocks of rows (each row is computed
+// alone, so any split gives the same bits). At 4,616 vision rows they are not negligible.
 // 32 rows of 1,024-4,096 floats is 128-512 KB per task: big enough to amortise a dispatch, small
 // enough that 4,616 rows make ~145 tasks to balance over the threads.
 #define ROWS_PER_TASK 32
 typedef struct {
-    float* y;        // (T, n) output, or the accumulator for ROWS_ADD
-    const float* x;  // (T, n) input rows (may be NULL for ROWS_ADD)
+    float* y;        // (T, n) output
+    const float* x;  // (T, n) input rows
     const float* w;  // (n,) norm weight
-    const float* b;  // (n,) LayerNorm or linear bias, or NULL
+    const float* b;  // (n,) LayerNorm bias, or NULL
     int T, n;
     float eps;
-    int kind;  // ROWS_LAYERNORM, ROWS_RMSNORM: y = norm(x); ROWS_ADD: y += x + b (either may be NULL)
+    int kind;        // ROWS_LAYERNORM, ROWS_RMSNORM: y = norm(x)
 } RowArgs;
-enum { ROWS_LAYERNORM, ROWS_RMSNORM, ROWS_ADD };
+enum { ROWS_LAYERNORM, ROWS_RMSNORM };
 
 // Row t of a norm (kind ROWS_LAYERNORM or ROWS_RMSNORM) into out: for norm_rows, and as the row
 // function of matmul_rows, where a projection's input is made row by row inside the matmul (where
@@ -930,13 +930,7 @@ static void norm_row(const void* ctx, int t, float* out) {
 static void rows_task(void* ctx, int task) {
     const RowArgs* a = ctx;
     int t1 = (task + 1) * ROWS_PER_TASK < a->T ? (task + 1) * ROWS_PER_TASK : a->T;
-    for (int t = task * ROWS_PER_TASK; t < t1; t++) {
-        float* y = a->y + (size_t)t * a->n;
-        const float* x = a->x ? a->x + (size_t)t * a->n : NULL;
-        if (a->kind != ROWS_ADD) norm_row(a, t, y);
-        else
-            for (int i = 0; i < a->n; i++) y[i] += (x ? x[i] : 0.0f) + (a->b ? a->b[i] : 0.0f);
-    }
+    for (int t = task * ROWS_PER_TASK; t < t1; t++) norm_row(a, t, a->y + (size_t)t * a->n);
 }
 
 static void for_rows(RowArgs a) { pool_for((a.T + ROWS_PER_TASK - 1) / ROWS_PER_TASK, rows_task, &a); }
@@ -951,10 +945,36 @@ static void norm_rows(float* y, const float* x, const float* w, const float* b, 
     for_rows(norm_args(y, x, w, b, T, n, eps));
 }
 
-// y += x + b for each of T rows: a bias (x NULL), a residual (b NULL), or a linear's bias and the
-// residual it feeds, in HF's order (the bias belongs to the linear: y + (x + b)).
-static void add_rows(float* y, const float* x, const float* b, int T, int n) {
-    for_rows((RowArgs){y, x, NULL, b, T, n, 0.0f, ROWS_ADD});
+// What follows a linear layer, as matmul_then's epilogue (an MMBlockFn: applied to each tile of the
+// output while the GEMM has it in L1, instead of a pass over the whole output that reads it back from
+// memory): a bias, y += b; a bias and an activation, y = act(y + b) (kernels.c's bias_activation's
+// bits); or the residual add after a linear, r += y + b, in HF's order (the bias belongs to the
+// linear: r + (y + b)), r shaped as y.
+typedef struct {
+    const float* b;   // (n,) bias, or NULL (post_residual)
+    float* r;         // post_residual: the (T, n) rows that take the sum
+    int act;          // post_bias_act: ACT_QUICK_GELU or ACT_GELU
+    int T;            // post_bias_act: rows of the whole output (bias_activation_block needs them)
+} Post;
+
+// r[i] += y[i] + b[i] for i in [c0, c1), y or b NULL for none (0 added in their place, as written).
+static void add_span(float* r, const float* y, const float* b, int c0, int c1) {
+    for (int i = c0; i < c1; i++) r[i] += (y ? y[i] : 0.0f) + (b ? b[i] : 0.0f);
+}
+
+static void post_bias(const void* ctx, float* y, size_t ldy, int t0, int t1, int c0, int c1) {
+    const Post* p = ctx;
+    for (int t = t0; t < t1; t++) add_span(y + (size_t)t * ldy, NULL, p->b, c0, c1);
+}
+
+static void post_bias_act(const void* ctx, float* y, size_t ldy, int t0, int t1, int c0, int c1) {
+    const Post* p = ctx;
+    bias_activation_block(y, p->b, p->T, ldy, p->act, t0, t1, c0, c1);
+}
+
+static void post_residual(const void* ctx, float* y, size_t ldy, int t0, int t1, int c0, int c1) {
+    const Post* p = ctx;
+    for (int t = t0; t < t1; t++) add_span(p->r + (size_t)t * ldy, y + (size_t)t * ldy, p->b, c0, c1);
 }
 
 // RoPE in the HF "rotate_half" layout: dims (j, j + head_dim/2) rotate together by pos * inv_freq[j]
@@ -1115,14 +1135,15 @@ static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
     float *q = s->q, *k = s->k, *v = s->v;
     size_t qs = D;  // row stride of q, k and v
     if (w->wqkv) {
-        matmul_rows(s->q, norm_row, &ln1, &w->wqkv[l], rows);
-        add_rows(s->q, NULL, w->bqkv + (size_t)l * 3 * D, rows, 3 * D);
+        Post bias = {.b = w->bqkv + (size_t)l * 3 * D};
+        matmul_then(s->q, NULL, norm_row, &ln1, &w->wqkv[l], rows, post_bias, &bias);
         k = q + D, v = q + 2 * D, qs = 3 * (size_t)D;
     } else {
         for_rows(ln1);
-        matmul(q, s->xb, &w->wq[l], rows); add_rows(q, NULL, w->bq + (size_t)l * D, rows, D);
-        matmul(k, s->xb, &w->wk[l], rows); add_rows(k, NULL, w->bk + (size_t)l * D, rows, D);
-        matmul(v, s->xb, &w->wv[l], rows); add_rows(v, NULL, w->bv + (size_t)l * D, rows, D);
+        Post bq = {.b = w->bq + (size_t)l * D}, bk = {.b = w->bk + (size_t)l * D}, bv = {.b = w->bv + (size_t)l * D};
+        matmul_then(q, s->xb, NULL, NULL, &w->wq[l], rows, post_bias, &bq);
+        matmul_then(k, s->xb, NULL, NULL, &w->wk[l], rows, post_bias, &bk);
+        matmul_then(v, s->xb, NULL, NULL, &w->wv[l], rows, post_bias, &bv);
     }
     // Each view attends only to itself, with no mask. K and V are first regrouped per head,
     // (view, head, position, head_dim), so every attention task reads its keys contiguously. A model
@@ -1141,14 +1162,14 @@ static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
                       .causal_offset = -1, .n_keys = N, .scale = 1.0f / sqrtf((float)hd)};
         attention(&a);
     }
-    matmul(s->xb, s->att, &w->wo[l], rows);
-    add_rows(s->x, s->xb, w->bo + (size_t)l * D, rows, D);  // out_proj's bias, then the residual
+    Post out = {.b = w->bo + (size_t)l * D, .r = s->x};   // out_proj's bias, then the residual
+    matmul_then(s->xb, s->att, NULL, NULL, &w->wo[l], rows, post_residual, &out);
     // CLIPMLP
     RowArgs ln2 = norm_args(NULL, s->x, w->ln2_w + (size_t)l * D, w->ln2_b + (size_t)l * D, rows, D, p->v_eps);
-    matmul_rows(s->hb, norm_row, &ln2, &w->fc1[l], rows);
-    bias_activation(s->hb, w->fc1_b + (size_t)l * Dh, rows, Dh, p->v_act == 0 ? ACT_QUICK_GELU : ACT_GELU);
-    matmul(s->xb, s->hb, &w->fc2[l], rows);
-    add_rows(s->x, s->xb, w->fc2_b + (size_t)l * D, rows, D);
+    Post fc1 = {.b = w->fc1_b + (size_t)l * Dh, .act = p->v_act == 0 ? ACT_QUICK_GELU : ACT_GELU, .T = rows};
+    matmul_then(s->hb, NULL, norm_row, &ln2, &w->fc1[l], rows, post_bias_act, &fc1);
+    Post fc2 = {.b = w->fc2_b + (size_t)l * D, .r = s->x};
+    matmul_then(s->xb, s->hb, NULL, NULL, &w->fc2[l], rows, post_residual, &fc2);
 }
 
 // pixels (B, C, S, S) -> features (B, n_out, v_dim): CLIP's hidden_states[feature_layer] (the layers
@@ -1206,10 +1227,9 @@ static void multi_modal_projector(Model* m, float* out, const float* in, int T) 
     ProjectorWeights* w = &m->projector;
     int D = m->config.dim;
     float* h = xmalloc((size_t)T * D * sizeof(float));  // (T, dim) the hidden layer
-    matmul(h, in, &w->linear_1, T);
-    bias_activation(h, w->b1, T, D, ACT_GELU);
-    matmul(out, h, &w->linear_2, T);
-    add_rows(out, NULL, w->b2, T, D);
+    Post b1 = {.b = w->b1, .act = ACT_GELU, .T = T}, b2 = {.b = w->b2};
+    matmul_then(h, in, NULL, NULL, &w->linear_1, T, post_bias_act, &b1);
+    matmul_then(out, h, NULL, NULL, &w->linear_2, T, post_bias, &b2);
     free(h);
 }
 
@@ -1737,8 +1757,8 @@ static void llama_decoder_layer(Model* m, int l, int T, int pos) {
                   .causal_offset = pos,
                   .scale = 1.0f / sqrtf((float)hd)};
     attention(&a);
-    matmul(s->xb, s->att, &w->wo[l], T);
-    add_rows(s->x, s->xb, NULL, T, D);
+    Post residual = {.r = s->x};
+    matmul_then(s->xb, s->att, NULL, NULL, &w->wo[l], T, post_residual, &residual);
     // LlamaMLP (hidden_act silu): the gate and up projections, combined element-wise. Fused: one
     // matmul writes rows gate | up into hb (post_attention_layernorm made inside it, as above), and
     // silu(gate) * up goes to hb2, contiguous for down_proj.
@@ -1746,15 +1766,14 @@ static void llama_decoder_layer(Model* m, int l, int T, int pos) {
     if (w->w_gate_up) {
         matmul_rows(s->hb, norm_row, &ffn_norm, &w->w_gate_up[l], T);
         activation_rows(s->hb2, s->hb, s->hb + F, T, F, 2 * (size_t)F, ACT_SILU_MUL);
-        matmul(s->xb, s->hb2, &w->w_down[l], T);
+        matmul_then(s->xb, s->hb2, NULL, NULL, &w->w_down[l], T, post_residual, &residual);
     } else {
         for_rows(ffn_norm);
         matmul(s->hb, s->xb, &w->w_gate[l], T);
         matmul(s->hb2, s->xb, &w->w_up[l], T);
         activation(s->hb, s->hb2, (size_t)T * F, ACT_SILU_MUL);
-        matmul(s->xb, s->hb, &w->w_down[l], T);
+        matmul_then(s->xb, s->hb, NULL, NULL, &w->w_down[l], T, post_residual, &residual);
     }
-    add_rows(s->x, s->xb, NULL, T, D);
 }
 
 // Runs T rows of input embeddings (in s->x) at positions pos..pos+T-1 through the decoder, filling

@@ -107,6 +107,11 @@
 // exists as a (T, K) matrix; the GEMV, ARM and portable paths make x in a buffer first. Same bits as
 // matmul() on the rows fn writes (tested on every path and level).
 //
+// matmul_then(y, x, fn, ctx, w, T, post, post_ctx): either of the above, then post (an MMBlockFn: a
+// bias, an activation, a residual add) on every block of y. The x86 GEMMs call it on each row tile of
+// a weight block as soon as the kernel has written it, while it is in L1, instead of a pass over all
+// of y that reads it back from memory; the other paths call it once on all of y. Same bits either way.
+//
 // What it does not do: attention (llava.c), fusing of QKV / gate+up (pass a concatenated Matrix),
 // quantizing weights (export.py). matmul() is not reentrant: call it from one thread at a time
 // (a matmul called from inside a pool task runs single-threaded with its own scratch).
@@ -915,6 +920,12 @@ static int mm_gemv_guided MM_X86_ONLY = 1;    // q8 VNNI GEMV: guided chunks (1)
 // threads at once, each row once.
 typedef void (*MMRowFn)(const void* ctx, int t, float* row);
 
+// matmul_then's epilogue: fn(ctx, y, ldy, t0, t1, c0, c1) updates the block rows [t0, t1) x columns
+// [c0, c1) of y (row t at y + t * ldy); the blocks tile y, each element in exactly one. Called from
+// several threads at once, on different blocks. It must compute each element from that element (and
+// its row and column) alone: then the results do not depend on how y is cut into blocks.
+typedef void (*MMBlockFn)(const void* ctx, float* y, size_t ldy, int t0, int t1, int c0, int c1);
+
 typedef struct {
     float* y;               // (T, N)
     const float* x;         // (T, K)
@@ -939,7 +950,15 @@ typedef struct {
     int32_t* acr;           // AVX2 q8: their compensation -128 * sum(q) (rows, ng) row-major
     MMRowFn row_fn;         // matmul_rows: row t of x is row_fn(row_ctx, t, out) (x is NULL until
     const void* row_ctx;    // mm_materialize makes it, on the paths that do not pack row tiles)
+    MMBlockFn post;         // matmul_then: the epilogue on every block of y, or NULL
+    const void* post_ctx;
+    int post_done;          // set by the GEMMs that call post on their tiles (else mm_run does, after)
 } MMJob;
+
+// A GEMM task's epilogue: post on the rows t0..t0+mr-1 of panels [p0, p1) just computed.
+static inline void mm_post_tile(const MMJob* j, int t0, int mr, int p0, int p1) {
+    if (j->post) j->post(j->post_ctx, j->y, j->N, t0, t0 + mr, p0 * 32, mm_min(p1 * 32, j->N));
+}
 
 // Words per (k4 step, row) of the AVX2 packer's activation tiles: 2 (int16 pairs) for the q8 vpmaddwd
 // kernel, 1 (4 s8) for the AVX-VNNI kernel and every q4 kernel.
@@ -1554,6 +1573,7 @@ MM_TGT_AVX2 static void mm_task_gemm_avx2(void* v, int task) {
                         mm_kernel_q8_avx2(a, as, j->ac + (size_t)it * p->ng * MR, wp, ws, p->ng, p->G / 4, y, N, mr, nc);
                 }
             }
+        mm_post_tile(j, t0, mr, p0, p1);
     }
 }
 
@@ -1741,6 +1761,7 @@ static void mm_matmul_avx2(MMJob* j) {
     j->n_tasks = (np + j->chunk - 1) / j->chunk;
     j->bounds = NULL;
     pool_for(j->n_tasks, mm_task_gemm_avx2, j);
+    j->post_done = 1;
     if (own) free(buf);
 }
 #endif // MM_X86
@@ -2408,6 +2429,7 @@ static void mm_task_gemm(void* v, int task) {
                              j->as + (size_t)it * p->ng * MM_Q8_MR, j->ac + (size_t)it * p->ng * MM_Q8_MR,
                              wp, p->s + (size_t)pi * p->ng * 32, p->ng, p->G / 4, y, N, mr, nc);
         }
+        mm_post_tile(j, t0, mr, p0, p1);
     }
 }
 #endif // MM_X86
@@ -2548,6 +2570,7 @@ MM_TGT_VNNI static void mm_task_gemm_q4(void* v, int task) {
                          j->ac + (size_t)it * p->ng * MM_Q8_MR, (const uint32_t*)p->w + (size_t)pi * p->kw * 32,
                          p->s16 + (size_t)pi * p->ng * 32, p->ng, p->G / 8, j->y + (size_t)t0 * N + pi * 32, N, mr,
                          N - pi * 32);
+        mm_post_tile(j, t0, mr, p0, p1);
     }
 }
 
@@ -2793,6 +2816,7 @@ MM_TGT_AVX2 static void mm_task_gemm_q4_avx2(void* v, int task) {
                 if (j->avxvnni) mm_kernel_q4_avxvnni(a, as, ac, wp, ws, p->ng, p->G / 8, y, N, mr, N - n0);
                 else mm_kernel_q4_avx2(a, as, ac, wp, ws, p->ng, p->G / 8, y, N, mr, N - n0);
             }
+        mm_post_tile(j, t0, mr, p0, p1);
     }
 }
 
@@ -2911,6 +2935,7 @@ static void mm_matmul_q4_x86(MMJob* j) {
     if (vnni512)   // panel: K/2 bytes of nibbles x 32 columns + their bf16 scales; tile: K bytes x 6 rows
         mm_int8_blocks(j, (size_t)p->kw * 4 * 32 + (size_t)ng * 64, (size_t)K * MM_Q8_MR);
     pool_for(j->n_tasks, vnni512 ? mm_task_gemm_q4 : mm_task_gemm_q4_avx2, j);
+    j->post_done = 1;
     if (own) free(buf);
 }
 #endif // MM_X86
@@ -3897,34 +3922,46 @@ static void mm_matmul_avx512(MMJob* jp) {
     j.n_tasks = (np + j.chunk - 1) / j.chunk;
     if (type == DT_Q8) mm_int8_blocks(&j, (size_t)p->kw * 4 * 32, (size_t)p->kw * 4 * MM_Q8_MR);
     pool_for(j.n_tasks, mm_task_gemm, &j);
+    jp->post_done = 1;
     if (own) free(buf);
 }
 #endif // MM_X86
 
-// matmul and matmul_rows: x given, or made row by row by fn (j.row_fn).
+// The epilogue over all of y, for the paths that do not call it per tile: blocks of 32 rows.
+static void mm_post_task(void* v, int task) {
+    const MMJob* j = v;
+    j->post(j->post_ctx, j->y, j->N, task * 32, mm_min(j->T, task * 32 + 32), 0, j->N);
+}
+
+// The product by the path for this CPU and T: one branch per architecture (each needs the packed panels).
+static void mm_product(MMJob* j) {
+    const Matrix* w = j->w;
+#if MM_X86
+    if (j->p && w->type == DT_Q4 && mm_isa >= MM_AVX2) { mm_matmul_q4_x86(j); return; }   // every level
+    if (j->p && mm_isa == MM_AVX512) { mm_matmul_avx512(j); return; }
+    if (j->p && mm_isa >= MM_AVX2) { mm_matmul_avx2(j); return; }      // AVX2 and AVX-VNNI
+#endif
+    // ARM and the portable loop read x whole
+    float* own_x = mm_materialize(j);
+#if defined(__aarch64__)
+    mm_detect_arm();
+    if (j->p && mm_arm_level > MM_ARM_SCALAR) { mm_matmul_arm(j->y, j->x, w, j->T); free(own_x); return; }   // NEON, dotprod, i8mm
+#endif
+    // Portable: unpacked matrices, LLAVA_ISA=scalar, CPUs without AVX2, other architectures
+    pool_for(j->n_tasks, mm_task_scalar, j);
+    free(own_x);
+}
+
+// matmul, matmul_rows and matmul_then: x given, or made row by row by fn (j.row_fn); then the epilogue.
 static void mm_run(MMJob j) {
     const Matrix* w = j.w;
-    float* y = j.y;
     int T = j.T;
     mm_check(w);
     mm_detect_isa();
     if (T <= 0 || w->rows == 0) return;
-    if (w->cols == 0) { memset(y, 0, (size_t)T * w->rows * sizeof(float)); return; }
-    // The SIMD level: one branch per architecture (each needs the packed panels).
-#if MM_X86
-    if (j.p && w->type == DT_Q4 && mm_isa >= MM_AVX2) { mm_matmul_q4_x86(&j); return; }   // every level
-    if (j.p && mm_isa == MM_AVX512) { mm_matmul_avx512(&j); return; }
-    if (j.p && mm_isa >= MM_AVX2) { mm_matmul_avx2(&j); return; }      // AVX2 and AVX-VNNI
-#endif
-    // ARM and the portable loop read x whole
-    float* own_x = mm_materialize(&j);
-#if defined(__aarch64__)
-    mm_detect_arm();
-    if (j.p && mm_arm_level > MM_ARM_SCALAR) { mm_matmul_arm(y, j.x, w, T); free(own_x); return; }   // NEON, dotprod, i8mm
-#endif
-    // Portable: unpacked matrices, LLAVA_ISA=scalar, CPUs without AVX2, other architectures
-    pool_for(j.n_tasks, mm_task_scalar, &j);
-    free(own_x);
+    if (w->cols == 0) memset(j.y, 0, (size_t)T * w->rows * sizeof(float));
+    else mm_product(&j);
+    if (j.post && !j.post_done) pool_for((T + 31) / 32, mm_post_task, &j);
 }
 
 void matmul(float* y, const float* x, const Matrix* w, int T) {
@@ -3939,4 +3976,12 @@ void matmul(float* y, const float* x, const Matrix* w, int T) {
 void matmul_rows(float* y, MMRowFn fn, const void* ctx, const Matrix* w, int T) {
     mm_run((MMJob){ .y = y, .row_fn = fn, .row_ctx = ctx, .w = w, .p = w->packed, .T = T, .N = w->rows, .K = w->cols,
                     .n_tasks = pool_size() });
+}
+
+// matmul (x given) or matmul_rows (x NULL: row t made by fn), then post(post_ctx, ...) on every block
+// of y (MMBlockFn): inside the GEMMs, on each tile while it is in L1.
+void matmul_then(float* y, const float* x, MMRowFn fn, const void* ctx, const Matrix* w, int T, MMBlockFn post,
+                 const void* post_ctx) {
+    mm_run((MMJob){ .y = y, .x = x, .row_fn = x ? NULL : fn, .row_ctx = ctx, .w = w, .p = w->packed, .T = T,
+                    .N = w->rows, .K = w->cols, .n_tasks = pool_size(), .post = post, .post_ctx = post_ctx });
 }
