@@ -209,8 +209,8 @@ static inline void bias_activation(float* x, const float* b, size_t rows, size_t
 // llava.c's post_bias_act): each element gets the bits bias_activation's pass over all of x gives it,
 // the vector form, or the scalar one for x's last rows * n % VL elements (and for GELU, and
 // everywhere with LLAVA_ISA=scalar), wherever the block boundaries fall.
-static void bias_activation_block(float* x, const float* b, size_t rows, size_t n, int act, int t0, int t1, int c0,
-                                  int c1) {
+static inline void bias_activation_block(float* x, const float* b, size_t rows, size_t n, int act, int t0, int t1,
+                                         int c0, int c1) {
     size_t vec_end = act == ACT_GELU || kernels_scalar() ? 0 : rows * n - rows * n % VL;   // vector form below
     for (size_t t = t0; t < (size_t)t1; t++) {
         float* xr = x + t * n;
