@@ -3935,9 +3935,8 @@ static void mm_post_task(void* v, int task) {
 
 // The product by the path for this CPU and T: one branch per architecture (each needs the packed panels).
 static void mm_product(MMJob* j) {
-    const Matrix* w = j->w;
 #if MM_X86
-    if (j->p && w->type == DT_Q4 && mm_isa >= MM_AVX2) { mm_matmul_q4_x86(j); return; }   // every level
+    if (j->p && j->w->type == DT_Q4 && mm_isa >= MM_AVX2) { mm_matmul_q4_x86(j); return; }   // every level
     if (j->p && mm_isa == MM_AVX512) { mm_matmul_avx512(j); return; }
     if (j->p && mm_isa >= MM_AVX2) { mm_matmul_avx2(j); return; }      // AVX2 and AVX-VNNI
 #endif
@@ -3945,7 +3944,7 @@ static void mm_product(MMJob* j) {
     float* own_x = mm_materialize(j);
 #if defined(__aarch64__)
     mm_detect_arm();
-    if (j->p && mm_arm_level > MM_ARM_SCALAR) { mm_matmul_arm(j->y, j->x, w, j->T); free(own_x); return; }   // NEON, dotprod, i8mm
+    if (j->p && mm_arm_level > MM_ARM_SCALAR) { mm_matmul_arm(j->y, j->x, j->w, j->T); free(own_x); return; }   // NEON, dotprod, i8mm
 #endif
     // Portable: unpacked matrices, LLAVA_ISA=scalar, CPUs without AVX2, other architectures
     pool_for(j->n_tasks, mm_task_scalar, j);
