@@ -293,12 +293,8 @@ typedef struct {
 } AttnArgs;
 
 // Per-thread scratch that grows as needed and is kept for the next call (a malloc per task would page-
-// fault its way through hundreds of KB every time): matmul.c's grow-or-reuse buffer, one per thread.
-static float* attn_scratch(size_t floats) {
-    static _Thread_local void* buf;
-    static _Thread_local size_t bytes;
-    return mm_scratch_in(&buf, &bytes, floats * sizeof(float), 0);
-}
+// fault its way through hundreds of KB every time): matmul.c's per-thread grow-or-reuse buffer.
+static float* attn_scratch(size_t floats) { return mm_thread_scratch(MM_TLS_ATTN, floats * sizeof(float)); }
 
 static int attn_blocks(const AttnArgs* a) { return (a->T + ATTN_LANES - 1) / ATTN_LANES; }
 

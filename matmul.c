@@ -1017,14 +1017,38 @@ MM_X86_ONLY static void* mm_get_scratch(size_t need, int own) {
     return mm_scratch_in(&mm_scratch, &mm_scratch_bytes, need, own);
 }
 
+// Per-thread scratch, grown or reused as mm_scratch_in's: one buffer per slot and thread (matmul_rows'
+// tile rows, kernels.c's attention blocks), freed when the thread ends by the destructor of a pthread
+// key (the pool's workers end at every pool_init that changes the thread count; a _Thread_local pointer
+// would lose their buffers).
+enum { MM_TLS_TILE_ROWS, MM_TLS_ATTN, MM_TLS_SLOTS };
+typedef struct { void* buf[MM_TLS_SLOTS]; size_t bytes[MM_TLS_SLOTS]; } MMThreadScratch;
+static pthread_key_t mm_tls_key;
+static pthread_once_t mm_tls_once = PTHREAD_ONCE_INIT;
+static void mm_tls_free(void* v) {
+    MMThreadScratch* s = v;
+    for (int i = 0; i < MM_TLS_SLOTS; i++) free(s->buf[i]);
+    free(s);
+}
+static void mm_tls_init(void) {
+    if (pthread_key_create(&mm_tls_key, mm_tls_free)) fatal("pthread_key_create failed");
+}
+static inline void* mm_thread_scratch(int slot, size_t need) {
+    pthread_once(&mm_tls_once, mm_tls_init);
+    MMThreadScratch* s = pthread_getspecific(mm_tls_key);
+    if (!s) {
+        s = calloc(1, sizeof(*s));
+        if (!s || pthread_setspecific(mm_tls_key, s)) fatal("out of memory allocating thread scratch");
+    }
+    return mm_scratch_in(&s->buf[slot], &s->bytes[slot], need, 0);
+}
+
 // The activation rows t0..t0+mr-1 of a GEMM row tile, as one (mr, K) block: x itself, or (matmul_rows)
 // rows made by the caller's function into this thread's buffer, where the packer quantizes or packs
 // them while they are in L1/L2 -- they never go to memory as a (T, K) matrix.
 MM_X86_ONLY static const float* mm_tile_rows(const MMJob* j, int t0, int mr) {
     if (!j->row_fn) return j->x + (size_t)t0 * j->K;
-    static _Thread_local void* rows;
-    static _Thread_local size_t bytes;
-    float* buf = mm_scratch_in(&rows, &bytes, (size_t)mr * j->K * sizeof(float), 0);
+    float* buf = mm_thread_scratch(MM_TLS_TILE_ROWS, (size_t)mr * j->K * sizeof(float));
     for (int i = 0; i < mr; i++) j->row_fn(j->row_ctx, t0 + i, buf + (size_t)i * j->K);
     return buf;
 }
