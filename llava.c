@@ -1119,6 +1119,35 @@ static void clip_embeddings(Model* m, VisionState* s, const float* pixels, int B
         }
 }
 
+// The vision tower's q, k, v projection epilogue (matmul_then): the bias, then the block's k and v
+// columns regrouped per head into kh and vh, (view, head, position, head_dim), as attention reads
+// them, f32 or bf16 (store_kv's rounding): scatter_heads' result without a pass of its own.
+typedef struct {
+    const float* b;     // the bias of all of y's columns
+    void* dst[2];       // kh, vh (either NULL: not in this matmul's output)
+    int col[2];         // the columns of y where k (dst[0]) and v (dst[1]) start
+    int N, D, hd, bf16; // positions per view, v_dim, head_dim; dst holds bf16
+} QkvPost;
+
+static void post_qkv(const void* ctx, float* y, size_t ldy, int t0, int t1, int c0, int c1) {
+    const QkvPost* p = ctx;
+    int H = p->D / p->hd;
+    for (int t = t0; t < t1; t++) {
+        float* yr = y + (size_t)t * ldy;
+        add_span(yr, NULL, p->b, c0, c1);
+        for (int d = 0; d < 2; d++) {
+            if (!p->dst[d]) continue;
+            int a = c0 > p->col[d] ? c0 : p->col[d], z = c1 < p->col[d] + p->D ? c1 : p->col[d] + p->D;
+            for (int c = a, run; c < z; c += run) {   // one head's columns at a time
+                int h = (c - p->col[d]) / p->hd, i = (c - p->col[d]) % p->hd;
+                run = p->hd - i < z - c ? p->hd - i : z - c;
+                size_t at = (((size_t)(t / p->N) * H + h) * p->N + t % p->N) * p->hd + i;
+                store_kv(p->dst[d], at, yr + c, run, p->bf16);
+            }
+        }
+    }
+}
+
 // CLIPEncoderLayer l over B views in s->x (B * n_pos rows), in place:
 //   h = h + out_proj(self_attn(layer_norm1(h)))
 //   h = h + fc2(act(fc1(layer_norm2(h))))       act = quick_gelu for CLIP ViT-L/14-336
@@ -1131,30 +1160,30 @@ static void clip_encoder_layer(Model* m, VisionState* s, int l, int B) {
     // CLIPAttention: q, k, v projections with biases. Fused (fuse_weights): one matmul writes rows
     // q | k | v (stride 3D); otherwise three, into three blocks (stride D). The same values either way.
     // layer_norm1 is made row by row inside the q|k|v matmul (matmul_rows), or written to xb for three.
-    RowArgs ln1 = norm_args(s->xb, s->x, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, rows, D, p->v_eps);
-    float *q = s->q, *k = s->k, *v = s->v;
-    size_t qs = D;  // row stride of q, k and v
-    if (w->wqkv) {
-        Post bias = {.b = w->bqkv + (size_t)l * 3 * D};
-        matmul_then(s->q, NULL, norm_row, &ln1, &w->wqkv[l], rows, post_bias, &bias);
-        k = q + D, v = q + 2 * D, qs = 3 * (size_t)D;
-    } else {
-        for_rows(ln1);
-        Post bq = {.b = w->bq + (size_t)l * D}, bk = {.b = w->bk + (size_t)l * D}, bv = {.b = w->bv + (size_t)l * D};
-        matmul_then(q, s->xb, NULL, NULL, &w->wq[l], rows, post_bias, &bq);
-        matmul_then(k, s->xb, NULL, NULL, &w->wk[l], rows, post_bias, &bk);
-        matmul_then(v, s->xb, NULL, NULL, &w->wv[l], rows, post_bias, &bv);
-    }
-    // Each view attends only to itself, with no mask. K and V are first regrouped per head,
-    // (view, head, position, head_dim), so every attention task reads its keys contiguously. A model
-    // that is not f32 on a CPU whose attention has bf16 dot products (kernels.c) gets them as bf16 and
-    // runs on those, as PyTorch's bf16 CLIP does; otherwise f32.
+    // Each view attends only to itself, with no mask. K and V are regrouped per head as the projection
+    // writes them (post_qkv), (view, head, position, head_dim), so every attention task reads its keys
+    // contiguously. A model that is not f32 on a CPU whose attention has bf16 dot products (kernels.c)
+    // gets them as bf16 and runs on those, as PyTorch's bf16 CLIP does; otherwise f32.
     int bf16 = p->weight_type != DT_F32 && attention_bf16_available();
     size_t elem = bf16 ? sizeof(uint16_t) : sizeof(float);
+    RowArgs ln1 = norm_args(s->xb, s->x, w->ln1_w + (size_t)l * D, w->ln1_b + (size_t)l * D, rows, D, p->v_eps);
+    float* q = s->q;
+    size_t qs = D;  // row stride of q
+    if (w->wqkv) {
+        QkvPost post = {w->bqkv + (size_t)l * 3 * D, {s->kh, s->vh}, {D, 2 * D}, N, D, hd, bf16};
+        matmul_then(s->q, NULL, norm_row, &ln1, &w->wqkv[l], rows, post_qkv, &post);
+        qs = 3 * (size_t)D;
+    } else {
+        for_rows(ln1);
+        Post bq = {.b = w->bq + (size_t)l * D};
+        QkvPost pk = {w->bk + (size_t)l * D, {s->kh, NULL}, {0, 0}, N, D, hd, bf16};
+        QkvPost pv = {w->bv + (size_t)l * D, {NULL, s->vh}, {0, 0}, N, D, hd, bf16};
+        matmul_then(q, s->xb, NULL, NULL, &w->wq[l], rows, post_bias, &bq);
+        matmul_then(s->k, s->xb, NULL, NULL, &w->wk[l], rows, post_qkv, &pk);
+        matmul_then(s->v, s->xb, NULL, NULL, &w->wv[l], rows, post_qkv, &pv);
+    }
     for (int b = 0; b < B; b++) {
         size_t off = (size_t)b * N * D;  // a view takes the same N * D values in both layouts
-        scatter_heads((char*)s->kh + off * elem, k + (size_t)b * N * qs, N, H, hd, qs, N, bf16);
-        scatter_heads((char*)s->vh + off * elem, v + (size_t)b * N * qs, N, H, hd, qs, N, bf16);
         AttnArgs a = {.out = s->att + off, .q = q + (size_t)b * N * qs, .k = (char*)s->kh + off * elem,
                       .v = (char*)s->vh + off * elem, .kv_bf16 = bf16, .bf16_dots = 1, .T = N,
                       .n_heads = H, .n_kv_heads = H, .head_dim = hd,
