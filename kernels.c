@@ -6,7 +6,8 @@
 //   one, vectorised with GCC/clang vector extensions sized for the build target (16 floats with
 //   AVX-512, 8 with AVX/AVX2, 4 otherwise: SSE2, NEON, or plain scalars the compiler lowers them to)
 //   and split over matmul.c's thread pool.
-//     activation()  quick_gelu (CLIP), gelu (projector), silu(gate) * up (Llama MLP) over big buffers
+//     activation()  quick_gelu (CLIP), gelu (projector), silu(gate) * up (Llama MLP) over big buffers;
+//                   bias_activation_block(): act(x + b) on one block of a matmul's output (its epilogue)
 //     attention()   softmax(q k^T * scale [+ causal mask]) v per head, grouped-query heads, keys and
 //                   values f32 or bf16 (the KV cache of bf16/q8/q4 models); with bf16 keys and values
 //                   when the caller allows it (bf16_dots), prompts and the vision tower run on vdpbf16ps
