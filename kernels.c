@@ -133,7 +133,6 @@ typedef struct {
     float* out;        // (rows * n,) the results, contiguous (may be x itself when stride == n)
     const float* x;    // rows of n inputs, row r at x + r * stride
     const float* y;    // the "up" projection for ACT_SILU_MUL, rows at the same stride, else unused
-    const float* b;    // a bias of n, added to each row of x before the activation, or NULL
     size_t n, stride;  // elements per row, floats from one row to the next
     size_t total;      // rows * n
     int act;
@@ -161,55 +160,43 @@ static void activation_task(void* ctx, int task) {
     // erf has no vector form here, so the projector's GELU (4096 x rows, small) runs the scalar loop
     if (a->act != ACT_GELU && !kernels_scalar())
         for (; i + VL <= i1; i += VL) {
-            vf x, y = {0}, b = {0};
+            vf x, y = {0};
             if (c + VL <= a->n) {           // the VL elements lie in one row
                 memcpy(&x, a->x + r * a->stride + c, sizeof(x));
                 if (a->act == ACT_SILU_MUL) memcpy(&y, a->y + r * a->stride + c, sizeof(y));
-                if (a->b) memcpy(&b, a->b + c, sizeof(b));
             } else {                        // they straddle rows: gather them one by one
                 for (size_t l = 0, rr = r, cc = c; l < VL; l++, cc++) {
                     if (cc == a->n) { cc = 0; rr++; }
                     x[l] = a->x[rr * a->stride + cc];
                     if (a->act == ACT_SILU_MUL) y[l] = a->y[rr * a->stride + cc];
-                    if (a->b) b[l] = a->b[cc];
                 }
             }
-            if (a->b) x += b;
             x = act_vec(x, y, a->act);
             memcpy(a->out + i, &x, sizeof(x));
             for (c += VL; c >= a->n; c -= a->n) r++;
         }
     for (; i < i1; i++) {  // the tail, or everything with LLAVA_ISA=scalar
-        float x = a->x[r * a->stride + c] + (a->b ? a->b[c] : 0.0f);
+        float x = a->x[r * a->stride + c];
         a->out[i] = act_scalar(x, a->act == ACT_SILU_MUL ? a->y[r * a->stride + c] : 0.0f, a->act);
         if (++c == a->n) { c = 0; r++; }
     }
 }
 
-static void activation_run(ActArgs a) {
-    if (a.total == 0) return;
-    pool_for((int)((a.total + ACT_CHUNK - 1) / ACT_CHUNK), activation_task, &a);
-}
-
 // out (rows, n) = act(x), or silu(x) * y, for rows of x and y `stride` floats apart.
 static void activation_rows(float* out, const float* x, const float* y, size_t rows, size_t n, size_t stride, int act) {
-    activation_run((ActArgs){out, x, y, NULL, n, stride, rows * n, act});
+    ActArgs a = {out, x, y, n, stride, rows * n, act};
+    if (a.total == 0) return;
+    pool_for((int)((a.total + ACT_CHUNK - 1) / ACT_CHUNK), activation_task, &a);
 }
 
 // x = act(x), or x = silu(x) * y, over n contiguous elements.
 static void activation(float* x, const float* y, size_t n, int act) { activation_rows(x, x, y, 1, n, n, act); }
 
-// x (rows, n) = act(x + b) in place, b a bias of n, act ACT_QUICK_GELU or ACT_GELU (a linear's bias and
-// the activation after it, in one pass over x): the same values as adding b first (one f32 add) and then
-// the activation.
-static inline void bias_activation(float* x, const float* b, size_t rows, size_t n, int act) {
-    activation_run((ActArgs){x, x, NULL, b, n, n, rows * n, act});
-}
-
-// bias_activation on one block of x alone, rows [t0, t1) x columns [c0, c1) (a matmul's epilogue:
-// llava.c's post_bias_act): each element gets the bits bias_activation's pass over all of x gives it,
-// the vector form, or the scalar one for x's last rows * n % VL elements (and for GELU, and
-// everywhere with LLAVA_ISA=scalar), wherever the block boundaries fall.
+// x = act(x + b) in place on one block of x (rows, n), rows [t0, t1) x columns [c0, c1), b a bias of n,
+// act ACT_QUICK_GELU or ACT_GELU: a linear's bias and the activation after it, as the matmul's epilogue
+// (llava.c's post_bias_act). Each element gets the bits of adding b (one f32 add) and then activation()'s
+// pass over all of x: the vector form, or the scalar one for x's last rows * n % VL elements (and for
+// GELU, and everywhere with LLAVA_ISA=scalar), wherever the block boundaries fall.
 static inline void bias_activation_block(float* x, const float* b, size_t rows, size_t n, int act, int t0, int t1,
                                          int c0, int c1) {
     size_t vec_end = act == ACT_GELU || kernels_scalar() ? 0 : rows * n - rows * n % VL;   // vector form below

@@ -947,9 +947,9 @@ static void norm_rows(float* y, const float* x, const float* w, const float* b, 
 
 // What follows a linear layer, as matmul_then's epilogue (an MMBlockFn: applied to each tile of the
 // output while the GEMM has it in L1, instead of a pass over the whole output that reads it back from
-// memory): a bias, y += b; a bias and an activation, y = act(y + b) (kernels.c's bias_activation's
-// bits); or the residual add after a linear, r += y + b, in HF's order (the bias belongs to the
-// linear: r + (y + b)), r shaped as y.
+// memory): a bias, y += b; a bias and an activation, y = act(y + b) (kernels.c's bias_activation_block:
+// the bits of adding b, then the activation); or the residual add after a linear, r += y + b, in HF's
+// order (the bias belongs to the linear: r + (y + b)), r shaped as y.
 typedef struct {
     const float* b;   // (n,) bias, or NULL (post_residual)
     float* r;         // post_residual: the (T, n) rows that take the sum
