@@ -586,8 +586,15 @@ static void attention_block_task(void* ctx, int task) {
 static int attn_call_keys(const AttnArgs* a) { return a->causal_offset >= 0 ? a->causal_offset + a->T : a->n_keys; }
 static int zip_rows(const AttnArgs* a) { return (attn_call_keys(a) + 1) / 2; }
 
-// VP of kv head `kvh` (one pool task each), once per call for all its query blocks: row kp holds the
-// value rows 2kp and 2kp + 1 zipped, v[2kp][i] | v[2kp+1][i] << 16 (a zero row after an odd last key).
+// VP of kv head `kvh` (one pool task each), once per call for all its query blocks: row kp zips the
+// value rows 2kp and 2kp + 1, word i = v[2kp][i] | v[2kp+1][i] << 16 (a zero row after an odd last
+// key), stored in tiles of ATTN_KB words (vp_at): the product reads one tile from the first key pair to
+// the last with its ATTN_KB x 2 accumulators in registers, a sequential stream with no reloads.
+static size_t vp_at(const AttnArgs* a, int kp, int i) {
+    int i0 = i - i % ATTN_KB, w = a->head_dim - i0 < ATTN_KB ? a->head_dim - i0 : ATTN_KB;
+    return (size_t)i0 * zip_rows(a) + (size_t)kp * w + (size_t)(i - i0);
+}
+
 MM_TGT_BF16 static void zip_values_task(void* ctx, int kvh) {
     const AttnArgs* a = ctx;
     int hd = a->head_dim, rows = zip_rows(a), n = attn_call_keys(a);
@@ -599,15 +606,18 @@ MM_TGT_BF16 static void zip_values_task(void* ctx, int kvh) {
     for (int kp = 0; kp < rows; kp++) {
         const uint16_t* v0 = vb + (size_t)2 * kp * a->kv_stride;
         const uint16_t* v1 = 2 * kp + 1 < n ? v0 + a->kv_stride : NULL;
-        uint32_t* dst = vp + (size_t)kp * hd;
         int i = 0;
-        if (v1)
-            for (; i + 32 <= hd; i += 32) {   // words j of v0 and j + 32 (v1) side by side
+        if (v1 && ATTN_KB == 8)   // (always, with zmm vectors): 16 zipped words are two tiles' rows
+            for (; i + 32 <= hd; i += 32) {   // words j of v0 and j + 32 (v1) side by side: four tiles' rows
                 __m512i x0 = _mm512_loadu_si512((const void*)(v0 + i)), x1 = _mm512_loadu_si512((const void*)(v1 + i));
-                _mm512_storeu_si512((void*)(dst + i), _mm512_permutex2var_epi16(x0, zip_lo, x1));
-                _mm512_storeu_si512((void*)(dst + i + 16), _mm512_permutex2var_epi16(x0, zip_hi, x1));
+                __m512i lo = _mm512_permutex2var_epi16(x0, zip_lo, x1), hi = _mm512_permutex2var_epi16(x0, zip_hi, x1);
+                uint32_t* dst = vp + (size_t)i * rows + (size_t)kp * ATTN_KB;   // vp_at(a, kp, i)
+                _mm256_storeu_si256((__m256i*)dst, _mm512_castsi512_si256(lo));
+                _mm256_storeu_si256((__m256i*)(dst + (size_t)ATTN_KB * rows), _mm512_extracti64x4_epi64(lo, 1));
+                _mm256_storeu_si256((__m256i*)(dst + (size_t)2 * ATTN_KB * rows), _mm512_castsi512_si256(hi));
+                _mm256_storeu_si256((__m256i*)(dst + (size_t)3 * ATTN_KB * rows), _mm512_extracti64x4_epi64(hi, 1));
             }
-        for (; i < hd; i++) dst[i] = v0[i] | (v1 ? (uint32_t)v1[i] << 16 : 0);
+        for (; i < hd; i++) vp[vp_at(a, kp, i)] = v0[i] | (v1 ? (uint32_t)v1[i] << 16 : 0);
     }
 }
 
@@ -731,20 +741,17 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
     vf sum0, sum1;
     block_softmax_pairs(st, n, m, a->scale, &sum0, &sum1);
     prefetch_q(a, task);   // K is done with: room in L2 for the next block's queries
-    // O^T = V^T P^T, a chunk of value rows at a time.
-    for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
-    for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
-        int cn = n - c0 < ATTN_CHUNK ? n - c0 : ATTN_CHUNK, cp = (cn + 1) / 2;
-        const uint32_t* vp = vp_head + (size_t)c0 / 2 * hd;   // the chunk's VP rows
-        const vf* pp = st + c0;   // pair row c0 / 2, two vectors each
-        int i = 0;
-        for (; i + ATTN_KB <= hd; i += ATTN_KB) {
+    // O^T = V^T P^T, ATTN_KB head_dim indices (one VP tile) at a time over all the key pairs.
+    for (int i = 0; i < hd; i += ATTN_KB) {
+        int w = hd - i < ATTN_KB ? hd - i : ATTN_KB;
+        const uint32_t* vt = vp_head + vp_at(a, 0, i);
+        if (w == ATTN_KB) {
             __m512 c[ATTN_KB][2];
 #pragma GCC unroll 8
-            for (int u = 0; u < ATTN_KB; u++) c[u][0] = (__m512)ot[2 * (i + u)], c[u][1] = (__m512)ot[2 * (i + u) + 1];
-            for (int kp = 0; kp < cp; kp++) {
-                __m512bh p0 = (__m512bh)pp[2 * kp], p1 = (__m512bh)pp[2 * kp + 1];
-                const uint32_t* vr = vp + (size_t)kp * hd + i;
+            for (int u = 0; u < ATTN_KB; u++) c[u][0] = c[u][1] = _mm512_setzero_ps();
+            for (int kp = 0; kp < n2; kp++) {
+                __m512bh p0 = (__m512bh)st[2 * kp], p1 = (__m512bh)st[2 * kp + 1];
+                const uint32_t* vr = vt + (size_t)kp * ATTN_KB;
 #pragma GCC unroll 8
                 for (int u = 0; u < ATTN_KB; u++) {
                     __m512bh vv = (__m512bh)_mm512_set1_epi32((int)vr[u]);
@@ -754,16 +761,16 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
             }
 #pragma GCC unroll 8
             for (int u = 0; u < ATTN_KB; u++) ot[2 * (i + u)] = (vf)c[u][0], ot[2 * (i + u) + 1] = (vf)c[u][1];
-        }
-        for (; i < hd; i++) {
-            __m512 c0v = (__m512)ot[2 * i], c1v = (__m512)ot[2 * i + 1];
-            for (int kp = 0; kp < cp; kp++) {
-                __m512bh vv = (__m512bh)_mm512_set1_epi32((int)vp[(size_t)kp * hd + i]);
-                c0v = _mm512_dpbf16_ps(c0v, vv, (__m512bh)pp[2 * kp]);
-                c1v = _mm512_dpbf16_ps(c1v, vv, (__m512bh)pp[2 * kp + 1]);
+        } else
+            for (int u = 0; u < w; u++) {   // the last, narrower tile (head_dim not a multiple of ATTN_KB)
+                __m512 c0v = _mm512_setzero_ps(), c1v = _mm512_setzero_ps();
+                for (int kp = 0; kp < n2; kp++) {
+                    __m512bh vv = (__m512bh)_mm512_set1_epi32((int)vt[(size_t)kp * w + u]);
+                    c0v = _mm512_dpbf16_ps(c0v, vv, (__m512bh)st[2 * kp]);
+                    c1v = _mm512_dpbf16_ps(c1v, vv, (__m512bh)st[2 * kp + 1]);
+                }
+                ot[2 * (i + u)] = (vf)c0v, ot[2 * (i + u) + 1] = (vf)c1v;
             }
-            ot[2 * i] = (vf)c0v, ot[2 * i + 1] = (vf)c1v;
-        }
     }
     block_store(a, ot, sum0, sum1, h, t0, nq);
 }

@@ -313,8 +313,8 @@ static void test_attention(void) {
         test_attention_case(5, 600, 2, 1, 128, 1, layout);
     }
     // bf16_dots on a bf16 cache: the vdpbf16ps block path where the CPU has it (odd and even key counts,
-    // head_dim not a multiple of 32 or of the 8-row register block, GQA, chunks of 128 keys and a tail),
-    // else the f32 path, checked exactly as above.
+    // head_dim not a multiple of 32 or of the 8-row register block (a narrower last VP tile), GQA, more
+    // than 128 keys), else the f32 path, checked exactly as above.
     test_attention_case_dots(64, 0, 2, 2, 128, 1, 2, 1);
     test_attention_case_dots(77, 0, 2, 2, 64, 0, 2, 1);
     test_attention_case_dots(45, 100, 4, 1, 20, 1, 2, 1);
