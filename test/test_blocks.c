@@ -133,6 +133,13 @@ static void test_activations(void) {
         }
     }
     check(e5 < 3e-7, "vexp_neg vs exp over [-87, 0] (relative)", e5);
+    // and its edges (AVX-512 builds run their own instructions for it): 0 below -87 and at -inf, NaN kept
+    vf under = {0}, nanv = {0};
+    for (int j = 0; j < VL; j++) under[j] = j == 0 ? -INFINITY : -87.0001f - 10.0f * j, nanv[j] = NAN;
+    vf yu = vexp_neg(under), yn = vexp_neg(nanv);
+    int edges = 0;
+    for (int j = 0; j < VL; j++) edges += yu[j] != 0.0f || yn[j] == yn[j];
+    check(edges == 0, "vexp_neg: 0 below -87 and at -inf, NaN stays NaN", edges);
 }
 
 // RoPE as the rotation of complex numbers (x[j] + i x[j+half]) * e^(i pos inv_freq[j]).
