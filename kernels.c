@@ -627,11 +627,12 @@ MM_TGT_BF16 static void zip_values_task(void* ctx, int kvh) {
     const __m512i zip_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
                                             39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     const __m512i zip_hi = _mm512_add_epi16(zip_lo, _mm512_set1_epi16(16));
+    _Static_assert(ATTN_KB == 8, "16 zipped words (one zmm) are two VP tiles' rows");
     for (int kp = 0; kp < rows; kp++) {
         const uint16_t* v0 = vb + (size_t)2 * kp * a->kv_stride;
         const uint16_t* v1 = 2 * kp + 1 < n ? v0 + a->kv_stride : NULL;
         int i = 0;
-        if (v1 && ATTN_KB == 8)   // (always, with zmm vectors): 16 zipped words are two tiles' rows
+        if (v1)
             for (; i + 32 <= hd; i += 32) {   // words j of v0 and j + 32 (v1) side by side: four tiles' rows
                 __m512i x0 = _mm512_loadu_si512((const void*)(v0 + i)), x1 = _mm512_loadu_si512((const void*)(v1 + i));
                 __m512i lo = _mm512_permutex2var_epi16(x0, zip_lo, x1), hi = _mm512_permutex2var_epi16(x0, zip_hi, x1);
