@@ -322,13 +322,16 @@ static void block_of(const AttnArgs* a, int task, int* h, int* t0, int* nq) {
 // Start bringing the query rows of the task this thread will probably run next (the pool hands out
 // tasks in order, so about pool_size() later) into L2: rows of a (T, heads * head_dim) matrix that was
 // written long ago, read 32 rows a head_dim slice apart, which the hardware prefetcher does not foresee.
-// Called between the two products (issued at the start of a task, the 7B prompt's 512-token attention
-// measured 3% slower: the keys and the scores then compete with them for L2).
-static void prefetch_q(const AttnArgs* a, int task) {
+// Rows [part * nq / parts, (part + 1) * nq / parts) of that block: the bf16 task spreads the parts over
+// its P V product, one per VP tile, rather than 32 rows x 8 lines at once. Called once the keys are
+// done with. Always inlined: as a function of its own GCC finds nothing in it but prefetches, takes it
+// for free of side effects and deletes the calls (GCC 12 did, until 2026-11-30: the 512-token prompt's
+// query loads then took ~3x as long as from cache).
+static inline __attribute__((always_inline)) void prefetch_q(const AttnArgs* a, int task, int part, int parts) {
     int next = task + pool_size(), h, t0, nq;
     if (next >= attn_blocks(a) * a->n_heads) return;
     block_of(a, next, &h, &t0, &nq);
-    for (int j = 0; j < nq; j++) {
+    for (int j = part * nq / parts; j < (part + 1) * nq / parts; j++) {
         const char* row = (const char*)(a->q + (size_t)(t0 + j) * a->q_stride + (size_t)h * a->head_dim);
         for (size_t off = 0; off < a->head_dim * sizeof(float); off += 64) __builtin_prefetch(row + off, 0, 2);
     }
@@ -534,7 +537,7 @@ static void attention_block_task(void* ctx, int task) {
     }
     vf sum0, sum1;
     block_softmax(st, n, m, &sum0, &sum1);
-    prefetch_q(a, task);   // K is done with: room in L2 for the next block's queries
+    prefetch_q(a, task, 0, 1);   // K is done with: room in L2 for the next block's queries
     // O^T = V^T P^T.
     for (int i = 0; i < 2 * hd; i++) ot[i] = (vf){0};
     for (int c0 = 0; c0 < n; c0 += ATTN_CHUNK) {
@@ -690,6 +693,32 @@ MM_TGT_BF16 static void block_softmax_pairs(vf* st, int n, const vf m[2], float 
     *sum0 = s0, *sum1 = s1;
 }
 
+// Rows r..r+nk-1 of S^T (nk = ATTN_KB or 1) from the key rows r.. of kb (a kv head's keys) and QP,
+// through put_scores. both = 0 when every lane of the first vector is masked for these keys (causal,
+// keys after its last query): its rows are -inf without a product, exactly what the mask makes of them.
+MM_TGT_BF16 static inline __attribute__((always_inline)) void bf16_scores(const AttnArgs* a, const vf* qp, const uint16_t* kb,
+                                                                       vf* st, int r, int nk, int both,
+                                                                       const vi pos[2], vf m[2]) {
+    const uint16_t* k0 = kb + (size_t)r * a->kv_stride;
+    __m512 c[ATTN_KB][2];
+#pragma GCC unroll 8
+    for (int u = 0; u < nk; u++) c[u][0] = c[u][1] = _mm512_setzero_ps();
+    for (int i = 0; i < a->head_dim / 2; i++) {
+        __m512bh q0 = (__m512bh)qp[2 * i], q1 = (__m512bh)qp[2 * i + 1];
+#pragma GCC unroll 8
+        for (int u = 0; u < nk; u++) {
+            uint32_t pair;
+            memcpy(&pair, k0 + (size_t)u * a->kv_stride + 2 * i, sizeof(pair));
+            __m512bh kk = (__m512bh)_mm512_set1_epi32((int)pair);
+            if (both) c[u][0] = _mm512_dpbf16_ps(c[u][0], kk, q0);
+            c[u][1] = _mm512_dpbf16_ps(c[u][1], kk, q1);
+        }
+    }
+#pragma GCC unroll 8
+    for (int u = 0; u < nk; u++)
+        put_scores(a, st, r + u, both ? (vf)c[u][0] : (vf){0} - INFINITY, (vf)c[u][1], pos, m, 1.0f);
+}
+
 MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
     const AttnArgs* a = ctx;
     int h, t0, nq;
@@ -697,7 +726,6 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
     int hd = a->head_dim, hp = hd / 2, kvh = h / (a->n_heads / a->n_kv_heads);
     int n = a->causal_offset >= 0 ? a->causal_offset + t0 + nq : a->n_keys;
     int n2 = (n + 1) / 2;   // key pairs
-    size_t ks = a->kv_stride;
     const uint16_t* kb = (const uint16_t*)a->k + (size_t)kvh * a->kv_head_stride;
 
     // Scratch: QP (hp rows of two vectors), S^T (2 * n2 rows; the pair rows PP reuse it), O^T (hd rows).
@@ -727,54 +755,34 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
             ((uint32_t*)&qp[2 * i])[j] = qr ? f32_to_bf16(qr[2 * i]) | (uint32_t)f32_to_bf16(qr[2 * i + 1]) << 16 : 0;
     }
     // S^T = K Q^T, masked (unscaled: block_softmax_pairs applies the scale), ATTN_KB keys per register
-    // block, read in place from the cache.
+    // block, read in place from the cache. Causal: the keys from nb on come after the first vector's
+    // last query, so every lane of it is masked for them and only the second vector's products are made.
     vi pos[2];
     vf m[2];
     block_positions(a, t0, pos, m);
+    int nb = a->causal_offset >= 0 && nq > VL ? a->causal_offset + t0 + VL : n;
     int r = 0;
-    for (; r + ATTN_KB <= n; r += ATTN_KB) {
-        const uint16_t* k0 = kb + (size_t)r * ks;
-        __m512 c[ATTN_KB][2];
-#pragma GCC unroll 8
-        for (int u = 0; u < ATTN_KB; u++) c[u][0] = c[u][1] = _mm512_setzero_ps();
-        for (int i = 0; i < hp; i++) {
-            __m512bh q0 = (__m512bh)qp[2 * i], q1 = (__m512bh)qp[2 * i + 1];
-#pragma GCC unroll 8
-            for (int u = 0; u < ATTN_KB; u++) {
-                uint32_t pair;
-                memcpy(&pair, k0 + (size_t)u * ks + 2 * i, sizeof(pair));
-                __m512bh kk = (__m512bh)_mm512_set1_epi32((int)pair);
-                c[u][0] = _mm512_dpbf16_ps(c[u][0], kk, q0);
-                c[u][1] = _mm512_dpbf16_ps(c[u][1], kk, q1);
-            }
-        }
-#pragma GCC unroll 8
-        for (int u = 0; u < ATTN_KB; u++) put_scores(a, st, r + u, (vf)c[u][0], (vf)c[u][1], pos, m, 1.0f);
-    }
-    for (; r < n; r++) {
-        const uint16_t* k0 = kb + (size_t)r * ks;
-        __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps();
-        for (int i = 0; i < hp; i++) {
-            uint32_t pair;
-            memcpy(&pair, k0 + 2 * i, sizeof(pair));
-            __m512bh kk = (__m512bh)_mm512_set1_epi32((int)pair);
-            c0 = _mm512_dpbf16_ps(c0, kk, (__m512bh)qp[2 * i]);
-            c1 = _mm512_dpbf16_ps(c1, kk, (__m512bh)qp[2 * i + 1]);
-        }
-        put_scores(a, st, r, (vf)c0, (vf)c1, pos, m, 1.0f);
-    }
+    for (; r + ATTN_KB <= nb; r += ATTN_KB) bf16_scores(a, qp, kb, st, r, ATTN_KB, 1, pos, m);
+    for (; r < nb; r++) bf16_scores(a, qp, kb, st, r, 1, 1, pos, m);
+    for (; r + ATTN_KB <= n; r += ATTN_KB) bf16_scores(a, qp, kb, st, r, ATTN_KB, 0, pos, m);
+    for (; r < n; r++) bf16_scores(a, qp, kb, st, r, 1, 0, pos, m);
     vf sum0, sum1;
     block_softmax_pairs(st, n, m, a->scale, &sum0, &sum1);
-    prefetch_q(a, task);   // K is done with: room in L2 for the next block's queries
-    // O^T = V^T P^T, ATTN_KB head_dim indices (one VP tile) at a time over all the key pairs.
+    // O^T = V^T P^T, ATTN_KB head_dim indices (one VP tile) at a time over all the key pairs; the
+    // next block's queries are prefetched a part per tile (K is done with: room in L2 for them). The
+    // key pairs from nb2 on are past nb, masked for the first vector: its probabilities there are 0,
+    // and adding 0 x v leaves a sum as it is, so those products are skipped (finite values).
+    int nb2 = (nb + 1) / 2;
     for (int i = 0; i < hd; i += ATTN_KB) {
         int w = hd - i < ATTN_KB ? hd - i : ATTN_KB;
+        prefetch_q(a, task, i / ATTN_KB, (hd + ATTN_KB - 1) / ATTN_KB);
         const uint32_t* vt = vp_head + vp_at(a, 0, i);
         if (w == ATTN_KB) {
             __m512 c[ATTN_KB][2];
 #pragma GCC unroll 8
             for (int u = 0; u < ATTN_KB; u++) c[u][0] = c[u][1] = _mm512_setzero_ps();
-            for (int kp = 0; kp < n2; kp++) {
+            int kp = 0;
+            for (; kp < nb2; kp++) {
                 __m512bh p0 = (__m512bh)st[2 * kp], p1 = (__m512bh)st[2 * kp + 1];
                 const uint32_t* vr = vt + (size_t)kp * ATTN_KB;
 #pragma GCC unroll 8
@@ -783,6 +791,13 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
                     c[u][0] = _mm512_dpbf16_ps(c[u][0], vv, p0);
                     c[u][1] = _mm512_dpbf16_ps(c[u][1], vv, p1);
                 }
+            }
+            for (; kp < n2; kp++) {   // the first vector's probabilities are 0 here: no products
+                __m512bh p1 = (__m512bh)st[2 * kp + 1];
+                const uint32_t* vr = vt + (size_t)kp * ATTN_KB;
+#pragma GCC unroll 8
+                for (int u = 0; u < ATTN_KB; u++)
+                    c[u][1] = _mm512_dpbf16_ps(c[u][1], (__m512bh)_mm512_set1_epi32((int)vr[u]), p1);
             }
 #pragma GCC unroll 8
             for (int u = 0; u < ATTN_KB; u++) ot[2 * (i + u)] = (vf)c[u][0], ot[2 * (i + u) + 1] = (vf)c[u][1];
