@@ -311,6 +311,8 @@ static void test_attention(void) {
         test_attention_case(45, 100, 4, 1, 20, 1, layout);
         test_attention_case(1, 150, 2, 2, 128, 1, layout);
         test_attention_case(77, 0, 2, 2, 64, 0, layout);
+        // a last block of one row (65 = 2 x 32 + 1 = 4 x 16 + 1; CLIP has 577 = 18 x 32 + 1)
+        test_attention_case(65, 0, 2, 2, 64, 0, layout);
         // the vectorised row path (head_dim a multiple of the vector): key counts around its 4-key
         // step, head_dim 48 (3 vectors with AVX-512: strips of one), GQA, several query rows
         test_attention_case(1, 0, 2, 2, 128, 1, layout);
@@ -328,6 +330,7 @@ static void test_attention(void) {
     test_attention_case_dots(70, 5, 4, 2, 8, 1, 2, 1);
     test_attention_case_dots(33, 290, 2, 1, 96, 1, 2, 1);
     test_attention_case_dots(9, 0, 2, 2, 6, 0, 2, 1);
+    test_attention_case_dots(65, 0, 2, 2, 64, 0, 2, 1);
     test_attention_nan();
     if (!g_bf16_dots_ran) printf("skipped: attention on vdpbf16ps (needs an AVX-512 build on a CPU with AVX512-BF16)\n");
 }
