@@ -771,7 +771,8 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
     // O^T = V^T P^T, ATTN_KB head_dim indices (one VP tile) at a time over all the key pairs; the
     // next block's queries are prefetched a part per tile (K is done with: room in L2 for them). The
     // key pairs from nb2 on are past nb, masked for the first vector: its probabilities there are 0,
-    // and adding 0 x v leaves a sum as it is, so those products are skipped (finite values).
+    // and adding 0 x v leaves a sum as it is, so the full tiles skip those products (finite values;
+    // the narrower last tile, head_dim not a multiple of ATTN_KB, makes them, to the same sums).
     int nb2 = (nb + 1) / 2;
     for (int i = 0; i < hd; i += ATTN_KB) {
         int w = hd - i < ATTN_KB ? hd - i : ATTN_KB;
