@@ -612,6 +612,11 @@ static void attention_block_task(void* ctx, int task) {
 // Keys the call's last query sees, and VP's rows per kv head: those keys in pairs.
 static int attn_call_keys(const AttnArgs* a) { return a->causal_offset >= 0 ? a->causal_offset + a->T : a->n_keys; }
 static int zip_rows(const AttnArgs* a) { return (attn_call_keys(a) + 1) / 2; }
+// The rows VP's tiles are laid out for: zip_rows rounded up to an odd number, so the tiles are an odd
+// multiple of 32 bytes apart. zip_values_task stores a row into every tile in turn; tiles a power of two
+// apart would put all those stores into one L1 set (256 key pairs, a 512-token prompt: tiles 8 KB
+// apart, the zip ~4x slower per row than at 1169 tokens).
+static int vp_rows(const AttnArgs* a) { return zip_rows(a) | 1; }
 
 // VP of kv head `kvh` (one pool task each), once per call for all its query blocks: row kp zips the
 // value rows 2kp and 2kp + 1, word i = v[2kp][i] | v[2kp+1][i] << 16 (a zero row after an odd last
@@ -619,14 +624,14 @@ static int zip_rows(const AttnArgs* a) { return (attn_call_keys(a) + 1) / 2; }
 // the last with its ATTN_KB x 2 accumulators in registers, a sequential stream with no reloads.
 static size_t vp_at(const AttnArgs* a, int kp, int i) {
     int i0 = i - i % ATTN_KB, w = a->head_dim - i0 < ATTN_KB ? a->head_dim - i0 : ATTN_KB;
-    return (size_t)i0 * zip_rows(a) + (size_t)kp * w + (size_t)(i - i0);
+    return (size_t)i0 * vp_rows(a) + (size_t)kp * w + (size_t)(i - i0);
 }
 
 MM_TGT_BF16 static void zip_values_task(void* ctx, int kvh) {
     const AttnArgs* a = ctx;
-    int hd = a->head_dim, rows = zip_rows(a), n = attn_call_keys(a);
+    int hd = a->head_dim, rows = zip_rows(a), stride = vp_rows(a), n = attn_call_keys(a);
     const uint16_t* vb = (const uint16_t*)a->v + (size_t)kvh * a->kv_head_stride;
-    uint32_t* vp = (uint32_t*)a->vp + (size_t)kvh * rows * hd;
+    uint32_t* vp = (uint32_t*)a->vp + (size_t)kvh * stride * hd;
     const __m512i zip_lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
                                             39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
     const __m512i zip_hi = _mm512_add_epi16(zip_lo, _mm512_set1_epi16(16));
@@ -639,11 +644,11 @@ MM_TGT_BF16 static void zip_values_task(void* ctx, int kvh) {
             for (; i + 32 <= hd; i += 32) {   // words j of v0 and j + 32 (v1) side by side: four tiles' rows
                 __m512i x0 = _mm512_loadu_si512((const void*)(v0 + i)), x1 = _mm512_loadu_si512((const void*)(v1 + i));
                 __m512i lo = _mm512_permutex2var_epi16(x0, zip_lo, x1), hi = _mm512_permutex2var_epi16(x0, zip_hi, x1);
-                uint32_t* dst = vp + (size_t)i * rows + (size_t)kp * ATTN_KB;   // vp_at(a, kp, i)
+                uint32_t* dst = vp + (size_t)i * stride + (size_t)kp * ATTN_KB;   // vp_at(a, kp, i)
                 _mm256_storeu_si256((__m256i*)dst, _mm512_castsi512_si256(lo));
-                _mm256_storeu_si256((__m256i*)(dst + (size_t)ATTN_KB * rows), _mm512_extracti64x4_epi64(lo, 1));
-                _mm256_storeu_si256((__m256i*)(dst + (size_t)2 * ATTN_KB * rows), _mm512_castsi512_si256(hi));
-                _mm256_storeu_si256((__m256i*)(dst + (size_t)3 * ATTN_KB * rows), _mm512_extracti64x4_epi64(hi, 1));
+                _mm256_storeu_si256((__m256i*)(dst + (size_t)ATTN_KB * stride), _mm512_extracti64x4_epi64(lo, 1));
+                _mm256_storeu_si256((__m256i*)(dst + (size_t)2 * ATTN_KB * stride), _mm512_castsi512_si256(hi));
+                _mm256_storeu_si256((__m256i*)(dst + (size_t)3 * ATTN_KB * stride), _mm512_extracti64x4_epi64(hi, 1));
             }
         for (; i < hd; i++) vp[vp_at(a, kp, i)] = v0[i] | (v1 ? (uint32_t)v1[i] << 16 : 0);
     }
@@ -733,7 +738,7 @@ MM_TGT_BF16 static void attention_block_bf16_task(void* ctx, int task) {
     vf* qp = (vf*)attn_scratch((size_t)(2 * hp + 4 * n2 + 2 * hd) * ATTN_LANES / 2);
     vf* st = qp + 2 * hp;
     vf* ot = st + 4 * (size_t)n2;
-    const uint32_t* vp_head = a->vp + (size_t)kvh * zip_rows(a) * hd;
+    const uint32_t* vp_head = a->vp + (size_t)kvh * vp_rows(a) * hd;
     // QP: a query row rounded to bf16 (vcvtne2ps2bf16) IS its pairs, word i = (q[2i], q[2i+1]); 16 rows
     // x 16 words at a time are transposed into the lanes (head_dim a multiple of 32; else one by one).
     for (int half = 0; half < 2 && hd % 32 == 0; half++)
@@ -820,7 +825,7 @@ static void attention_bf16(const AttnArgs* args) {
     static void* vp;        // (the caller's thread also runs block tasks: not its attn_scratch)
     static size_t bytes;
     AttnArgs a = *args;
-    a.vp = mm_scratch_in(&vp, &bytes, (size_t)a.n_kv_heads * zip_rows(&a) * a.head_dim * sizeof(uint32_t), 0);
+    a.vp = mm_scratch_in(&vp, &bytes, (size_t)a.n_kv_heads * vp_rows(&a) * a.head_dim * sizeof(uint32_t), 0);
     pool_for(a.n_kv_heads, zip_values_task, &a);
     pool_for(attn_blocks(&a) * a.n_heads, attention_block_bf16_task, &a);
 }
