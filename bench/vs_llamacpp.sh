@@ -10,8 +10,10 @@
 #     rand7b_q8_0.gguf, rand7b_q4_0.gguf (rand7b_f16.gguf)  bench/make_random_gguf.py OUT --type q8_0|...
 # Missing models are skipped. Workload: a NP=512-token prompt, then NG=64 new tokens, THREADS=2:
 #   llava.c:   ./llava MODEL --ids "<NP ids>" -n NG --threads THREADS -s 1 (its own timing lines);
-#   llama.cpp: llama-bench -m MODEL -p NP -n NG -t THREADS -r 1 (pp and tg; its tg starts at an empty
-#              KV cache, llava.c's at position NP; add "-d NP" via LLAMA_BENCH_ARGS to match that).
+#   llama.cpp: llama-bench -m MODEL -p NP -n 0 -t THREADS -r 1 (the prefill, from an empty KV cache),
+#              then llama-bench -m MODEL -p 0 -n NG -d DEPTH ... (the decode after DEPTH tokens of context,
+#              default NP: where llava.c's decode starts; DEPTH=0, or a llama-bench without -d, starts it
+#              at an empty cache, which reads less KV cache per token than llava.c does).
 # ROUNDS=3 rounds, interleaved (every engine once per round, in turn), with bench/bandwidth.c's
 # read-bandwidth probe before the first run and after every run. The table gives medians over the
 # rounds: prefill and decode tokens/s; for every row but llava.c q8's, llava.c q8 (same ISA pair)
@@ -21,7 +23,7 @@
 # ISA pairs: llava.c picks its best kernels (or what LLAVA_ISA caps them to) beside LLAMA_BUILD_DIR;
 # with a third argument, a second pair follows: llava.c with LLAVA_ISA=avx2 beside that llama.cpp
 # build (meant for an AVX2-only one: native tuning off, AVX-512 off; the ISA column reads its CMake cache).
-# Env: THREADS ROUNDS NP NG LLAVA (default ./llava, build it with `make`) LLAMA_BENCH_ARGS CC;
+# Env: THREADS ROUNDS NP NG DEPTH LLAVA (default ./llava, build it with `make`) LLAMA_BENCH_ARGS CC;
 # TABLE_ONLY=1 runs nothing and prints the table of the runs logged in build/vs_llamacpp.log (say,
 # of an interrupted run; give the same arguments).
 # A benchmark: it never fails on speed; a run that fails shows as "-" in the table.
@@ -32,6 +34,7 @@ LLAMA_NATIVE=$1
 MODELS=${2:-build}
 LLAMA_AVX2=${3:-}
 THREADS=${THREADS:-2} ROUNDS=${ROUNDS:-3} NP=${NP:-512} NG=${NG:-64}
+DEPTH=${DEPTH:-$NP}
 LLAVA=${LLAVA:-./llava}
 CC=${CC:-cc}
 LLAMA_BENCH_ARGS=${LLAMA_BENCH_ARGS:-}
@@ -67,6 +70,13 @@ llama_isa() {
 # The prompt: BOS, then NP-1 pseudo-random ordinary token ids (fixed sequence).
 IDS=$(awk -v n="$NP" 'BEGIN { s = 12345; printf "1"; for (i = 1; i < n; i++) { s = (s * 1103515245 + 12345) % 2147483648; printf " %d", 3 + s % 31997 } }')
 
+# llama-bench's depth argument for the decode of the build in $1 ("-d DEPTH", or nothing: no -d there)
+depth_arg() {
+    [ "$DEPTH" -gt 0 ] || return 0
+    if "$1/bin/llama-bench" --help 2>&1 | grep -q -- '--n-depth'; then echo "-d $DEPTH"
+    else echo "   note: $1's llama-bench has no -d: its decode starts at an empty KV cache" >&2; fi
+}
+
 # Pairs: "label|LLAVA_ISA value (empty: as in the environment)|llama.cpp build dir"
 PAIRS="native|${LLAVA_ISA:-}|$LLAMA_NATIVE"
 [ -n "$LLAMA_AVX2" ] && PAIRS="$PAIRS
@@ -74,6 +84,7 @@ avx2|avx2|$LLAMA_AVX2"
 
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 echo "== llava.c vs llama.cpp: $CPU, $(nproc) cores visible, $THREADS threads, prompt $NP tokens + $NG new, $ROUNDS rounds"
+echo "   llama.cpp's decode after $DEPTH tokens of context (llava.c's: after the $NP-token prompt)"
 echo "   models in $MODELS; llama.cpp: $LLAMA_NATIVE${LLAMA_AVX2:+ and $LLAMA_AVX2}"
 [ "$TABLE_ONLY" = 1 ] && echo "   (TABLE_ONLY: the runs logged in $log)"
 [ "$TABLE_ONLY" = 1 ] || probe
@@ -100,8 +111,9 @@ while [ "$TABLE_ONLY" != 1 ] && [ $r -le "$ROUNDS" ]; do
             m=$MODELS/rand7b_$w.gguf
             [ -f "$m" ] || continue
             echo "   round $r, $label: llama.cpp $w" >&2
-            out=$("$ldir/bin/llama-bench" -m "$m" -p "$NP" -n "$NG" -t "$THREADS" -r 1 -o jsonl $LLAMA_BENCH_ARGS 2>/dev/null </dev/null)
+            out=$("$ldir/bin/llama-bench" -m "$m" -p "$NP" -n 0 -t "$THREADS" -r 1 -o jsonl $LLAMA_BENCH_ARGS 2>/dev/null </dev/null)
             pf=$(echo "$out" | grep '"n_gen": *0[,}]' | sed -n 's/.*"avg_ts": *\([0-9.e+-]*\).*/\1/p' | head -1)
+            out=$("$ldir/bin/llama-bench" -m "$m" -p 0 -n "$NG" $(depth_arg "$ldir") -t "$THREADS" -r 1 -o jsonl $LLAMA_BENCH_ARGS 2>/dev/null </dev/null)
             dc=$(echo "$out" | grep '"n_prompt": *0[,}]' | sed -n 's/.*"avg_ts": *\([0-9.e+-]*\).*/\1/p' | head -1)
             [ -n "$pf$dc" ] || echo "      llama-bench gave no result for $m" >&2
             printf 'R\t%s\tllama.cpp\t%s\t%s\t%s\n' "$label" "$w" "${pf:--}" "${dc:--}" >> $log
