@@ -13,7 +13,9 @@
 #   llama.cpp: llama-bench -m MODEL -p NP -n 0 -t THREADS -r 1 (the prefill, from an empty KV cache),
 #              then llama-bench -m MODEL -p 0 -n NG -d DEPTH ... (the decode after DEPTH tokens of context,
 #              default NP: where llava.c's decode starts; DEPTH=0, or a llama-bench without -d, starts it
-#              at an empty cache, which reads less KV cache per token than llava.c does).
+#              at an empty cache, which reads less KV cache per token than llava.c does). Give llama.cpp
+#              its fastest settings through LLAMA_BENCH_ARGS (on a Zen 5 VM, "-fa off": its decode after
+#              512 tokens was 9.4-9.9 tokens/s with flash attention off, 7.9 with its default).
 # ROUNDS=3 rounds, interleaved (every engine once per round, in turn), with bench/bandwidth.c's
 # read-bandwidth probe before the first run and after every run. The table gives medians over the
 # rounds: prefill and decode tokens/s; for every row but llava.c q8's, llava.c q8 (same ISA pair)
