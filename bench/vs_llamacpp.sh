@@ -79,10 +79,10 @@ depth_arg() {
     else echo "   note: $1's llama-bench has no -d: its decode starts at an empty KV cache" >&2; fi
 }
 
-# Pairs: "label|LLAVA_ISA value (empty: as in the environment)|llama.cpp build dir"
-PAIRS="native|${LLAVA_ISA:-}|$LLAMA_NATIVE"
+# Pairs: "label|LLAVA_ISA value (empty: as in the environment)|llama.cpp build dir|its depth argument"
+PAIRS="native|${LLAVA_ISA:-}|$LLAMA_NATIVE|$(depth_arg "$LLAMA_NATIVE")"
 [ -n "$LLAMA_AVX2" ] && PAIRS="$PAIRS
-avx2|avx2|$LLAMA_AVX2"
+avx2|avx2|$LLAMA_AVX2|$(depth_arg "$LLAMA_AVX2")"
 
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 echo "== llava.c vs llama.cpp: $CPU, $(nproc) cores visible, $THREADS threads, prompt $NP tokens + $NG new, $ROUNDS rounds"
@@ -93,7 +93,7 @@ echo "   models in $MODELS; llama.cpp: $LLAMA_NATIVE${LLAMA_AVX2:+ and $LLAMA_AV
 
 r=1
 while [ "$TABLE_ONLY" != 1 ] && [ $r -le "$ROUNDS" ]; do
-    echo "$PAIRS" | while IFS='|' read -r label isa ldir; do
+    echo "$PAIRS" | while IFS='|' read -r label isa ldir dargs; do
         if [ -n "$isa" ]; then isaenv="LLAVA_ISA=$isa"; else isaenv=""; fi
         for w in q8 q4 bf16; do
             m=$MODELS/random7b_$w.bin
@@ -115,7 +115,7 @@ while [ "$TABLE_ONLY" != 1 ] && [ $r -le "$ROUNDS" ]; do
             echo "   round $r, $label: llama.cpp $w" >&2
             out=$("$ldir/bin/llama-bench" -m "$m" -p "$NP" -n 0 -t "$THREADS" -r 1 -o jsonl $LLAMA_BENCH_ARGS 2>/dev/null </dev/null)
             pf=$(echo "$out" | grep '"n_gen": *0[,}]' | sed -n 's/.*"avg_ts": *\([0-9.e+-]*\).*/\1/p' | head -1)
-            out=$("$ldir/bin/llama-bench" -m "$m" -p 0 -n "$NG" $(depth_arg "$ldir") -t "$THREADS" -r 1 -o jsonl $LLAMA_BENCH_ARGS 2>/dev/null </dev/null)
+            out=$("$ldir/bin/llama-bench" -m "$m" -p 0 -n "$NG" $dargs -t "$THREADS" -r 1 -o jsonl $LLAMA_BENCH_ARGS 2>/dev/null </dev/null)
             dc=$(echo "$out" | grep '"n_prompt": *0[,}]' | sed -n 's/.*"avg_ts": *\([0-9.e+-]*\).*/\1/p' | head -1)
             [ -n "$pf$dc" ] || echo "      llama-bench gave no result for $m" >&2
             printf 'R\t%s\tllama.cpp\t%s\t%s\t%s\n' "$label" "$w" "${pf:--}" "${dc:--}" >> $log
@@ -129,7 +129,7 @@ done
 echo
 echo "| ISA | engine | weights | prefill tok/s | decode tok/s | llava.c q8 / this (prefill, decode) | decode GB/s | % of read bw (GB/s) |"
 echo "|---|---|---|---:|---:|---:|---:|---:|"
-echo "$PAIRS" | while IFS='|' read -r label isa ldir; do
+echo "$PAIRS" | while IFS='|' read -r label isa ldir dargs; do
     if [ -n "$isa" ]; then lisa=$(LLAVA_ISA=$isa build/isa_name); else lisa=$(build/isa_name); fi
     awk -F'\t' -v label="$label" -v lisa="$lisa" -v cisa="$(llama_isa "$ldir")" '
     function median(s,   a, n, i, j, t) {
